@@ -1,0 +1,36 @@
+# The two commands from the README: `make demo` and `make test`. Each creates .venv when missing
+# and installs what it needs into it.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+
+.PHONY: demo test check bench clean
+
+$(VENV)/bin/python:
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+
+# Stamp files: reinstall when pyproject.toml changes.
+$(VENV)/.demo-installed: pyproject.toml | $(VENV)/bin/python
+	$(PY) -m pip install --quiet -e '.[demo]'
+	touch $@
+
+$(VENV)/.test-installed: pyproject.toml | $(VENV)/bin/python
+	$(PY) -m pip install --quiet -e '.[test]'
+	touch $@
+
+demo: $(VENV)/.demo-installed
+	$(VENV)/bin/tribridge demo
+
+test: $(VENV)/.test-installed
+	$(PY) -m pytest
+
+check: $(VENV)/.test-installed
+	$(VENV)/bin/ruff check bridge tests bench
+	$(VENV)/bin/mypy
+
+bench: $(VENV)/.test-installed
+	$(PY) bench/relay.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,114 @@
+"""The tribridge commands: run, check-config, generate-registration, demo."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+import trio
+
+from bridge import __version__
+from bridge.config import Config, ConfigError, load_config
+from bridge.logs import setup_logging
+from bridge.store import StoreError
+
+EXIT_OK, EXIT_FAILURE, EXIT_CONFIG = 0, 1, 2
+
+log = logging.getLogger("bridge")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="tribridge",
+        description="Bridge chat rooms across several Matrix homeservers, one per network.",
+    )
+    parser.add_argument("--version", action="version", version=f"tribridge {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def with_config(p: argparse.ArgumentParser) -> None:
+        p.add_argument("-c", "--config", required=True, type=Path, help="the TOML config file")
+
+    p = sub.add_parser("run", help="run the bridge daemon (logs to stderr)")
+    with_config(p)
+    p = sub.add_parser("check-config", help="validate a config file and summarise it")
+    with_config(p)
+    p = sub.add_parser(
+        "generate-registration", help="print the appservice registration YAML for one network"
+    )
+    with_config(p)
+    p.add_argument("--network", required=True, help="the network id, e.g. wa")
+    p = sub.add_parser(
+        "demo", help="start three local Synapse homeservers and show a conversation crossing them"
+    )
+    p.add_argument("--keep", action="store_true", help="keep the temporary folder afterwards")
+    return parser
+
+
+def run_cli(argv: list[str]) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "check-config":
+            return _check_config(args.config)
+        if args.command == "generate-registration":
+            return _generate_registration(args.config, args.network)
+        if args.command == "run":
+            return _run(args.config)
+        if args.command == "demo":
+            from bridge.demo import run_demo
+
+            return run_demo(keep=args.keep)
+    except ConfigError as exc:
+        print(f"tribridge: {len(exc.errors)} error(s) in the config:", file=sys.stderr)
+        for line in exc.lines():
+            print(f"  {line}", file=sys.stderr)
+        return EXIT_CONFIG
+    except StoreError as exc:
+        print(f"tribridge: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    raise AssertionError(f"unhandled command {args.command}")
+
+
+def _summary(config: Config) -> str:
+    nets = ", ".join(f"{n.id} ({n.network.label}, {n.network.server_name})"
+                     for n in config.networks.values())
+    return (
+        f"config OK: {len(config.networks)} networks: {nets}; {len(config.portals)} portal(s); "
+        f"listening on {config.bridge.listen_host}:{config.bridge.listen_port}"
+    )
+
+
+def _check_config(path: Path) -> int:
+    print(_summary(load_config(path)))
+    return EXIT_OK
+
+
+def _generate_registration(path: Path, network: str) -> int:
+    from bridge.matrix.registration import registration_yaml
+
+    config = load_config(path)
+    if network not in config.networks:
+        known = ", ".join(config.networks)
+        print(f"tribridge: --network: no network {network!r} in the config (known: {known})",
+              file=sys.stderr)
+        return EXIT_CONFIG
+    sys.stdout.write(registration_yaml(config, network))
+    return EXIT_OK
+
+
+def _run(path: Path) -> int:
+    from bridge.daemon import run_until_signalled
+
+    config = load_config(path)
+    setup_logging(config.bridge.log_level, config.secrets())
+    log.info("tribridge %s starting with %s", __version__, path)
+    try:
+        trio.run(run_until_signalled, path, config)
+    except StoreError as exc:
+        log.error("%s", exc)
+        return EXIT_FAILURE
+    except OSError as exc:
+        log.error("cannot run: %s", exc)  # e.g. the listen address is in use
+        return EXIT_FAILURE
+    return EXIT_OK

@@ -1,0 +1,387 @@
+"""The config file: TOML in, frozen dataclasses out, every error named by its key path.
+
+The whole file is validated before anything starts, and every error is reported at once
+(``networks.ig.homeserver: not an http(s) URL``). Relative paths are relative to the config file.
+The program never writes this file.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from bridge.core.ids import is_valid_localpart, is_valid_server_name
+from bridge.core.model import IDENTITY_KINDS, IdentityKind, Network
+
+LOG_LEVELS = ("debug", "info", "warning", "error")
+MIN_SECRET_BYTES = 32
+_NETWORK_ID = re.compile(r"[a-z][a-z0-9]{0,15}")
+_TOKEN = re.compile(r"[\x21-\x7e]{16,}")  # printable ASCII, no spaces, not trivially short
+
+
+class ConfigError(Exception):
+    """The config is wrong; `errors` holds (key path, what is wrong) pairs."""
+
+    def __init__(self, errors: list[tuple[str, str]]) -> None:
+        self.errors = errors
+        super().__init__("; ".join(f"{k}: {m}" for k, m in errors))
+
+    def lines(self) -> list[str]:
+        return [f"{key}: {message}" for key, message in self.errors]
+
+
+@dataclass(frozen=True)
+class BridgeSettings:
+    listen_host: str
+    listen_port: int
+    url: str
+    database: Path
+    secret: bytes = field(repr=False)
+    log_level: str
+
+
+@dataclass(frozen=True)
+class NetworkConfig:
+    network: Network
+    homeserver: str
+    as_token: str = field(repr=False)
+    hs_token: str = field(repr=False)
+
+    @property
+    def id(self) -> str:
+        return self.network.id
+
+    @property
+    def appservice_id(self) -> str:
+        """The registration's id; Synapse's ping endpoint is addressed by it."""
+        return f"tribridge-{self.network.id}"
+
+
+@dataclass(frozen=True)
+class Config:
+    path: Path
+    bridge: BridgeSettings
+    networks: Mapping[str, NetworkConfig]
+    portals: tuple[Mapping[str, str], ...]
+
+    def secrets(self) -> list[str]:
+        """Every token and secret, for the log filter that keeps them out of logs."""
+        out = [self.bridge.secret.decode("utf-8", "replace")]
+        for net in self.networks.values():
+            out += [net.as_token, net.hs_token]
+        return out
+
+
+class _Checker:
+    """Collects errors while reading a parsed TOML document."""
+
+    def __init__(self, base: Path) -> None:
+        self.base = base
+        self.errors: list[tuple[str, str]] = []
+
+    def error(self, key: str, message: str) -> None:
+        self.errors.append((key, message))
+
+    def table(self, doc: Mapping[str, Any], key: str, path: str) -> Mapping[str, Any]:
+        value = doc.get(key, {})
+        if not isinstance(value, Mapping):
+            self.error(path, "must be a table")
+            return {}
+        return value
+
+    def unknown(self, table: Mapping[str, Any], known: set[str], prefix: str) -> None:
+        for key in table:
+            if key not in known:
+                hint = _closest(key, known)
+                suffix = f" (did you mean {hint!r}?)" if hint else ""
+                self.error(f"{prefix}{key}", f"unknown key{suffix}")
+
+    def string(
+        self,
+        table: Mapping[str, Any],
+        key: str,
+        path: str,
+        default: str | None = None,
+        check: Callable[[str], str | None] | None = None,
+    ) -> str | None:
+        if key not in table:
+            if default is None:
+                self.error(path, "is required")
+            return default
+        value = table[key]
+        if not isinstance(value, str):
+            self.error(path, f"must be a string, not {type(value).__name__}")
+            return None
+        if check is not None:
+            problem = check(value)
+            if problem:
+                self.error(path, problem)
+                return None
+        return value
+
+    def path(self, value: str) -> Path:
+        p = Path(value).expanduser()
+        return p if p.is_absolute() else (self.base / p)
+
+    def inline_or_file(
+        self, table: Mapping[str, Any], key: str, prefix: str, what: str
+    ) -> str | None:
+        """A value given either inline (`key`) or in a file (`key_file`), exactly one of them."""
+        has_inline, has_file = key in table, f"{key}_file" in table
+        if has_inline and has_file:
+            self.error(f"{prefix}{key}", f"give either {key} or {key}_file, not both")
+            return None
+        if not has_inline and not has_file:
+            self.error(f"{prefix}{key}", f"is required (or {key}_file)")
+            return None
+        if has_inline:
+            return self.string(table, key, f"{prefix}{key}")
+        file_key = f"{prefix}{key}_file"
+        name = self.string(table, f"{key}_file", file_key)
+        if name is None:
+            return None
+        try:
+            return self.path(name).read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            self.error(file_key, f"cannot read the {what} file: {exc.strerror or exc}")
+        except UnicodeDecodeError:
+            self.error(file_key, f"the {what} file is not UTF-8 text")
+        return None
+
+
+def _closest(word: str, choices: set[str]) -> str | None:
+    import difflib
+
+    found = difflib.get_close_matches(word, sorted(choices), n=1, cutoff=0.75)
+    return found[0] if found else None
+
+
+def _http_url(value: str) -> str | None:
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return "not an http(s) URL"
+    if parts.query or parts.fragment:
+        return "must not have a query or fragment"
+    return None
+
+
+def _listen(value: str) -> str | None:
+    return None if _split_host_port(value) else "must be host:port, e.g. 127.0.0.1:29330"
+
+
+def _split_host_port(value: str) -> tuple[str, int] | None:
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        return None
+    if host.startswith("["):
+        if not host.endswith("]"):
+            return None
+        host = host[1:-1]
+    return host, int(port)
+
+
+def _token(value: str) -> str | None:
+    if not _TOKEN.fullmatch(value):
+        return "must be at least 16 printable ASCII characters without spaces"
+    return None
+
+
+def load_config(path: str | Path) -> Config:
+    """Read and validate the config file at `path`; raise ConfigError listing every problem."""
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError([(str(path), f"cannot read the config file: {exc.strerror}")]) from exc
+    try:
+        doc = tomllib.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ConfigError([(str(path), "the config file is not UTF-8 text")]) from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError([(str(path), f"not valid TOML: {exc}")]) from exc
+    return parse_config(doc, path.resolve())
+
+
+def parse_config(doc: Mapping[str, Any], path: Path) -> Config:
+    c = _Checker(path.parent)
+    c.unknown(doc, {"bridge", "networks", "portals"}, "")
+    bridge = _bridge(c, c.table(doc, "bridge", "bridge"))
+    networks = _networks(c, c.table(doc, "networks", "networks"))
+    portals = _portals(c, doc.get("portals", []), networks)
+    if c.errors or bridge is None:
+        raise ConfigError(c.errors)
+    return Config(path=path, bridge=bridge, networks=networks, portals=portals)
+
+
+def _bridge(c: _Checker, t: Mapping[str, Any]) -> BridgeSettings | None:
+    p = "bridge."
+    c.unknown(t, {"listen", "url", "database", "secret", "secret_file", "log_level"}, p)
+    listen = c.string(t, "listen", p + "listen", check=_listen)
+    url = c.string(t, "url", p + "url", default="", check=_http_url)
+    database = c.string(t, "database", p + "database", default="tribridge.db")
+    secret = c.inline_or_file(t, "secret", p, "secret")
+    if secret is not None and len(secret.encode("utf-8")) < MIN_SECRET_BYTES:
+        c.error(p + "secret", f"must be at least {MIN_SECRET_BYTES} bytes (got {len(secret)})")
+        secret = None
+    level = c.string(t, "log_level", p + "log_level", default="info")
+    if level is not None and level.lower() not in LOG_LEVELS:
+        c.error(p + "log_level", f"must be one of {', '.join(LOG_LEVELS)}")
+    if listen is None or url is None or database is None or secret is None or level is None:
+        return None
+    host_port = _split_host_port(listen)
+    assert host_port is not None
+    host, port = host_port
+    if not url:
+        # Homeservers cannot reach a wildcard address; loopback is the common case.
+        reach = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+        url = f"http://{'[' + reach + ']' if ':' in reach else reach}:{port}"
+    return BridgeSettings(
+        listen_host=host,
+        listen_port=port,
+        url=url.rstrip("/"),
+        database=c.path(database),
+        secret=secret.encode("utf-8"),
+        log_level=level.lower(),
+    )
+
+
+_NETWORK_KEYS = {
+    "label", "homeserver", "server_name", "as_token", "as_token_file", "hs_token",
+    "hs_token_file", "identity", "bot", "ghost_prefix", "expose_identity",
+}  # fmt: skip
+
+
+def _networks(c: _Checker, t: Mapping[str, Any]) -> dict[str, NetworkConfig]:
+    out: dict[str, NetworkConfig] = {}
+    if len(t) < 2:
+        c.error("networks", f"at least two networks are needed to bridge (got {len(t)})")
+    for net_id, table in t.items():
+        p = f"networks.{net_id}."
+        if not _NETWORK_ID.fullmatch(net_id):
+            c.error(f"networks.{net_id}", "a network id is 1-16 lower-case letters and digits")
+            continue
+        if not isinstance(table, Mapping):
+            c.error(f"networks.{net_id}", "must be a table")
+            continue
+        net = _network(c, net_id, table, p)
+        if net is not None:
+            out[net_id] = net
+    _unique(c, out, lambda n: n.network.server_name, "server_name")
+    _unique(c, out, lambda n: n.hs_token, "hs_token", "it tells the bridge which network pushes")
+    _unique(c, out, lambda n: n.as_token, "as_token")
+    for net_id, net in out.items():
+        if net.as_token == net.hs_token:
+            c.error(f"networks.{net_id}.hs_token", "must differ from as_token")
+    return out
+
+
+def _unique(
+    c: _Checker,
+    nets: Mapping[str, NetworkConfig],
+    get: Callable[[NetworkConfig], str],
+    key: str,
+    why: str = "",
+) -> None:
+    seen: dict[str, str] = {}
+    for net_id, net in nets.items():
+        value = get(net)
+        if value in seen:
+            extra = f": {why}" if why else ""
+            c.error(f"networks.{net_id}.{key}", f"same as networks.{seen[value]}.{key}{extra}")
+        else:
+            seen[value] = net_id
+
+
+def _network(
+    c: _Checker, net_id: str, t: Mapping[str, Any], p: str
+) -> NetworkConfig | None:
+    c.unknown(t, _NETWORK_KEYS, p)
+
+    def localpart(value: str) -> str | None:
+        return None if is_valid_localpart(value) else "only a-z 0-9 . _ = - / + are allowed"
+
+    def server(value: str) -> str | None:
+        return None if is_valid_server_name(value) else "not a server name (host or host:port)"
+
+    def nonempty(value: str) -> str | None:
+        return None if value.strip() else "must not be empty"
+
+    label = c.string(t, "label", p + "label", check=nonempty)
+    homeserver = c.string(t, "homeserver", p + "homeserver", check=_http_url)
+    server_name = c.string(t, "server_name", p + "server_name", check=server)
+    as_token = c.inline_or_file(t, "as_token", p, "token")
+    hs_token = c.inline_or_file(t, "hs_token", p, "token")
+    for key, token in (("as_token", as_token), ("hs_token", hs_token)):
+        problem = _token(token) if token is not None else None
+        if problem:
+            c.error(p + key, problem)
+    identity = c.string(t, "identity", p + "identity")
+    if identity is not None and identity not in IDENTITY_KINDS:
+        c.error(p + "identity", f"must be one of {', '.join(IDENTITY_KINDS)}")
+        identity = None
+    bot = c.string(t, "bot", p + "bot", default="tribridge", check=localpart)
+    prefix = c.string(t, "ghost_prefix", p + "ghost_prefix", default="_tb_", check=localpart)
+    if bot is not None and prefix is not None and bot.startswith(prefix):
+        c.error(p + "bot", f"must not start with the ghost_prefix {prefix!r}")
+    expose = t.get("expose_identity", identity == "handle")
+    if not isinstance(expose, bool):
+        c.error(p + "expose_identity", "must be true or false")
+    values = (label, homeserver, server_name, as_token, hs_token, identity, bot, prefix)
+    if any(v is None for v in values) or not isinstance(expose, bool):
+        return None
+    if _token(as_token or "") or _token(hs_token or ""):
+        return None
+    assert label and homeserver and server_name and as_token and hs_token and identity
+    assert bot is not None and prefix is not None
+    kind: IdentityKind = identity  # type: ignore[assignment]
+    return NetworkConfig(
+        network=Network(
+            id=net_id,
+            label=label.strip(),
+            server_name=server_name,
+            identity=kind,
+            bot=bot,
+            ghost_prefix=prefix,
+            expose_identity=expose,
+        ),
+        homeserver=homeserver.rstrip("/"),
+        as_token=as_token,
+        hs_token=hs_token,
+    )
+
+
+def _portals(
+    c: _Checker, value: Any, networks: Mapping[str, NetworkConfig]
+) -> tuple[Mapping[str, str], ...]:
+    if not isinstance(value, list):
+        c.error("portals", "must be an array of tables ([[portals]])")
+        return ()
+    out: list[Mapping[str, str]] = []
+    where: dict[tuple[str, str], int] = {}
+    for i, entry in enumerate(value):
+        p = f"portals[{i}]"
+        if not isinstance(entry, Mapping):
+            c.error(p, "must be a table mapping network ids to room ids")
+            continue
+        rooms: dict[str, str] = {}
+        for net_id, room in entry.items():
+            key = f"{p}.{net_id}"
+            if net_id not in networks:
+                known = ", ".join(sorted(networks)) or "none configured"
+                c.error(key, f"not a configured network (known: {known})")
+            elif not isinstance(room, str) or not room.startswith("!") or len(room) < 2:
+                c.error(key, "must be a room id such as '!abc123:example.org'")
+            elif (net_id, room) in where:
+                c.error(key, f"room already in portals[{where[(net_id, room)]}]")
+            else:
+                where[(net_id, room)] = i
+                rooms[net_id] = room
+        if len(entry) < 2:
+            c.error(p, "a portal links rooms on at least two networks")
+        out.append(rooms)
+    return tuple(out)

@@ -1,0 +1,100 @@
+"""The actions the core asks the adapters to carry out, and the transaction ids that make them
+idempotent.
+
+Actions are plain data so they can wait in the durable outbox: ``to_payload``/``from_payload``
+round-trip them through JSON.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import nacl.encoding
+import nacl.hash
+
+from bridge.core.model import EventRef
+
+
+def txn_id(source_network: str, event_id: str, target_network: str, action: str) -> str:
+    """The transaction id for one action: the same source and target always give the same id.
+
+    Synapse's idempotency cache is keyed on the request path and the appservice, not on the
+    ghost, so the id must be unique per (source event, target network, action).
+    """
+    material = "\x00".join((source_network, event_id, target_network, action)).encode("utf-8")
+    digest = nacl.hash.blake2b(
+        material, digest_size=16, person=b"tribridge-txn", encoder=nacl.encoding.HexEncoder
+    )
+    return "tb1" + digest.decode("ascii")
+
+
+@dataclass(frozen=True)
+class SendMessage:
+    """Send `content` into `room_id` on `network` as the ghost standing for the source sender."""
+
+    network: str
+    room_id: str
+    ghost: str  # the ghost's localpart on `network`
+    source: EventRef
+    content: Mapping[str, Any]
+    txn_id: str
+
+    kind = "message"
+
+    def to_payload(self) -> dict[str, Any]:
+        return {
+            "ghost": self.ghost,
+            "source": {
+                "network": self.source.network,
+                "room_id": self.source.room_id,
+                "event_id": self.source.event_id,
+                "sender": self.source.sender,
+            },
+            "content": dict(self.content),
+        }
+
+
+@dataclass(frozen=True)
+class JoinRoom:
+    """The bot joins `room_id` on `network` (it was invited to a portal room)."""
+
+    network: str
+    room_id: str
+    txn_id: str
+
+    kind = "join"
+
+    def to_payload(self) -> dict[str, Any]:
+        return {}
+
+
+Action = SendMessage | JoinRoom
+
+
+def from_payload(
+    kind: str, network: str, room_id: str, txn: str, payload: Mapping[str, Any]
+) -> Action:
+    if kind == SendMessage.kind:
+        src = payload["source"]
+        return SendMessage(
+            network=network,
+            room_id=room_id,
+            ghost=payload["ghost"],
+            source=EventRef(src["network"], src["room_id"], src["event_id"], src["sender"]),
+            content=payload["content"],
+            txn_id=txn,
+        )
+    if kind == JoinRoom.kind:
+        return JoinRoom(network=network, room_id=room_id, txn_id=txn)
+    raise ValueError(f"unknown action kind {kind!r}")
+
+
+@dataclass(frozen=True)
+class ProfileSeen:
+    """A person's display name as their own network shows it (None: they set none)."""
+
+    network: str
+    user_id: str
+    display_name: str | None

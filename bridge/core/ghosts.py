@@ -1,0 +1,70 @@
+"""Ghosts: the users the bridge controls on one network, each standing for a person of another.
+
+A ghost's localpart is ``<ghost_prefix><source network>_<pseudonym>``. The pseudonym is a keyed
+BLAKE2b hash of (source network, native identity) under the bridge's secret, in lower-case base32:
+stable across restarts and networks, unguessable without the secret, and free of the phone number
+or email it stands for. The same person has the same pseudonym on every other network.
+"""
+
+from __future__ import annotations
+
+import base64
+
+import nacl.encoding
+import nacl.hash
+
+from bridge.core.ids import Identity, parse_user_id
+from bridge.core.model import Network
+
+_PSEUDONYM_BYTES = 10  # 80 bits: 16 base32 characters, no padding
+_KEY_PERSON = b"tribridge-key"
+_GHOST_PERSON = b"tribridge-ghost"
+
+
+def derive_key(secret: bytes) -> bytes:
+    """The 32-byte BLAKE2b key for pseudonyms, from a bridge secret of any length >= 32 bytes."""
+    return nacl.hash.blake2b(
+        secret, digest_size=32, person=_KEY_PERSON, encoder=nacl.encoding.RawEncoder
+    )
+
+
+def pseudonym(key: bytes, source_network: str, identity: Identity) -> str:
+    message = b"\x00".join(
+        (source_network.encode(), identity.kind.encode(), identity.value.encode("utf-8"))
+    )
+    digest = nacl.hash.blake2b(
+        message,
+        digest_size=_PSEUDONYM_BYTES,
+        key=key,
+        person=_GHOST_PERSON,
+        encoder=nacl.encoding.RawEncoder,
+    )
+    return base64.b32encode(digest).decode("ascii").lower()
+
+
+def ghost_localpart(target: Network, source_network: str, pseudo: str) -> str:
+    return f"{target.ghost_prefix}{source_network}_{pseudo}"
+
+
+def is_bridge_user(user_id: str, network: Network) -> bool:
+    """True for the bot and the ghosts of `network`: the users whose events we never relay."""
+    try:
+        parsed = parse_user_id(user_id)
+    except ValueError:
+        return False
+    if parsed.server_name != network.server_name:
+        return False
+    return parsed.localpart == network.bot or parsed.localpart.startswith(network.ghost_prefix)
+
+
+def parse_ghost_localpart(localpart: str, target: Network, networks: set[str]) -> str | None:
+    """The source network of a ghost localpart on `target`, or None if it is not one of ours."""
+    if not localpart.startswith(target.ghost_prefix):
+        return None
+    rest = localpart[len(target.ghost_prefix) :]
+    source, sep, pseudo = rest.partition("_")
+    if not sep or source not in networks or source == target.id:
+        return None
+    if len(pseudo) != 16 or not all(c in "abcdefghijklmnopqrstuvwxyz234567" for c in pseudo):
+        return None
+    return source

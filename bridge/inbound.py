@@ -1,0 +1,73 @@
+"""Taking in a pushed transaction: dedupe, translate, queue, commit, in one SQLite transaction.
+
+This is invariant 1 of ../shared/design.md in code: the caller answers the homeserver only after
+``take_transaction`` returned, and it returns only after the commit. Dedupe is by event id, since
+Synapse reuses transaction ids after it restarts; the transaction id is only a quick hint.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import nacl.encoding
+import nacl.hash
+
+from bridge.core.model import Network
+from bridge.core.translate import translate
+from bridge.store import Store
+
+log = logging.getLogger(__name__)
+
+
+class Inbound:
+    def __init__(
+        self,
+        store: Store,
+        networks: Mapping[str, Network],
+        key: bytes,
+        wake: Callable[[str], None],
+    ) -> None:
+        self.store = store
+        self.networks = networks
+        self.key = key
+        self.wake = wake
+
+    def take_transaction(self, network_id: str, txn_id: str, body: bytes, events: list[Any]) -> int:
+        """Queue what `events` ask for; return how many actions were queued."""
+        digest = nacl.hash.blake2b(body, digest_size=16, encoder=nacl.encoding.HexEncoder).decode()
+        if self.store.transaction_seen(network_id, txn_id, digest):
+            log.debug("transaction %s from %s already taken in", txn_id, network_id)
+            return 0
+        source = self.networks[network_id]
+        targets: set[str] = set()
+        queued = 0
+        with self.store.transaction():
+            for event in events:
+                if not isinstance(event, dict):
+                    log.warning("skipped a non-object event in transaction %s from %s",
+                                txn_id, network_id)
+                    continue
+                event_id, room_id = event.get("event_id"), event.get("room_id")
+                if not isinstance(event_id, str) or not isinstance(room_id, str):
+                    log.warning("skipped an event without event_id or room_id from %s", network_id)
+                    continue
+                if self.store.event_seen(network_id, event_id):
+                    continue
+                portal = self.store.portal_for_room(network_id, room_id)
+                result = translate(event, source, self.networks, portal, self.key)
+                if result.skipped:
+                    log.debug("%s from %s: %s", event_id, network_id, result.skipped)
+                for profile in result.profiles:
+                    self.store.set_profile(profile.network, profile.user_id, profile.display_name)
+                self.store.enqueue(result.actions)
+                self.store.mark_event_seen(network_id, event_id, room_id)
+                targets.update(a.network for a in result.actions)
+                queued += len(result.actions)
+            self.store.record_transaction(network_id, txn_id, digest)
+        for target in targets:
+            self.wake(target)
+        if queued:
+            log.debug("transaction %s from %s: %d actions queued", txn_id, network_id, queued)
+        return queued

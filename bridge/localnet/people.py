@@ -1,0 +1,103 @@
+"""Real people on a local homeserver: register, make rooms, talk, read what they see.
+
+A thin client-server API user, for the demo and the tests; the bridge itself never uses it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+from urllib.parse import quote
+
+import httpx
+import trio
+
+V3 = "/_matrix/client/v3"
+
+
+class Person:
+    def __init__(self, http: httpx.AsyncClient, user_id: str) -> None:
+        self.http = http
+        self.user_id = user_id
+
+    @classmethod
+    async def register(
+        cls, homeserver: str, localpart: str, display_name: str | None = None
+    ) -> Person:
+        http = httpx.AsyncClient(base_url=homeserver, timeout=30, trust_env=False)
+        response = await http.post(
+            f"{V3}/register",
+            json={"username": localpart, "password": "tribridge-pass-1",
+                  "auth": {"type": "m.login.dummy"}},
+        )
+        if response.status_code != 200:
+            await http.aclose()
+            raise RuntimeError(f"cannot register {localpart}: {response.text}")
+        body = response.json()
+        http.headers["Authorization"] = f"Bearer {body['access_token']}"
+        person = cls(http, body["user_id"])
+        if display_name is not None:
+            await person.call("PUT", f"/profile/{quote(person.user_id)}/displayname",
+                              {"displayname": display_name})
+        return person
+
+    async def aclose(self) -> None:
+        await self.http.aclose()
+
+    async def call(self, method: str, path: str, body: Any = None, **params: Any) -> Any:
+        response = await self.http.request(method, V3 + path, json=body, params=params or None)
+        if response.status_code >= 400:
+            raise RuntimeError(f"{method} {path} -> {response.status_code} {response.text}")
+        return response.json()
+
+    async def create_room(
+        self, name: str, invite: list[str] | None = None, preset: str = "private_chat"
+    ) -> str:
+        body = {"name": name, "preset": preset, "invite": invite or []}
+        return str((await self.call("POST", "/createRoom", body))["room_id"])
+
+    async def join(self, room_id: str) -> None:
+        await self.call("POST", f"/join/{quote(room_id)}", {})
+
+    async def send_text(self, room_id: str, body: str, txn: str | None = None, **extra: Any) -> str:
+        txn = txn or f"t{trio.current_time()}-{id(body)}"
+        content = {"msgtype": "m.text", "body": body, **extra}
+        path = f"/rooms/{quote(room_id)}/send/m.room.message/{quote(txn)}"
+        return str((await self.call("PUT", path, content))["event_id"])
+
+    async def messages(self, room_id: str, limit: int = 200) -> list[dict[str, Any]]:
+        """The room's recent timeline, oldest first."""
+        chunk = (
+            await self.call("GET", f"/rooms/{quote(room_id)}/messages", dir="b", limit=limit)
+        )["chunk"]
+        return list(reversed(chunk))
+
+    async def texts(self, room_id: str) -> list[tuple[str, str]]:
+        """(sender, body) of every m.room.message in the room, oldest first."""
+        return [
+            (e["sender"], e["content"].get("body", ""))
+            for e in await self.messages(room_id)
+            if e.get("type") == "m.room.message"
+        ]
+
+    async def members(self, room_id: str) -> dict[str, str | None]:
+        """Joined members and their display names in the room."""
+        joined = (await self.call("GET", f"/rooms/{quote(room_id)}/joined_members"))["joined"]
+        return {uid: info.get("display_name") for uid, info in joined.items()}
+
+    async def wait_for(
+        self,
+        room_id: str,
+        predicate: Callable[[list[dict[str, Any]]], bool],
+        timeout: float = 20.0,
+        what: str = "the expected events",
+    ) -> list[dict[str, Any]]:
+        """Poll the room's timeline until `predicate` holds, or fail after `timeout` seconds."""
+        deadline = trio.current_time() + timeout
+        while True:
+            events = await self.messages(room_id)
+            if predicate(events):
+                return events
+            if trio.current_time() > deadline:
+                raise TimeoutError(f"{self.user_id} did not see {what} in {timeout} s")
+            await trio.sleep(0.1)  # polling interval under a deadline

@@ -1,0 +1,1 @@
+"""The Matrix wire: appservice endpoints, the client-server API client, registration files."""

@@ -1,0 +1,119 @@
+"""The appservice endpoints a homeserver calls: transactions, user queries, ping.
+
+Every network has its own hs_token, so the token on a request tells which network is pushing; one
+listener serves all. Tokens are compared in constant time against every network's token.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+from collections.abc import Mapping
+
+from bridge.config import NetworkConfig
+from bridge.core.ghosts import parse_ghost_localpart
+from bridge.core.ids import InvalidId, parse_user_id
+from bridge.http.routing import Router
+from bridge.http.types import Request, Response, json_response, matrix_error
+from bridge.inbound import Inbound
+from bridge.store import Store
+
+log = logging.getLogger(__name__)
+
+PREFIX = "/_matrix/app/v1"
+
+
+class Appservice:
+    def __init__(
+        self, networks: Mapping[str, NetworkConfig], inbound: Inbound, store: Store
+    ) -> None:
+        self.networks = networks
+        self.inbound = inbound
+        self.store = store
+        self.router = Router()
+        self.router.add("PUT", PREFIX + "/transactions/{txn_id}", self.transaction)
+        self.router.add("GET", PREFIX + "/users/{user_id}", self.query_user)
+        self.router.add("GET", PREFIX + "/rooms/{alias}", self.query_alias)
+        self.router.add("POST", PREFIX + "/ping", self.ping)
+
+    async def handle(self, request: Request) -> Response:
+        try:
+            matched = self.router.match(request.method, request.path)
+        except UnicodeDecodeError:
+            return matrix_error(400, "M_UNRECOGNIZED", "path is not valid UTF-8")
+        if isinstance(matched, Response):
+            return matched
+        handler, params = matched
+        network = self.authenticate(request)
+        if isinstance(network, Response):
+            return network
+        return await handler(_with_params(request, params, network.id))
+
+    def authenticate(self, request: Request) -> NetworkConfig | Response:
+        token = _bearer(request)
+        if token is None:
+            return matrix_error(401, "M_UNAUTHORIZED", "no access token: send the hs_token")
+        found = None
+        for net in self.networks.values():
+            # Compare against every network, always, so timing says nothing about which matched.
+            if hmac.compare_digest(net.hs_token.encode(), token.encode("utf-8", "replace")):
+                found = net
+        if found is None:
+            return matrix_error(403, "M_FORBIDDEN", "the access token is not a known hs_token")
+        return found
+
+    async def transaction(self, request: Request) -> Response:
+        network = request.params["network"]
+        try:
+            body = json.loads(request.body)
+        except (ValueError, UnicodeDecodeError):
+            return matrix_error(400, "M_NOT_JSON", "the body is not valid JSON")
+        if not isinstance(body, dict):
+            return matrix_error(400, "M_BAD_JSON", "the body must be a JSON object")
+        events = body.get("events", [])
+        if not isinstance(events, list):
+            return matrix_error(400, "M_BAD_JSON", "'events' must be a list")
+        # Returns only after the outbox rows are committed: acknowledged means on disk.
+        self.inbound.take_transaction(network, request.params["txn_id"], request.body, events)
+        return json_response(200, {})
+
+    async def query_user(self, request: Request) -> Response:
+        net = self.networks[request.params["network"]]
+        try:
+            user = parse_user_id(request.params["user_id"])
+        except InvalidId:
+            return matrix_error(404, "M_NOT_FOUND", "not a user id")
+        if user.server_name == net.network.server_name:
+            source = parse_ghost_localpart(user.localpart, net.network, set(self.networks))
+            registered, _ = self.store.ghost(net.id, user.localpart)
+            if source is not None and registered:
+                return json_response(200, {})
+        return matrix_error(404, "M_NOT_FOUND", "no such user on this bridge")
+
+    async def query_alias(self, request: Request) -> Response:
+        return matrix_error(404, "M_NOT_FOUND", "this bridge provides no room aliases")
+
+    async def ping(self, request: Request) -> Response:
+        log.debug("ping from %s", request.params["network"])
+        return json_response(200, {})
+
+
+def _bearer(request: Request) -> str | None:
+    auth = request.headers.get("authorization", "")
+    scheme, _, token = auth.partition(" ")
+    if scheme.lower() == "bearer" and token.strip():
+        return token.strip()
+    legacy = request.query.get("access_token")  # older homeservers send it in the query
+    return legacy[0] if legacy else None
+
+
+def _with_params(request: Request, params: dict[str, str], network: str) -> Request:
+    return Request(
+        method=request.method,
+        path=request.path,
+        query=request.query,
+        headers=request.headers,
+        body=request.body,
+        params={**params, "network": network},
+    )

@@ -1,0 +1,192 @@
+"""The client-server API as the bridge uses it: one instance per homeserver.
+
+Errors, drawn once here so callers never look at raw HTTP::
+
+    HomeserverError            something went wrong talking to a homeserver
+     +-- Unreachable           no answer: connection refused or reset, timeout
+     +-- MatrixError           an answer with an error status (status, errcode, retry_after_ms)
+
+The httpx client comes from outside (base URL, as_token header, timeouts), so tests can hand in a
+transport that fails on cue. Tokens live only in that client's headers; nothing here logs them.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+from urllib.parse import quote
+
+import httpx
+
+CLIENT_V3 = "/_matrix/client/v3"
+
+
+class HomeserverError(Exception):
+    status: int | None = None
+    errcode: str | None = None
+    retry_after_ms: int | None = None
+
+
+class Unreachable(HomeserverError):
+    """No answer from the homeserver."""
+
+
+class MatrixError(HomeserverError):
+    def __init__(
+        self, status: int, errcode: str, message: str, retry_after_ms: int | None = None
+    ) -> None:
+        super().__init__(f"{status} {errcode}: {message}")
+        self.status = status
+        self.errcode = errcode
+        self.retry_after_ms = retry_after_ms
+
+
+def _q(part: str) -> str:
+    return quote(part, safe="")
+
+
+def make_http_client(homeserver: str, as_token: str, timeout: float = 30.0) -> httpx.AsyncClient:
+    """The pooled, kept-alive httpx client for one homeserver, authenticated as the appservice."""
+    return httpx.AsyncClient(
+        base_url=homeserver,
+        headers={"Authorization": f"Bearer {as_token}"},
+        timeout=httpx.Timeout(timeout, connect=10.0),
+        limits=httpx.Limits(max_connections=32, max_keepalive_connections=16),
+        trust_env=False,  # a proxy from the environment must not see our tokens
+    )
+
+
+class Homeserver:
+    def __init__(self, http: httpx.AsyncClient, server_name: str) -> None:
+        self.http = http
+        self.server_name = server_name
+
+    async def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        body: Any = None,
+        as_user: str | None = None,
+        params: dict[str, str] | None = None,
+    ) -> dict[str, Any]:
+        query = dict(params or {})
+        if as_user is not None:
+            query["user_id"] = as_user
+        try:
+            response = await self.http.request(
+                method,
+                path,
+                params=query or None,
+                content=json.dumps(body).encode() if body is not None else None,
+                headers={"Content-Type": "application/json"} if body is not None else None,
+            )
+        except httpx.TransportError as exc:
+            raise Unreachable(f"{self.server_name}: {type(exc).__name__}: {exc}") from exc
+        try:
+            payload = response.json()
+        except ValueError:
+            payload = {}
+        if not isinstance(payload, dict):
+            payload = {}
+        if response.status_code >= 400:
+            retry = payload.get("retry_after_ms")
+            if not isinstance(retry, int):
+                header = response.headers.get("retry-after", "")
+                retry = int(header) * 1000 if header.isdigit() else None
+            raise MatrixError(
+                response.status_code,
+                str(payload.get("errcode", "M_UNKNOWN")),
+                str(payload.get("error", response.reason_phrase))[:300],
+                retry,
+            )
+        return payload
+
+    # -- the calls the bridge makes ------------------------------------------------------------
+
+    async def ping_appservice(self, appservice_id: str, transaction_id: str) -> int:
+        """Ask the homeserver to ping us (and so push its backlog now); returns its duration_ms."""
+        result = await self.request(
+            "POST",
+            f"/_matrix/client/v1/appservice/{_q(appservice_id)}/ping",
+            body={"transaction_id": transaction_id},
+        )
+        return int(result.get("duration_ms", 0))
+
+    async def register(self, localpart: str) -> None:
+        """Register an appservice user; an existing one is fine."""
+        try:
+            await self.request(
+                "POST",
+                f"{CLIENT_V3}/register",
+                body={
+                    "type": "m.login.application_service",
+                    "username": localpart,
+                    "inhibit_login": True,
+                },
+            )
+        except MatrixError as exc:
+            if exc.errcode != "M_USER_IN_USE":
+                raise
+
+    async def set_display_name(self, user_id: str, name: str) -> None:
+        await self.request(
+            "PUT",
+            f"{CLIENT_V3}/profile/{_q(user_id)}/displayname",
+            body={"displayname": name},
+            as_user=user_id,
+        )
+
+    async def display_name(self, room_id: str, user_id: str) -> str | None:
+        """`user_id`'s display name in `room_id` (read as the bot), or None if they set none."""
+        try:
+            member = await self.request(
+                "GET", f"{CLIENT_V3}/rooms/{_q(room_id)}/state/m.room.member/{_q(user_id)}"
+            )
+        except MatrixError as exc:
+            if exc.errcode in ("M_NOT_FOUND", "M_FORBIDDEN"):
+                return None
+            raise
+        name = member.get("displayname")
+        return name if isinstance(name, str) else None
+
+    async def join(self, room_id: str, as_user: str | None = None) -> str:
+        result = await self.request(
+            "POST", f"{CLIENT_V3}/join/{_q(room_id)}", body={}, as_user=as_user
+        )
+        return str(result.get("room_id", room_id))
+
+    async def invite(self, room_id: str, user_id: str, as_user: str | None = None) -> None:
+        await self.request(
+            "POST",
+            f"{CLIENT_V3}/rooms/{_q(room_id)}/invite",
+            body={"user_id": user_id},
+            as_user=as_user,
+        )
+
+    async def send_event(
+        self, room_id: str, event_type: str, content: Any, txn_id: str, as_user: str
+    ) -> str:
+        result = await self.request(
+            "PUT",
+            f"{CLIENT_V3}/rooms/{_q(room_id)}/send/{_q(event_type)}/{_q(txn_id)}",
+            body=content,
+            as_user=as_user,
+        )
+        event_id = result.get("event_id")
+        if not isinstance(event_id, str):
+            raise MatrixError(502, "M_UNKNOWN", "the homeserver returned no event_id")
+        return event_id
+
+    async def put_state(self, room_id: str, event_type: str, state_key: str, content: Any) -> str:
+        result = await self.request(
+            "PUT",
+            f"{CLIENT_V3}/rooms/{_q(room_id)}/state/{_q(event_type)}/{_q(state_key)}",
+            body=content,
+        )
+        return str(result.get("event_id", ""))
+
+    async def joined_members(self, room_id: str) -> set[str]:
+        result = await self.request("GET", f"{CLIENT_V3}/rooms/{_q(room_id)}/joined_members")
+        joined = result.get("joined")
+        return set(joined) if isinstance(joined, dict) else set()

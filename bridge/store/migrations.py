@@ -1,0 +1,102 @@
+"""Numbered schema migrations; ``PRAGMA user_version`` records how far a database has come.
+
+Each migration runs in its own transaction together with the version bump, so a database is
+never left half-migrated. Add new steps at the end; never edit a step that has shipped.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import sqlite_utils
+
+
+def _v1(db: sqlite_utils.Database) -> None:
+    # Events already turned into outbox actions: the dedupe key is the event id, since Synapse
+    # reuses transaction ids after a restart (../shared/notes/synapse.md).
+    db["seen_events"].create(
+        {"network": str, "event_id": str, "room_id": str, "seen_at": float},
+        pk=("network", "event_id"),
+    )
+    # Transactions answered, as a hint only: the same id with the same body is a retry.
+    db["transactions"].create(
+        {"network": str, "txn_id": str, "digest": str, "received_at": float},
+        pk=("network", "txn_id"),
+    )
+    db["portals"].create({"portal_id": str, "created_at": float}, pk="portal_id")
+    db["portal_rooms"].create(
+        {"network": str, "room_id": str, "portal_id": str},
+        pk=("network", "room_id"),
+        foreign_keys=[("portal_id", "portals", "portal_id")],
+    )
+    db["portal_rooms"].create_index(["portal_id", "network"], unique=True)
+    db["ghosts"].create(
+        {"network": str, "localpart": str, "source_network": str, "display_name": str},
+        pk=("network", "localpart"),
+        not_null={"source_network"},
+    )
+    db["ghost_rooms"].create(
+        {"network": str, "localpart": str, "room_id": str}, pk=("network", "localpart", "room_id")
+    )
+    # Display names of real people as their own network shows them (NULL: they set none).
+    db["profiles"].create(
+        {"network": str, "user_id": str, "display_name": str}, pk=("network", "user_id")
+    )
+    db["event_map"].create(
+        {
+            "src_network": str,
+            "src_event": str,
+            "dst_network": str,
+            "src_room": str,
+            "dst_room": str,
+            "dst_event": str,
+            "created_at": float,
+        },
+        pk=("src_network", "src_event", "dst_network"),
+    )
+    db["event_map"].create_index(["dst_network", "dst_event"])
+    # The durable queue of actions still to deliver: first in first out per (network, room).
+    db["outbox"].create(
+        {
+            "id": int,
+            "network": str,
+            "room_id": str,
+            "kind": str,
+            "txn_id": str,
+            "payload": str,
+            "state": str,  # pending | done | failed
+            "attempts": int,
+            "last_error": str,
+            "created_at": float,
+            "updated_at": float,
+        },
+        pk="id",
+        not_null={"network", "room_id", "kind", "txn_id", "payload", "state"},
+        defaults={"state": "pending", "attempts": 0},
+    )
+    db["outbox"].create_index(["txn_id", "network"], unique=True)
+    db["outbox"].create_index(["network", "state", "room_id", "id"])
+
+
+MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_v1]
+LATEST = len(MIGRATIONS)
+
+
+def migrate(db: sqlite_utils.Database) -> int:
+    """Bring `db` to the latest schema; return the version it was at before."""
+    start = int(db.execute("PRAGMA user_version").fetchone()[0])
+    if start > LATEST:
+        raise RuntimeError(
+            f"the database is at schema version {start}, newer than this tribridge knows "
+            f"({LATEST}): run a newer tribridge or restore a backup"
+        )
+    for version in range(start + 1, LATEST + 1):
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            MIGRATIONS[version - 1](db)
+            db.execute(f"PRAGMA user_version = {version}")
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+    return start

@@ -1,0 +1,289 @@
+"""Typed functions over the tribridge database.
+
+One connection, used from the trio thread. Writes that belong together go through
+``transaction()``: BEGIN IMMEDIATE ... COMMIT, so an inbound transaction's seen-events, profile
+updates and outbox rows land together or not at all. synchronous=FULL (the default durability)
+means a COMMIT that returned is on disk, so the HTTP 200 that follows it is honest.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+import uuid
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import sqlite_utils
+
+from bridge.core.actions import Action, from_payload
+from bridge.core.model import Portal
+from bridge.store.migrations import migrate
+
+SYNCHRONOUS = {"full": "FULL", "process": "NORMAL"}
+
+
+class StoreError(Exception):
+    """The database cannot be opened or used (a path, permission or version problem)."""
+
+
+@dataclass(frozen=True)
+class OutboxItem:
+    id: int
+    attempts: int
+    action: Action
+
+
+class Store:
+    def __init__(self, path: Path | str, durability: str = "full") -> None:
+        try:
+            if str(path) != ":memory:":
+                Path(path).parent.mkdir(parents=True, exist_ok=True)
+            conn = sqlite3.connect(str(path), isolation_level=None)
+            conn.execute("PRAGMA journal_mode = WAL")
+            conn.execute(f"PRAGMA synchronous = {SYNCHRONOUS[durability]}")
+            conn.execute("PRAGMA foreign_keys = ON")
+            conn.execute("PRAGMA busy_timeout = 5000")
+            self.db = sqlite_utils.Database(conn)
+            self.schema_before = migrate(self.db)
+        except (sqlite3.Error, OSError) as exc:
+            raise StoreError(f"cannot open the database {path}: {exc}") from exc
+        self.conn = conn
+
+    def close(self) -> None:
+        self.conn.close()
+
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        self.conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            self.conn.execute("ROLLBACK")
+            raise
+        self.conn.execute("COMMIT")
+
+    def _one(self, sql: str, params: Iterable[Any] = ()) -> tuple[Any, ...] | None:
+        row = self.conn.execute(sql, tuple(params)).fetchone()
+        return tuple(row) if row is not None else None
+
+    # -- inbound dedupe ------------------------------------------------------------------------
+
+    def transaction_seen(self, network: str, txn_id: str, digest: str) -> bool:
+        """Whether this exact transaction (same id, same body) was already taken in."""
+        row = self._one(
+            "SELECT digest FROM transactions WHERE network = ? AND txn_id = ?", (network, txn_id)
+        )
+        return row is not None and row[0] == digest
+
+    def record_transaction(self, network: str, txn_id: str, digest: str) -> None:
+        self.conn.execute(
+            "INSERT OR REPLACE INTO transactions (network, txn_id, digest, received_at) "
+            "VALUES (?, ?, ?, ?)",
+            (network, txn_id, digest, time.time()),
+        )
+
+    def event_seen(self, network: str, event_id: str) -> bool:
+        return (
+            self._one(
+                "SELECT 1 FROM seen_events WHERE network = ? AND event_id = ?", (network, event_id)
+            )
+            is not None
+        )
+
+    def mark_event_seen(self, network: str, event_id: str, room_id: str) -> None:
+        self.conn.execute(
+            "INSERT OR IGNORE INTO seen_events (network, event_id, room_id, seen_at) "
+            "VALUES (?, ?, ?, ?)",
+            (network, event_id, room_id, time.time()),
+        )
+
+    # -- portals -------------------------------------------------------------------------------
+
+    def portal_for_room(self, network: str, room_id: str) -> Portal | None:
+        row = self._one(
+            "SELECT portal_id FROM portal_rooms WHERE network = ? AND room_id = ?",
+            (network, room_id),
+        )
+        return self.portal(row[0]) if row else None
+
+    def portal(self, portal_id: str) -> Portal | None:
+        rows = self.conn.execute(
+            "SELECT network, room_id FROM portal_rooms WHERE portal_id = ?", (portal_id,)
+        ).fetchall()
+        return Portal(portal_id, {n: r for n, r in rows}) if rows else None
+
+    def portals(self) -> list[Portal]:
+        ids = [r[0] for r in self.conn.execute("SELECT portal_id FROM portals ORDER BY rowid")]
+        return [p for p in (self.portal(i) for i in ids) if p is not None]
+
+    def sync_config_portals(self, declared: Iterable[Mapping[str, str]]) -> list[Portal]:
+        """Make the store's portals match the config's ``[[portals]]``; keep their ids stable.
+
+        A declared portal keeps the id of the stored portal that already holds one of its rooms;
+        otherwise it gets a new random id. The config is authoritative for the rooms it names.
+        """
+        result: list[Portal] = []
+        with self.transaction():
+            for rooms in declared:
+                portal_id = None
+                for net, room in sorted(rooms.items()):
+                    found = self._one(
+                        "SELECT portal_id FROM portal_rooms WHERE network = ? AND room_id = ?",
+                        (net, room),
+                    )
+                    if found:
+                        portal_id = found[0]
+                        break
+                if portal_id is None:
+                    portal_id = str(uuid.uuid4())
+                    self.conn.execute(
+                        "INSERT INTO portals (portal_id, created_at) VALUES (?, ?)",
+                        (portal_id, time.time()),
+                    )
+                for net, room in rooms.items():
+                    self.conn.execute(
+                        "DELETE FROM portal_rooms WHERE (network = ? AND room_id = ?) "
+                        "OR (portal_id = ? AND network = ?)",
+                        (net, room, portal_id, net),
+                    )
+                    self.conn.execute(
+                        "INSERT INTO portal_rooms (network, room_id, portal_id) VALUES (?, ?, ?)",
+                        (net, room, portal_id),
+                    )
+                result.append(Portal(portal_id, dict(rooms)))
+        return result
+
+    # -- profiles and ghosts -------------------------------------------------------------------
+
+    def profile(self, network: str, user_id: str) -> tuple[bool, str | None]:
+        """(known, display name) of a real person as their own network shows them."""
+        row = self._one(
+            "SELECT display_name FROM profiles WHERE network = ? AND user_id = ?",
+            (network, user_id),
+        )
+        return (row is not None, row[0] if row else None)
+
+    def set_profile(self, network: str, user_id: str, display_name: str | None) -> None:
+        self.conn.execute(
+            "INSERT OR REPLACE INTO profiles (network, user_id, display_name) VALUES (?, ?, ?)",
+            (network, user_id, display_name),
+        )
+
+    def ghost(self, network: str, localpart: str) -> tuple[bool, str | None]:
+        """(registered, display name last set) of a ghost."""
+        row = self._one(
+            "SELECT display_name FROM ghosts WHERE network = ? AND localpart = ?",
+            (network, localpart),
+        )
+        return (row is not None, row[0] if row else None)
+
+    def save_ghost(
+        self, network: str, localpart: str, source_network: str, display_name: str | None
+    ) -> None:
+        self.conn.execute(
+            "INSERT OR REPLACE INTO ghosts (network, localpart, source_network, display_name) "
+            "VALUES (?, ?, ?, ?)",
+            (network, localpart, source_network, display_name),
+        )
+
+    def ghost_in_room(self, network: str, localpart: str, room_id: str) -> bool:
+        return (
+            self._one(
+                "SELECT 1 FROM ghost_rooms WHERE network = ? AND localpart = ? AND room_id = ?",
+                (network, localpart, room_id),
+            )
+            is not None
+        )
+
+    def set_ghost_in_room(self, network: str, localpart: str, room_id: str, inside: bool) -> None:
+        if inside:
+            sql = "INSERT OR IGNORE INTO ghost_rooms (network, localpart, room_id) VALUES (?, ?, ?)"
+        else:
+            sql = "DELETE FROM ghost_rooms WHERE network = ? AND localpart = ? AND room_id = ?"
+        self.conn.execute(sql, (network, localpart, room_id))
+
+    # -- outbox and event map ------------------------------------------------------------------
+
+    def enqueue(self, actions: Iterable[Action]) -> None:
+        """Queue actions (inside the caller's transaction); an action already queued is kept."""
+        now = time.time()
+        self.conn.executemany(
+            "INSERT OR IGNORE INTO outbox (network, room_id, kind, txn_id, payload, state, "
+            "attempts, created_at, updated_at) VALUES (?, ?, ?, ?, ?, 'pending', 0, ?, ?)",
+            [
+                (a.network, a.room_id, a.kind, a.txn_id, json.dumps(a.to_payload()), now, now)
+                for a in actions
+            ],
+        )
+
+    def pending_rooms(self, network: str) -> list[str]:
+        return [
+            r[0]
+            for r in self.conn.execute(
+                "SELECT DISTINCT room_id FROM outbox WHERE network = ? AND state = 'pending'",
+                (network,),
+            )
+        ]
+
+    def pending_actions(self, network: str, room_id: str, limit: int = 50) -> list[OutboxItem]:
+        """The oldest pending actions for one room, in the order they were queued."""
+        rows = self.conn.execute(
+            "SELECT id, kind, txn_id, payload, attempts FROM outbox "
+            "WHERE network = ? AND state = 'pending' AND room_id = ? ORDER BY id LIMIT ?",
+            (network, room_id, limit),
+        ).fetchall()
+        return [
+            OutboxItem(
+                id=row_id,
+                attempts=attempts,
+                action=from_payload(kind, network, room_id, txn, json.loads(payload)),
+            )
+            for row_id, kind, txn, payload, attempts in rows
+        ]
+
+    def note_attempt(self, item_id: int, error: str) -> None:
+        self.conn.execute(
+            "UPDATE outbox SET attempts = attempts + 1, last_error = ?, updated_at = ? "
+            "WHERE id = ?",
+            (error[:500], time.time(), item_id),
+        )
+
+    def finish(self, item_id: int, state: str, error: str | None = None) -> None:
+        assert state in ("done", "failed")
+        self.conn.execute(
+            "UPDATE outbox SET state = ?, last_error = ?, updated_at = ? WHERE id = ?",
+            (state, error[:500] if error else None, time.time(), item_id),
+        )
+
+    def map_event(
+        self,
+        src_network: str,
+        src_room: str,
+        src_event: str,
+        dst_network: str,
+        dst_room: str,
+        dst_event: str,
+    ) -> None:
+        self.conn.execute(
+            "INSERT OR REPLACE INTO event_map (src_network, src_event, dst_network, src_room, "
+            "dst_room, dst_event, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (src_network, src_event, dst_network, src_room, dst_room, dst_event, time.time()),
+        )
+
+    def mapped_event(self, src_network: str, src_event: str, dst_network: str) -> str | None:
+        row = self._one(
+            "SELECT dst_event FROM event_map WHERE src_network = ? AND src_event = ? "
+            "AND dst_network = ?",
+            (src_network, src_event, dst_network),
+        )
+        return row[0] if row else None
+
+    def outbox_status(self, txn: str) -> tuple[str, int, str | None] | None:
+        """(state, attempts, last error) of the action with transaction id `txn`."""
+        row = self._one("SELECT state, attempts, last_error FROM outbox WHERE txn_id = ?", (txn,))
+        return (row[0], row[1], row[2]) if row else None
