@@ -338,13 +338,12 @@ def _network(
         return None
     assert label and homeserver and server_name and as_token and hs_token and identity
     assert bot is not None and prefix is not None
-    kind: IdentityKind = identity  # type: ignore[assignment]
     return NetworkConfig(
         network=Network(
             id=net_id,
             label=label.strip(),
             server_name=server_name,
-            identity=kind,
+            identity=identity,
             bot=bot,
             ghost_prefix=prefix,
             expose_identity=expose,

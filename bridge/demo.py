@@ -12,7 +12,9 @@ import shutil
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import trio
 
@@ -70,9 +72,7 @@ async def _scenario(net: LocalNet) -> None:
             await people[net_id].send_text(rooms[net_id], text)
             for other, person in people.items():
                 if other != net_id:
-                    await person.wait_for(
-                        rooms[other], lambda evs, t=text: _has_body(evs, t), what=repr(text)
-                    )
+                    await person.wait_for(rooms[other], has_body(text), what=repr(text))
         print()
         for net_id, person in people.items():
             await _show(net.server_name(net_id), person, rooms[net_id])
@@ -81,12 +81,16 @@ async def _scenario(net: LocalNet) -> None:
         await person.aclose()
 
 
-def _has_body(events: list[dict[str, object]], text: str) -> bool:
-    return any(
-        e.get("type") == "m.room.message" and isinstance(e.get("content"), dict)
-        and e["content"].get("body") == text  # type: ignore[union-attr]
-        for e in events
-    )
+def has_body(text: str) -> Callable[[list[dict[str, Any]]], bool]:
+    """A timeline predicate: some m.room.message has exactly this body."""
+
+    def check(events: list[dict[str, Any]]) -> bool:
+        return any(
+            e.get("type") == "m.room.message" and (e.get("content") or {}).get("body") == text
+            for e in events
+        )
+
+    return check
 
 
 async def _show(server_name: str, person: Person, room_id: str) -> None:

@@ -39,5 +39,5 @@ def backoff(attempt: int, jitter: float, retry_after_ms: int | None = None) -> f
     """
     if retry_after_ms is not None and retry_after_ms >= 0:
         return min(retry_after_ms / 1000.0, BACKOFF_CAP)
-    exp = BACKOFF_BASE * (2 ** min(max(attempt - 1, 0), 16))
+    exp = BACKOFF_BASE * float(2 ** min(max(attempt - 1, 0), 16))
     return min(exp * (0.5 + jitter / 2), BACKOFF_CAP)

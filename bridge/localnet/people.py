@@ -89,15 +89,15 @@ class Person:
         self,
         room_id: str,
         predicate: Callable[[list[dict[str, Any]]], bool],
-        timeout: float = 20.0,
+        within: float = 20.0,
         what: str = "the expected events",
     ) -> list[dict[str, Any]]:
-        """Poll the room's timeline until `predicate` holds, or fail after `timeout` seconds."""
-        deadline = trio.current_time() + timeout
+        """Poll the room's timeline until `predicate` holds, or fail after `within` seconds."""
+        deadline = trio.current_time() + within
         while True:
             events = await self.messages(room_id)
             if predicate(events):
                 return events
             if trio.current_time() > deadline:
-                raise TimeoutError(f"{self.user_id} did not see {what} in {timeout} s")
+                raise TimeoutError(f"{self.user_id} did not see {what} in {within} s")
             await trio.sleep(0.1)  # polling interval under a deadline

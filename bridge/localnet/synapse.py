@@ -64,7 +64,7 @@ class Synapse:
             json.dumps(
                 {
                     "version": 1,
-                    "formatters": {"f": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
+                    "formatters": {"f": {"format": "%(asctime)s %(levelname)s %(message)s"}},
                     "handlers": {
                         "file": {
                             "class": "logging.FileHandler",

@@ -14,35 +14,35 @@ import sqlite_utils
 def _v1(db: sqlite_utils.Database) -> None:
     # Events already turned into outbox actions: the dedupe key is the event id, since Synapse
     # reuses transaction ids after a restart (../shared/notes/synapse.md).
-    db["seen_events"].create(
+    db.table("seen_events").create(
         {"network": str, "event_id": str, "room_id": str, "seen_at": float},
         pk=("network", "event_id"),
     )
     # Transactions answered, as a hint only: the same id with the same body is a retry.
-    db["transactions"].create(
+    db.table("transactions").create(
         {"network": str, "txn_id": str, "digest": str, "received_at": float},
         pk=("network", "txn_id"),
     )
-    db["portals"].create({"portal_id": str, "created_at": float}, pk="portal_id")
-    db["portal_rooms"].create(
+    db.table("portals").create({"portal_id": str, "created_at": float}, pk="portal_id")
+    db.table("portal_rooms").create(
         {"network": str, "room_id": str, "portal_id": str},
         pk=("network", "room_id"),
         foreign_keys=[("portal_id", "portals", "portal_id")],
     )
-    db["portal_rooms"].create_index(["portal_id", "network"], unique=True)
-    db["ghosts"].create(
+    db.table("portal_rooms").create_index(["portal_id", "network"], unique=True)
+    db.table("ghosts").create(
         {"network": str, "localpart": str, "source_network": str, "display_name": str},
         pk=("network", "localpart"),
         not_null={"source_network"},
     )
-    db["ghost_rooms"].create(
+    db.table("ghost_rooms").create(
         {"network": str, "localpart": str, "room_id": str}, pk=("network", "localpart", "room_id")
     )
     # Display names of real people as their own network shows them (NULL: they set none).
-    db["profiles"].create(
+    db.table("profiles").create(
         {"network": str, "user_id": str, "display_name": str}, pk=("network", "user_id")
     )
-    db["event_map"].create(
+    db.table("event_map").create(
         {
             "src_network": str,
             "src_event": str,
@@ -54,9 +54,9 @@ def _v1(db: sqlite_utils.Database) -> None:
         },
         pk=("src_network", "src_event", "dst_network"),
     )
-    db["event_map"].create_index(["dst_network", "dst_event"])
+    db.table("event_map").create_index(["dst_network", "dst_event"])
     # The durable queue of actions still to deliver: first in first out per (network, room).
-    db["outbox"].create(
+    db.table("outbox").create(
         {
             "id": int,
             "network": str,
@@ -74,8 +74,8 @@ def _v1(db: sqlite_utils.Database) -> None:
         not_null={"network", "room_id", "kind", "txn_id", "payload", "state"},
         defaults={"state": "pending", "attempts": 0},
     )
-    db["outbox"].create_index(["txn_id", "network"], unique=True)
-    db["outbox"].create_index(["network", "state", "room_id", "id"])
+    db.table("outbox").create_index(["txn_id", "network"], unique=True)
+    db.table("outbox").create_index(["network", "state", "room_id", "id"])
 
 
 MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_v1]
