@@ -16,7 +16,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from bridge.core.ids import is_valid_localpart, is_valid_server_name
-from bridge.core.model import IDENTITY_KINDS, IdentityKind, Network
+from bridge.core.model import IDENTITY_KINDS, Network
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
 MIN_SECRET_BYTES = 32
