@@ -124,14 +124,15 @@ class Synapse:
         """Start the process; `wait_ready` tells when it answers."""
         config = self.write_config()
         env = {k: v for k, v in os.environ.items() if not k.startswith("SYNAPSE_")}
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "synapse.app.homeserver", "--config-path", str(config)],
-            cwd=self.directory,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=open(self.directory / "stdout.log", "ab"),  # noqa: SIM115 (child owns it)
-            stderr=subprocess.STDOUT,
-        )
+        with open(self.directory / "stdout.log", "ab") as out:  # the child keeps its own copy
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "synapse.app.homeserver", "--config-path", str(config)],
+                cwd=self.directory,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
 
     def wait_ready(self, timeout: float = 60.0) -> None:
         deadline = time.monotonic() + timeout

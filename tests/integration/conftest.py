@@ -1,0 +1,164 @@
+"""Three real Synapse homeservers for the whole session, and the daemon started as a user would.
+
+The homeservers come from the same launcher `tribridge demo` uses (bridge/localnet). Each test
+gets its own people, rooms, config and database; the daemon runs as `python -m bridge run -c`,
+and its readiness is read from a fake $NOTIFY_SOCKET, the way systemd would.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import signal
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import trio
+
+from bridge.localnet.cluster import LocalNet
+from bridge.localnet.people import Person
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="session")
+def localnet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalNet]:
+    net = LocalNet.create(tmp_path_factory.mktemp("localnet"))
+    net.start()
+    try:
+        yield net
+    finally:
+        net.stop()
+
+
+class Daemon:
+    """`tribridge run` in a subprocess, with a fake systemd notify socket."""
+
+    def __init__(self, net: LocalNet, workdir: Path) -> None:
+        self.net = net
+        self.workdir = workdir
+        self.config_path = workdir / "tribridge.toml"
+        self.log_path = workdir / "tribridge.log"
+        self.process: trio.Process | None = None
+        self.notices: list[str] = []
+        self._sock: trio.socket.SocketType | None = None
+        self._address = ""
+
+    def write_config(self, portals: list[Mapping[str, str]], log_level: str = "info") -> Path:
+        return self.net.write_config(self.config_path, portals, self.workdir / "state.db", log_level)
+
+    async def start(self, portals: list[Mapping[str, str]] | None = None) -> None:
+        if portals is not None:
+            self.write_config(portals)
+        self._sock = trio.socket.socket(trio.socket.AF_UNIX, trio.socket.SOCK_DGRAM)
+        name = f"tribridge-test-{secrets.token_hex(6)}"
+        await self._sock.bind("\0" + name)
+        self._address = "@" + name
+        env = {**os.environ, "NOTIFY_SOCKET": self._address}
+        with open(self.log_path, "ab") as log:
+            self.process = await trio.lowlevel.open_process(
+                [sys.executable, "-m", "bridge", "run", "-c", str(self.config_path)],
+                cwd=ROOT,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=log,
+            )
+        await self.wait_notice("READY=1", within=30)
+
+    async def wait_notice(self, notice: str, within: float) -> None:
+        assert self._sock is not None
+        with trio.fail_after(within):
+            while notice not in self.notices:
+                if self.process is not None and self.process.poll() is not None:
+                    raise AssertionError(f"daemon exited early:\n{self.log()}")
+                with trio.move_on_after(0.2):
+                    data = await self._sock.recv(4096)
+                    self.notices += data.decode().splitlines()
+
+    async def stop(self) -> int:
+        """SIGTERM, as systemd would; the daemon must be gone within 5 s."""
+        if self.process is None:
+            return 0
+        process, self.process = self.process, None
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            with trio.move_on_after(5) as scope:
+                await process.wait()
+            if scope.cancelled_caught:
+                process.kill()
+                await process.wait()
+                raise AssertionError("the daemon did not stop within 5 s of SIGTERM")
+        if self._sock is not None:
+            with trio.move_on_after(1):
+                while "STOPPING=1" not in self.notices:
+                    self.notices += (await self._sock.recv(4096)).decode().splitlines()
+            self._sock.close()
+            self._sock = None
+        return int(process.returncode or 0)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    async def push(self, net_id: str, txn_id: str, body: Any, token: str | None = None,
+                   raw: bytes | None = None) -> httpx.Response:
+        """Push a transaction as homeserver `net_id` would."""
+        token = self.net.hs_tokens[net_id] if token is None else token
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        url = f"http://127.0.0.1:{self.net.bridge_port}/_matrix/app/v1/transactions/{txn_id}"
+        async with httpx.AsyncClient(trust_env=False) as http:
+            if raw is not None:
+                return await http.put(url, content=raw, headers=headers)
+            return await http.put(url, json=body, headers=headers)
+
+
+@pytest.fixture
+async def daemon(localnet: LocalNet, tmp_path: Path) -> AsyncIterator[Daemon]:
+    d = Daemon(localnet, tmp_path)
+    try:
+        yield d
+    finally:
+        code = await d.stop()
+        assert code == 0, f"daemon exit status {code}:\n{d.log()}"
+
+
+class Cast:
+    """Real people registered on the three homeservers for one test."""
+
+    def __init__(self, net: LocalNet) -> None:
+        self.net = net
+        self.people: list[Person] = []
+
+    async def person(self, net_id: str, display_name: str | None = None, *,
+                     localpart: str | None = None) -> Person:
+        if localpart is None:
+            tag = secrets.token_hex(4)
+            localpart = {
+                "wa": "+1555" + str(int(tag, 16) % 10_000_000).zfill(7),
+                "ig": f"user.{tag}",
+                "fbm": f"user{tag}=40example.com",
+            }[net_id]
+        p = await Person.register(self.net.url(net_id), localpart, display_name)
+        self.people.append(p)
+        return p
+
+    async def room(self, net_id: str, owner: Person, name: str = "portal") -> str:
+        return await owner.create_room(name, invite=[f"@tribridge:{self.net.server_name(net_id)}"])
+
+    async def aclose(self) -> None:
+        for p in self.people:
+            await p.aclose()
+
+
+@pytest.fixture
+async def cast(localnet: LocalNet) -> AsyncIterator[Cast]:
+    c = Cast(localnet)
+    try:
+        yield c
+    finally:
+        await c.aclose()
