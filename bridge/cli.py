@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import sys
 from pathlib import Path
@@ -105,10 +106,23 @@ def _run(path: Path) -> int:
     log.info("tribridge %s starting with %s", __version__, path)
     try:
         trio.run(run_until_signalled, path, config)
-    except StoreError as exc:
-        log.error("%s", exc)
-        return EXIT_FAILURE
-    except OSError as exc:
-        log.error("cannot run: %s", exc)  # e.g. the listen address is in use
+    except (StoreError, OSError, BaseExceptionGroup) as exc:
+        cause = _environment_failure(exc)
+        if cause is None:
+            raise  # our own bug: crash loudly, with the traceback
+        if isinstance(cause, OSError) and cause.errno == errno.EADDRINUSE:
+            log.error("cannot listen on %s:%d: the address is in use (bridge.listen)",
+                      config.bridge.listen_host, config.bridge.listen_port)
+        else:
+            log.error("cannot run: %s", cause)
         return EXIT_FAILURE
     return EXIT_OK
+
+
+def _environment_failure(exc: BaseException) -> StoreError | OSError | None:
+    """The failure of the machine around us inside `exc` (trio wraps errors in groups)."""
+    if isinstance(exc, StoreError | OSError):
+        return exc
+    if isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        return _environment_failure(exc.exceptions[0])
+    return None

@@ -1,5 +1,6 @@
 """The SQLite state store: schema, numbered migrations, and small typed functions."""
 
-from bridge.store.store import OutboxItem, Store, StoreError
+from bridge.store.errors import StoreError
+from bridge.store.store import OutboxItem, Store
 
 __all__ = ["OutboxItem", "Store", "StoreError"]

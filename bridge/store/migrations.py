@@ -10,6 +10,8 @@ from collections.abc import Callable
 
 import sqlite_utils
 
+from bridge.store.errors import StoreError
+
 
 def _v1(db: sqlite_utils.Database) -> None:
     # Events already turned into outbox actions: the dedupe key is the event id, since Synapse
@@ -86,7 +88,7 @@ def migrate(db: sqlite_utils.Database) -> int:
     """Bring `db` to the latest schema; return the version it was at before."""
     start = int(db.execute("PRAGMA user_version").fetchone()[0])
     if start > LATEST:
-        raise RuntimeError(
+        raise StoreError(
             f"the database is at schema version {start}, newer than this tribridge knows "
             f"({LATEST}): run a newer tribridge or restore a backup"
         )

@@ -22,13 +22,10 @@ import sqlite_utils
 
 from bridge.core.actions import Action, from_payload
 from bridge.core.model import Portal
+from bridge.store.errors import StoreError
 from bridge.store.migrations import migrate
 
 SYNCHRONOUS = {"full": "FULL", "process": "NORMAL"}
-
-
-class StoreError(Exception):
-    """The database cannot be opened or used (a path, permission or version problem)."""
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,116 @@
+"""The SQLite store: migrations, durability settings, atomic transactions, the outbox."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from bridge.core.actions import SendMessage, txn_id
+from bridge.core.model import EventRef
+from bridge.store import Store, StoreError
+from bridge.store.migrations import LATEST
+
+
+def message(n: int, room: str = "!r:ig", network: str = "ig") -> SendMessage:
+    return SendMessage(
+        network=network,
+        room_id=room,
+        ghost="_tb_wa_aaaaaaaaaaaaaaaa",
+        source=EventRef("wa", "!src", f"$e{n}", "@+15551234567:wa"),
+        content={"msgtype": "m.text", "body": f"m{n}"},
+        txn_id=txn_id("wa", f"$e{n}", network, "message"),
+    )
+
+
+def test_a_new_database_is_migrated_to_the_latest_schema_in_wal_with_full_sync(
+    tmp_path: Path,
+) -> None:
+    store = Store(tmp_path / "sub" / "t.db")
+    assert store.schema_before == 0
+    assert store.conn.execute("PRAGMA user_version").fetchone()[0] == LATEST
+    assert store.conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert store.conn.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+    store.close()
+    again = Store(tmp_path / "sub" / "t.db")
+    assert again.schema_before == LATEST
+    again.close()
+
+
+def test_process_durability_is_normal_sync(tmp_path: Path) -> None:
+    store = Store(tmp_path / "t.db", durability="process")
+    assert store.conn.execute("PRAGMA synchronous").fetchone()[0] == 1  # NORMAL
+    store.close()
+
+
+def test_a_database_from_a_newer_tribridge_is_refused_clearly(tmp_path: Path) -> None:
+    path = tmp_path / "t.db"
+    conn = sqlite3.connect(path)
+    conn.execute(f"PRAGMA user_version = {LATEST + 1}")
+    conn.close()
+    with pytest.raises(StoreError, match="newer than this tribridge"):
+        Store(path)
+
+
+def test_an_unopenable_path_is_a_store_error(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("")
+    with pytest.raises(StoreError, match="cannot open the database"):
+        Store(tmp_path / "file" / "t.db")
+
+
+def test_a_failed_transaction_leaves_nothing_behind(tmp_path: Path) -> None:
+    store = Store(tmp_path / "t.db")
+    with pytest.raises(ZeroDivisionError), store.transaction():
+        store.enqueue([message(1)])
+        store.mark_event_seen("wa", "$e1", "!src")
+        _ = 1 / 0
+    assert store.pending_rooms("ig") == []
+    assert not store.event_seen("wa", "$e1")
+
+
+def test_outbox_is_first_in_first_out_per_room_and_deduplicated(tmp_path: Path) -> None:
+    store = Store(tmp_path / "t.db")
+    with store.transaction():
+        store.enqueue([message(n) for n in range(5)])
+        store.enqueue([message(2)])  # the same action again: ignored
+        store.enqueue([message(9, room="!other:ig")])
+    assert sorted(store.pending_rooms("ig")) == ["!other:ig", "!r:ig"]
+    items = store.pending_actions("ig", "!r:ig", limit=3)
+    assert [i.action for i in items] == [message(0), message(1), message(2)]
+    store.finish(items[0].id, "done")
+    store.note_attempt(items[1].id, "503 M_UNKNOWN: busy")
+    store.finish(items[1].id, "failed", "403 M_FORBIDDEN: no")
+    rest = store.pending_actions("ig", "!r:ig")
+    assert [i.action.content["body"] for i in rest] == ["m2", "m3", "m4"]
+    assert store.outbox_status(message(1).txn_id) == ("failed", 1, "403 M_FORBIDDEN: no")
+
+
+def test_config_portals_keep_their_ids_across_restarts(tmp_path: Path) -> None:
+    declared = [{"wa": "!a", "ig": "!b"}, {"wa": "!c", "fbm": "!d"}]
+    store = Store(tmp_path / "t.db")
+    first = store.sync_config_portals(declared)
+    store.close()
+    store = Store(tmp_path / "t.db")
+    # Adding a room to a portal keeps the portal's id.
+    second = store.sync_config_portals([{"wa": "!a", "ig": "!b", "fbm": "!e"}, declared[1]])
+    assert [p.portal_id for p in second] == [p.portal_id for p in first]
+    assert len({p.portal_id for p in first}) == 2
+    portal = store.portal_for_room("fbm", "!e")
+    assert portal is not None and dict(portal.rooms) == {"wa": "!a", "ig": "!b", "fbm": "!e"}
+    assert store.portal_for_room("wa", "!nowhere") is None
+
+
+def test_event_map_and_ghosts_persist(tmp_path: Path) -> None:
+    store = Store(tmp_path / "t.db")
+    store.map_event("wa", "!a", "$src", "ig", "!b", "$dst")
+    store.save_ghost("ig", "_tb_wa_aaaaaaaaaaaaaaaa", "wa", "Alice (WhatsApp)")
+    store.set_ghost_in_room("ig", "_tb_wa_aaaaaaaaaaaaaaaa", "!b", True)
+    store.close()
+    store = Store(tmp_path / "t.db")
+    assert store.mapped_event("wa", "$src", "ig") == "$dst"
+    assert store.mapped_event("wa", "$src", "fbm") is None
+    assert store.ghost("ig", "_tb_wa_aaaaaaaaaaaaaaaa") == (True, "Alice (WhatsApp)")
+    assert store.ghost_in_room("ig", "_tb_wa_aaaaaaaaaaaaaaaa", "!b")
+    store.set_ghost_in_room("ig", "_tb_wa_aaaaaaaaaaaaaaaa", "!b", False)
+    assert not store.ghost_in_room("ig", "_tb_wa_aaaaaaaaaaaaaaaa", "!b")
