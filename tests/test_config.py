@@ -297,7 +297,9 @@ def test_as_token_equal_to_hs_token(tmp_path: Path) -> None:
     assert errors_of(tmp_path, doc) == {"networks.fbm.hs_token": "must differ from as_token"}
 
 
-@pytest.mark.parametrize("token", ["short-token", "has a space in it ok", "tab\tin-the-token-x", ""])
+@pytest.mark.parametrize(
+    "token", ["short-token", "has a space in it ok", "tab\tin-the-token-x", ""]
+)
 def test_weak_or_malformed_token_is_refused(tmp_path: Path, token: str) -> None:
     doc = good_doc()
     doc["networks"]["wa"]["as_token"] = token
@@ -504,9 +506,7 @@ def test_homeserver_that_is_not_a_usable_url(tmp_path: Path, url: str) -> None:
 def test_listen_that_is_not_host_and_port(tmp_path: Path, listen: str) -> None:
     doc = good_doc()
     doc["bridge"]["listen"] = listen
-    assert errors_of(tmp_path, doc) == {
-        "bridge.listen": "must be host:port, e.g. 127.0.0.1:29330"
-    }
+    assert errors_of(tmp_path, doc) == {"bridge.listen": "must be host:port, e.g. 127.0.0.1:29330"}
 
 
 def test_bad_log_level_and_url(tmp_path: Path) -> None:
@@ -610,18 +610,11 @@ strings = (
     | st.sampled_from(["phone", "handle", "email", "info", "0123456789abcdefXYZ", SECRET])
 )
 scalars = (
-    strings
-    | st.integers()
-    | st.floats()
-    | st.booleans()
-    | st.datetimes()
-    | st.dates()
-    | st.times()
+    strings | st.integers() | st.floats() | st.booleans() | st.datetimes() | st.dates() | st.times()
 )
 toml_values = st.recursive(
     scalars,
-    lambda children: st.lists(children, max_size=4)
-    | st.dictionaries(keys, children, max_size=6),
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(keys, children, max_size=6),
     max_leaves=30,
 )
 documents = st.dictionaries(keys, toml_values, max_size=4)

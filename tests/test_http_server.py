@@ -236,7 +236,7 @@ async def test_httpx_reuses_the_kept_alive_connection(
     port = await start()
     ports = []
     for body in (b"a", b"b", b"c"):
-        reply = await client.post(f"http://127.0.0.1:{port}/echo", content=body, extensions={})
+        reply = await client.post(f"http://127.0.0.1:{port}/echo", content=body)
         assert reply.json()["body"] == body.decode()
         stream = reply.extensions["network_stream"]
         ports.append(stream.get_extra_info("client_addr")[1])
