@@ -56,7 +56,15 @@ class Inbound:
                 if self.store.event_seen(network_id, event_id):
                     continue
                 portal = self.store.portal_for_room(network_id, room_id)
-                result = translate(event, source, self.networks, portal, self.key)
+                try:
+                    result = translate(event, source, self.networks, portal, self.key)
+                except Exception:
+                    # A bug of ours: failing the whole transaction would make the homeserver
+                    # retry it forever and stall this network. Skip the one event, loudly.
+                    log.exception("could not translate %s from %s; skipped it", event_id,
+                                  network_id)
+                    self.store.mark_event_seen(network_id, event_id, room_id)
+                    continue
                 if result.skipped:
                     log.debug("%s from %s: %s", event_id, network_id, result.skipped)
                 for profile in result.profiles:

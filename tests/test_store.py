@@ -101,6 +101,18 @@ def test_config_portals_keep_their_ids_across_restarts(tmp_path: Path) -> None:
     assert store.portal_for_room("wa", "!nowhere") is None
 
 
+def test_portals_and_rooms_dropped_from_the_config_stop_being_bridged(tmp_path: Path) -> None:
+    store = Store(tmp_path / "t.db")
+    first = store.sync_config_portals(
+        [{"wa": "!a", "ig": "!b", "fbm": "!c"}, {"wa": "!x", "ig": "!y"}]
+    )
+    (kept,) = store.sync_config_portals([{"wa": "!a", "ig": "!b"}])
+    assert kept.portal_id == first[0].portal_id
+    assert store.portal_for_room("fbm", "!c") is None
+    assert store.portal_for_room("wa", "!x") is None and store.portal_for_room("ig", "!y") is None
+    assert [p.portal_id for p in store.portals()] == [kept.portal_id]
+
+
 def test_event_map_and_ghosts_persist(tmp_path: Path) -> None:
     store = Store(tmp_path / "t.db")
     store.map_event("wa", "!a", "$src", "ig", "!b", "$dst")

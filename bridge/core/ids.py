@@ -110,9 +110,11 @@ def unescape_localpart(localpart: str) -> str:
             else:
                 raise InvalidId("'_' must be followed by '_' or a lower-case letter")
             i += 2
-        else:
+        elif ord(char) in _PLAIN or char in "/+":
             raw.append(ord(char))
             i += 1
+        else:
+            raise InvalidId(f"{char!r} is not allowed in an escaped localpart")
     try:
         return raw.decode("utf-8")
     except UnicodeDecodeError as exc:

@@ -15,7 +15,6 @@ from bridge.core.ids import Identity, email_to_localpart
 from bridge.core.model import Network
 
 MAX_NAME = 200  # leaves room for " (<label>)" within Matrix's 256-character display names
-_DIGITS = re.compile(r"[0-9]")
 _SPACE = re.compile(r"\s+")
 
 
@@ -28,12 +27,22 @@ def clean_display_name(name: object) -> str | None:
     return folded[:MAX_NAME].rstrip() or None
 
 
+def _decimal_digits(text: str) -> str:
+    """Every decimal digit in `text`, in any script (Arabic-Indic, full-width, ...), as 0-9."""
+    out = []
+    for ch in unicodedata.normalize("NFKC", text):
+        value = unicodedata.decimal(ch, None)
+        if value is not None:
+            out.append(str(value))
+    return "".join(out)
+
+
 def reveals_identity(name: str, identity: Identity) -> bool:
     """Whether `name` shows `identity`'s phone number or email, however it is written."""
     lowered = name.lower()
     if identity.kind == "phone":
         phone_digits = identity.value.lstrip("+")
-        name_digits = "".join(_DIGITS.findall(unicodedata.normalize("NFKC", name)))
+        name_digits = _decimal_digits(name)
         # Seven trailing digits identify a subscriber in every numbering plan.
         return len(name_digits) >= 7 and (
             name_digits in phone_digits or phone_digits[-7:] in name_digits

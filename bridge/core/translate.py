@@ -14,6 +14,7 @@ from typing import Any
 from bridge.core.actions import Action, JoinRoom, ProfileSeen, SendMessage, txn_id
 from bridge.core.ghosts import ghost_localpart, is_bridge_user, pseudonym
 from bridge.core.ids import InvalidId, native_identity
+from bridge.core.mentions import rewrite_user_ids
 from bridge.core.model import EventRef, Network, Portal
 
 TEXT_MSGTYPES = frozenset({"m.text", "m.notice", "m.emote"})
@@ -77,7 +78,7 @@ def translate(
                     room_id=target_room,
                     ghost=ghost_localpart(target, source.id, pseudo),
                     source=ref,
-                    content=relayed,
+                    content=_for_target(relayed, source, target, key),
                     txn_id=txn_id(source.id, event_id, target_id, "message"),
                 )
             )
@@ -109,10 +110,21 @@ def _membership(
     )
 
 
+def _for_target(
+    content: dict[str, Any], source: Network, target: Network, key: bytes
+) -> dict[str, Any]:
+    """The content as `target` gets it: user ids of `source` people become their ghosts."""
+    out = dict(content)
+    for field_name in ("body", "formatted_body"):
+        if field_name in out:
+            out[field_name] = rewrite_user_ids(out[field_name], source, target, key)
+    return out
+
+
 def _text_content(content: Mapping[str, Any]) -> dict[str, Any] | None:
     msgtype = content.get("msgtype")
     body = content.get("body")
-    if msgtype not in TEXT_MSGTYPES or not isinstance(body, str):
+    if not isinstance(msgtype, str) or msgtype not in TEXT_MSGTYPES or not isinstance(body, str):
         return None
     out: dict[str, Any] = {"msgtype": msgtype, "body": body}
     formatted = content.get("formatted_body")

@@ -25,7 +25,11 @@ def _v1(db: sqlite_utils.Database) -> None:
         {"network": str, "txn_id": str, "digest": str, "received_at": float},
         pk=("network", "txn_id"),
     )
-    db.table("portals").create({"portal_id": str, "created_at": float}, pk="portal_id")
+    # origin: "config" for [[portals]] entries (the config is authoritative for those), other
+    # values for portals made at run time, which a config sync leaves alone.
+    db.table("portals").create(
+        {"portal_id": str, "origin": str, "created_at": float}, pk="portal_id"
+    )
     db.table("portal_rooms").create(
         {"network": str, "room_id": str, "portal_id": str},
         pk=("network", "room_id"),

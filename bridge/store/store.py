@@ -119,13 +119,15 @@ class Store:
         return [p for p in (self.portal(i) for i in ids) if p is not None]
 
     def sync_config_portals(self, declared: Iterable[Mapping[str, str]]) -> list[Portal]:
-        """Make the store's portals match the config's ``[[portals]]``; keep their ids stable.
+        """Make the store's config portals exactly the config's ``[[portals]]``.
 
-        A declared portal keeps the id of the stored portal that already holds one of its rooms;
-        otherwise it gets a new random id. The config is authoritative for the rooms it names.
+        A declared portal keeps the id of the stored portal that already holds one of its rooms
+        (so adding a room keeps the id); otherwise it gets a new random id. Config portals no
+        longer declared, and rooms no longer listed, stop being bridged.
         """
         result: list[Portal] = []
         with self.transaction():
+            kept: set[str] = set()
             for rooms in declared:
                 portal_id = None
                 for net, room in sorted(rooms.items()):
@@ -133,26 +135,31 @@ class Store:
                         "SELECT portal_id FROM portal_rooms WHERE network = ? AND room_id = ?",
                         (net, room),
                     )
-                    if found:
+                    if found and found[0] not in kept:
                         portal_id = found[0]
                         break
                 if portal_id is None:
                     portal_id = str(uuid.uuid4())
                     self.conn.execute(
-                        "INSERT INTO portals (portal_id, created_at) VALUES (?, ?)",
-                        (portal_id, time.time()),
+                        "INSERT INTO portals (portal_id, origin, created_at) VALUES (?, ?, ?)",
+                        (portal_id, "config", time.time()),
                     )
+                kept.add(portal_id)
+                self.conn.execute("DELETE FROM portal_rooms WHERE portal_id = ?", (portal_id,))
                 for net, room in rooms.items():
                     self.conn.execute(
-                        "DELETE FROM portal_rooms WHERE (network = ? AND room_id = ?) "
-                        "OR (portal_id = ? AND network = ?)",
-                        (net, room, portal_id, net),
+                        "DELETE FROM portal_rooms WHERE network = ? AND room_id = ?", (net, room)
                     )
                     self.conn.execute(
                         "INSERT INTO portal_rooms (network, room_id, portal_id) VALUES (?, ?, ?)",
                         (net, room, portal_id),
                     )
                 result.append(Portal(portal_id, dict(rooms)))
+            configured = self.conn.execute("SELECT portal_id FROM portals WHERE origin = 'config'")
+            stale = [row[0] for row in configured if row[0] not in kept]
+            for portal_id in stale:
+                self.conn.execute("DELETE FROM portal_rooms WHERE portal_id = ?", (portal_id,))
+                self.conn.execute("DELETE FROM portals WHERE portal_id = ?", (portal_id,))
         return result
 
     # -- profiles and ghosts -------------------------------------------------------------------

@@ -50,7 +50,9 @@ class Daemon:
         self._address = ""
 
     def write_config(self, portals: list[Mapping[str, str]], log_level: str = "info") -> Path:
-        return self.net.write_config(self.config_path, portals, self.workdir / "state.db", log_level)
+        return self.net.write_config(
+            self.config_path, portals, self.workdir / "state.db", log_level
+        )
 
     async def start(self, portals: list[Mapping[str, str]] | None = None) -> None:
         if portals is not None:
@@ -60,7 +62,7 @@ class Daemon:
         await self._sock.bind("\0" + name)
         self._address = "@" + name
         env = {**os.environ, "NOTIFY_SOCKET": self._address}
-        with open(self.log_path, "ab") as log:
+        with self.log_path.open("ab") as log:
             self.process = await trio.lowlevel.open_process(
                 [sys.executable, "-m", "bridge", "run", "-c", str(self.config_path)],
                 cwd=ROOT,
@@ -101,6 +103,12 @@ class Daemon:
             self._sock.close()
             self._sock = None
         return int(process.returncode or 0)
+
+    async def wait_log(self, text: str, within: float = 10) -> None:
+        """Poll the daemon's log (another process writes it) until `text` shows up."""
+        with trio.fail_after(within):
+            while text not in self.log():  # noqa: ASYNC110 (no event to wait on: a file)
+                await trio.sleep(0.05)
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""

@@ -143,7 +143,8 @@ async def test_bad_tokens_and_bad_json_are_refused_and_relaying_goes_on(
     missing = await daemon.push("wa", "f2", forged, token="")
     assert missing.status_code == 401
     # Another network's as_token is no hs_token either.
-    assert (await daemon.push("wa", "f3", forged, token=daemon.net.as_tokens["wa"])).status_code == 403
+    as_token = daemon.net.as_tokens["wa"]
+    assert (await daemon.push("wa", "f3", forged, token=as_token)).status_code == 403
     bad = await daemon.push("wa", "f4", None, raw=b"{not json")
     assert bad.status_code == 400 and bad.json()["errcode"] == "M_NOT_JSON"
     await people["wa"].send_text(rooms["wa"], "still relaying")

@@ -1,0 +1,382 @@
+"""One inbound event in, actions out (bridge/core/translate.py, bridge/core/actions.py)."""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+import pytest
+from hypothesis import example, given
+from hypothesis import strategies as st
+
+from bridge.core.actions import JoinRoom, ProfileSeen, SendMessage, from_payload
+from bridge.core.ghosts import derive_key, ghost_localpart, parse_ghost_localpart, pseudonym
+from bridge.core.ids import Identity, email_to_localpart
+from bridge.core.model import EventRef, Network, Portal
+from bridge.core.translate import Translation, translate
+
+WA = Network("wa", "WhatsApp", "wa.localhost", "phone", "tribridge", "_tb_", False)
+IG = Network("ig", "Instagram", "ig.localhost", "handle", "tribridge", "_tb_", True)
+FBM = Network("fbm", "Messenger", "fbm.localhost", "email", "tribridge", "_tb_", False)
+NETWORKS = {n.id: n for n in (WA, IG, FBM)}
+ROOMS = {"wa": "!wa:wa.localhost", "ig": "!ig:ig.localhost", "fbm": "!fbm:fbm.localhost"}
+PORTAL = Portal("5b0b7f43-2d4e-4a57-9a4c-4f5f4bd1a2c1", ROOMS)
+KEY = derive_key(b"k" * 32)
+
+ALICE_WA = "@+15551234567:wa.localhost"
+ALICE_PSEUDO = pseudonym(KEY, "wa", Identity("phone", "+15551234567"))
+
+
+def message(
+    content: Any,
+    *,
+    sender: str = ALICE_WA,
+    event_id: str = "$ev1",
+    room_id: str = ROOMS["wa"],
+    **extra: Any,
+) -> dict[str, Any]:
+    return {
+        "type": "m.room.message",
+        "sender": sender,
+        "room_id": room_id,
+        "event_id": event_id,
+        "content": content,
+        **extra,
+    }
+
+
+def member(user: str, membership: str, room: str = ROOMS["wa"], **content: Any) -> dict[str, Any]:
+    return {
+        "type": "m.room.member",
+        "sender": user,
+        "state_key": user,
+        "room_id": room,
+        "event_id": "$member",
+        "content": {"membership": membership, **content},
+    }
+
+
+def from_wa(event: dict[str, Any], portal: Portal | None = PORTAL) -> Translation:
+    return translate(event, WA, NETWORKS, portal, KEY)
+
+
+def sends(translation: Translation) -> dict[str, SendMessage]:
+    """The SendMessage actions by target network; fails if anything else came out."""
+    assert all(isinstance(a, SendMessage) for a in translation.actions)
+    by_network = {a.network: a for a in translation.actions if isinstance(a, SendMessage)}
+    assert len(by_network) == len(translation.actions)
+    return by_network
+
+
+# --- messages --------------------------------------------------------------------------------
+
+
+def test_a_text_message_goes_to_every_other_room_of_the_portal() -> None:
+    out = sends(from_wa(message({"msgtype": "m.text", "body": "hello"})))
+    assert set(out) == {"ig", "fbm"}
+    for target_id, action in out.items():
+        target = NETWORKS[target_id]
+        assert action.room_id == ROOMS[target_id]
+        assert action.ghost == ghost_localpart(target, "wa", ALICE_PSEUDO)
+        assert action.ghost == f"_tb_wa_{ALICE_PSEUDO}"
+        assert parse_ghost_localpart(action.ghost, target, set(NETWORKS)) == "wa"
+        assert action.content == {"msgtype": "m.text", "body": "hello"}
+        assert action.source == EventRef("wa", ROOMS["wa"], "$ev1", ALICE_WA)
+
+
+def test_content_is_rebuilt_from_known_fields_only() -> None:
+    content = {
+        "msgtype": "m.text",
+        "body": "*hi*",
+        "format": "org.matrix.custom.html",
+        "formatted_body": "<b>hi</b>",
+        "m.relates_to": {"m.in_reply_to": {"event_id": "$other"}},
+        "m.mentions": {"user_ids": ["@+15559876543:wa.localhost"]},
+        "extra": 1,
+    }
+    for action in sends(from_wa(message(content))).values():
+        assert action.content == {
+            "msgtype": "m.text",
+            "body": "*hi*",
+            "format": "org.matrix.custom.html",
+            "formatted_body": "<b>hi</b>",
+        }
+
+
+@pytest.mark.parametrize(
+    "html",
+    [
+        {"format": "text/markdown", "formatted_body": "<b>hi</b>"},
+        {"formatted_body": "<b>hi</b>"},
+        {"format": "org.matrix.custom.html"},
+        {"format": "org.matrix.custom.html", "formatted_body": ["<b>hi</b>"]},
+    ],
+)
+def test_html_is_kept_only_with_the_html_format(html: dict[str, Any]) -> None:
+    out = sends(from_wa(message({"msgtype": "m.text", "body": "hi", **html})))
+    assert len(out) == 2
+    for action in out.values():
+        assert action.content == {"msgtype": "m.text", "body": "hi"}
+
+
+@pytest.mark.parametrize("msgtype", ["m.notice", "m.emote"])
+def test_notices_and_emotes_are_relayed(msgtype: str) -> None:
+    out = sends(from_wa(message({"msgtype": msgtype, "body": "waves"})))
+    assert {a.content["msgtype"] for a in out.values()} == {msgtype}
+    assert set(out) == {"ig", "fbm"}
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        {"msgtype": "m.image", "body": "cat.png", "url": "mxc://wa.localhost/cat"},
+        {"msgtype": "m.file", "body": "a.pdf", "url": "mxc://wa.localhost/a"},
+        {"msgtype": "m.location", "body": "here", "geo_uri": "geo:0,0"},
+    ],
+)
+def test_media_is_not_relayed(content: dict[str, Any]) -> None:
+    assert from_wa(message(content)).actions == []
+
+
+def test_txn_ids_are_deterministic_per_event_and_target() -> None:
+    first = sends(from_wa(message({"msgtype": "m.text", "body": "hi"})))
+    again = sends(from_wa(message({"msgtype": "m.text", "body": "hi"})))
+    other = sends(from_wa(message({"msgtype": "m.text", "body": "hi"}, event_id="$ev2")))
+    assert {n: a.txn_id for n, a in first.items()} == {n: a.txn_id for n, a in again.items()}
+    assert first["ig"].txn_id != first["fbm"].txn_id
+    assert other["ig"].txn_id != first["ig"].txn_id
+    assert other["fbm"].txn_id != first["fbm"].txn_id
+
+
+def test_the_same_person_has_the_same_pseudonym_on_every_other_network() -> None:
+    out = sends(from_wa(message({"msgtype": "m.text", "body": "hi"})))
+    assert out["ig"].ghost.removeprefix("_tb_") == out["fbm"].ghost.removeprefix("_tb_")
+
+
+def test_different_people_get_different_ghosts() -> None:
+    bob = "@+15559876543:wa.localhost"
+    alice_out = sends(from_wa(message({"msgtype": "m.text", "body": "hi"})))
+    bob_out = sends(from_wa(message({"msgtype": "m.text", "body": "hi"}, sender=bob)))
+    assert alice_out["ig"].ghost != bob_out["ig"].ghost
+
+
+def test_a_message_from_another_network_reaches_the_other_two() -> None:
+    event = message(
+        {"msgtype": "m.text", "body": "hi"}, sender="@alice:ig.localhost", room_id=ROOMS["ig"]
+    )
+    out = sends(translate(event, IG, NETWORKS, PORTAL, KEY))
+    assert set(out) == {"wa", "fbm"}
+    assert out["wa"].room_id == ROOMS["wa"]
+    assert out["wa"].ghost.startswith("_tb_ig_")
+
+
+@pytest.mark.parametrize(
+    "sender",
+    [
+        "@tribridge:wa.localhost",  # the bot
+        f"@_tb_ig_{ALICE_PSEUDO}:wa.localhost",  # a ghost standing for someone on ig
+        f"@_tb_fbm_{ALICE_PSEUDO}:wa.localhost",
+    ],
+)
+def test_the_bridge_never_relays_its_own_bot_or_ghosts(sender: str) -> None:
+    result = from_wa(message({"msgtype": "m.text", "body": "echo?"}, sender=sender))
+    assert result.actions == []
+
+
+def test_a_room_outside_any_portal_relays_nothing() -> None:
+    result = from_wa(message({"msgtype": "m.text", "body": "hi"}), portal=None)
+    assert result.actions == []
+
+
+def test_a_portal_with_a_room_on_an_unknown_network_skips_that_room() -> None:
+    portal = Portal("p", {**ROOMS, "tg": "!tg:tg.localhost"})
+    out = sends(from_wa(message({"msgtype": "m.text", "body": "hi"}), portal=portal))
+    assert set(out) == {"ig", "fbm"}
+
+
+@given(st.from_regex(r"\+[1-9][0-9]{6,14}", fullmatch=True))
+def test_no_phone_number_appears_in_a_ghost(phone: str) -> None:
+    event = message({"msgtype": "m.text", "body": "hi"}, sender=f"@{phone}:wa.localhost")
+    out = sends(from_wa(event))
+    assert set(out) == {"ig", "fbm"}
+    for action in out.values():
+        assert phone.lstrip("+")[-7:] not in action.ghost
+
+
+@given(st.emails().map(str.lower))
+def test_no_email_appears_in_a_ghost(email: str) -> None:
+    sender = f"@{email_to_localpart(email)}:fbm.localhost"
+    if len(sender) > 255:
+        return  # not a valid user id at all
+    event = message({"msgtype": "m.text", "body": "hi"}, sender=sender, room_id=ROOMS["fbm"])
+    out = sends(translate(event, FBM, NETWORKS, PORTAL, KEY))
+    assert set(out) == {"wa", "ig"}
+    for action in out.values():
+        assert re.fullmatch(r"_tb_fbm_[a-z2-7]{16}", action.ghost)
+        assert email not in action.ghost
+        assert email_to_localpart(email) not in action.ghost
+
+
+# --- malformed events ------------------------------------------------------------------------
+
+_GOOD = message({"msgtype": "m.text", "body": "hi"})
+
+
+@pytest.mark.parametrize(
+    "event",
+    [
+        {},
+        {k: v for k, v in _GOOD.items() if k != "sender"},
+        {k: v for k, v in _GOOD.items() if k != "room_id"},
+        {k: v for k, v in _GOOD.items() if k != "event_id"},
+        {k: v for k, v in _GOOD.items() if k != "type"},
+        {k: v for k, v in _GOOD.items() if k != "content"},
+        {**_GOOD, "sender": 42},
+        {**_GOOD, "room_id": None},
+        {**_GOOD, "content": None},
+        {**_GOOD, "content": ["msgtype", "m.text"]},
+        {**_GOOD, "content": "hello"},
+        message({"msgtype": "m.text"}),
+        message({"msgtype": "m.text", "body": 42}),
+        message({"msgtype": "m.text", "body": None}),
+        message({"msgtype": "m.text", "body": ["hi"]}),
+        message({"body": "hi"}),
+        message({"msgtype": None, "body": "hi"}),
+        message({"msgtype": ["m.text"], "body": "hi"}),
+        message({"msgtype": {"m.text": True}, "body": "hi"}),
+        message({"msgtype": "m.text", "body": "hi"}, sender="alice"),
+        message({"msgtype": "m.text", "body": "hi"}, sender="@Alice:wa.localhost"),
+        message({"msgtype": "m.text", "body": "hi"}, state_key=""),
+        member(ALICE_WA, "join") | {"state_key": 42},
+        member(ALICE_WA, "join") | {"content": {"membership": ["join"]}},
+        member(ALICE_WA, "join") | {"content": {}},
+    ],
+)
+def test_malformed_events_yield_nothing_and_never_raise(event: dict[str, Any]) -> None:
+    result = from_wa(event)
+    assert result.actions == []
+    assert result.profiles == []
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(), inner, max_size=4),
+    max_leaves=10,
+)
+
+
+@given(st.dictionaries(st.text(), json_values, max_size=8))
+def test_arbitrary_json_objects_never_raise(event: dict[str, Any]) -> None:
+    assert isinstance(from_wa(event), Translation)
+
+
+def _plausible(values: list[Any]) -> st.SearchStrategy[Any]:
+    return st.sampled_from(values) | json_values
+
+
+plausible_events = st.fixed_dictionaries(
+    {
+        "type": st.sampled_from(["m.room.message", "m.room.member", "m.reaction"]),
+        "sender": st.sampled_from([ALICE_WA, "@tribridge:wa.localhost", "@bob:example.org"]),
+        "room_id": st.just(ROOMS["wa"]),
+        "event_id": st.just("$ev1"),
+        "content": st.fixed_dictionaries(
+            {},
+            optional={
+                "msgtype": _plausible(["m.text", "m.notice", "m.image"]),
+                "body": _plausible(["hi"]),
+                "format": _plausible(["org.matrix.custom.html"]),
+                "formatted_body": _plausible(["<b>hi</b>"]),
+                "membership": _plausible(["join", "invite", "leave"]),
+                "displayname": _plausible(["Alice"]),
+            },
+        ),
+    },
+    optional={"state_key": _plausible([ALICE_WA, "@tribridge:wa.localhost", ""])},
+)
+
+
+@given(plausible_events, st.sampled_from([PORTAL, None]))
+@example(message({"msgtype": [], "body": "hi"}), PORTAL)
+def test_events_close_to_valid_never_raise(event: dict[str, Any], portal: Portal | None) -> None:
+    result = from_wa(event, portal)
+    for action in result.actions:
+        assert action.network in NETWORKS
+
+
+# --- membership ------------------------------------------------------------------------------
+
+
+def test_a_join_reports_the_display_name() -> None:
+    result = from_wa(member(ALICE_WA, "join", displayname="Alice"))
+    assert result.actions == []
+    assert result.profiles == [ProfileSeen("wa", ALICE_WA, "Alice")]
+
+
+@pytest.mark.parametrize("content", [{}, {"displayname": None}, {"displayname": 42}])
+def test_a_join_without_a_usable_display_name_reports_none(content: dict[str, Any]) -> None:
+    result = from_wa(member(ALICE_WA, "join", **content))
+    assert result.profiles == [ProfileSeen("wa", ALICE_WA, None)]
+
+
+@pytest.mark.parametrize("membership", ["leave", "ban", "invite", "knock"])
+def test_other_memberships_report_no_profile(membership: str) -> None:
+    result = from_wa(member(ALICE_WA, membership, displayname="Alice"))
+    assert result.profiles == []
+    assert result.actions == []
+
+
+def test_ghost_and_bot_joins_are_not_profiles() -> None:
+    for user in (f"@_tb_ig_{ALICE_PSEUDO}:wa.localhost", "@tribridge:wa.localhost"):
+        result = from_wa(member(user, "join", displayname="whatever"))
+        assert result.profiles == []
+        assert result.actions == []
+
+
+def test_a_bot_invite_into_a_portal_room_makes_it_join() -> None:
+    event = member("@tribridge:wa.localhost", "invite") | {"sender": ALICE_WA}
+    result = from_wa(event)
+    assert len(result.actions) == 1
+    join = result.actions[0]
+    assert isinstance(join, JoinRoom)
+    assert (join.network, join.room_id) == ("wa", ROOMS["wa"])
+    assert from_wa(event).actions == [join]  # the same txn id every time
+
+
+def test_a_bot_invite_outside_a_portal_does_nothing() -> None:
+    event = member("@tribridge:wa.localhost", "invite") | {"sender": ALICE_WA}
+    assert from_wa(event, portal=None).actions == []
+
+
+def test_an_invite_for_another_networks_bot_does_nothing() -> None:
+    event = member("@tribridge:ig.localhost", "invite") | {"sender": ALICE_WA}
+    assert from_wa(event).actions == []
+
+
+# --- payload round trip ----------------------------------------------------------------------
+
+
+def _round_trip(action: SendMessage | JoinRoom) -> SendMessage | JoinRoom:
+    payload = json.loads(json.dumps(action.to_payload()))
+    return from_payload(action.kind, action.network, action.room_id, action.txn_id, payload)
+
+
+def test_a_send_survives_the_outbox_round_trip() -> None:
+    content = {"msgtype": "m.text", "body": "hé", "format": "org.matrix.custom.html"}
+    content["formatted_body"] = "<i>hé</i>"
+    actions = from_wa(message(content)).actions
+    assert len(actions) == 2
+    for action in actions:
+        assert _round_trip(action) == action
+
+
+def test_a_join_survives_the_outbox_round_trip() -> None:
+    event = member("@tribridge:wa.localhost", "invite") | {"sender": ALICE_WA}
+    (join,) = from_wa(event).actions
+    assert _round_trip(join) == join
+
+
+def test_an_unknown_action_kind_is_refused() -> None:
+    with pytest.raises(ValueError, match="unknown action kind"):
+        from_payload("teleport", "wa", ROOMS["wa"], "tb1x", {})
