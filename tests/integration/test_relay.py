@@ -192,3 +192,18 @@ async def test_a_room_the_bot_cannot_join_is_reported_and_the_rest_works(
     assert f"cannot join portal room {closed}" in daemon.log()
     await alice.send_text(good["wa"], "the good portal works")
     await bob.wait_for(good["ig"], has_body("the good portal works"))
+
+
+async def test_the_bot_joins_a_portal_room_when_invited_after_start(
+    cast: Cast, daemon: Daemon
+) -> None:
+    alice, bob = await cast.person("wa", "Alice"), await cast.person("ig", "Bob")
+    wa_room = await cast.room("wa", alice)
+    ig_room = await bob.create_room("invite later")  # the bot is not invited yet
+    await daemon.start([{"wa": wa_room, "ig": ig_room}])
+    assert f"cannot join portal room {ig_room}" in daemon.log()
+    await bob.call("POST", f"/rooms/{ig_room}/invite", {"user_id": "@tribridge:ig.localhost"})
+    await alice.send_text(wa_room, "now the bot is in")
+    await bob.wait_for(ig_room, has_body("now the bot is in"))
+    await bob.send_text(ig_room, "and back")
+    await alice.wait_for(wa_room, has_body("and back"))
