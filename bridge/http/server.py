@@ -85,6 +85,10 @@ async def _connection(
             await _serve_connection(stream, handler, limits)
     except (trio.BrokenResourceError, trio.ClosedResourceError, _Closed):
         pass  # the client went away: nothing to answer
+    except Exception:
+        # Whatever one connection does must never reach the server's nursery: log our bug and
+        # drop that connection only.
+        log.exception("connection failed; closed it")
     finally:
         slots.release()
 
@@ -97,12 +101,16 @@ async def _serve_connection(stream: trio.SocketStream, handler: Handler, limits:
         except _Reject as reject:
             await _send(conn, stream, reject.response, close=True)
             return
+        if request.method == "CONNECT":
+            # h11 treats a 2xx answer to CONNECT as a protocol switch; we never tunnel.
+            await _send(conn, stream, matrix_error(405, "M_UNRECOGNIZED", "no CONNECT"), close=True)
+            return
         try:
             response = await handler(request)
         except Exception:
             log.exception("handler failed for %s %s", request.method, request.path)
             response = matrix_error(500, "M_UNKNOWN", "internal error")
-        await _send(conn, stream, response, close=False)
+        await _send(conn, stream, response, close=False, head_only=request.method == "HEAD")
         if h11.MUST_CLOSE in (conn.our_state, conn.their_state):
             return
         try:
@@ -135,6 +143,10 @@ async def _read_request(conn: h11.Connection, stream: trio.SocketStream, limits:
         raise _Closed
     if not isinstance(head, h11.Request):
         raise _Reject(matrix_error(400, "M_UNKNOWN", "expected a request"))
+    # h11 bounds only a head still arriving; one that came whole in a single read is checked here.
+    size = len(head.target) + sum(len(k) + len(v) + 4 for k, v in head.headers)
+    if size > limits.max_head:
+        raise _Reject(matrix_error(431, "M_UNKNOWN", f"request head over {limits.max_head} bytes"))
     headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in head.headers}
     length = headers.get("content-length", "")
     if length.isdigit() and int(length) > limits.max_body:
@@ -171,13 +183,19 @@ def _next(conn: h11.Connection) -> object:
     try:
         return conn.next_event()
     except h11.RemoteProtocolError as exc:
+        # Do not echo the client's bytes back; the status says what kind of problem it was.
         raise _Reject(
-            matrix_error(exc.error_status_hint, "M_UNKNOWN", f"bad HTTP request: {exc}")
+            matrix_error(exc.error_status_hint, "M_UNKNOWN", "malformed HTTP request")
         ) from exc
 
 
 async def _send(
-    conn: h11.Connection, stream: trio.SocketStream, response: Response, *, close: bool
+    conn: h11.Connection,
+    stream: trio.SocketStream,
+    response: Response,
+    *,
+    close: bool,
+    head_only: bool = False,
 ) -> None:
     if conn.our_state not in (h11.IDLE, h11.SEND_RESPONSE):
         return  # h11 already failed this connection; there is nothing valid left to say
@@ -188,6 +206,7 @@ async def _send(
     if close:
         headers.append(("connection", "close"))
     data = conn.send(h11.Response(status_code=response.status, headers=headers))
-    data += conn.send(h11.Data(data=response.body))
+    if not head_only:  # a reply to HEAD announces the length but carries no body
+        data += conn.send(h11.Data(data=response.body))
     data += conn.send(h11.EndOfMessage())
     await stream.send_all(data)

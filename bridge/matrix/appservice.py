@@ -69,6 +69,8 @@ class Appservice:
             body = json.loads(request.body)
         except (ValueError, UnicodeDecodeError):
             return matrix_error(400, "M_NOT_JSON", "the body is not valid JSON")
+        except RecursionError:
+            return matrix_error(400, "M_BAD_JSON", "the body is nested too deeply")
         if not isinstance(body, dict):
             return matrix_error(400, "M_BAD_JSON", "the body must be a JSON object")
         events = body.get("events", [])
