@@ -124,8 +124,16 @@ class _Checker:
                 return None
         return value
 
-    def path(self, value: str) -> Path:
-        p = Path(value).expanduser()
+    def path(self, value: str, key: str) -> Path | None:
+        """`value` as a path relative to the config file; None (and an error) if unusable."""
+        if "\0" in value:
+            self.error(key, "a path cannot contain a NUL character")
+            return None
+        try:
+            p = Path(value).expanduser()
+        except RuntimeError as exc:  # "~nosuchuser/..."
+            self.error(key, f"cannot expand the path: {exc}")
+            return None
         return p if p.is_absolute() else (self.base / p)
 
     def inline_or_file(
@@ -143,10 +151,11 @@ class _Checker:
             return self.string(table, key, f"{prefix}{key}")
         file_key = f"{prefix}{key}_file"
         name = self.string(table, f"{key}_file", file_key)
-        if name is None:
+        path = self.path(name, file_key) if name is not None else None
+        if path is None:
             return None
         try:
-            return self.path(name).read_text(encoding="utf-8").strip()
+            return path.read_text(encoding="utf-8").strip()
         except OSError as exc:
             self.error(file_key, f"cannot read the {what} file: {exc.strerror or exc}")
         except UnicodeDecodeError:
@@ -162,9 +171,15 @@ def _closest(word: str, choices: set[str]) -> str | None:
 
 
 def _http_url(value: str) -> str | None:
-    parts = urlsplit(value)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
+    try:
+        parts = urlsplit(value)
+        port = parts.port  # raises for a port out of range or not a number
+    except ValueError:
         return "not an http(s) URL"
+    if parts.scheme not in ("http", "https") or not parts.hostname or port == 0:
+        return "not an http(s) URL"
+    if not value.isascii():
+        return "not an http(s) URL (use the ASCII form of the host name)"
     if parts.query or parts.fragment:
         return "must not have a query or fragment"
     return None
@@ -176,7 +191,7 @@ def _listen(value: str) -> str | None:
 
 def _split_host_port(value: str) -> tuple[str, int] | None:
     host, sep, port = value.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+    if not sep or not host or not (port.isascii() and port.isdigit()) or not 0 < int(port) < 65536:
         return None
     if host.startswith("["):
         if not host.endswith("]"):
@@ -211,8 +226,11 @@ def parse_config(doc: Mapping[str, Any], path: Path) -> Config:
     c = _Checker(path.parent)
     c.unknown(doc, {"bridge", "networks", "portals"}, "")
     bridge = _bridge(c, c.table(doc, "bridge", "bridge"))
-    networks = _networks(c, c.table(doc, "networks", "networks"))
-    portals = _portals(c, doc.get("portals", []), networks)
+    declared = c.table(doc, "networks", "networks")
+    networks = _networks(c, declared)
+    # Portals are checked against every network the file declares, valid or not, so a broken
+    # network gets its own error rather than "not a configured network" on its portals too.
+    portals = _portals(c, doc.get("portals", []), set(declared))
     if c.errors or bridge is None:
         raise ConfigError(c.errors)
     return Config(path=path, bridge=bridge, networks=networks, portals=portals)
@@ -226,12 +244,14 @@ def _bridge(c: _Checker, t: Mapping[str, Any]) -> BridgeSettings | None:
     database = c.string(t, "database", p + "database", default="tribridge.db")
     secret = c.inline_or_file(t, "secret", p, "secret")
     if secret is not None and len(secret.encode("utf-8")) < MIN_SECRET_BYTES:
-        c.error(p + "secret", f"must be at least {MIN_SECRET_BYTES} bytes (got {len(secret)})")
+        got = len(secret.encode("utf-8"))
+        c.error(p + "secret", f"must be at least {MIN_SECRET_BYTES} bytes (got {got})")
         secret = None
     level = c.string(t, "log_level", p + "log_level", default="info")
     if level is not None and level.lower() not in LOG_LEVELS:
         c.error(p + "log_level", f"must be one of {', '.join(LOG_LEVELS)}")
-    if listen is None or url is None or database is None or secret is None or level is None:
+    database_path = c.path(database, p + "database") if database is not None else None
+    if listen is None or url is None or database_path is None or secret is None or level is None:
         return None
     host_port = _split_host_port(listen)
     assert host_port is not None
@@ -244,7 +264,7 @@ def _bridge(c: _Checker, t: Mapping[str, Any]) -> BridgeSettings | None:
         listen_host=host,
         listen_port=port,
         url=url.rstrip("/"),
-        database=c.path(database),
+        database=database_path,
         secret=secret.encode("utf-8"),
         log_level=level.lower(),
     )
@@ -272,11 +292,16 @@ def _networks(c: _Checker, t: Mapping[str, Any]) -> dict[str, NetworkConfig]:
         if net is not None:
             out[net_id] = net
     _unique(c, out, lambda n: n.network.server_name, "server_name")
-    _unique(c, out, lambda n: n.hs_token, "hs_token", "it tells the bridge which network pushes")
-    _unique(c, out, lambda n: n.as_token, "as_token")
+    # No token may serve twice anywhere: an hs_token tells which network pushes, and a token
+    # shared between two homeservers would let one's admin act as the other network.
+    first_use: dict[str, str] = {}
     for net_id, net in out.items():
-        if net.as_token == net.hs_token:
-            c.error(f"networks.{net_id}.hs_token", "must differ from as_token")
+        for key, token in (("as_token", net.as_token), ("hs_token", net.hs_token)):
+            path = f"networks.{net_id}.{key}"
+            if token in first_use:
+                c.error(path, f"same as {first_use[token]}: every token must be unique")
+            else:
+                first_use[token] = path
     return out
 
 
@@ -354,9 +379,7 @@ def _network(
     )
 
 
-def _portals(
-    c: _Checker, value: Any, networks: Mapping[str, NetworkConfig]
-) -> tuple[Mapping[str, str], ...]:
+def _portals(c: _Checker, value: Any, networks: set[str]) -> tuple[Mapping[str, str], ...]:
     if not isinstance(value, list):
         c.error("portals", "must be an array of tables ([[portals]])")
         return ()

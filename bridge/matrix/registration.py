@@ -16,11 +16,15 @@ def _quote(value: str) -> str:
 
 
 def user_namespaces(net: NetworkConfig) -> list[str]:
-    """Regexes for the users the bridge owns on `net`: its ghosts and its bot, anchored."""
+    """Regexes for the users the bridge owns on `net`: its ghosts and its bot.
+
+    Synapse applies them with ``re.match``, which anchors only the start: the trailing ``$`` keeps
+    ``@tribridge:wa.example.org.evil.com`` out of our exclusive namespace.
+    """
     server = re.escape(net.network.server_name)
     return [
-        f"@{re.escape(net.network.ghost_prefix)}.*:{server}",
-        f"@{re.escape(net.network.bot)}:{server}",
+        f"@{re.escape(net.network.ghost_prefix)}.*:{server}$",
+        f"@{re.escape(net.network.bot)}:{server}$",
     ]
 
 
