@@ -1,18 +1,25 @@
 """make bench: relay throughput and added latency over three real Synapse homeservers.
 
-One person on wa sends N messages (one after another, each send awaited); people on ig and fbm
-long-poll /sync and note when each relayed message becomes visible to them. Prints:
-- relayed events/s: 2N relayed events over the time from the first send to the last arrival;
-- added latency: send returned -> visible on the other network, median and p95;
-- CPU seconds of the bridge process and of the three Synapse processes over the run (from /proc),
-  since on these machines Synapse, not the bridge, is the bottleneck.
+Three phases in one run, so every figure has a baseline measured on the same machine at the same
+time (these machines are shared and noisy):
 
-Run it: `make bench` (or `.venv/bin/python bench/relay.py --messages 300`).
+1. native: a second person on ig sends paced messages in the ig room; the ig reader sees them.
+   No bridge involved: this is Synapse's own send -> visible latency, the baseline.
+2. bridged, paced: the wa person sends paced messages; the ig and fbm readers see them relayed.
+   The latency the bridge adds is this minus nothing: the same send -> visible measure.
+3. bridged, flood: the wa person sends N messages as fast as Synapse takes them: relayed events/s,
+   and latency under load (queueing behind Synapse, which is the bottleneck here).
+
+Readers long-poll /sync (filtered to their room's timeline) and note when each message becomes
+visible. CPU seconds of the bridge and of the three Synapses come from /proc over phase 3.
+
+Run it: `make bench` (or `.venv/bin/python bench/relay.py --messages 300 --paced 60`).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import secrets
 import shutil
@@ -31,6 +38,7 @@ import trio
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bridge.demo import has_body  # noqa: E402
 from bridge.localnet.cluster import LocalNet  # noqa: E402
 from bridge.localnet.people import Person  # noqa: E402
 
@@ -40,33 +48,68 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-async def watch(person: Person, room_id: str, arrivals: dict[str, float], want: int) -> None:
-    """Long-poll /sync and note when each bench message first becomes visible."""
-    flt = quote('{"room":{"timeline":{"limit":0}},"presence":{"types":[]}}')
-    since = (await person.call("GET", f"/sync?filter={flt}"))["next_batch"]
-    while len(arrivals) < want:
-        batch = await person.call("GET", f"/sync?since={since}&timeout=5000")
+def room_filter(room_id: str) -> str:
+    return quote(json.dumps({
+        "room": {"rooms": [room_id], "state": {"types": []}, "ephemeral": {"types": []},
+                 "account_data": {"types": []}, "timeline": {"limit": 50}},
+        "presence": {"types": []}, "account_data": {"types": []},
+    }))
+
+
+async def watch(person: Person, room_id: str, prefix: str, seen: dict[str, float],
+                want: int) -> None:
+    """Long-poll /sync; note when each message whose body starts with `prefix` is visible."""
+    flt = room_filter(room_id)
+    since = (await person.call("GET", f"/sync?filter={flt}&timeout=0"))["next_batch"]
+    while len(seen) < want:
+        batch = await person.call("GET", f"/sync?filter={flt}&since={since}&timeout=5000")
         now = trio.current_time()
         since = batch["next_batch"]
         room = batch.get("rooms", {}).get("join", {}).get(room_id, {})
         for event in room.get("timeline", {}).get("events", []):
             body = event.get("content", {}).get("body", "")
-            if body.startswith("bench ") and body not in arrivals:
-                arrivals[body] = now
+            if body.startswith(prefix) and body not in seen:
+                seen[body] = now
 
 
-async def bench(net: LocalNet, messages: int) -> dict[str, Any]:
-    alice = await Person.register(net.url("wa"), "+1555" + str(secrets.randbelow(10**7)).zfill(7),
-                                  "Alice")
-    readers = {
-        "ig": await Person.register(net.url("ig"), f"bob{secrets.token_hex(3)}", "Bob"),
-        "fbm": await Person.register(net.url("fbm"), f"carol{secrets.token_hex(3)}=40ex.com",
-                                     "Carol"),
+async def phase(sender: Person, room: str, readers: dict[str, tuple[Person, str]], prefix: str,
+                count: int, interval: float) -> dict[str, Any]:
+    """Send `count` messages (`interval` s apart; 0: as fast as possible); time their arrival."""
+    arrivals: dict[str, dict[str, float]] = {name: {} for name in readers}
+    sent: dict[str, float] = {}
+    with trio.fail_after(300):
+        async with trio.open_nursery() as nursery:  # ends when every watcher saw every message
+            for name, (person, person_room) in readers.items():
+                nursery.start_soon(watch, person, person_room, prefix, arrivals[name], count)
+            start = trio.current_time()
+            for i in range(count):
+                if interval:
+                    await trio.sleep_until(start + i * interval)  # pacing, not waiting for events
+                body = f"{prefix}{i:05d}"
+                await sender.send_text(room, body, txn=f"{prefix}{i}")
+                sent[body] = trio.current_time()
+    end = max(max(a.values()) for a in arrivals.values())
+    latencies = sorted((arrivals[n][b] - sent[b]) * 1000 for n in readers for b in sent)
+    return {
+        "events": count * len(readers),
+        "seconds": end - start,
+        "p50": statistics.median(latencies),
+        "p95": latencies[int(0.95 * (len(latencies) - 1))],
     }
-    rooms = {"wa": await alice.create_room("bench", invite=["@tribridge:wa.localhost"])}
-    for net_id, person in readers.items():
-        rooms[net_id] = await person.create_room(
-            "bench", invite=[f"@tribridge:{net.server_name(net_id)}"])
+
+
+async def bench(net: LocalNet, messages: int, paced: int, rate: float) -> dict[str, Any]:
+    phone = "+1555" + str(secrets.randbelow(10**7)).zfill(7)
+    alice = await Person.register(net.url("wa"), phone, "Alice")
+    bob = await Person.register(net.url("ig"), f"bob{secrets.token_hex(3)}", "Bob")
+    dave = await Person.register(net.url("ig"), f"dave{secrets.token_hex(3)}", "Dave")
+    carol = await Person.register(net.url("fbm"), f"carol{secrets.token_hex(3)}=40ex.com", "Carol")
+    rooms = {
+        "wa": await alice.create_room("bench", invite=["@tribridge:wa.localhost"]),
+        "ig": await bob.create_room("bench", invite=["@tribridge:ig.localhost", dave.user_id]),
+        "fbm": await carol.create_room("bench", invite=["@tribridge:fbm.localhost"]),
+    }
+    await dave.join(rooms["ig"])
     config = net.write_config(net.root / "bench.toml", [rooms], net.root / "bench.db", "warning")
     notify_name = f"tribridge-bench-{secrets.token_hex(4)}"
     sock = trio.socket.socket(trio.socket.AF_UNIX, trio.socket.SOCK_DGRAM)
@@ -80,71 +123,60 @@ async def bench(net: LocalNet, messages: int) -> dict[str, Any]:
         with trio.fail_after(30):
             while b"READY=1" not in await sock.recv(4096):
                 pass
-        # Warm up: ghosts registered and joined before timing starts.
+        # Warm up: ghosts registered and joined before anything is timed.
         await alice.send_text(rooms["wa"], "warm-up")
-        for net_id, person in readers.items():
-            await person.wait_for(rooms[net_id], lambda evs: any(
-                e.get("content", {}).get("body") == "warm-up" for e in evs))
+        await bob.wait_for(rooms["ig"], has_body("warm-up"))
+        await carol.wait_for(rooms["fbm"], has_body("warm-up"))
+        interval = 1 / rate
+        native = await phase(dave, rooms["ig"], {"ig": (bob, rooms["ig"])}, "native ", paced,
+                             interval)
+        readers = {"ig": (bob, rooms["ig"]), "fbm": (carol, rooms["fbm"])}
+        bridged = await phase(alice, rooms["wa"], readers, "paced ", paced, interval)
         synapse_pids = [s.process.pid for s in net.servers.values() if s.process]
         cpu0 = (cpu_seconds(daemon.pid), sum(cpu_seconds(p) for p in synapse_pids))
-        arrivals: dict[str, dict[str, float]] = {n: {} for n in readers}
-        sent: dict[str, float] = {}
-        async with trio.open_nursery() as nursery:
-            for net_id, person in readers.items():
-                nursery.start_soon(watch, person, rooms[net_id], arrivals[net_id], messages)
-            start = trio.current_time()
-            for i in range(messages):
-                body = f"bench {i:05d}"
-                await alice.send_text(rooms["wa"], body, txn=f"bench-{i}")
-                sent[body] = trio.current_time()
-            with trio.fail_after(120):
-                while any(len(a) < messages for a in arrivals.values()):
-                    await trio.sleep(0.05)  # waiting for the watchers, under a deadline
-            end = max(max(a.values()) for a in arrivals.values())
+        flood = await phase(alice, rooms["wa"], readers, "flood ", messages, 0)
         cpu1 = (cpu_seconds(daemon.pid), sum(cpu_seconds(p) for p in synapse_pids))
-        latencies = sorted(
-            (arrivals[n][b] - sent[b]) * 1000 for n in readers for b in sent
-        )
-        return {
-            "messages": messages,
-            "relayed": 2 * messages,
-            "seconds": end - start,
-            "rate": 2 * messages / (end - start),
-            "p50": statistics.median(latencies),
-            "p95": latencies[int(0.95 * (len(latencies) - 1))],
-            "bridge_cpu": cpu1[0] - cpu0[0],
-            "synapse_cpu": cpu1[1] - cpu0[1],
-        }
+        return {"native": native, "bridged": bridged, "flood": flood,
+                "bridge_cpu": cpu1[0] - cpu0[0], "synapse_cpu": cpu1[1] - cpu0[1]}
     finally:
         daemon.send_signal(signal.SIGTERM)
         await daemon.wait()
         sock.close()
-        for p in (alice, *readers.values()):
+        for p in (alice, bob, dave, carol):
             await p.aclose()
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--messages", type=int, default=300)
+    parser.add_argument("--messages", type=int, default=300, help="messages in the flood phase")
+    parser.add_argument("--paced", type=int, default=60, help="messages in each paced phase")
+    parser.add_argument("--rate", type=float, default=5.0, help="paced messages per second")
     args = parser.parse_args()
     root = Path(tempfile.mkdtemp(prefix="tribridge-bench-"))
     net = LocalNet.create(root)
     try:
         net.start()
-        r = trio.run(bench, net, args.messages)
+        r = trio.run(bench, net, args.messages, args.paced, args.rate)
     finally:
         net.stop()
         shutil.rmtree(root, ignore_errors=True)
-    print(f"tribridge relay over three real Synapse homeservers ({time.strftime('%Y-%m-%d')})")
-    print(f"  messages sent on wa            {r['messages']}")
-    print(f"  relayed events (ig + fbm)      {r['relayed']} in {r['seconds']:.2f} s")
-    print(f"  relayed events/s               {r['rate']:.1f}")
-    print(f"  added latency, median          {r['p50']:.1f} ms")
-    print(f"  added latency, p95             {r['p95']:.1f} ms")
-    print(f"  bridge CPU                     {r['bridge_cpu']:.2f} s "
-          f"({1000 * r['bridge_cpu'] / r['relayed']:.2f} ms per relayed event)")
-    print(f"  three Synapses' CPU            {r['synapse_cpu']:.2f} s "
-          f"(bridge = {100 * r['bridge_cpu'] / max(r['synapse_cpu'], 1e-9):.1f}% of it)")
+    n, b, f = r["native"], r["bridged"], r["flood"]
+    print(f"tribridge over three real Synapse homeservers, {time.strftime('%Y-%m-%d %H:%M')}")
+    print(f"{'phase':34} {'events':>7} {'events/s':>9} {'p50 ms':>8} {'p95 ms':>8}")
+    rows = (
+        (f"native, one Synapse, {args.rate:g}/s (baseline)", n),
+        (f"bridged wa->ig+fbm, {args.rate:g}/s", b),
+        ("bridged wa->ig+fbm, flood", f),
+    )
+    for name, x in rows:
+        rate = x["events"] / x["seconds"]
+        print(f"{name:34} {x['events']:>7} {rate:>9.1f} {x['p50']:>8.1f} {x['p95']:>8.1f}")
+    print(f"bridged / native latency, p50: {b['p50'] / n['p50']:.2f}x "
+          f"(the bridge adds a push, a commit and a send: {b['p50'] - n['p50']:.1f} ms)")
+    relayed = f["events"]
+    print(f"flood CPU: bridge {r['bridge_cpu']:.2f} s ({1000 * r['bridge_cpu'] / relayed:.2f} ms "
+          f"per relayed event), three Synapses {r['synapse_cpu']:.2f} s; "
+          f"bridge = {100 * r['bridge_cpu'] / max(r['synapse_cpu'], 1e-9):.1f}% of Synapse")
     return 0
 
 
