@@ -19,6 +19,9 @@ from bridge.core.ids import is_valid_localpart, is_valid_server_name
 from bridge.core.model import IDENTITY_KINDS, Network
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
+# "full": a transaction acknowledged to a homeserver survives a crash of the machine (fsync on
+# every commit). "process": it survives a crash of the daemon, not of the machine.
+DURABILITY = ("full", "process")
 MIN_SECRET_BYTES = 32
 _NETWORK_ID = re.compile(r"[a-z][a-z0-9]{0,15}")
 _TOKEN = re.compile(r"[\x21-\x7e]{16,}")  # printable ASCII, no spaces, not trivially short
@@ -43,6 +46,7 @@ class BridgeSettings:
     database: Path
     secret: bytes = field(repr=False)
     log_level: str
+    durability: str = "full"
 
 
 @dataclass(frozen=True)
@@ -238,7 +242,9 @@ def parse_config(doc: Mapping[str, Any], path: Path) -> Config:
 
 def _bridge(c: _Checker, t: Mapping[str, Any]) -> BridgeSettings | None:
     p = "bridge."
-    c.unknown(t, {"listen", "url", "database", "secret", "secret_file", "log_level"}, p)
+    c.unknown(
+        t, {"listen", "url", "database", "secret", "secret_file", "log_level", "durability"}, p
+    )
     listen = c.string(t, "listen", p + "listen", check=_listen)
     url = c.string(t, "url", p + "url", default="", check=_http_url)
     database = c.string(t, "database", p + "database", default="tribridge.db")
@@ -250,8 +256,15 @@ def _bridge(c: _Checker, t: Mapping[str, Any]) -> BridgeSettings | None:
     level = c.string(t, "log_level", p + "log_level", default="info")
     if level is not None and level.lower() not in LOG_LEVELS:
         c.error(p + "log_level", f"must be one of {', '.join(LOG_LEVELS)}")
+    durability = c.string(t, "durability", p + "durability", default="full")
+    if durability is not None and durability not in DURABILITY:
+        c.error(p + "durability", f"must be one of {', '.join(DURABILITY)}")
+        durability = None
     database_path = c.path(database, p + "database") if database is not None else None
-    if listen is None or url is None or database_path is None or secret is None or level is None:
+    if (
+        listen is None or url is None or database_path is None or secret is None
+        or level is None or durability is None
+    ):
         return None
     host_port = _split_host_port(listen)
     assert host_port is not None
@@ -267,6 +280,7 @@ def _bridge(c: _Checker, t: Mapping[str, Any]) -> BridgeSettings | None:
         database=database_path,
         secret=secret.encode("utf-8"),
         log_level=level.lower(),
+        durability=durability,
     )
 
 

@@ -3,7 +3,12 @@
 Per target room strictly first in first out; rooms proceed independently, at most `concurrency`
 requests in flight per network. Every send uses the action's deterministic transaction id, so a
 retry after a crash or a timeout cannot duplicate. Whether a failure is retried is the core's
-call (bridge/core/retry.py); a permanent refusal marks the action failed and moves on.
+call (bridge/core/retry.py). A permanent refusal marks the action failed and, for a relayed
+message, queues one notice to the sender's room in the same commit.
+
+When the homeserver stops answering, one probe task asks it every few seconds whether it is back;
+the moment it is, every retry waiting on a backoff goes at once, so a homeserver's return is not
+followed by minutes of idle backoff.
 """
 
 from __future__ import annotations
@@ -14,18 +19,20 @@ from collections.abc import Callable, Mapping
 
 import trio
 
-from bridge.core.actions import Action, JoinRoom, SendMessage
+from bridge.core.actions import JoinRoom, SendMessage, SendNotice
 from bridge.core.ghosts import pseudonym
 from bridge.core.ids import native_identity
 from bridge.core.model import Network
+from bridge.core.notices import failure_notice
 from bridge.core.privacy import ghost_display_name
 from bridge.core.retry import Verdict, backoff, classify
-from bridge.matrix.client import Homeserver, HomeserverError, MatrixError
+from bridge.matrix.client import Homeserver, HomeserverError, MatrixError, Unreachable
 from bridge.store import OutboxItem, Store
 
 log = logging.getLogger(__name__)
 
 PAGE = 50  # outbox rows read at once per room: memory stays flat whatever the backlog
+PROBE_MIN, PROBE_MAX = 0.5, 5.0  # seconds between "are you back?" probes of a silent homeserver
 
 
 class DeliveryWorker:
@@ -37,6 +44,8 @@ class DeliveryWorker:
         store: Store,
         key: bytes,
         *,
+        wake: Callable[[str], None] = lambda network: None,
+        on_recovered: Callable[[str], None] = lambda network: None,
         concurrency: int = 8,
         jitter: Callable[[], float] = random.random,
     ) -> None:
@@ -46,18 +55,37 @@ class DeliveryWorker:
         self.networks = networks
         self.store = store
         self.key = key
+        self.wake_network = wake
+        self.on_recovered = on_recovered
         self.jitter = jitter
         self._slots = trio.CapacityLimiter(concurrency)
         self._wakeup = trio.Event()
+        self._back = trio.Event()  # set when the homeserver answers again after silence
+        self._stop = trio.Event()
+        self._probing = False
         self._active: set[str] = set()
+        self._nursery: trio.Nursery | None = None
+
+    # -- control -------------------------------------------------------------------------------
 
     def wake(self) -> None:
         """New actions were committed for this network: look for them."""
         self._wakeup.set()
 
-    async def run(self) -> None:
+    def stop(self) -> None:
+        """Finish the actions in flight, start no new one; `run` then returns."""
+        self._stop.set()
+        self._wakeup.set()
+
+    @property
+    def reachable(self) -> bool:
+        return not self._probing
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
-            while True:
+            self._nursery = nursery
+            task_status.started()
+            while not self._stop.is_set():
                 self._wakeup = trio.Event()
                 for room_id in self.store.pending_rooms(self.network.id):
                     if room_id not in self._active:
@@ -65,65 +93,90 @@ class DeliveryWorker:
                         nursery.start_soon(self._drain, room_id)
                 await self._wakeup.wait()
 
+    # -- the work ------------------------------------------------------------------------------
+
     async def _drain(self, room_id: str) -> None:
         try:
-            while items := self.store.pending_actions(self.network.id, room_id, PAGE):
+            while not self._stop.is_set():
+                items = self.store.pending_actions(self.network.id, room_id, PAGE)
+                if not items:
+                    break
                 for item in items:
-                    await self._deliver(item)
+                    if self._stop.is_set() or not await self._deliver(item):
+                        return
         finally:
             self._active.discard(room_id)
             self.wake()  # actions may have arrived for this room while it was finishing
 
-    async def _deliver(self, item: OutboxItem) -> None:
+    async def _deliver(self, item: OutboxItem) -> bool:
+        """Carry out one action until done or failed; False if stopped before either."""
         attempt = item.attempts
         while True:
             try:
                 async with self._slots:
                     await self._perform(item)
-                return
+                return True
             except HomeserverError as exc:
                 attempt += 1
-                self.store.note_attempt(item.id, str(exc))
                 if classify(exc.status, exc.errcode) is Verdict.PERMANENT:
-                    self.store.finish(item.id, "failed", str(exc))
-                    log.warning(
-                        "not delivered to %s: %s refused %s action %d: %s",
-                        self.network.label, self.network.server_name, item.action.kind,
-                        item.id, exc,
-                    )
-                    return
+                    self._fail(item, exc)
+                    return True
+                self.store.note_attempt(item.id, str(exc))
+                if isinstance(exc, Unreachable):
+                    self._start_probe()
                 delay = backoff(attempt, self.jitter(), exc.retry_after_ms)
                 log.info(
                     "delivery to %s failed (%s); try %d in %.1f s",
                     self.network.server_name, exc, attempt + 1, delay,
                 )
-                await trio.sleep(delay)  # bounded backoff (core/retry.py), not a poll
+                if not await self._backoff(delay):
+                    return False
             except Exception as exc:
                 # A bug of ours must not wedge the room behind one poisoned action.
                 log.exception("action %d for %s failed unexpectedly", item.id, self.network.id)
                 self.store.finish(item.id, "failed", f"internal error: {type(exc).__name__}")
-                return
+                return True
+
+    async def _backoff(self, delay: float) -> bool:
+        """Wait `delay` s, or less if the homeserver comes back; False if told to stop."""
+        back, stop = self._back, self._stop
+        with trio.move_on_after(delay):
+            async with trio.open_nursery() as nursery:
+                for event in (back, stop):
+                    nursery.start_soon(_wait_then_cancel, event, nursery.cancel_scope)
+        return not stop.is_set()
+
+    def _fail(self, item: OutboxItem, exc: HomeserverError) -> None:
+        action = item.action
+        log.warning(
+            "not delivered to %s (%s): %s action %d refused: %s",
+            self.network.label, self.network.server_name, action.kind, item.id, exc,
+        )
+        with self.store.transaction():
+            self.store.finish(item.id, "failed", str(exc))
+            if isinstance(action, SendMessage):
+                notice = failure_notice(
+                    action.source, self.network.id, self.network.label, exc.errcode
+                )
+                self.store.enqueue([notice])
+        if isinstance(action, SendMessage):
+            self.wake_network(action.source.network)
 
     async def _perform(self, item: OutboxItem) -> None:
-        action: Action = item.action
+        action = item.action
         if isinstance(action, JoinRoom):
             await self.hs.join(action.room_id)
             self.store.finish(item.id, "done")
             log.info("joined %s on %s", action.room_id, self.network.server_name)
             return
-        for last_try in (False, True):
-            await self._ensure_ghost(action)
-            ghost = self.network.user_id(action.ghost)
-            try:
-                event_id = await self.hs.send_event(
-                    action.room_id, "m.room.message", action.content, action.txn_id, ghost
-                )
-                break
-            except MatrixError as exc:
-                # The ghost was kicked or left since we last saw it join: join again, once.
-                if exc.errcode != "M_FORBIDDEN" or last_try:
-                    raise
-                self.store.set_ghost_in_room(self.network.id, action.ghost, action.room_id, False)
+        if isinstance(action, SendNotice):
+            await self.hs.send_event(
+                action.room_id, "m.room.message", action.content, action.txn_id,
+                self.network.bot_user_id,
+            )
+            self.store.finish(item.id, "done")
+            return
+        event_id = await self._send_as_ghost(action)
         src = action.source
         with self.store.transaction():
             self.store.map_event(
@@ -131,6 +184,21 @@ class DeliveryWorker:
             )
             self.store.finish(item.id, "done")
         log.debug("relayed %s from %s as %s", src.event_id, src.network, event_id)
+
+    async def _send_as_ghost(self, action: SendMessage) -> str:
+        for last_try in (False, True):
+            await self._ensure_ghost(action)
+            ghost = self.network.user_id(action.ghost)
+            try:
+                return await self.hs.send_event(
+                    action.room_id, "m.room.message", action.content, action.txn_id, ghost
+                )
+            except MatrixError as exc:
+                # The ghost was kicked or left since we last saw it join: join again, once.
+                if exc.errcode != "M_FORBIDDEN" or last_try:
+                    raise
+                self.store.set_ghost_in_room(self.network.id, action.ghost, action.room_id, False)
+        raise AssertionError("unreachable")
 
     async def _ensure_ghost(self, action: SendMessage) -> None:
         """Register, name and join the ghost, doing only what the store says is missing."""
@@ -166,3 +234,36 @@ class DeliveryWorker:
         identity = native_identity(src.sender, source.identity, source.server_name)
         pseudo = pseudonym(self.key, src.network, identity)
         return ghost_display_name(source, identity, name, pseudo, exposed=source.expose_identity)
+
+    # -- reachability --------------------------------------------------------------------------
+
+    def _start_probe(self) -> None:
+        if self._probing or self._nursery is None:
+            return
+        self._probing = True
+        self._nursery.start_soon(self._probe)
+
+    async def _probe(self) -> None:
+        log.warning("%s is not answering; retrying as soon as it is back", self.network.server_name)
+        pause = PROBE_MIN
+        try:
+            while not self._stop.is_set():
+                with trio.move_on_after(pause):
+                    await self._stop.wait()
+                try:
+                    await self.hs.versions()
+                except HomeserverError:
+                    pause = min(pause * 2, PROBE_MAX)
+                    continue
+                log.warning("%s answers again", self.network.server_name)
+                back, self._back = self._back, trio.Event()
+                back.set()
+                self.on_recovered(self.network.id)
+                return
+        finally:
+            self._probing = False
+
+
+async def _wait_then_cancel(event: trio.Event, scope: trio.CancelScope) -> None:
+    await event.wait()
+    scope.cancel()

@@ -43,6 +43,11 @@ class SendMessage:
 
     kind = "message"
 
+    @property
+    def origin(self) -> tuple[str, str]:
+        """(network, event id) of the event this action carries out."""
+        return (self.source.network, self.source.event_id)
+
     def to_payload(self) -> dict[str, Any]:
         return {
             "ghost": self.ghost,
@@ -63,14 +68,39 @@ class JoinRoom:
     network: str
     room_id: str
     txn_id: str
+    invite_event: str = ""
 
     kind = "join"
 
+    @property
+    def origin(self) -> tuple[str, str]:
+        return (self.network, self.invite_event)
+
     def to_payload(self) -> dict[str, Any]:
-        return {}
+        return {"invite_event": self.invite_event}
 
 
-Action = SendMessage | JoinRoom
+@dataclass(frozen=True)
+class SendNotice:
+    """The bot posts a notice into `room_id` on `network`, e.g. "not delivered to Instagram"."""
+
+    network: str
+    room_id: str
+    about: str  # the event id on `network` the notice is about
+    content: Mapping[str, Any]
+    txn_id: str
+
+    kind = "notice"
+
+    @property
+    def origin(self) -> tuple[str, str]:
+        return (self.network, self.about)
+
+    def to_payload(self) -> dict[str, Any]:
+        return {"about": self.about, "content": dict(self.content)}
+
+
+Action = SendMessage | JoinRoom | SendNotice
 
 
 def from_payload(
@@ -87,7 +117,9 @@ def from_payload(
             txn_id=txn,
         )
     if kind == JoinRoom.kind:
-        return JoinRoom(network=network, room_id=room_id, txn_id=txn)
+        return JoinRoom(network, room_id, txn, payload.get("invite_event", ""))
+    if kind == SendNotice.kind:
+        return SendNotice(network, room_id, payload["about"], payload["content"], txn)
     raise ValueError(f"unknown action kind {kind!r}")
 
 

@@ -97,7 +97,8 @@ def _membership(
         if membership == "invite" and portal is not None:
             room_id = str(event["room_id"])
             event_id = str(event["event_id"])
-            join = JoinRoom(source.id, room_id, txn_id(source.id, event_id, source.id, "join"))
+            txn = txn_id(source.id, event_id, source.id, "join")
+            join = JoinRoom(source.id, room_id, txn, event_id)
             return Translation(actions=[join])
         return _skip("bot membership needs nothing")
     if is_bridge_user(user, source):

@@ -17,6 +17,7 @@ from typing import Any
 from urllib.parse import quote
 
 import httpx
+import trio
 
 CLIENT_V3 = "/_matrix/client/v3"
 
@@ -57,9 +58,12 @@ def make_http_client(homeserver: str, as_token: str, timeout: float = 30.0) -> h
 
 
 class Homeserver:
-    def __init__(self, http: httpx.AsyncClient, server_name: str) -> None:
+    def __init__(self, http: httpx.AsyncClient, server_name: str, deadline: float = 60.0) -> None:
         self.http = http
         self.server_name = server_name
+        # httpx's timeouts bound each read or write, not a whole request: a server that trickles
+        # bytes could hold a send forever. This bounds the request as a whole.
+        self.deadline = deadline
 
     async def request(
         self,
@@ -74,15 +78,18 @@ class Homeserver:
         if as_user is not None:
             query["user_id"] = as_user
         try:
-            response = await self.http.request(
-                method,
-                path,
-                params=query or None,
-                content=json.dumps(body).encode() if body is not None else None,
-                headers={"Content-Type": "application/json"} if body is not None else None,
-            )
+            with trio.fail_after(self.deadline):
+                response = await self.http.request(
+                    method,
+                    path,
+                    params=query or None,
+                    content=json.dumps(body).encode() if body is not None else None,
+                    headers={"Content-Type": "application/json"} if body is not None else None,
+                )
         except httpx.TransportError as exc:
             raise Unreachable(f"{self.server_name}: {type(exc).__name__}: {exc}") from exc
+        except trio.TooSlowError as exc:
+            raise Unreachable(f"{self.server_name}: no answer in {self.deadline:g} s") from exc
         try:
             payload = response.json()
         except ValueError:
@@ -112,6 +119,10 @@ class Homeserver:
             body={"transaction_id": transaction_id},
         )
         return int(result.get("duration_ms", 0))
+
+    async def versions(self) -> None:
+        """The cheapest call a homeserver answers: is it reachable at all?"""
+        await self.request("GET", "/_matrix/client/versions")
 
     async def register(self, localpart: str) -> None:
         """Register an appservice user; an existing one is fine."""
@@ -190,3 +201,19 @@ class Homeserver:
         result = await self.request("GET", f"{CLIENT_V3}/rooms/{_q(room_id)}/joined_members")
         joined = result.get("joined")
         return set(joined) if isinstance(joined, dict) else set()
+
+    async def messages(
+        self, room_id: str, limit: int, from_token: str | None = None
+    ) -> tuple[list[dict[str, Any]], str | None]:
+        """One page of the room's timeline, newest first, as the bot sees it; and the token of
+        the next (older) page, None at the start of the room."""
+        params = {"dir": "b", "limit": str(limit)}
+        if from_token:
+            params["from"] = from_token
+        result = await self.request(
+            "GET", f"{CLIENT_V3}/rooms/{_q(room_id)}/messages", params=params
+        )
+        chunk = result.get("chunk")
+        events = [e for e in chunk if isinstance(e, dict)] if isinstance(chunk, list) else []
+        end = result.get("end")
+        return events, (end if isinstance(end, str) and events else None)

@@ -1,6 +1,6 @@
 """The SQLite state store: schema, numbered migrations, and small typed functions."""
 
 from bridge.store.errors import StoreError
-from bridge.store.store import OutboxItem, Store
+from bridge.store.store import DeliveryStatus, OutboxItem, Store
 
-__all__ = ["OutboxItem", "Store", "StoreError"]
+__all__ = ["DeliveryStatus", "OutboxItem", "Store", "StoreError"]

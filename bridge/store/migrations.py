@@ -68,6 +68,9 @@ def _v1(db: sqlite_utils.Database) -> None:
             "network": str,
             "room_id": str,
             "kind": str,
+            # The event this action carries out, for "where did my message get to?".
+            "src_network": str,
+            "src_event": str,
             "txn_id": str,
             "payload": str,
             "state": str,  # pending | done | failed
@@ -82,6 +85,13 @@ def _v1(db: sqlite_utils.Database) -> None:
     )
     db.table("outbox").create_index(["txn_id", "network"], unique=True)
     db.table("outbox").create_index(["network", "state", "room_id", "id"])
+    db.table("outbox").create_index(["src_network", "src_event"])
+    # Per portal room, the newest event up to which every event was taken in: reconciliation
+    # reads the room's timeline back to here (../shared/design.md, data flow step 6).
+    db.table("room_marks").create(
+        {"network": str, "room_id": str, "event_id": str, "updated_at": float},
+        pk=("network", "room_id"),
+    )
 
 
 MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_v1]

@@ -29,6 +29,15 @@ SYNCHRONOUS = {"full": "FULL", "process": "NORMAL"}
 
 
 @dataclass(frozen=True)
+class DeliveryStatus:
+    network: str  # the target network
+    kind: str
+    state: str  # pending | done | failed
+    attempts: int
+    last_error: str | None
+
+
+@dataclass(frozen=True)
 class OutboxItem:
     id: int
     attempts: int
@@ -217,10 +226,12 @@ class Store:
         """Queue actions (inside the caller's transaction); an action already queued is kept."""
         now = time.time()
         self.conn.executemany(
-            "INSERT OR IGNORE INTO outbox (network, room_id, kind, txn_id, payload, state, "
-            "attempts, created_at, updated_at) VALUES (?, ?, ?, ?, ?, 'pending', 0, ?, ?)",
+            "INSERT OR IGNORE INTO outbox (network, room_id, kind, src_network, src_event, txn_id, "
+            "payload, state, attempts, created_at, updated_at) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, 'pending', 0, ?, ?)",
             [
-                (a.network, a.room_id, a.kind, a.txn_id, json.dumps(a.to_payload()), now, now)
+                (a.network, a.room_id, a.kind, *a.origin, a.txn_id, json.dumps(a.to_payload()),
+                 now, now)
                 for a in actions
             ],
         )
@@ -286,6 +297,35 @@ class Store:
             (src_network, src_event, dst_network),
         )
         return row[0] if row else None
+
+    def delivery_status(self, src_network: str, src_event: str) -> list[DeliveryStatus]:
+        """Where the actions for one source event got to, one row per action."""
+        rows = self.conn.execute(
+            "SELECT network, kind, state, attempts, last_error FROM outbox "
+            "WHERE src_network = ? AND src_event = ? ORDER BY id",
+            (src_network, src_event),
+        ).fetchall()
+        return [DeliveryStatus(*row) for row in rows]
+
+    def outbox_depth(self) -> dict[str, int]:
+        """Pending actions per target network."""
+        rows = self.conn.execute(
+            "SELECT network, COUNT(*) FROM outbox WHERE state = 'pending' GROUP BY network"
+        )
+        return {network: count for network, count in rows}
+
+    def room_mark(self, network: str, room_id: str) -> str | None:
+        row = self._one(
+            "SELECT event_id FROM room_marks WHERE network = ? AND room_id = ?", (network, room_id)
+        )
+        return row[0] if row else None
+
+    def set_room_mark(self, network: str, room_id: str, event_id: str) -> None:
+        self.conn.execute(
+            "INSERT OR REPLACE INTO room_marks (network, room_id, event_id, updated_at) "
+            "VALUES (?, ?, ?, ?)",
+            (network, room_id, event_id, time.time()),
+        )
 
     def outbox_status(self, txn: str) -> tuple[str, int, str | None] | None:
         """(state, attempts, last error) of the action with transaction id `txn`."""

@@ -1,0 +1,47 @@
+"""What the bot tells people when something they sent could not be delivered.
+
+So that nobody believes a message arrived that did not (../shared/design.md, data flow step 5),
+a permanent refusal by a target homeserver becomes one notice in the sender's room, as a reply to
+the message that was refused.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from bridge.core.actions import SendNotice, txn_id
+from bridge.core.model import EventRef
+
+# errcode -> what it means for the sender, in their words.
+_REASONS = {
+    "M_FORBIDDEN": "the room refused it",
+    "M_TOO_LARGE": "it is too large",
+    "M_NOT_FOUND": "the room no longer exists there",
+    "M_UNKNOWN_TOKEN": "the bridge is not allowed on that server",
+    "M_BAD_JSON": "that server could not read it",
+    "M_NOT_JSON": "that server could not read it",
+}
+
+
+def failure_reason(errcode: str | None) -> str:
+    if errcode in _REASONS:
+        return _REASONS[errcode]
+    return f"that server refused it ({errcode})" if errcode else "that server refused it"
+
+
+def failure_notice(source: EventRef, target_network: str, target_label: str,
+                   errcode: str | None) -> SendNotice:
+    """The notice for the sender of `source` that it did not reach `target_label`."""
+    body = f"Not delivered to {target_label}: {failure_reason(errcode)}."
+    content: dict[str, Any] = {
+        "msgtype": "m.notice",
+        "body": body,
+        "m.relates_to": {"m.in_reply_to": {"event_id": source.event_id}},
+    }
+    return SendNotice(
+        network=source.network,
+        room_id=source.room_id,
+        about=source.event_id,
+        content=content,
+        txn_id=txn_id(source.network, source.event_id, target_network, "failure-notice"),
+    )

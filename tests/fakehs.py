@@ -1,0 +1,103 @@
+"""A fault-injecting fake homeserver, for faults Synapse cannot be made to show on cue.
+
+It is an httpx transport: the bridge's real client (bridge.matrix.client.Homeserver) talks to it
+unchanged, and because nothing touches a socket, tests can run it under trio's virtual clock so
+backoff schedules and timeouts take milliseconds of real time. It answers the client-server calls
+the delivery worker makes, keeps rooms' timelines, and is idempotent on transaction ids the way
+Synapse is (same request path -> same event id). Faults are a function of the nth send.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import unquote
+
+import httpx
+import trio
+
+Fault = Callable[[int], "httpx.Response | str | None"]  # nth send -> response, "hang", or None
+
+
+@dataclass
+class Sent:
+    room_id: str
+    sender: str
+    content: dict[str, Any]
+    event_id: str
+    at: float  # trio.current_time() when accepted
+
+
+@dataclass
+class FakeHomeserver(httpx.AsyncBaseTransport):
+    server_name: str
+    fault: Fault = lambda n: None
+    down: bool = False  # every request fails to connect while True
+    sent: list[Sent] = field(default_factory=list)
+    attempts: list[float] = field(default_factory=list)  # times of send attempts
+    txns: dict[str, str] = field(default_factory=dict)  # request path -> event id
+    joined: set[tuple[str, str]] = field(default_factory=set)  # (room, user)
+    registered: set[str] = field(default_factory=set)
+    requests: int = 0
+
+    def texts(self, room_id: str) -> list[str]:
+        return [s.content.get("body", "") for s in self.sent if s.room_id == room_id]
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        self.requests += 1
+        if self.down:
+            raise httpx.ConnectError("connection refused", request=request)
+        path = unquote(request.url.path)
+        user = request.url.params.get("user_id") or f"@tribridge:{self.server_name}"
+        body = json.loads(request.content) if request.content else {}
+        parts = path.split("/")
+        if path == "/_matrix/client/versions":
+            return _ok({"versions": ["v1.11"]})
+        if path.endswith("/register"):
+            name = f"@{body['username']}:{self.server_name}"
+            if name in self.registered:
+                return _err(400, "M_USER_IN_USE")
+            self.registered.add(name)
+            return _ok({"user_id": name})
+        if "/profile/" in path or path.endswith("/invite"):
+            return _ok({})
+        if "/join/" in path:
+            self.joined.add((parts[-1], user))
+            return _ok({"room_id": parts[-1]})
+        if "/state/m.room.member/" in path:
+            return _err(404, "M_NOT_FOUND")
+        if "/send/" in path:
+            return await self._send(request, path, parts, user, body)
+        return _err(404, "M_UNRECOGNIZED")
+
+    async def _send(
+        self, request: httpx.Request, path: str, parts: list[str], user: str, body: Any
+    ) -> httpx.Response:
+        self.attempts.append(trio.current_time())
+        outcome = self.fault(len(self.attempts))
+        if outcome == "hang":
+            await trio.sleep_forever()
+        if isinstance(outcome, httpx.Response):
+            return outcome
+        room_id = parts[parts.index("rooms") + 1]
+        if path in self.txns:  # Synapse's idempotency: same path, same event, no new send
+            return _ok({"event_id": self.txns[path]})
+        event_id = f"${len(self.sent) + 1}:{self.server_name}"
+        self.txns[path] = event_id
+        self.sent.append(Sent(room_id, user, body, event_id, trio.current_time()))
+        return _ok({"event_id": event_id})
+
+
+def _ok(payload: Any) -> httpx.Response:
+    return httpx.Response(200, json=payload)
+
+
+def _err(status: int, errcode: str, **extra: Any) -> httpx.Response:
+    return httpx.Response(status, json={"errcode": errcode, "error": errcode, **extra})
+
+
+def error(status: int, errcode: str, **extra: Any) -> httpx.Response:
+    """A canned error response for a fault function."""
+    return _err(status, errcode, **extra)

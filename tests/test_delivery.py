@@ -1,0 +1,210 @@
+"""The delivery worker under faults: retries, backoff, order, exactly once, notices, stopping.
+
+Runs the real worker, store and client against tests/fakehs.py under trio's virtual clock
+(autojump_clock), so minutes of backoff take milliseconds.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+import trio
+
+from bridge.core.actions import SendMessage, txn_id
+from bridge.core.ghosts import derive_key
+from bridge.core.model import EventRef, Network
+from bridge.core.retry import BACKOFF_CAP
+from bridge.delivery import PROBE_MAX, DeliveryWorker
+from bridge.matrix.client import Homeserver
+from bridge.store import Store
+
+from .fakehs import FakeHomeserver, error
+
+KEY = derive_key(b"s" * 32)
+WA = Network("wa", "WhatsApp", "wa.test", "phone", "tribridge", "_tb_", False)
+IG = Network("ig", "Instagram", "ig.test", "handle", "tribridge", "_tb_", True)
+NETWORKS = {"wa": WA, "ig": IG}
+
+
+@dataclass
+class Rig:
+    store: Store
+    fakes: dict[str, FakeHomeserver]
+    workers: dict[str, DeliveryWorker]
+
+    def queue(self, *bodies: str, room: str = "!ig-room", src_room: str = "!wa-room") -> None:
+        with self.store.transaction():
+            self.store.enqueue([message(b, room, src_room) for b in bodies])
+        self.workers["ig"].wake()
+
+    async def until(self, check: object, within: float = 3600) -> None:
+        """Poll (in virtual time) until check() is true."""
+        with trio.fail_after(within):
+            while not check():  # type: ignore[operator]  # noqa: ASYNC110 (state in a store)
+                await trio.sleep(min(1.0, within / 500))
+
+
+def message(body: str, room: str = "!ig-room", src_room: str = "!wa-room") -> SendMessage:
+    event = f"$src-{body}"
+    return SendMessage(
+        network="ig",
+        room_id=room,
+        ghost="_tb_wa_aaaaaaaaaaaaaaaa",
+        source=EventRef("wa", src_room, event, "@+15551234567:wa.test"),
+        content={"msgtype": "m.text", "body": body},
+        txn_id=txn_id("wa", event, "ig", "message"),
+    )
+
+
+@pytest.fixture
+async def rig(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterator[Rig]:
+    fault = getattr(request, "param", None) or (lambda n: None)
+    fakes = {"wa": FakeHomeserver("wa.test"), "ig": FakeHomeserver("ig.test", fault=fault)}
+    store = Store(tmp_path / "t.db", durability="process")
+    async with (
+        httpx.AsyncClient(transport=fakes["wa"], base_url="http://wa") as wa_http,
+        httpx.AsyncClient(transport=fakes["ig"], base_url="http://ig") as ig_http,
+        trio.open_nursery() as nursery,
+    ):
+        homeservers = {
+            "wa": Homeserver(wa_http, "wa.test", deadline=30),
+            "ig": Homeserver(ig_http, "ig.test", deadline=30),
+        }
+        workers: dict[str, DeliveryWorker] = {}
+        for net_id, net in NETWORKS.items():
+            workers[net_id] = DeliveryWorker(
+                net, homeservers, NETWORKS, store, KEY,
+                wake=lambda n: workers[n].wake(), jitter=lambda: 0.999,
+            )
+            await nursery.start(workers[net_id].run)
+        yield Rig(store, fakes, workers)
+        nursery.cancel_scope.cancel()
+    store.close()
+
+
+def nth(n: int, response: httpx.Response | str):  # type: ignore[no-untyped-def]
+    return lambda k: response if k == n else None
+
+
+@pytest.mark.parametrize("rig", [nth(2, error(500, "M_UNKNOWN"))], indirect=True)
+async def test_a_500_is_retried_and_everything_arrives_once_in_order(
+    rig: Rig, autojump_clock: trio.testing.MockClock
+) -> None:
+    rig.queue("one", "two", "three", "four")
+    await rig.until(lambda: len(rig.fakes["ig"].sent) == 4)
+    assert rig.fakes["ig"].texts("!ig-room") == ["one", "two", "three", "four"]
+    attempts = rig.fakes["ig"].attempts
+    assert len(attempts) == 5  # one retry, nothing more
+    assert attempts[2] - attempts[1] >= 0.99  # the retry waited its first backoff (1 s)
+
+
+@pytest.mark.parametrize(
+    "rig", [lambda n: error(429, "M_LIMIT_EXCEEDED", retry_after_ms=7000) if n <= 3 else None],
+    indirect=True,
+)
+async def test_a_429_storm_honours_retry_after(
+    rig: Rig, autojump_clock: trio.testing.MockClock
+) -> None:
+    rig.queue("a", "b")
+    await rig.until(lambda: len(rig.fakes["ig"].sent) == 2)
+    gaps = [b - a for a, b in itertools.pairwise(rig.fakes["ig"].attempts)]
+    assert all(g >= 7 for g in gaps[:3]), gaps  # retry_after_ms, not our own shorter backoff
+    assert rig.fakes["ig"].texts("!ig-room") == ["a", "b"]
+
+
+@pytest.mark.parametrize("rig", [lambda n: error(503, "M_UNKNOWN")], indirect=True)
+async def test_backoff_doubles_up_to_five_minutes(
+    rig: Rig, autojump_clock: trio.testing.MockClock
+) -> None:
+    rig.queue("never")
+    await rig.until(lambda: len(rig.fakes["ig"].attempts) >= 14, within=10_000)
+    times = rig.fakes["ig"].attempts
+    gaps = [b - a for a, b in itertools.pairwise(times)]
+    expected = [min(2**i * 0.9995, BACKOFF_CAP) for i in range(len(gaps))]
+    assert gaps == pytest.approx(expected, abs=0.05)
+    assert max(gaps) == pytest.approx(BACKOFF_CAP, abs=0.05)
+    status = rig.store.delivery_status("wa", "$src-never")
+    assert status[0].state == "pending" and status[0].attempts >= 13
+
+
+@pytest.mark.parametrize("rig", [nth(1, "hang")], indirect=True)
+async def test_a_hung_send_times_out_and_other_rooms_do_not_wait(
+    rig: Rig, autojump_clock: trio.testing.MockClock
+) -> None:
+    rig.queue("stuck-then-ok", room="!slow")
+    await rig.until(lambda: len(rig.fakes["ig"].attempts) == 1)
+    rig.queue("meanwhile", room="!fast")
+    await rig.until(lambda: rig.fakes["ig"].texts("!fast") == ["meanwhile"], within=5)
+    await rig.until(lambda: rig.fakes["ig"].texts("!slow") == ["stuck-then-ok"], within=60)
+    (slow,) = [s for s in rig.fakes["ig"].sent if s.room_id == "!slow"]
+    (fast,) = [s for s in rig.fakes["ig"].sent if s.room_id == "!fast"]
+    assert slow.at >= 30 > fast.at  # the hung send waited out the 30 s deadline; !fast did not
+
+
+@pytest.mark.parametrize(
+    "rig", [lambda n: error(403, "M_FORBIDDEN") if n in (2, 3) else None], indirect=True
+)
+async def test_a_refusal_fails_that_message_and_tells_the_sender(
+    rig: Rig, autojump_clock: trio.testing.MockClock
+) -> None:
+    rig.queue("fine", "refused", "after")
+    await rig.until(lambda: rig.fakes["ig"].texts("!ig-room") == ["fine", "after"])
+    await rig.until(lambda: len(rig.fakes["wa"].sent) == 1)
+    (notice,) = rig.fakes["wa"].sent
+    assert notice.room_id == "!wa-room" and notice.sender == "@tribridge:wa.test"
+    assert notice.content["body"] == "Not delivered to Instagram: the room refused it."
+    assert notice.content["m.relates_to"]["m.in_reply_to"]["event_id"] == "$src-refused"
+    relay, told = rig.store.delivery_status("wa", "$src-refused")
+    assert (relay.network, relay.kind, relay.state) == ("ig", "message", "failed")
+    assert "M_FORBIDDEN" in (relay.last_error or "")
+    assert (told.network, told.kind, told.state) == ("wa", "notice", "done")
+    # One re-join and retry (the ghost may have been kicked), then no more tries.
+    assert len(rig.fakes["ig"].attempts) == 4
+
+
+async def test_a_homeserver_back_from_an_outage_is_served_within_seconds(
+    rig: Rig, autojump_clock: trio.testing.MockClock
+) -> None:
+    rig.fakes["ig"].down = True
+    rig.queue("during", "outage")
+    await trio.sleep(600)  # ten virtual minutes down: the backoff has grown to minutes
+    assert rig.fakes["ig"].sent == []
+    assert not rig.workers["ig"].reachable
+    back = trio.current_time()
+    rig.fakes["ig"].down = False
+    await rig.until(lambda: len(rig.fakes["ig"].sent) == 2)
+    assert rig.fakes["ig"].sent[0].at - back <= PROBE_MAX + 1
+    assert rig.fakes["ig"].texts("!ig-room") == ["during", "outage"]
+    assert rig.workers["ig"].reachable
+
+
+@pytest.mark.parametrize("rig", [lambda n: error(503, "M_UNKNOWN")], indirect=True)
+async def test_stop_ends_a_worker_waiting_on_backoff(
+    rig: Rig, autojump_clock: trio.testing.MockClock
+) -> None:
+    rig.queue("x")
+    await rig.until(lambda: len(rig.fakes["ig"].attempts) >= 5)
+    start = trio.current_time()
+    rig.workers["ig"].stop()
+    await rig.until(lambda: "!ig-room" not in rig.workers["ig"]._active, within=1)
+    assert trio.current_time() - start < 1
+    assert rig.store.delivery_status("wa", "$src-x")[0].state == "pending"  # kept for next start
+
+
+async def test_a_resend_after_a_crash_is_not_a_duplicate(
+    rig: Rig, autojump_clock: trio.testing.MockClock
+) -> None:
+    # A crash between the send and its commit: the action is still pending when the daemon comes
+    # back, and goes again with the same transaction id.
+    rig.queue("once")
+    await rig.until(lambda: len(rig.fakes["ig"].sent) == 1)
+    rig.store.conn.execute("UPDATE outbox SET state = 'pending'")
+    rig.workers["ig"].wake()
+    await rig.until(lambda: len(rig.fakes["ig"].attempts) == 2)
+    await rig.until(lambda: rig.store.delivery_status("wa", "$src-once")[0].state == "done")
+    assert rig.fakes["ig"].texts("!ig-room") == ["once"]
