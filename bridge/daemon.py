@@ -24,6 +24,7 @@ from bridge.inbound import Inbound
 from bridge.matrix.appservice import Appservice
 from bridge.matrix.client import Homeserver, HomeserverError, make_http_client
 from bridge.notify import Notifier
+from bridge.reconcile import Reconciler
 from bridge.store import Store
 
 log = logging.getLogger(__name__)
@@ -52,21 +53,27 @@ async def run(
                     make_http_client(net.homeserver, net.as_token)
                 )
                 homeservers[net_id] = Homeserver(http, net.network.server_name)
-            workers = {
-                net_id: DeliveryWorker(net, homeservers, networks, store, key)
-                for net_id, net in networks.items()
-            }
+            workers: dict[str, DeliveryWorker] = {}
             inbound = Inbound(store, networks, key, wake=lambda n: workers[n].wake())
-            app = Appservice(config.networks, inbound, store)
+            reconciler = Reconciler(store, homeservers, inbound, store.portals)
+            for net_id, network in networks.items():
+                workers[net_id] = DeliveryWorker(
+                    network, homeservers, networks, store, key,
+                    wake=lambda n: workers[n].wake(), on_recovered=reconciler.suspect,
+                )
+            app = Appservice(config.networks, reconciler, store)
             async with trio.open_nursery() as nursery:
+                await nursery.start(reconciler.run)
                 host, port = config.bridge.listen_host, config.bridge.listen_port
                 await nursery.start(serve, host, port, app.handle, Limits())
                 log.info("listening on %s:%d for %d networks", host, port, len(networks))
                 for worker in workers.values():
-                    nursery.start_soon(worker.run)
+                    await nursery.start(worker.run)
                 async with trio.open_nursery() as setup:
                     for net_id, net in config.networks.items():
-                        setup.start_soon(_setup_network, net, homeservers[net_id], portals)
+                        setup.start_soon(
+                            _setup_network, net, homeservers[net_id], portals, reconciler
+                        )
                 notifier.send("READY=1", "STATUS=bridging")
                 log.info("ready: %d portals", len(portals))
                 task_status.started()
@@ -75,9 +82,14 @@ async def run(
         store.close()
 
 
-async def _setup_network(net: NetworkConfig, hs: Homeserver, portals: list[Portal]) -> None:
-    """Register the bot, join its portal rooms, publish portal ids, and ping the homeserver."""
+async def _setup_network(
+    net: NetworkConfig, hs: Homeserver, portals: list[Portal], reconciler: Reconciler
+) -> None:
+    """Register the bot, join its portal rooms, publish portal ids, take in what was missed
+    while we were away, and ping the homeserver so it pushes its backlog now."""
     where = f"{net.network.label} ({net.network.server_name})"
+    # Pushes right after a restart are the ones Synapse strands or reorders: distrust them.
+    reconciler.suspect(net.id)
     with trio.move_on_after(SETUP_TIMEOUT) as scope:
         try:
             await hs.register(net.network.bot)
@@ -99,6 +111,9 @@ async def _setup_network(net: NetworkConfig, hs: Homeserver, portals: list[Porta
                 await hs.put_state(room_id, PORTAL_STATE, "", {"portal_id": portal.portal_id})
             except HomeserverError as exc:
                 log.info("portal id not published in %s on %s: %s", room_id, where, exc)
+        taken = await reconciler.reconcile_network(net.id)
+        if taken:
+            log.info("%s: took in %d event(s) from room timelines", where, taken)
         try:
             took = await hs.ping_appservice(net.appservice_id, f"tribridge-start-{uuid.uuid4()}")
             log.info("%s answered the start-up ping (%d ms round trip)", where, took)

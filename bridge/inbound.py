@@ -1,14 +1,16 @@
-"""Taking in a pushed transaction: dedupe, translate, queue, commit, in one SQLite transaction.
+"""Taking in events: dedupe, translate, queue, commit, in one SQLite transaction.
 
 This is invariant 1 of ../shared/design.md in code: the caller answers the homeserver only after
 ``take_transaction`` returned, and it returns only after the commit. Dedupe is by event id, since
 Synapse reuses transaction ids after it restarts; the transaction id is only a quick hint.
+Reconciliation (bridge/reconcile.py) feeds events read from a room's timeline through the same
+``take_events``, so a pushed event and a reconciled one are one and the same to the bridge.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import nacl.encoding
@@ -35,47 +37,68 @@ class Inbound:
         self.wake = wake
 
     def take_transaction(self, network_id: str, txn_id: str, body: bytes, events: list[Any]) -> int:
-        """Queue what `events` ask for; return how many actions were queued."""
+        """Queue what a pushed transaction asks for; return how many actions were queued."""
         digest = nacl.hash.blake2b(body, digest_size=16, encoder=nacl.encoding.HexEncoder).decode()
         if self.store.transaction_seen(network_id, txn_id, digest):
             log.debug("transaction %s from %s already taken in", txn_id, network_id)
             return 0
+        with self.store.transaction():
+            queued, targets = self._take(network_id, events, f"transaction {txn_id}")
+            self.store.record_transaction(network_id, txn_id, digest)
+        self._wake(targets)
+        return queued
+
+    async def push(self, network_id: str, txn_id: str, body: bytes, events: list[Any]) -> None:
+        """The `Intake` interface (bridge/matrix/appservice.py) without reconciliation."""
+        self.take_transaction(network_id, txn_id, body, events)
+
+    def take_events(
+        self, network_id: str, events: Iterable[Any], mark: tuple[str, str] | None = None
+    ) -> int:
+        """Queue what `events` (read from a timeline, oldest first) ask for, in one commit;
+        with `mark` = (room, event id), move that room's mark in the same commit."""
+        with self.store.transaction():
+            queued, targets = self._take(network_id, events, "timeline")
+            if mark is not None:
+                self.store.set_room_mark(network_id, *mark)
+        self._wake(targets)
+        return queued
+
+    def _wake(self, targets: set[str]) -> None:
+        for target in targets:
+            self.wake(target)
+
+    def _take(self, network_id: str, events: Iterable[Any], where: str) -> tuple[int, set[str]]:
         source = self.networks[network_id]
         targets: set[str] = set()
         queued = 0
-        with self.store.transaction():
-            for event in events:
-                if not isinstance(event, dict):
-                    log.warning("skipped a non-object event in transaction %s from %s",
-                                txn_id, network_id)
-                    continue
-                event_id, room_id = event.get("event_id"), event.get("room_id")
-                if not isinstance(event_id, str) or not isinstance(room_id, str):
-                    log.warning("skipped an event without event_id or room_id from %s", network_id)
-                    continue
-                if self.store.event_seen(network_id, event_id):
-                    continue
-                portal = self.store.portal_for_room(network_id, room_id)
-                try:
-                    result = translate(event, source, self.networks, portal, self.key)
-                except Exception:
-                    # A bug of ours: failing the whole transaction would make the homeserver
-                    # retry it forever and stall this network. Skip the one event, loudly.
-                    log.exception("could not translate %s from %s; skipped it", event_id,
-                                  network_id)
-                    self.store.mark_event_seen(network_id, event_id, room_id)
-                    continue
-                if result.skipped:
-                    log.debug("%s from %s: %s", event_id, network_id, result.skipped)
-                for profile in result.profiles:
-                    self.store.set_profile(profile.network, profile.user_id, profile.display_name)
-                self.store.enqueue(result.actions)
+        for event in events:
+            if not isinstance(event, dict):
+                log.warning("skipped a non-object event in %s from %s", where, network_id)
+                continue
+            event_id, room_id = event.get("event_id"), event.get("room_id")
+            if not isinstance(event_id, str) or not isinstance(room_id, str):
+                log.warning("skipped an event without event_id or room_id from %s", network_id)
+                continue
+            if self.store.event_seen(network_id, event_id):
+                continue
+            portal = self.store.portal_for_room(network_id, room_id)
+            try:
+                result = translate(event, source, self.networks, portal, self.key)
+            except Exception:
+                # A bug of ours: failing the whole transaction would make the homeserver retry
+                # it forever and stall this network. Skip the one event, loudly.
+                log.exception("could not translate %s from %s; skipped it", event_id, network_id)
                 self.store.mark_event_seen(network_id, event_id, room_id)
-                targets.update(a.network for a in result.actions)
-                queued += len(result.actions)
-            self.store.record_transaction(network_id, txn_id, digest)
-        for target in targets:
-            self.wake(target)
+                continue
+            if result.skipped:
+                log.debug("%s from %s: %s", event_id, network_id, result.skipped)
+            for profile in result.profiles:
+                self.store.set_profile(profile.network, profile.user_id, profile.display_name)
+            self.store.enqueue(result.actions)
+            self.store.mark_event_seen(network_id, event_id, room_id)
+            targets.update(a.network for a in result.actions)
+            queued += len(result.actions)
         if queued:
-            log.debug("transaction %s from %s: %d actions queued", txn_id, network_id, queued)
-        return queued
+            log.debug("%s from %s: %d actions queued", where, network_id, queued)
+        return queued, targets

@@ -10,13 +10,13 @@ import hmac
 import json
 import logging
 from collections.abc import Mapping
+from typing import Any, Protocol
 
 from bridge.config import NetworkConfig
 from bridge.core.ghosts import parse_ghost_localpart
 from bridge.core.ids import InvalidId, parse_user_id
 from bridge.http.routing import Router
 from bridge.http.types import Request, Response, json_response, matrix_error
-from bridge.inbound import Inbound
 from bridge.store import Store
 
 log = logging.getLogger(__name__)
@@ -24,12 +24,18 @@ log = logging.getLogger(__name__)
 PREFIX = "/_matrix/app/v1"
 
 
+class Intake(Protocol):
+    """Where pushed transactions go: returns only once their effects are on disk."""
+
+    async def push(self, network: str, txn_id: str, body: bytes, events: list[Any]) -> None: ...
+
+
 class Appservice:
     def __init__(
-        self, networks: Mapping[str, NetworkConfig], inbound: Inbound, store: Store
+        self, networks: Mapping[str, NetworkConfig], intake: Intake, store: Store
     ) -> None:
         self.networks = networks
-        self.inbound = inbound
+        self.intake = intake
         self.store = store
         self.router = Router()
         self.router.add("PUT", PREFIX + "/transactions/{txn_id}", self.transaction)
@@ -77,7 +83,7 @@ class Appservice:
         if not isinstance(events, list):
             return matrix_error(400, "M_BAD_JSON", "'events' must be a list")
         # Returns only after the outbox rows are committed: acknowledged means on disk.
-        self.inbound.take_transaction(network, request.params["txn_id"], request.body, events)
+        await self.intake.push(network, request.params["txn_id"], request.body, events)
         return json_response(200, {})
 
     async def query_user(self, request: Request) -> Response:

@@ -57,6 +57,7 @@ class Daemon:
     async def start(self, portals: list[Mapping[str, str]] | None = None) -> None:
         if portals is not None:
             self.write_config(portals)
+        self.notices = []  # this run's notices only: a READY=1 of the last run says nothing
         self._sock = trio.socket.socket(trio.socket.AF_UNIX, trio.socket.SOCK_DGRAM)
         name = f"tribridge-test-{secrets.token_hex(6)}"
         await self._sock.bind("\0" + name)

@@ -1,0 +1,171 @@
+"""Reconciliation: read portal rooms' timelines and take in what pushes missed.
+
+Synapse can lose a push outright (a transaction stranded while its recoverer finishes) and can
+deliver one late, after newer ones (../shared/notes/synapse.md). Pushes alone therefore cannot
+promise "nothing lost, in order". The bot sits in every portal room, so it can read each room's
+timeline and compare it with what was taken in.
+
+Each portal room has a *mark*: the newest event up to which every event was taken in. A
+reconcile reads the room backwards from its newest event to the mark, takes in the events not
+seen yet in timeline order (through the same path as pushes, so dedupe is by event id), and moves
+the mark, all in one commit. A room seen for the first time gets a mark at its newest event and
+no backfill: linking a room does not replay its history.
+
+When it runs:
+- at start, for every portal room, before the start-up ping (pushes from that network wait);
+- while a network is *suspect* (for a while after start, and after its homeserver came back from
+  an outage, which is when Synapse strands and reorders), before taking in each pushed
+  transaction, for the rooms it touches: a push that overtook an earlier event thus brings the
+  earlier one in first, and order holds;
+- at the end of a suspect window, for every room of that network (a stranded event in a room
+  that went quiet is found here);
+- every minute, for the rooms that had pushes since the last sweep.
+A per-network lock keeps a reconcile and a pushed transaction from interleaving.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+import trio
+
+from bridge.core.model import Portal
+from bridge.inbound import Inbound
+from bridge.matrix.client import Homeserver, HomeserverError
+from bridge.store import Store
+
+log = logging.getLogger(__name__)
+
+PAGE = 100  # events per /messages page
+MAX_PAGES = 20  # read at most this far back in one reconcile (2,000 events)
+SUSPECT_SECONDS = 60.0
+SWEEP_SECONDS = 60.0
+
+
+class Reconciler:
+    def __init__(
+        self,
+        store: Store,
+        homeservers: Mapping[str, Homeserver],
+        inbound: Inbound,
+        portals: Callable[[], Iterable[Portal]],
+    ) -> None:
+        self.store = store
+        self.homeservers = homeservers
+        self.inbound = inbound
+        self.portals = portals
+        self._locks = {net: trio.Lock() for net in homeservers}
+        self._suspect_until = {net: 0.0 for net in homeservers}
+        self._active: dict[str, set[str]] = {net: set() for net in homeservers}
+        self._nursery: trio.Nursery | None = None
+
+    # -- pushes --------------------------------------------------------------------------------
+
+    async def push(self, network: str, txn_id: str, body: bytes, events: list[Any]) -> None:
+        """Take in a pushed transaction, reconciling its rooms first while `network` is suspect."""
+        async with self._locks[network]:
+            rooms = _rooms_of(events)
+            self._active[network].update(rooms)
+            if self.is_suspect(network):
+                for room_id in rooms:
+                    if self.store.portal_for_room(network, room_id) is not None:
+                        await self._reconcile_room(network, room_id)
+            self.inbound.take_transaction(network, txn_id, body, events)
+
+    def is_suspect(self, network: str) -> bool:
+        return trio.current_time() < self._suspect_until[network]
+
+    def suspect(self, network: str, seconds: float = SUSPECT_SECONDS) -> None:
+        """Distrust `network`'s pushes for a while; then sweep all its rooms once."""
+        self._suspect_until[network] = trio.current_time() + seconds
+        if self._nursery is not None:
+            self._nursery.start_soon(self._sweep_after, network, seconds)
+
+    # -- sweeps --------------------------------------------------------------------------------
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Periodic sweeps of recently active rooms; owns the end-of-suspicion sweeps."""
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            task_status.started()
+            while True:
+                await trio.sleep(SWEEP_SECONDS)  # the sweep period itself, not a wait for events
+                for network in self.homeservers:
+                    rooms, self._active[network] = self._active[network], set()
+                    await self.reconcile_rooms(network, rooms)
+
+    async def reconcile_network(self, network: str) -> int:
+        """Reconcile every portal room of `network`; return how many events were taken in."""
+        rooms = {p.rooms[network] for p in self.portals() if network in p.rooms}
+        return await self.reconcile_rooms(network, rooms)
+
+    async def reconcile_rooms(self, network: str, rooms: Iterable[str]) -> int:
+        taken = 0
+        for room_id in sorted(rooms):
+            async with self._locks[network]:
+                if self.store.portal_for_room(network, room_id) is not None:
+                    taken += await self._reconcile_room(network, room_id)
+        return taken
+
+    async def _sweep_after(self, network: str, seconds: float) -> None:
+        await trio.sleep(seconds)  # the end of the suspect window
+        if not self.is_suspect(network):  # a later suspicion owns the final sweep
+            taken = await self.reconcile_network(network)
+            if taken:
+                log.warning("reconciliation found %d event(s) %s never pushed", taken, network)
+
+    # -- one room ------------------------------------------------------------------------------
+
+    async def _reconcile_room(self, network: str, room_id: str) -> int:
+        """Read `room_id` back to its mark and take in what was missed. Call under the lock."""
+        mark = self.store.room_mark(network, room_id)
+        hs = self.homeservers[network]
+        newest_first: list[dict[str, Any]] = []
+        token: str | None = None
+        found = False
+        try:
+            for _ in range(MAX_PAGES):
+                page, token = await hs.messages(room_id, PAGE, token)
+                for event in page:
+                    if event.get("event_id") == mark:
+                        found = True
+                        break
+                    newest_first.append(event)
+                if found or token is None:
+                    break
+        except HomeserverError as exc:
+            log.info("cannot read %s on %s to reconcile it: %s", room_id, network, exc)
+            return 0
+        if not newest_first:
+            return 0
+        newest = str(newest_first[0].get("event_id"))
+        if mark is None:
+            # First sight of this room: start from here, do not replay its history.
+            self.inbound.take_events(network, [], mark=(room_id, newest))
+            return 0
+        if not found:
+            log.warning(
+                "%s on %s: more than %d events since the last check; took in the newest only",
+                room_id, network, PAGE * MAX_PAGES,
+            )
+        unseen = [
+            e for e in reversed(newest_first)
+            if isinstance(e.get("event_id"), str)
+            and not self.store.event_seen(network, e["event_id"])
+        ]
+        if unseen:
+            log.info("%s on %s: %d event(s) taken in from the timeline", room_id, network,
+                     len(unseen))
+        self.inbound.take_events(network, unseen, mark=(room_id, newest))
+        return len(unseen)
+
+
+def _rooms_of(events: list[Any]) -> list[str]:
+    """The rooms of a transaction's events, in order of first appearance."""
+    rooms: dict[str, None] = {}
+    for event in events:
+        if isinstance(event, dict) and isinstance(event.get("room_id"), str):
+            rooms[event["room_id"]] = None
+    return list(rooms)
