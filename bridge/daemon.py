@@ -3,13 +3,23 @@
 Start-up order matters (../shared/notes/synapse.md): the listener must be up before the bot joins
 rooms or pings a homeserver, since both make the homeserver call us back. READY=1 goes out once
 the store is migrated, the listener is up and each homeserver was pinged (or failed to answer).
+
+Stopping (SIGTERM, SIGINT): STOPPING=1, the listener closes (a transaction not yet answered is
+pushed again by its homeserver later), the workers start nothing new, sends in flight get up to
+DRAIN_SECONDS to finish and commit, then everything is cancelled. Reloading (SIGHUP): the whole
+file is validated; a broken one changes nothing; a valid one applies its portals and log level,
+and names the keys that only a restart applies.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import os
 import signal
+import time
 import uuid
+from collections.abc import Mapping
 from contextlib import AsyncExitStack
 from pathlib import Path
 
@@ -31,55 +41,160 @@ log = logging.getLogger(__name__)
 
 PORTAL_STATE = "org.tribridge.portal"
 SETUP_TIMEOUT = 20.0  # seconds one homeserver may take to answer the start-up calls
+DRAIN_SECONDS = 10.0  # how long sends in flight may take to finish when stopping
 
 
-async def run(
-    config: Config,
-    notifier: Notifier | None = None,
-    *,
-    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+class Bridge:
+    """The running bridge's parts, so signals can stop or reload it."""
+
+    def __init__(self, config: Config, notifier: Notifier) -> None:
+        self.config = config
+        self.notifier = notifier
+        self.stop_requested = trio.Event()
+        self.reloads: trio.MemoryReceiveChannel[Config]
+        self._reload_send, self.reloads = trio.open_memory_channel[Config](1)
+
+    def request_stop(self) -> None:
+        self.stop_requested.set()
+
+    def request_reload(self, config: Config) -> bool:
+        try:
+            self._reload_send.send_nowait(config)
+        except trio.WouldBlock:
+            return False  # a reload is already waiting; the newest file is read then
+        return True
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        config = self.config
+        store = Store(config.bridge.database, config.bridge.durability)
+        key = derive_key(config.bridge.secret)
+        networks = {net_id: net.network for net_id, net in config.networks.items()}
+        portals = store.sync_config_portals(config.portals)
+        try:
+            async with AsyncExitStack() as stack:
+                homeservers: dict[str, Homeserver] = {}
+                for net_id, net in config.networks.items():
+                    http = await stack.enter_async_context(
+                        make_http_client(net.homeserver, net.as_token)
+                    )
+                    homeservers[net_id] = Homeserver(http, net.network.server_name)
+                workers: dict[str, DeliveryWorker] = {}
+                inbound = Inbound(store, networks, key, wake=lambda n: workers[n].wake())
+                reconciler = Reconciler(store, homeservers, inbound, store.portals)
+                for net_id, network in networks.items():
+                    workers[net_id] = DeliveryWorker(
+                        network, homeservers, networks, store, key,
+                        wake=lambda n: workers[n].wake(), on_recovered=reconciler.suspect,
+                    )
+                app = Appservice(config.networks, reconciler, store)
+                async with trio.open_nursery() as nursery:
+                    await nursery.start(reconciler.run)
+                    host, port = config.bridge.listen_host, config.bridge.listen_port
+                    server = trio.CancelScope()
+                    await nursery.start(_in_scope, server, serve, host, port, app.handle, Limits())
+                    log.info("listening on %s:%d for %d networks", host, port, len(networks))
+                    workers_done = await nursery.start(_run_workers, list(workers.values()))
+                    await self._setup(homeservers, portals, reconciler)
+                    nursery.start_soon(_watchdog, self.notifier, store)
+                    nursery.start_soon(self._reloader, store, homeservers, reconciler)
+                    self.notifier.send("READY=1", "STATUS=bridging")
+                    log.info("ready: %d portals", len(portals))
+                    task_status.started()
+                    await self.stop_requested.wait()
+                    server.cancel()
+                    for worker in workers.values():
+                        worker.stop()
+                    with trio.move_on_after(DRAIN_SECONDS) as drain:
+                        await workers_done.wait()
+                    if drain.cancelled_caught:
+                        log.warning("sends still in flight after %.0f s: they go again at the "
+                                    "next start, with the same transaction ids", DRAIN_SECONDS)
+                    nursery.cancel_scope.cancel()
+        finally:
+            store.close()
+
+    async def _setup(
+        self,
+        homeservers: Mapping[str, Homeserver],
+        portals: list[Portal],
+        reconciler: Reconciler,
+    ) -> None:
+        async with trio.open_nursery() as setup:
+            for net_id, net in self.config.networks.items():
+                setup.start_soon(_setup_network, net, homeservers[net_id], portals, reconciler)
+
+    async def _reloader(
+        self, store: Store, homeservers: Mapping[str, Homeserver], reconciler: Reconciler
+    ) -> None:
+        async for new in self.reloads:
+            self.notifier.send("RELOADING=1", f"MONOTONIC_USEC={time.monotonic_ns() // 1000}")
+            restart = _needs_restart(self.config, new)
+            logging.getLogger().setLevel(new.bridge.log_level.upper())
+            portals = store.sync_config_portals(new.portals)
+            self.config = _with_reloadable(self.config, new)
+            await self._setup(homeservers, portals, reconciler)
+            self.notifier.send("READY=1", "STATUS=bridging")
+            log.info("reloaded: %d portals, log level %s", len(portals), new.bridge.log_level)
+            if restart:
+                log.warning("reload: %s changed; restart tribridge to apply", ", ".join(restart))
+
+
+def _needs_restart(old: Config, new: Config) -> list[str]:
+    """The keys whose change only a restart applies."""
+    changed = []
+    for key in ("listen_host", "listen_port", "database", "secret", "durability", "url"):
+        if getattr(old.bridge, key) != getattr(new.bridge, key):
+            changed.append("bridge." + ("listen" if key.startswith("listen") else key))
+    if old.networks != new.networks:
+        changed.append("networks")
+    return sorted(set(changed))
+
+
+def _with_reloadable(old: Config, new: Config) -> Config:
+    """The running config with what a reload applies (portals, log level) taken from `new`."""
+    bridge = dataclasses.replace(old.bridge, log_level=new.bridge.log_level)
+    return dataclasses.replace(old, bridge=bridge, portals=new.portals)
+
+
+async def _in_scope(
+    scope: trio.CancelScope, fn: object, *args: object,
+    task_status: trio.TaskStatus[object] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Run the bridge until cancelled."""
-    notifier = notifier or Notifier()
-    store = Store(config.bridge.database)
-    key = derive_key(config.bridge.secret)
-    networks = {net_id: net.network for net_id, net in config.networks.items()}
-    portals = store.sync_config_portals(config.portals)
+    """Run `fn` (which takes task_status) inside `scope`, so it can be stopped on its own."""
+    with scope:
+        await fn(*args, task_status=task_status)  # type: ignore[operator]
+
+
+async def _run_workers(
+    workers: list[DeliveryWorker],
+    *,
+    task_status: trio.TaskStatus[trio.Event] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    done = trio.Event()
     try:
-        async with AsyncExitStack() as stack:
-            homeservers: dict[str, Homeserver] = {}
-            for net_id, net in config.networks.items():
-                http = await stack.enter_async_context(
-                    make_http_client(net.homeserver, net.as_token)
-                )
-                homeservers[net_id] = Homeserver(http, net.network.server_name)
-            workers: dict[str, DeliveryWorker] = {}
-            inbound = Inbound(store, networks, key, wake=lambda n: workers[n].wake())
-            reconciler = Reconciler(store, homeservers, inbound, store.portals)
-            for net_id, network in networks.items():
-                workers[net_id] = DeliveryWorker(
-                    network, homeservers, networks, store, key,
-                    wake=lambda n: workers[n].wake(), on_recovered=reconciler.suspect,
-                )
-            app = Appservice(config.networks, reconciler, store)
-            async with trio.open_nursery() as nursery:
-                await nursery.start(reconciler.run)
-                host, port = config.bridge.listen_host, config.bridge.listen_port
-                await nursery.start(serve, host, port, app.handle, Limits())
-                log.info("listening on %s:%d for %d networks", host, port, len(networks))
-                for worker in workers.values():
-                    await nursery.start(worker.run)
-                async with trio.open_nursery() as setup:
-                    for net_id, net in config.networks.items():
-                        setup.start_soon(
-                            _setup_network, net, homeservers[net_id], portals, reconciler
-                        )
-                notifier.send("READY=1", "STATUS=bridging")
-                log.info("ready: %d portals", len(portals))
-                task_status.started()
-                await trio.sleep_forever()
+        async with trio.open_nursery() as nursery:
+            for worker in workers:
+                await nursery.start(worker.run)
+            task_status.started(done)
     finally:
-        store.close()
+        done.set()
+
+
+async def _watchdog(notifier: Notifier, store: Store) -> None:
+    """WATCHDOG=1 at half of $WATCHDOG_USEC, only while the loop runs and the store answers."""
+    usec = os.environ.get("WATCHDOG_USEC", "")
+    pid = os.environ.get("WATCHDOG_PID", "")
+    if not usec.isdigit() or (pid and pid != str(os.getpid())):
+        return
+    interval = int(usec) / 2_000_000
+    while True:
+        try:
+            store.conn.execute("SELECT 1 FROM outbox LIMIT 1").fetchall()
+        except Exception as exc:  # an unhealthy store: let systemd's watchdog restart us
+            log.error("store check failed, not petting the watchdog: %s", exc)
+        else:
+            notifier.send("WATCHDOG=1")
+        await trio.sleep(interval)  # the watchdog period systemd asked for
 
 
 async def _setup_network(
@@ -123,30 +238,40 @@ async def _setup_network(
         log.warning("%s did not finish the start-up calls in %.0f s", where, SETUP_TIMEOUT)
 
 
+async def run(
+    config: Config,
+    notifier: Notifier | None = None,
+    *,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Run the bridge until cancelled (the demo's entry point)."""
+    await Bridge(config, notifier or Notifier()).run(task_status=task_status)
+
+
 async def run_until_signalled(config_path: Path, config: Config) -> None:
-    """Run until SIGTERM or SIGINT; SIGHUP validates the config file again."""
-    notifier = Notifier()
+    """Run until SIGTERM or SIGINT; SIGHUP reloads the config file."""
+    bridge = Bridge(config, Notifier())
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
         async with trio.open_nursery() as nursery:
-            await nursery.start(run, config, notifier)
+            await nursery.start(bridge.run)
             async for signum in signals:
                 if signum == signal.SIGHUP:
-                    _check_reload(config_path)
+                    new = _load_for_reload(config_path)
+                    if new is not None:
+                        bridge.request_reload(new)
                     continue
                 log.info("%s: stopping", signal.Signals(signum).name)
-                notifier.send("STOPPING=1")
-                nursery.cancel_scope.cancel()
+                bridge.notifier.send("STOPPING=1")
+                bridge.request_stop()
                 break
     log.info("stopped")
 
 
-def _check_reload(config_path: Path) -> None:
+def _load_for_reload(config_path: Path) -> Config | None:
     try:
-        load_config(config_path)
+        return load_config(config_path)
     except ConfigError as exc:
         log.error("SIGHUP: the config has errors; keeping the running config:")
         for line in exc.lines():
             log.error("  %s", line)
-        return
-    log.warning("SIGHUP: the config is valid, but live reload is not supported yet: restart "
-                "tribridge to apply it")
+        return None

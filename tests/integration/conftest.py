@@ -54,7 +54,9 @@ class Daemon:
             self.config_path, portals, self.workdir / "state.db", log_level
         )
 
-    async def start(self, portals: list[Mapping[str, str]] | None = None) -> None:
+    async def start(
+        self, portals: list[Mapping[str, str]] | None = None, env: Mapping[str, str] = {}
+    ) -> None:
         if portals is not None:
             self.write_config(portals)
         self.notices = []  # this run's notices only: a READY=1 of the last run says nothing
@@ -62,7 +64,7 @@ class Daemon:
         name = f"tribridge-test-{secrets.token_hex(6)}"
         await self._sock.bind("\0" + name)
         self._address = "@" + name
-        env = {**os.environ, "NOTIFY_SOCKET": self._address}
+        env = {**os.environ, **env, "NOTIFY_SOCKET": self._address}
         with self.log_path.open("ab") as log:
             self.process = await trio.lowlevel.open_process(
                 [sys.executable, "-m", "bridge", "run", "-c", str(self.config_path)],
@@ -74,7 +76,11 @@ class Daemon:
             )
         await self.wait_notice("READY=1", within=30)
 
-    async def wait_notice(self, notice: str, within: float) -> None:
+    def signal(self, signum: int) -> None:
+        assert self.process is not None
+        self.process.send_signal(signum)
+
+    async def wait_notice(self, notice: str, within: float = 10) -> None:
         assert self._sock is not None
         with trio.fail_after(within):
             while notice not in self.notices:

@@ -35,6 +35,29 @@ async def test_sighup_with_a_broken_config_keeps_the_running_one(
     await bob.wait_for(rooms["ig"], has_body("still here after SIGHUP"))
 
 
+async def test_sighup_applies_a_new_portal_without_a_restart(cast: Cast, daemon: Daemon) -> None:
+    alice, bob = await cast.person("wa", "Alice"), await cast.person("ig", "Bob")
+    first = {"wa": await cast.room("wa", alice), "ig": await cast.room("ig", bob)}
+    await daemon.start([first])
+    second = {"wa": await cast.room("wa", alice, "second"), "ig": await cast.room("ig", bob, "2")}
+    daemon.write_config([first, second])
+    daemon.notices.clear()
+    daemon.signal(signal.SIGHUP)
+    await daemon.wait_notice("READY=1")
+    assert daemon.notices[0] == "RELOADING=1"
+    await daemon.wait_log("reloaded: 2 portals")
+    await alice.send_text(second["wa"], "in the portal added by a reload")
+    await bob.wait_for(second["ig"], has_body("in the portal added by a reload"))
+    await alice.send_text(first["wa"], "the first portal still works")
+    await bob.wait_for(first["ig"], has_body("the first portal still works"))
+
+
+async def test_the_watchdog_is_petted_while_healthy(cast: Cast, daemon: Daemon) -> None:
+    await daemon.start([], env={"WATCHDOG_USEC": "400000"})
+    daemon.notices.clear()
+    await daemon.wait_notice("WATCHDOG=1", within=5)
+
+
 def test_a_busy_listen_port_is_a_clear_error(localnet: LocalNet, tmp_path: Path) -> None:
     config = localnet.write_config(tmp_path / "t.toml", [], tmp_path / "t.db")
     with socket.socket() as busy:
