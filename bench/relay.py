@@ -23,9 +23,7 @@ import json
 import os
 import secrets
 import shutil
-import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -40,6 +38,7 @@ sys.path.insert(0, str(ROOT))
 
 from bridge.demo import has_body  # noqa: E402
 from bridge.localnet.cluster import LocalNet  # noqa: E402
+from bridge.localnet.daemon import Daemon  # noqa: E402
 from bridge.localnet.people import Person  # noqa: E402
 
 
@@ -110,19 +109,12 @@ async def bench(net: LocalNet, messages: int, paced: int, rate: float) -> dict[s
         "fbm": await carol.create_room("bench", invite=["@tribridge:fbm.localhost"]),
     }
     await dave.join(rooms["ig"])
-    config = net.write_config(net.root / "bench.toml", [rooms], net.root / "bench.db", "warning")
-    notify_name = f"tribridge-bench-{secrets.token_hex(4)}"
-    sock = trio.socket.socket(trio.socket.AF_UNIX, trio.socket.SOCK_DGRAM)
-    await sock.bind("\0" + notify_name)
-    daemon = await trio.lowlevel.open_process(
-        [sys.executable, "-m", "bridge", "run", "-c", str(config)],
-        cwd=ROOT, env={**os.environ, "NOTIFY_SOCKET": "@" + notify_name},
-        stdin=subprocess.DEVNULL,
-    )
+    daemon = Daemon(net, net.root)
+    daemon.write_config([rooms], log_level="warning")
+    await daemon.start()
+    assert daemon.process is not None
+    pid = daemon.process.pid
     try:
-        with trio.fail_after(30):
-            while b"READY=1" not in await sock.recv(4096):
-                pass
         # Warm up: ghosts registered and joined before anything is timed.
         await alice.send_text(rooms["wa"], "warm-up")
         await bob.wait_for(rooms["ig"], has_body("warm-up"))
@@ -133,15 +125,13 @@ async def bench(net: LocalNet, messages: int, paced: int, rate: float) -> dict[s
         readers = {"ig": (bob, rooms["ig"]), "fbm": (carol, rooms["fbm"])}
         bridged = await phase(alice, rooms["wa"], readers, "paced ", paced, interval)
         synapse_pids = [s.process.pid for s in net.servers.values() if s.process]
-        cpu0 = (cpu_seconds(daemon.pid), sum(cpu_seconds(p) for p in synapse_pids))
+        cpu0 = (cpu_seconds(pid), sum(cpu_seconds(p) for p in synapse_pids))
         flood = await phase(alice, rooms["wa"], readers, "flood ", messages, 0)
-        cpu1 = (cpu_seconds(daemon.pid), sum(cpu_seconds(p) for p in synapse_pids))
+        cpu1 = (cpu_seconds(pid), sum(cpu_seconds(p) for p in synapse_pids))
         return {"native": native, "bridged": bridged, "flood": flood,
                 "bridge_cpu": cpu1[0] - cpu0[0], "synapse_cpu": cpu1[1] - cpu0[1]}
     finally:
-        daemon.send_signal(signal.SIGTERM)
-        await daemon.wait()
-        sock.close()
+        await daemon.stop()
         for p in (alice, bob, dave, carol):
             await p.aclose()
 

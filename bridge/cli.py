@@ -40,6 +40,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     with_config(p)
     p.add_argument("--network", required=True, help="the network id, e.g. wa")
+    p = sub.add_parser("db", help="the state store: where an event got to, backups")
+    db = p.add_subparsers(dest="db_command", required=True, metavar="DB_COMMAND")
+    q = db.add_parser("status", help="where the actions for one source event got to")
+    with_config(q)
+    q.add_argument("--network", required=True, help="the network the event was sent on")
+    q.add_argument("--event", required=True, help="its event id there ($...)")
+    q = db.add_parser("backup", help="copy the database online (safe while the daemon runs)")
+    with_config(q)
+    q.add_argument("destination", type=Path, help="a new file to write the copy to")
     p = sub.add_parser(
         "demo", help="start three local Synapse homeservers and show a conversation crossing them"
     )
@@ -56,6 +65,8 @@ def run_cli(argv: list[str]) -> int:
             return _generate_registration(args.config, args.network)
         if args.command == "run":
             return _run(args.config)
+        if args.command == "db":
+            return _db(args)
         if args.command == "demo":
             from bridge.demo import run_demo
 
@@ -83,6 +94,29 @@ def _summary(config: Config) -> str:
 def _check_config(path: Path) -> int:
     print(_summary(load_config(path)))
     return EXIT_OK
+
+
+def _db(args: argparse.Namespace) -> int:
+    from bridge.store import Store
+
+    config = load_config(args.config)
+    store = Store(config.bridge.database, config.bridge.durability)
+    try:
+        if args.db_command == "backup":
+            store.backup(args.destination)
+            print(f"backed up {config.bridge.database} to {args.destination}")
+            return EXIT_OK
+        rows = store.delivery_status(args.network, args.event)
+        if not rows:
+            print(f"no actions for {args.event} from {args.network}: not seen, or nothing to do")
+            return EXIT_FAILURE
+        for row in rows:
+            error = f" ({row.last_error})" if row.last_error else ""
+            print(f"{row.kind:8} -> {row.network:6} {row.state:8} after {row.attempts} "
+                  f"failed tries{error}")
+        return EXIT_OK
+    finally:
+        store.close()
 
 
 def _generate_registration(path: Path, network: str) -> int:

@@ -7,6 +7,7 @@ The program never writes this file.
 
 from __future__ import annotations
 
+import os
 import re
 import tomllib
 from collections.abc import Callable, Mapping
@@ -129,10 +130,19 @@ class _Checker:
         return value
 
     def path(self, value: str, key: str) -> Path | None:
-        """`value` as a path relative to the config file; None (and an error) if unusable."""
+        """`value` as a path relative to the config file; None (and an error) if unusable.
+
+        ``${VAR}`` is expanded from the environment, so systemd's credentials work:
+        ``as_token_file = "${CREDENTIALS_DIRECTORY}/wa_as_token"``.
+        """
         if "\0" in value:
             self.error(key, "a path cannot contain a NUL character")
             return None
+        expanded = os.path.expandvars(value)
+        if "$" in expanded:
+            self.error(key, f"an environment variable in {value!r} is not set")
+            return None
+        value = expanded
         try:
             p = Path(value).expanduser()
         except RuntimeError as exc:  # "~nosuchuser/..."
@@ -159,6 +169,9 @@ class _Checker:
         if path is None:
             return None
         try:
+            if path.is_file() and path.stat().st_mode & 0o044:
+                self.error(file_key, f"{path} is readable by group or others: chmod 600 it")
+                return None
             return path.read_text(encoding="utf-8").strip()
         except OSError as exc:
             self.error(file_key, f"cannot read the {what} file: {exc.strerror or exc}")

@@ -38,8 +38,9 @@ from bridge.store import Store
 
 log = logging.getLogger(__name__)
 
-PAGE = 100  # events per /messages page
-MAX_PAGES = 20  # read at most this far back in one reconcile (2,000 events)
+FIRST_PAGE = 10  # the mark is usually a few events back: a small first read is cheap for Synapse
+PAGE = 100  # events per /messages page after the first
+MAX_PAGES = 20  # read at most this far back in one reconcile (about 2,000 events)
 SUSPECT_SECONDS = 60.0
 SWEEP_SECONDS = 60.0
 
@@ -126,8 +127,8 @@ class Reconciler:
         token: str | None = None
         found = False
         try:
-            for _ in range(MAX_PAGES):
-                page, token = await hs.messages(room_id, PAGE, token)
+            for n in range(MAX_PAGES):
+                page, token = await hs.messages(room_id, FIRST_PAGE if n == 0 else PAGE, token)
                 for event in page:
                     if event.get("event_id") == mark:
                         found = True

@@ -23,6 +23,15 @@ TOKENS = {
 ALL_SECRETS = [SECRET, *(t for pair in TOKENS.values() for t in pair)]
 
 
+def write_secret(path: Path, content: str | bytes) -> None:
+    """A secret file as an admin should leave it: readable by its owner only."""
+    if isinstance(content, bytes):
+        path.write_bytes(content)
+    else:
+        path.write_text(content)
+    path.chmod(0o600)
+
+
 def good_doc(*, portal: bool = True) -> dict[str, Any]:
     """A valid three-network config, as the TOML document it is written from.
 
@@ -182,9 +191,9 @@ def test_two_networks_are_enough(tmp_path: Path) -> None:
 def test_secret_and_tokens_from_files_relative_to_the_config(tmp_path: Path) -> None:
     conf_dir = tmp_path / "etc"
     (conf_dir / "keys").mkdir(parents=True)
-    (conf_dir / "keys" / "secret").write_text(SECRET + "\n")
-    (conf_dir / "keys" / "wa_as").write_text(TOKENS["wa"][0] + "\n")
-    (conf_dir / "keys" / "wa_hs").write_text(TOKENS["wa"][1] + "\n")
+    write_secret((conf_dir / "keys" / "secret"), SECRET + "\n")
+    write_secret((conf_dir / "keys" / "wa_as"), TOKENS["wa"][0] + "\n")
+    write_secret((conf_dir / "keys" / "wa_hs"), TOKENS["wa"][1] + "\n")
     doc = good_doc()
     del doc["bridge"]["secret"]
     doc["bridge"]["secret_file"] = "keys/secret"
@@ -341,7 +350,7 @@ def test_fewer_than_two_networks(tmp_path: Path, keep: list[str]) -> None:
 
 
 def test_secret_and_secret_file_both_given(tmp_path: Path) -> None:
-    (tmp_path / "secret").write_text(SECRET)
+    write_secret((tmp_path / "secret"), SECRET)
     doc = good_doc()
     doc["bridge"]["secret_file"] = "secret"
     errors = errors_of(tmp_path, doc)
@@ -349,7 +358,7 @@ def test_secret_and_secret_file_both_given(tmp_path: Path) -> None:
 
 
 def test_both_token_and_token_file_given(tmp_path: Path) -> None:
-    (tmp_path / "tok").write_text(TOKENS["ig"][0])
+    write_secret((tmp_path / "tok"), TOKENS["ig"][0])
     doc = good_doc(portal=False)
     doc["networks"]["ig"]["as_token_file"] = "tok"
     errors = errors_of(tmp_path, doc)
@@ -377,7 +386,7 @@ def test_secret_file_that_is_a_folder(tmp_path: Path) -> None:
 
 
 def test_secret_file_that_is_not_utf8(tmp_path: Path) -> None:
-    (tmp_path / "secret").write_bytes(b"\xff\xfe" * 20)
+    write_secret((tmp_path / "secret"), b"\xff\xfe" * 20)
     doc = good_doc()
     del doc["bridge"]["secret"]
     doc["bridge"]["secret_file"] = "secret"
@@ -385,7 +394,7 @@ def test_secret_file_that_is_not_utf8(tmp_path: Path) -> None:
 
 
 def test_short_secret_in_a_file(tmp_path: Path) -> None:
-    (tmp_path / "secret").write_text("short\n")
+    write_secret((tmp_path / "secret"), "short\n")
     doc = good_doc()
     del doc["bridge"]["secret"]
     doc["bridge"]["secret_file"] = "secret"
@@ -691,3 +700,34 @@ def test_a_good_config_with_any_values_swapped_in_never_crashes(
         if where == ("bridge", "secret_file"):
             doc["bridge"].pop("secret", None)
     _parse_or_config_error(doc)
+
+
+def test_a_secret_file_readable_by_others_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "secret").write_text(SECRET)
+    (tmp_path / "secret").chmod(0o644)
+    doc = good_doc()
+    del doc["bridge"]["secret"]
+    doc["bridge"]["secret_file"] = "secret"
+    errors = errors_of(tmp_path, doc)
+    assert set(errors) == {"bridge.secret_file"}
+    assert "readable by group or others: chmod 600" in errors["bridge.secret_file"]
+
+
+def test_token_files_from_systemd_credentials(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    creds = tmp_path / "credentials"
+    creds.mkdir()
+    write_secret(creds / "wa_as_token", TOKENS["wa"][0])
+    monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(creds))
+    doc = good_doc()
+    del doc["networks"]["wa"]["as_token"]
+    doc["networks"]["wa"]["as_token_file"] = "${CREDENTIALS_DIRECTORY}/wa_as_token"
+    path = tmp_path / "c.toml"
+    path.write_text(to_toml(doc), encoding="utf-8")
+    assert load_config(path).networks["wa"].as_token == TOKENS["wa"][0]
+    monkeypatch.delenv("CREDENTIALS_DIRECTORY")
+    assert errors_of(tmp_path, doc) == {
+        "networks.wa.as_token_file":
+            "an environment variable in '${CREDENTIALS_DIRECTORY}/wa_as_token' is not set"
+    }

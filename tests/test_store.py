@@ -38,6 +38,14 @@ def test_a_new_database_is_migrated_to_the_latest_schema_in_wal_with_full_sync(
     again.close()
 
 
+def test_the_database_and_its_wal_are_private(tmp_path: Path) -> None:
+    store = Store(tmp_path / "t.db")
+    store.enqueue([message(1)])
+    for name in ("t.db", "t.db-wal", "t.db-shm"):
+        assert (tmp_path / name).stat().st_mode & 0o077 == 0, name
+    store.close()
+
+
 def test_process_durability_is_normal_sync(tmp_path: Path) -> None:
     store = Store(tmp_path / "t.db", durability="process")
     assert store.conn.execute("PRAGMA synchronous").fetchone()[0] == 1  # NORMAL

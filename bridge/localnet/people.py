@@ -5,6 +5,7 @@ A thin client-server API user, for the demo and the tests; the bridge itself nev
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Callable
 from typing import Any
 from urllib.parse import quote
@@ -60,7 +61,7 @@ class Person:
         await self.call("POST", f"/join/{quote(room_id)}", {})
 
     async def send_text(self, room_id: str, body: str, txn: str | None = None, **extra: Any) -> str:
-        txn = txn or f"t{trio.current_time()}-{id(body)}"
+        txn = txn or f"t{secrets.token_hex(8)}"
         content = {"msgtype": "m.text", "body": body, **extra}
         path = f"/rooms/{quote(room_id)}/send/m.room.message/{quote(txn)}"
         return str((await self.call("PUT", path, content))["event_id"])
@@ -71,6 +72,20 @@ class Person:
             await self.call("GET", f"/rooms/{quote(room_id)}/messages", dir="b", limit=limit)
         )["chunk"]
         return list(reversed(chunk))
+
+    async def timeline(self, room_id: str) -> list[dict[str, Any]]:
+        """The room's whole timeline as this person sees it, oldest first (paged)."""
+        events: list[dict[str, Any]] = []
+        token = None
+        while True:
+            params: dict[str, Any] = {"dir": "b", "limit": 1000}
+            if token:
+                params["from"] = token
+            page = await self.call("GET", f"/rooms/{quote(room_id)}/messages", **params)
+            events.extend(page["chunk"])
+            token = page.get("end")
+            if not page["chunk"] or not token:
+                return list(reversed(events))
 
     async def texts(self, room_id: str) -> list[tuple[str, str]]:
         """(sender, body) of every m.room.message in the room, oldest first."""

@@ -9,6 +9,7 @@ means a COMMIT that returned is on disk, so the HTTP 200 that follows it is hone
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import time
 import uuid
@@ -49,6 +50,8 @@ class Store:
         try:
             if str(path) != ":memory:":
                 Path(path).parent.mkdir(parents=True, exist_ok=True)
+                # Created 0600 before SQLite opens it: its -wal and -shm files take the same mode.
+                os.close(os.open(path, os.O_CREAT | os.O_RDWR, 0o600))
             conn = sqlite3.connect(str(path), isolation_level=None)
             conn.execute("PRAGMA journal_mode = WAL")
             conn.execute(f"PRAGMA synchronous = {SYNCHRONOUS[durability]}")
@@ -62,6 +65,19 @@ class Store:
 
     def close(self) -> None:
         self.conn.close()
+
+    def backup(self, destination: Path) -> None:
+        """A consistent copy of the database, taken online (the daemon may keep running)."""
+        if destination.exists():
+            raise StoreError(f"{destination} exists; give a new file name")
+        try:
+            target = sqlite3.connect(str(destination))
+            with target:
+                self.conn.backup(target)
+            target.close()
+            destination.chmod(0o600)
+        except (sqlite3.Error, OSError) as exc:
+            raise StoreError(f"backup to {destination} failed: {exc}") from exc
 
     @contextmanager
     def transaction(self) -> Iterator[None]:

@@ -1,0 +1,147 @@
+"""Never lose, never duplicate: the daemon and the homeservers fail; every message arrives once.
+
+Against three real Synapse homeservers. These are the slow tests of the suite (a few minutes).
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+import pytest
+import trio
+
+from bridge.demo import has_body
+from bridge.localnet.people import Person
+
+from .conftest import Cast, Daemon
+from .test_relay import bodies_from, three_way
+
+pytestmark = pytest.mark.synapse
+
+NETS = ("wa", "ig", "fbm")
+
+
+async def check_everything_arrived_once_in_order(
+    people: dict[str, Person], rooms: dict[str, str], sent: dict[str, list[str]],
+    within: float = 180,
+) -> None:
+    """Each network's room holds every other network's messages, once each, in send order."""
+    with trio.fail_after(within):
+        # Cheap waits first (a recent page), so the check does not load the homeservers while
+        # they catch up; then one full read of each timeline.
+        for reader in NETS:
+            for src in NETS:
+                if src != reader and sent[src]:
+                    await people[reader].wait_for(rooms[reader], has_body(sent[src][-1]),
+                                                  within=within)
+    for reader in NETS:
+        view = await people[reader].timeline(rooms[reader])
+        for src in NETS:
+            if src != reader:
+                assert bodies_from(view, f"@_tb_{src}_") == sent[src], (reader, src)
+
+
+async def test_kill_9_five_times_during_2000_messages(cast: Cast, daemon: Daemon) -> None:
+    people, rooms = await three_way(cast, daemon, ("Alice", "Bob", "Carol"))
+    per_sender = 667  # 2,001 messages from the three networks together
+    sent: dict[str, list[str]] = {n: [] for n in NETS}
+    count = 0
+    # Kill at five points of the stream; come back after 40 more messages were sent meanwhile.
+    kill_at = sorted(random.sample(range(100, 3 * per_sender - 200), 5))
+    reached: dict[int, trio.Event] = {k: trio.Event() for k in kill_at}
+    back: dict[int, trio.Event] = {k: trio.Event() for k in kill_at}
+
+    async def talk(net: str) -> None:
+        nonlocal count
+        for i in range(per_sender):
+            body = f"{net} {i:04d}"
+            await people[net].send_text(rooms[net], body)
+            sent[net].append(body)
+            count += 1
+            for k in kill_at:
+                if count == k:
+                    reached[k].set()
+                if count == k + 40:
+                    back[k].set()
+
+    async def killer() -> None:
+        for k in kill_at:
+            await reached[k].wait()
+            await daemon.kill()
+            await back[k].wait()
+            await daemon.start()
+
+    async with trio.open_nursery() as nursery:
+        for net in NETS:
+            nursery.start_soon(talk, net)
+        nursery.start_soon(killer)
+    await check_everything_arrived_once_in_order(people, rooms, sent)
+
+
+async def test_a_homeserver_down_for_60_s_gets_everything_after_and_others_never_stall(
+    cast: Cast, daemon: Daemon
+) -> None:
+    people, rooms = await three_way(cast, daemon, ("Alice", "Bob", "Carol"))
+    fbm = daemon.net.servers["fbm"]
+    sent: dict[str, list[str]] = {n: [] for n in NETS}
+    fbm.stop()
+    try:
+        started = trio.current_time()
+        i = 0
+        while trio.current_time() - started < 60:
+            for net in ("wa", "ig"):
+                body = f"{net} {i:04d}"
+                await people[net].send_text(rooms[net], body)
+                sent[net].append(body)
+                # The networks that are up keep talking to each other without delay.
+                other = "ig" if net == "wa" else "wa"
+                await people[other].wait_for(rooms[other], has_body(body), within=10)
+            i += 1
+    finally:
+        fbm.start()
+        fbm.wait_ready()
+    returned = trio.current_time()
+    with trio.fail_after(30):
+        for src in ("wa", "ig"):
+            last = sent[src][-1]
+            await people["fbm"].wait_for(rooms["fbm"], has_body(last), within=30)
+    assert trio.current_time() - returned < 30
+    view = await people["fbm"].timeline(rooms["fbm"])
+    for src in ("wa", "ig"):
+        assert bodies_from(view, f"@_tb_{src}_") == sent[src]
+
+
+async def test_daemon_down_for_60_s_gets_the_backlog_within_30_s(
+    cast: Cast, daemon: Daemon
+) -> None:
+    people, rooms = await three_way(cast, daemon, ("Alice", "Bob", "Carol"))
+    assert await daemon.stop() == 0
+    sent: dict[str, list[str]] = {n: [] for n in NETS}
+    started = trio.current_time()
+    i = 0
+    while trio.current_time() - started < 60:
+        for net in NETS:
+            body = f"{net} {i:04d}"
+            await people[net].send_text(rooms[net], body)
+            sent[net].append(body)
+        i += 1
+        await trio.sleep(2)  # people talking while the bridge is down, not a wait for events
+    await daemon.start()
+    await check_everything_arrived_once_in_order(people, rooms, sent, within=30)
+
+
+async def test_the_same_transaction_pushed_100_times_sends_nothing_extra(
+    cast: Cast, daemon: Daemon
+) -> None:
+    people, rooms = await three_way(cast, daemon, ("Alice", "Bob", "Carol"))
+    event_id = await people["wa"].send_text(rooms["wa"], "pushed a hundred times")
+    (event,) = [e for e in await people["wa"].messages(rooms["wa"]) if e["event_id"] == event_id]
+    for _ in range(100):
+        assert (await daemon.push("wa", "same-txn", {"events": [event]})).status_code == 200
+    await people["wa"].send_text(rooms["wa"], "marker")
+    for net in ("ig", "fbm"):
+        view: list[dict[str, Any]] = await people[net].wait_for(rooms[net], has_body("marker"))
+        assert bodies_from(view, "@_tb_wa_") == ["pushed a hundred times", "marker"]
+
+
