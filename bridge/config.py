@@ -48,6 +48,8 @@ class BridgeSettings:
     secret: bytes = field(repr=False)
     log_level: str
     durability: str = "full"
+    metrics_listen: tuple[str, int] | None = None  # /health and /metrics on their own listener
+    unhealthy_after: float = 300.0  # seconds a homeserver may be silent before /health says 503
 
 
 @dataclass(frozen=True)
@@ -217,6 +219,10 @@ def _split_host_port(value: str) -> tuple[str, int] | None:
     return host, int(port)
 
 
+def _listen_or_empty(value: str) -> str | None:
+    return None if value == "" else _listen(value)
+
+
 def _token(value: str) -> str | None:
     if not _TOKEN.fullmatch(value):
         return "must be at least 16 printable ASCII characters without spaces"
@@ -256,7 +262,10 @@ def parse_config(doc: Mapping[str, Any], path: Path) -> Config:
 def _bridge(c: _Checker, t: Mapping[str, Any]) -> BridgeSettings | None:
     p = "bridge."
     c.unknown(
-        t, {"listen", "url", "database", "secret", "secret_file", "log_level", "durability"}, p
+        t,
+        {"listen", "url", "database", "secret", "secret_file", "log_level", "durability",
+         "metrics_listen", "unhealthy_after"},
+        p,
     )
     listen = c.string(t, "listen", p + "listen", check=_listen)
     url = c.string(t, "url", p + "url", default="", check=_http_url)
@@ -273,10 +282,19 @@ def _bridge(c: _Checker, t: Mapping[str, Any]) -> BridgeSettings | None:
     if durability is not None and durability not in DURABILITY:
         c.error(p + "durability", f"must be one of {', '.join(DURABILITY)}")
         durability = None
+    metrics_listen = c.string(t, "metrics_listen", p + "metrics_listen", default="",
+                              check=_listen_or_empty)
+    unhealthy_after = t.get("unhealthy_after", 300)
+    if isinstance(unhealthy_after, bool) or not isinstance(unhealthy_after, int | float) or not (
+        unhealthy_after > 0
+    ):
+        c.error(p + "unhealthy_after", "must be a number of seconds above 0")
+        unhealthy_after = None
     database_path = c.path(database, p + "database") if database is not None else None
     if (
         listen is None or url is None or database_path is None or secret is None
-        or level is None or durability is None
+        or level is None or durability is None or metrics_listen is None
+        or unhealthy_after is None
     ):
         return None
     host_port = _split_host_port(listen)
@@ -294,6 +312,8 @@ def _bridge(c: _Checker, t: Mapping[str, Any]) -> BridgeSettings | None:
         secret=secret.encode("utf-8"),
         log_level=level.lower(),
         durability=durability,
+        metrics_listen=_split_host_port(metrics_listen) if metrics_listen else None,
+        unhealthy_after=float(unhealthy_after),
     )
 
 

@@ -33,7 +33,9 @@ from bridge.http.server import Limits, serve
 from bridge.inbound import Inbound
 from bridge.matrix.appservice import Appservice
 from bridge.matrix.client import Homeserver, HomeserverError, make_http_client
+from bridge.metrics import Metrics
 from bridge.notify import Notifier
+from bridge.observe import Observer
 from bridge.reconcile import Reconciler
 from bridge.store import Store
 
@@ -79,20 +81,30 @@ class Bridge:
                     )
                     homeservers[net_id] = Homeserver(http, net.network.server_name)
                 workers: dict[str, DeliveryWorker] = {}
+                metrics = Metrics()
                 inbound = Inbound(store, networks, key, wake=lambda n: workers[n].wake())
-                reconciler = Reconciler(store, homeservers, inbound, store.portals)
+                reconciler = Reconciler(store, homeservers, inbound, store.portals, metrics)
                 for net_id, network in networks.items():
                     workers[net_id] = DeliveryWorker(
                         network, homeservers, networks, store, key,
                         wake=lambda n: workers[n].wake(), on_recovered=reconciler.suspect,
+                        metrics=metrics,
                     )
-                app = Appservice(config.networks, reconciler, store)
+                observer = Observer(store, workers, metrics, config.bridge.unhealthy_after)
+                separate = config.bridge.metrics_listen
+                public = None if separate else observer.router
+                app = Appservice(config.networks, reconciler, store, public)
                 async with trio.open_nursery() as nursery:
                     await nursery.start(reconciler.run)
                     host, port = config.bridge.listen_host, config.bridge.listen_port
                     server = trio.CancelScope()
                     await nursery.start(_in_scope, server, serve, host, port, app.handle, Limits())
                     log.info("listening on %s:%d for %d networks", host, port, len(networks))
+                    if separate:
+                        await nursery.start(
+                            _in_scope, server, serve, *separate, observer.handle, Limits()
+                        )
+                        log.info("/health and /metrics on %s:%d", *separate)
                     workers_done = await nursery.start(_run_workers, list(workers.values()))
                     await self._setup(homeservers, portals, reconciler)
                     nursery.start_soon(_watchdog, self.notifier, store)

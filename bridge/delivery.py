@@ -27,6 +27,7 @@ from bridge.core.notices import failure_notice
 from bridge.core.privacy import ghost_display_name
 from bridge.core.retry import Verdict, backoff, classify
 from bridge.matrix.client import Homeserver, HomeserverError, MatrixError, Unreachable
+from bridge.metrics import Metrics
 from bridge.store import OutboxItem, Store
 
 log = logging.getLogger(__name__)
@@ -48,6 +49,7 @@ class DeliveryWorker:
         on_recovered: Callable[[str], None] = lambda network: None,
         concurrency: int = 8,
         jitter: Callable[[], float] = random.random,
+        metrics: Metrics | None = None,
     ) -> None:
         self.network = network
         self.hs = homeservers[network.id]
@@ -65,6 +67,9 @@ class DeliveryWorker:
         self._probing = False
         self._active: set[str] = set()
         self._nursery: trio.Nursery | None = None
+        self.metrics = metrics or Metrics()
+        self.unreachable_since: float | None = None  # trio time of the first silent answer
+        self.metrics.reachable.labels(network.id).set(1)
 
     # -- control -------------------------------------------------------------------------------
 
@@ -80,6 +85,12 @@ class DeliveryWorker:
     @property
     def reachable(self) -> bool:
         return not self._probing
+
+    def unreachable_for(self) -> float:
+        """Seconds the homeserver has not answered (0 while it does)."""
+        if self.unreachable_since is None:
+            return 0.0
+        return trio.current_time() - self.unreachable_since
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
@@ -114,11 +125,18 @@ class DeliveryWorker:
         while True:
             try:
                 async with self._slots:
+                    started = trio.current_time()
                     await self._perform(item)
+                    self.metrics.send_seconds.labels(self.network.id).observe(
+                        trio.current_time() - started
+                    )
+                    self.metrics.relayed.labels(self.network.id, item.action.kind).inc()
                 return True
             except HomeserverError as exc:
                 attempt += 1
-                if classify(exc.status, exc.errcode) is Verdict.PERMANENT:
+                verdict = classify(exc.status, exc.errcode)
+                self.metrics.failures.labels(self.network.id, verdict.value).inc()
+                if verdict is Verdict.PERMANENT:
                     self._fail(item, exc)
                     return True
                 self.store.note_attempt(item.id, str(exc))
@@ -241,6 +259,8 @@ class DeliveryWorker:
         if self._probing or self._nursery is None:
             return
         self._probing = True
+        self.unreachable_since = trio.current_time()
+        self.metrics.reachable.labels(self.network.id).set(0)
         self._nursery.start_soon(self._probe)
 
     async def _probe(self) -> None:
@@ -256,6 +276,8 @@ class DeliveryWorker:
                     pause = min(pause * 2, PROBE_MAX)
                     continue
                 log.warning("%s answers again", self.network.server_name)
+                self.unreachable_since = None
+                self.metrics.reachable.labels(self.network.id).set(1)
                 back, self._back = self._back, trio.Event()
                 back.set()
                 self.on_recovered(self.network.id)

@@ -34,6 +34,7 @@ import trio
 from bridge.core.model import Portal
 from bridge.inbound import Inbound
 from bridge.matrix.client import Homeserver, HomeserverError
+from bridge.metrics import Metrics
 from bridge.store import Store
 
 log = logging.getLogger(__name__)
@@ -52,7 +53,9 @@ class Reconciler:
         homeservers: Mapping[str, Homeserver],
         inbound: Inbound,
         portals: Callable[[], Iterable[Portal]],
+        metrics: Metrics | None = None,
     ) -> None:
+        self.metrics = metrics or Metrics()
         self.store = store
         self.homeservers = homeservers
         self.inbound = inbound
@@ -66,6 +69,7 @@ class Reconciler:
 
     async def push(self, network: str, txn_id: str, body: bytes, events: list[Any]) -> None:
         """Take in a pushed transaction, reconciling its rooms first while `network` is suspect."""
+        started = trio.current_time()
         async with self._locks[network]:
             rooms = _rooms_of(events)
             self._active[network].update(rooms)
@@ -74,6 +78,8 @@ class Reconciler:
                     if self.store.portal_for_room(network, room_id) is not None:
                         await self._reconcile_room(network, room_id)
             self.inbound.take_transaction(network, txn_id, body, events)
+        self.metrics.received.labels(network).inc(len(events))
+        self.metrics.transaction_seconds.labels(network).observe(trio.current_time() - started)
 
     def is_suspect(self, network: str) -> bool:
         return trio.current_time() < self._suspect_until[network]
@@ -159,6 +165,7 @@ class Reconciler:
         if unseen:
             log.info("%s on %s: %d event(s) taken in from the timeline", room_id, network,
                      len(unseen))
+            self.metrics.reconciled.labels(network).inc(len(unseen))
         self.inbound.take_events(network, unseen, mark=(room_id, newest))
         return len(unseen)
 

@@ -7,6 +7,7 @@ Runs the real worker, store and client against tests/fakehs.py under trio's virt
 from __future__ import annotations
 
 import itertools
+import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +22,7 @@ from bridge.core.model import EventRef, Network
 from bridge.core.retry import BACKOFF_CAP
 from bridge.delivery import PROBE_MAX, DeliveryWorker
 from bridge.matrix.client import Homeserver
+from bridge.metrics import Metrics
 from bridge.store import Store
 
 from .fakehs import FakeHomeserver, error
@@ -76,10 +78,11 @@ async def rig(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterator[R
             "ig": Homeserver(ig_http, "ig.test", deadline=30),
         }
         workers: dict[str, DeliveryWorker] = {}
+        metrics = Metrics()
         for net_id, net in NETWORKS.items():
             workers[net_id] = DeliveryWorker(
                 net, homeservers, NETWORKS, store, KEY,
-                wake=lambda n: workers[n].wake(), jitter=lambda: 0.999,
+                wake=lambda n: workers[n].wake(), jitter=lambda: 0.999, metrics=metrics,
             )
             await nursery.start(workers[net_id].run)
         yield Rig(store, fakes, workers)
@@ -208,3 +211,28 @@ async def test_a_resend_after_a_crash_is_not_a_duplicate(
     await rig.until(lambda: len(rig.fakes["ig"].attempts) == 2)
     await rig.until(lambda: rig.store.delivery_status("wa", "$src-once")[0].state == "done")
     assert rig.fakes["ig"].texts("!ig-room") == ["once"]
+
+
+async def test_health_and_metrics_follow_an_outage(
+    rig: Rig, autojump_clock: trio.testing.MockClock
+) -> None:
+    from bridge.http.types import Request
+    from bridge.observe import Observer
+
+    observer = Observer(rig.store, rig.workers, rig.workers["ig"].metrics, unhealthy_after=300)
+    get = Request("GET", "/health", {}, {}, b"")
+    rig.fakes["ig"].down = True
+    rig.queue("held")
+    await trio.sleep(301)
+    response = await observer.health(get)
+    assert response.status == 503
+    body = json.loads(response.body)
+    assert body["networks"]["ig"]["reachable"] is False
+    assert body["networks"]["ig"]["outbox"] == 1 and body["networks"]["wa"]["reachable"]
+    rig.fakes["ig"].down = False
+    await rig.until(lambda: rig.fakes["ig"].texts("!ig-room") == ["held"])
+    assert (await observer.health(get)).status == 200
+    text = (await observer.render_metrics(Request("GET", "/metrics", {}, {}, b""))).body.decode()
+    assert 'tribridge_delivery_failures_total{class="retry",network="ig"}' in text
+    assert 'tribridge_events_relayed_total{kind="message",network="ig"} 1.0' in text
+    assert 'tribridge_outbox_pending{network="ig"} 0.0' in text

@@ -32,11 +32,16 @@ class Intake(Protocol):
 
 class Appservice:
     def __init__(
-        self, networks: Mapping[str, NetworkConfig], intake: Intake, store: Store
+        self,
+        networks: Mapping[str, NetworkConfig],
+        intake: Intake,
+        store: Store,
+        public: Router | None = None,
     ) -> None:
         self.networks = networks
         self.intake = intake
         self.store = store
+        self.public = public  # routes that need no token (/health, /metrics)
         self.router = Router()
         self.router.add("PUT", PREFIX + "/transactions/{txn_id}", self.transaction)
         self.router.add("GET", PREFIX + "/users/{user_id}", self.query_user)
@@ -44,6 +49,10 @@ class Appservice:
         self.router.add("POST", PREFIX + "/ping", self.ping)
 
     async def handle(self, request: Request) -> Response:
+        if self.public is not None:
+            public = self.public.match(request.method, request.path)
+            if not isinstance(public, Response):
+                return await public[0](request)
         try:
             matched = self.router.match(request.method, request.path)
         except UnicodeDecodeError:

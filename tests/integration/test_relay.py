@@ -207,3 +207,26 @@ async def test_the_bot_joins_a_portal_room_when_invited_after_start(
     await bob.wait_for(ig_room, has_body("now the bot is in"))
     await bob.send_text(ig_room, "and back")
     await alice.wait_for(wa_room, has_body("and back"))
+
+
+async def test_health_and_metrics_of_a_running_bridge(cast: Cast, daemon: Daemon) -> None:
+    import httpx
+
+    people, rooms = await three_way(cast, daemon, ("Alice", "Bob", "Carol"))
+    await people["wa"].send_text(rooms["wa"], "counted")
+    await people["ig"].wait_for(rooms["ig"], has_body("counted"))
+    await people["fbm"].wait_for(rooms["fbm"], has_body("counted"))
+    base = f"http://127.0.0.1:{daemon.net.bridge_port}"
+    async with httpx.AsyncClient(trust_env=False) as http:
+        health = await http.get(base + "/health")
+        metrics = (await http.get(base + "/metrics")).text
+    assert health.status_code == 200
+    assert health.json()["status"] == "ok"
+    assert set(health.json()["networks"]) == {"wa", "ig", "fbm"}
+    assert 'tribridge_events_received_total{network="wa"}' in metrics
+    for net in ("ig", "fbm"):
+        name = f'tribridge_events_relayed_total{{kind="message",network="{net}"}}'
+        line = next(x for x in metrics.splitlines() if x.startswith(name))
+        assert float(line.split()[-1]) >= 1
+    phone = people["wa"].user_id[1:].split(":")[0]
+    assert phone not in metrics and "!" not in metrics.replace("!=", "")  # no ids in labels
