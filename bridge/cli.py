@@ -136,7 +136,7 @@ def _run(path: Path) -> int:
     from bridge.daemon import run_until_signalled
 
     config = load_config(path)
-    setup_logging(config.bridge.log_level, config.secrets())
+    setup_logging(config.bridge.log_level, config.secrets(), config.bridge.log_format)
     log.info("tribridge %s starting with %s", __version__, path)
     try:
         trio.run(run_until_signalled, path, config)

@@ -48,6 +48,7 @@ class BridgeSettings:
     secret: bytes = field(repr=False)
     log_level: str
     durability: str = "full"
+    log_format: str = "text"
     metrics_listen: tuple[str, int] | None = None  # /health and /metrics on their own listener
     unhealthy_after: float = 300.0  # seconds a homeserver may be silent before /health says 503
 
@@ -263,8 +264,8 @@ def _bridge(c: _Checker, t: Mapping[str, Any]) -> BridgeSettings | None:
     p = "bridge."
     c.unknown(
         t,
-        {"listen", "url", "database", "secret", "secret_file", "log_level", "durability",
-         "metrics_listen", "unhealthy_after"},
+        {"listen", "url", "database", "secret", "secret_file", "log_level", "log_format",
+         "durability", "metrics_listen", "unhealthy_after"},
         p,
     )
     listen = c.string(t, "listen", p + "listen", check=_listen)
@@ -278,6 +279,10 @@ def _bridge(c: _Checker, t: Mapping[str, Any]) -> BridgeSettings | None:
     level = c.string(t, "log_level", p + "log_level", default="info")
     if level is not None and level.lower() not in LOG_LEVELS:
         c.error(p + "log_level", f"must be one of {', '.join(LOG_LEVELS)}")
+    log_format = c.string(t, "log_format", p + "log_format", default="text")
+    if log_format is not None and log_format not in ("text", "json"):
+        c.error(p + "log_format", "must be text or json")
+        log_format = None
     durability = c.string(t, "durability", p + "durability", default="full")
     if durability is not None and durability not in DURABILITY:
         c.error(p + "durability", f"must be one of {', '.join(DURABILITY)}")
@@ -294,7 +299,7 @@ def _bridge(c: _Checker, t: Mapping[str, Any]) -> BridgeSettings | None:
     if (
         listen is None or url is None or database_path is None or secret is None
         or level is None or durability is None or metrics_listen is None
-        or unhealthy_after is None
+        or unhealthy_after is None or log_format is None
     ):
         return None
     host_port = _split_host_port(listen)
@@ -312,6 +317,7 @@ def _bridge(c: _Checker, t: Mapping[str, Any]) -> BridgeSettings | None:
         secret=secret.encode("utf-8"),
         log_level=level.lower(),
         durability=durability,
+        log_format=log_format,
         metrics_listen=_split_host_port(metrics_listen) if metrics_listen else None,
         unhealthy_after=float(unhealthy_after),
     )
