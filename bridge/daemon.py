@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import resource
 import signal
 import time
 import uuid
@@ -98,7 +99,8 @@ class Bridge:
                     await nursery.start(reconciler.run)
                     host, port = config.bridge.listen_host, config.bridge.listen_port
                     server = trio.CancelScope()
-                    await nursery.start(_in_scope, server, serve, host, port, app.handle, Limits())
+                    limits = _connection_limits()
+                    await nursery.start(_in_scope, server, serve, host, port, app.handle, limits)
                     log.info("listening on %s:%d for %d networks", host, port, len(networks))
                     if separate:
                         await nursery.start(
@@ -149,6 +151,24 @@ class Bridge:
             log.info("reloaded: %d portals, log level %s", len(portals), new.bridge.log_level)
             if restart:
                 log.warning("reload: %s changed; restart tribridge to apply", ", ".join(restart))
+
+
+def _connection_limits() -> Limits:
+    """Raise the open-file limit to what the system allows, and fit the connection cap in it."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or hard > soft:
+        wanted = 65536 if hard == resource.RLIM_INFINITY else hard
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+            soft = wanted
+        except (ValueError, OSError) as exc:
+            log.info("could not raise the open-file limit from %d: %s", soft, exc)
+    default = Limits()
+    room = max(64, soft - 256)  # leave files for SQLite, clients to homeservers and logs
+    if room < default.max_connections:
+        log.info("open-file limit %d: at most %d connections at once", soft, room)
+        return dataclasses.replace(default, max_connections=room)
+    return default
 
 
 def _needs_restart(old: Config, new: Config) -> list[str]:

@@ -27,10 +27,12 @@ Handler = Callable[[Request], Awaitable[Response]]
 class Limits:
     max_body: int = 13_107_200  # bytes; a larger request gets 413 before its body is read
     max_head: int = 16_384  # bytes of request line and headers
-    idle_timeout: float = 75.0  # seconds a connection may wait for its next request
-    head_timeout: float = 10.0  # seconds from a request's first byte to the end of its head
+    idle_timeout: float = 75.0  # seconds a kept-alive connection may wait for its next request
+    head_timeout: float = 10.0  # seconds for a request's head: from accept, or its first byte
     body_timeout: float = 60.0  # seconds to receive a whole body
-    max_connections: int = 256
+    # Idle attackers must not crowd out the homeservers: allow many cheap connections (a task and
+    # a few KiB each) and give a new one only head_timeout to say something.
+    max_connections: int = 4096
     read_size: int = 65_536
 
 
@@ -95,9 +97,11 @@ async def _connection(
 
 async def _serve_connection(stream: trio.SocketStream, handler: Handler, limits: Limits) -> None:
     conn = h11.Connection(h11.SERVER, max_incomplete_event_size=limits.max_head)
+    first = True
     while True:
         try:
-            request = await _read_request(conn, stream, limits)
+            request = await _read_request(conn, stream, limits, first)
+            first = False
         except _Reject as reject:
             await _send(conn, stream, reject.response, close=True)
             return
@@ -119,11 +123,15 @@ async def _serve_connection(stream: trio.SocketStream, handler: Handler, limits:
             return  # the client has not finished its side: close rather than guess
 
 
-async def _read_request(conn: h11.Connection, stream: trio.SocketStream, limits: Limits) -> Request:
-    # Waiting for a request may take the idle timeout; once its first byte is in, the head must
-    # follow within head_timeout (slow-header clients cannot hold a connection forever).
+async def _read_request(
+    conn: h11.Connection, stream: trio.SocketStream, limits: Limits, first: bool
+) -> Request:
+    # A kept-alive connection may wait idle_timeout for its next request; a new one only
+    # head_timeout. Once a request's first byte is in, its head must follow within head_timeout
+    # (slow-header clients cannot hold a connection forever).
     began = bool(conn.trailing_data[0])
-    with trio.CancelScope(deadline=trio.current_time() + limits.idle_timeout) as scope:
+    wait = limits.head_timeout if first else limits.idle_timeout
+    with trio.CancelScope(deadline=trio.current_time() + wait) as scope:
         if began:
             scope.deadline = trio.current_time() + limits.head_timeout
         while True:
