@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import random
 import secrets
 import shutil
 import sys
@@ -28,9 +27,9 @@ import trio
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bridge.demo import has_body
 from bridge.localnet.cluster import LocalNet
 from bridge.localnet.daemon import Daemon
+from bridge.localnet.faults import talk_through_kills
 from bridge.localnet.people import Person
 
 NETS = ("wa", "ig", "fbm")
@@ -55,49 +54,38 @@ async def run(net: LocalNet, messages: int, kills: int) -> dict[str, Any]:
     daemon = Daemon(net, net.root)
     daemon.write_config([rooms], log_level="warning")
     await daemon.start()
-    per_sender = messages // 3
-    sent: dict[str, list[str]] = {n: [] for n in NETS}
-    count = 0
-    kill_at = sorted(random.sample(range(50, 3 * per_sender - 100), kills))
-    reached = {k: trio.Event() for k in kill_at}
-    back = {k: trio.Event() for k in kill_at}
-
-    async def talk(n: str) -> None:
-        nonlocal count
-        for i in range(per_sender):
-            body = f"{n} {i:06d}"
-            await people[n].send_text(rooms[n], body)
-            sent[n].append(body)
-            count += 1
-            for k in kill_at:
-                if count == k:
-                    reached[k].set()
-                if count == k + 40:
-                    back[k].set()
-
-    async def killer() -> None:
-        for k in kill_at:
-            await reached[k].wait()
-            await daemon.kill()
-            print(f"  killed -9 after {count} messages", flush=True)
-            await back[k].wait()
-            await daemon.start()
-
     start = trio.current_time()
+    per_sender = messages // 3
+    # One /sync watcher per (reader, source): when each relayed message became visible.
+    seen: dict[tuple[str, str], dict[str, float]] = {
+        (src, reader): {} for reader in NETS for src in NETS if src != reader
+    }
+    caught_up: float | None = None
     async with trio.open_nursery() as nursery:
-        for n in NETS:
-            nursery.start_soon(talk, n)
-        nursery.start_soon(killer)
-    sending = trio.current_time() - start
-    last_send = trio.current_time()
-    caught_up = None
-    with trio.move_on_after(600):
-        for reader in NETS:
-            for src in NETS:
-                if src != reader:
-                    await people[reader].wait_for(rooms[reader], has_body(sent[src][-1]),
-                                                  within=600)
-        caught_up = trio.current_time() - last_send
+        watching = trio.CancelScope()
+
+        async def watch_all() -> None:
+            with watching:
+                async with trio.open_nursery() as watchers:
+                    for (src, reader), arrivals in seen.items():
+                        watchers.start_soon(people[reader].watch, rooms[reader], f"{src} ",
+                                            arrivals, per_sender)
+            done.set()
+
+        done = trio.Event()
+        nursery.start_soon(watch_all)
+        sent = await talk_through_kills(
+            daemon, people, rooms, per_sender, kills,
+            on_kill=lambda count: print(f"  killed -9 after {count} messages", flush=True),
+        )
+        last_send = trio.current_time()
+        sending = last_send - start
+        print(f"  all {3 * per_sender} sent in {sending:.0f} s; waiting for the relays",
+              flush=True)
+        with trio.move_on_after(600):
+            await done.wait()
+            caught_up = max(max(a.values()) for a in seen.values()) - last_send
+        watching.cancel()
     pairs = {}
     for reader in NETS:
         view = await people[reader].timeline(rooms[reader])

@@ -10,8 +10,9 @@ time (these machines are shared and noisy):
 3. bridged, flood: the wa person sends N messages as fast as Synapse takes them: relayed events/s,
    and latency under load (queueing behind Synapse, which is the bottleneck here).
 
-Readers long-poll /sync (filtered to their room's timeline) and note when each message becomes
-visible. CPU seconds of the bridge and of the three Synapses come from /proc over phase 3.
+Readers long-poll /sync (Person.watch, filtered to their room's timeline) and note when each
+message becomes visible. CPU seconds of the bridge and of the three Synapses come from /proc over
+phase 3.
 
 Run it: `make bench` (or `.venv/bin/python bench/relay.py --messages 300 --paced 60`).
 """
@@ -19,7 +20,6 @@ Run it: `make bench` (or `.venv/bin/python bench/relay.py --messages 300 --paced
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import secrets
 import shutil
@@ -29,7 +29,6 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
 
 import trio
 
@@ -47,30 +46,6 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def room_filter(room_id: str) -> str:
-    return quote(json.dumps({
-        "room": {"rooms": [room_id], "state": {"types": []}, "ephemeral": {"types": []},
-                 "account_data": {"types": []}, "timeline": {"limit": 50}},
-        "presence": {"types": []}, "account_data": {"types": []},
-    }))
-
-
-async def watch(person: Person, room_id: str, prefix: str, seen: dict[str, float],
-                want: int) -> None:
-    """Long-poll /sync; note when each message whose body starts with `prefix` is visible."""
-    flt = room_filter(room_id)
-    since = (await person.call("GET", f"/sync?filter={flt}&timeout=0"))["next_batch"]
-    while len(seen) < want:
-        batch = await person.call("GET", f"/sync?filter={flt}&since={since}&timeout=5000")
-        now = trio.current_time()
-        since = batch["next_batch"]
-        room = batch.get("rooms", {}).get("join", {}).get(room_id, {})
-        for event in room.get("timeline", {}).get("events", []):
-            body = event.get("content", {}).get("body", "")
-            if body.startswith(prefix) and body not in seen:
-                seen[body] = now
-
-
 async def phase(sender: Person, room: str, readers: dict[str, tuple[Person, str]], prefix: str,
                 count: int, interval: float) -> dict[str, Any]:
     """Send `count` messages (`interval` s apart; 0: as fast as possible); time their arrival."""
@@ -79,7 +54,7 @@ async def phase(sender: Person, room: str, readers: dict[str, tuple[Person, str]
     with trio.fail_after(300):
         async with trio.open_nursery() as nursery:  # ends when every watcher saw every message
             for name, (person, person_room) in readers.items():
-                nursery.start_soon(watch, person, person_room, prefix, arrivals[name], count)
+                nursery.start_soon(person.watch, person_room, prefix, arrivals[name], count)
             start = trio.current_time()
             for i in range(count):
                 if interval:

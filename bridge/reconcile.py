@@ -13,10 +13,12 @@ no backfill: linking a room does not replay its history.
 
 When it runs:
 - at start, for every portal room, before the start-up ping (pushes from that network wait);
-- while a network is *suspect* (for a while after start, and after its homeserver came back from
-  an outage, which is when Synapse strands and reorders), before taking in each pushed
-  transaction, for the rooms it touches: a push that overtook an earlier event thus brings the
-  earlier one in first, and order holds;
+- while a network is *suspect* (for a while after start, after its homeserver came back from an
+  outage, and after a gap in its transaction ids), before taking in each pushed transaction, for
+  the rooms it touches: a push that overtook an earlier event thus brings the earlier one in
+  first, and order holds. Synapse numbers transactions upwards while it runs, so a skipped number
+  (a stranded transaction, which Synapse may send only minutes later) or a number going back (a
+  late one, or a restart) is the cheap signal that pushes can no longer be trusted for a while;
 - at the end of a suspect window, for every room of that network (a stranded event in a room
   that went quiet is found here);
 - every minute, for the rooms that had pushes since the last sweep.
@@ -42,7 +44,9 @@ log = logging.getLogger(__name__)
 FIRST_PAGE = 10  # the mark is usually a few events back: a small first read is cheap for Synapse
 PAGE = 100  # events per /messages page after the first
 MAX_PAGES = 20  # read at most this far back in one reconcile (about 2,000 events)
-SUSPECT_SECONDS = 60.0
+# After start or a homeserver's return: short, since a gap in transaction ids re-arms it.
+SUSPECT_SECONDS = 15.0
+GAP_SUSPECT_SECONDS = 30.0
 SWEEP_SECONDS = 60.0
 
 
@@ -63,6 +67,13 @@ class Reconciler:
         self._locks = {net: trio.Lock() for net in homeservers}
         self._suspect_until = {net: 0.0 for net in homeservers}
         self._active: dict[str, set[str]] = {net: set() for net in homeservers}
+        # The last transaction id per network, remembered across restarts, so that even the first
+        # push after a start can show a gap.
+        self._last_txn: dict[str, int] = {}
+        for net in homeservers:
+            last = store.last_transaction(net)
+            if last is not None and last.isdigit():
+                self._last_txn[net] = int(last)
         self._nursery: trio.Nursery | None = None
 
     # -- pushes --------------------------------------------------------------------------------
@@ -71,15 +82,29 @@ class Reconciler:
         """Take in a pushed transaction, reconciling its rooms first while `network` is suspect."""
         started = trio.current_time()
         async with self._locks[network]:
+            self._check_sequence(network, txn_id)
             rooms = _rooms_of(events)
             self._active[network].update(rooms)
             if self.is_suspect(network):
+                pushed = {e.get("event_id") for e in events if isinstance(e, dict)}
                 for room_id in rooms:
                     if self.store.portal_for_room(network, room_id) is not None:
-                        await self._reconcile_room(network, room_id)
+                        await self._reconcile_room(network, room_id, pushed)
             self.inbound.take_transaction(network, txn_id, body, events)
         self.metrics.received.labels(network).inc(len(events))
         self.metrics.transaction_seconds.labels(network).observe(trio.current_time() - started)
+
+    def _check_sequence(self, network: str, txn_id: str) -> None:
+        """A skipped or backward transaction id makes `network` suspect for a while."""
+        if not txn_id.isdigit():
+            return  # not Synapse's numbering: no hint to read
+        number, last = int(txn_id), self._last_txn.get(network)
+        self._last_txn[network] = number
+        if last is not None and number != last + 1 and number != last:
+            log.info("transaction %d from %s after %d: reading timelines for a while", number,
+                     network, last)
+            if not self.is_suspect(network):
+                self.suspect(network, GAP_SUSPECT_SECONDS)
 
     def is_suspect(self, network: str) -> bool:
         return trio.current_time() < self._suspect_until[network]
@@ -125,8 +150,11 @@ class Reconciler:
 
     # -- one room ------------------------------------------------------------------------------
 
-    async def _reconcile_room(self, network: str, room_id: str) -> int:
-        """Read `room_id` back to its mark and take in what was missed. Call under the lock."""
+    async def _reconcile_room(
+        self, network: str, room_id: str, pushed: set[Any] | None = None
+    ) -> int:
+        """Read `room_id` back to its mark and take in what was missed (events not in `pushed`,
+        the transaction being taken in); return how many. Call under the lock."""
         mark = self.store.room_mark(network, room_id)
         hs = self.homeservers[network]
         newest_first: list[dict[str, Any]] = []
@@ -162,12 +190,13 @@ class Reconciler:
             if isinstance(e.get("event_id"), str)
             and not self.store.event_seen(network, e["event_id"])
         ]
-        if unseen:
+        missed = [e for e in unseen if e["event_id"] not in (pushed or ())]
+        if missed:
             log.info("%s on %s: %d event(s) taken in from the timeline", room_id, network,
-                     len(unseen))
-            self.metrics.reconciled.labels(network).inc(len(unseen))
+                     len(missed))
+            self.metrics.reconciled.labels(network).inc(len(missed))
         self.inbound.take_events(network, unseen, mark=(room_id, newest))
-        return len(unseen)
+        return len(missed)
 
 
 def _rooms_of(events: list[Any]) -> list[str]:

@@ -40,7 +40,9 @@ class FakeHomeserver(httpx.AsyncBaseTransport):
     txns: dict[str, str] = field(default_factory=dict)  # request path -> event id
     joined: set[tuple[str, str]] = field(default_factory=set)  # (room, user)
     registered: set[str] = field(default_factory=set)
+    timelines: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # room -> oldest first
     requests: int = 0
+    reads: int = 0  # /messages requests
 
     def texts(self, room_id: str) -> list[str]:
         return [s.content.get("body", "") for s in self.sent if s.room_id == room_id]
@@ -68,9 +70,21 @@ class FakeHomeserver(httpx.AsyncBaseTransport):
             return _ok({"room_id": parts[-1]})
         if "/state/m.room.member/" in path:
             return _err(404, "M_NOT_FOUND")
+        if path.endswith("/messages"):
+            return self._messages(parts[parts.index("rooms") + 1], request.url.params)
         if "/send/" in path:
             return await self._send(request, path, parts, user, body)
         return _err(404, "M_UNRECOGNIZED")
+
+    def _messages(self, room_id: str, params: httpx.QueryParams) -> httpx.Response:
+        """Newest first from the `from` position, like GET /rooms/{id}/messages?dir=b."""
+        self.reads += 1
+        timeline = self.timelines.get(room_id, [])
+        start = int(params.get("from", len(timeline)))
+        limit = int(params.get("limit", 10))
+        chunk = list(reversed(timeline[max(0, start - limit):start]))
+        end = str(max(0, start - limit))
+        return _ok({"chunk": chunk, "start": str(start), "end": end} if chunk else {"chunk": []})
 
     async def _send(
         self, request: httpx.Request, path: str, parts: list[str], user: str, body: Any

@@ -5,6 +5,7 @@ A thin client-server API user, for the demo and the tests; the bridge itself nev
 
 from __future__ import annotations
 
+import json
 import secrets
 from collections.abc import Callable
 from typing import Any
@@ -94,6 +95,26 @@ class Person:
             for e in await self.messages(room_id)
             if e.get("type") == "m.room.message"
         ]
+
+    async def watch(self, room_id: str, prefix: str, seen: dict[str, float], want: int) -> None:
+        """Long-poll /sync (filtered to the room's timeline) and note, in `seen`, when each
+        message whose body starts with `prefix` became visible; return once `want` were seen.
+        Cheap for the homeserver, unlike polling /messages, so benches measure the bridge."""
+        flt = quote(json.dumps({
+            "room": {"rooms": [room_id], "state": {"types": []}, "ephemeral": {"types": []},
+                     "account_data": {"types": []}, "timeline": {"limit": 1000}},
+            "presence": {"types": []}, "account_data": {"types": []},
+        }))
+        since = (await self.call("GET", f"/sync?filter={flt}&timeout=0"))["next_batch"]
+        while len(seen) < want:
+            batch = await self.call("GET", f"/sync?filter={flt}&since={since}&timeout=5000")
+            now = trio.current_time()
+            since = batch["next_batch"]
+            room = batch.get("rooms", {}).get("join", {}).get(room_id, {})
+            for event in room.get("timeline", {}).get("events", []):
+                body = event.get("content", {}).get("body", "")
+                if isinstance(body, str) and body.startswith(prefix) and body not in seen:
+                    seen[body] = now
 
     async def members(self, room_id: str) -> dict[str, str | None]:
         """Joined members and their display names in the room."""

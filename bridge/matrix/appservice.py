@@ -81,16 +81,9 @@ class Appservice:
     async def transaction(self, request: Request) -> Response:
         network = request.params["network"]
         try:
-            body = json.loads(request.body)
-        except (ValueError, UnicodeDecodeError):
-            return matrix_error(400, "M_NOT_JSON", "the body is not valid JSON")
-        except RecursionError:
-            return matrix_error(400, "M_BAD_JSON", "the body is nested too deeply")
-        if not isinstance(body, dict):
-            return matrix_error(400, "M_BAD_JSON", "the body must be a JSON object")
-        events = body.get("events", [])
-        if not isinstance(events, list):
-            return matrix_error(400, "M_BAD_JSON", "'events' must be a list")
+            events = parse_transaction(request.body)
+        except InputError as exc:
+            return matrix_error(400, exc.errcode, str(exc))
         # Returns only after the outbox rows are committed: acknowledged means on disk.
         await self.intake.push(network, request.params["txn_id"], request.body, events)
         return json_response(200, {})
@@ -114,6 +107,34 @@ class Appservice:
     async def ping(self, request: Request) -> Response:
         log.debug("ping from %s", request.params["network"])
         return json_response(200, {})
+
+
+class InputError(ValueError):
+    """A homeserver sent something we cannot take: answered 400 with `errcode`."""
+
+    def __init__(self, errcode: str, message: str) -> None:
+        super().__init__(message)
+        self.errcode = errcode
+
+
+def parse_transaction(body: bytes) -> list[Any]:
+    """The events of a pushed transaction body; raises InputError and nothing else.
+
+    Events are not checked one by one here: a bad event is skipped on its own later, so one
+    malformed event never makes the homeserver retry (and block) a whole transaction.
+    """
+    try:
+        doc = json.loads(body)
+    except RecursionError as exc:
+        raise InputError("M_BAD_JSON", "the body is nested too deeply") from exc
+    except ValueError as exc:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+        raise InputError("M_NOT_JSON", "the body is not valid JSON") from exc
+    if not isinstance(doc, dict):
+        raise InputError("M_BAD_JSON", "the body must be a JSON object")
+    events = doc.get("events", [])
+    if not isinstance(events, list):
+        raise InputError("M_BAD_JSON", "'events' must be a list")
+    return events
 
 
 def _bearer(request: Request) -> str | None:

@@ -109,6 +109,14 @@ class Store:
             (network, txn_id, digest, time.time()),
         )
 
+    def last_transaction(self, network: str) -> str | None:
+        """The id of the transaction last taken in from `network`, across restarts."""
+        row = self._one(
+            "SELECT txn_id FROM transactions WHERE network = ? ORDER BY received_at DESC LIMIT 1",
+            (network,),
+        )
+        return row[0] if row else None
+
     def event_seen(self, network: str, event_id: str) -> bool:
         return (
             self._one(

@@ -5,13 +5,13 @@ Against three real Synapse homeservers. These are the slow tests of the suite (a
 
 from __future__ import annotations
 
-import random
 from typing import Any
 
 import pytest
 import trio
 
 from bridge.demo import has_body
+from bridge.localnet.faults import talk_through_kills
 from bridge.localnet.people import Person
 
 from .conftest import Cast, Daemon
@@ -44,38 +44,8 @@ async def check_everything_arrived_once_in_order(
 
 async def test_kill_9_five_times_during_2000_messages(cast: Cast, daemon: Daemon) -> None:
     people, rooms = await three_way(cast, daemon, ("Alice", "Bob", "Carol"))
-    per_sender = 667  # 2,001 messages from the three networks together
-    sent: dict[str, list[str]] = {n: [] for n in NETS}
-    count = 0
-    # Kill at five points of the stream; come back after 40 more messages were sent meanwhile.
-    kill_at = sorted(random.sample(range(100, 3 * per_sender - 200), 5))
-    reached: dict[int, trio.Event] = {k: trio.Event() for k in kill_at}
-    back: dict[int, trio.Event] = {k: trio.Event() for k in kill_at}
-
-    async def talk(net: str) -> None:
-        nonlocal count
-        for i in range(per_sender):
-            body = f"{net} {i:04d}"
-            await people[net].send_text(rooms[net], body)
-            sent[net].append(body)
-            count += 1
-            for k in kill_at:
-                if count == k:
-                    reached[k].set()
-                if count == k + 40:
-                    back[k].set()
-
-    async def killer() -> None:
-        for k in kill_at:
-            await reached[k].wait()
-            await daemon.kill()
-            await back[k].wait()
-            await daemon.start()
-
-    async with trio.open_nursery() as nursery:
-        for net in NETS:
-            nursery.start_soon(talk, net)
-        nursery.start_soon(killer)
+    # 2,001 messages from the three networks together; five kills -9 at random points.
+    sent = await talk_through_kills(daemon, people, rooms, per_sender=667, kills=5)
     await check_everything_arrived_once_in_order(people, rooms, sent)
 
 

@@ -1,0 +1,125 @@
+"""Reconciliation on trio's virtual clock, against tests/fakehs.py's timelines."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import trio
+
+from bridge.core.ghosts import derive_key
+from bridge.core.model import Network
+from bridge.inbound import Inbound
+from bridge.matrix.client import Homeserver
+from bridge.reconcile import SUSPECT_SECONDS, Reconciler
+from bridge.store import Store
+
+from .fakehs import FakeHomeserver
+
+WA = Network("wa", "WhatsApp", "wa.test", "phone", "tribridge", "_tb_", False)
+IG = Network("ig", "Instagram", "ig.test", "handle", "tribridge", "_tb_", True)
+ROOM = "!wa-room"
+
+
+def text(n: int) -> dict[str, Any]:
+    return {"type": "m.room.message", "event_id": f"$e{n}", "room_id": ROOM,
+            "sender": "@+15551234567:wa.test", "content": {"msgtype": "m.text", "body": f"m{n}"}}
+
+
+class Rig:
+    def __init__(self, store: Store, fake: FakeHomeserver, reconciler: Reconciler) -> None:
+        self.store, self.fake, self.reconciler = store, fake, reconciler
+
+    def say(self, n: int) -> dict[str, Any]:
+        """Person on wa sends message n: it is in the room's timeline."""
+        event = text(n)
+        self.fake.timelines.setdefault(ROOM, []).append(event)
+        return event
+
+    def queued(self) -> list[str]:
+        return [i.action.content["body"] for i in self.store.pending_actions("ig", "!ig-room")]
+
+
+@pytest.fixture
+async def rig(tmp_path: Path) -> AsyncIterator[Rig]:
+    store = Store(tmp_path / "t.db", durability="process")
+    store.sync_config_portals([{"wa": ROOM, "ig": "!ig-room"}])
+    fake = FakeHomeserver("wa.test")
+    networks = {"wa": WA, "ig": IG}
+    async with httpx.AsyncClient(transport=fake, base_url="http://wa") as http:
+        hs = {"wa": Homeserver(http, "wa.test"), "ig": Homeserver(http, "ig.test")}
+        inbound = Inbound(store, networks, derive_key(b"k" * 32), wake=lambda n: None)
+        reconciler = Reconciler(store, hs, inbound, store.portals)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(reconciler.run)
+            yield Rig(store, fake, reconciler)
+            nursery.cancel_scope.cancel()
+    store.close()
+
+
+async def test_a_room_seen_first_is_marked_without_replaying_history(
+    rig: Rig, autojump_clock: trio.testing.MockClock
+) -> None:
+    rig.say(1)
+    rig.say(2)
+    assert await rig.reconciler.reconcile_network("wa") == 0
+    assert rig.store.room_mark("wa", ROOM) == "$e2" and rig.queued() == []
+
+
+async def test_events_missed_by_pushes_are_taken_in_order(
+    rig: Rig, autojump_clock: trio.testing.MockClock
+) -> None:
+    rig.say(1)
+    await rig.reconciler.reconcile_network("wa")
+    for n in range(2, 30):  # 28 messages never pushed: more than the 10-event first page
+        rig.say(n)
+    assert await rig.reconciler.reconcile_network("wa") == 28
+    assert rig.queued()[:3] == ["m2", "m3", "m4"] and len(rig.queued()) == 28
+
+
+async def test_a_gap_in_transaction_ids_brings_the_stranded_event_first(
+    rig: Rig, autojump_clock: trio.testing.MockClock
+) -> None:
+    rig.say(1)
+    await rig.reconciler.reconcile_network("wa")
+    await trio.sleep(SUSPECT_SECONDS * 3)  # long after start: pushes are trusted again
+    before = rig.fake.reads
+    await rig.reconciler.push("wa", "41", b"a", [rig.say(2)])
+    await rig.reconciler.push("wa", "42", b"b", [rig.say(3)])
+    assert rig.fake.reads == before  # trusted pushes in sequence cost no read at all
+    rig.say(4)  # transaction 43 is stranded: Synapse never pushes it
+    await rig.reconciler.push("wa", "44", b"d", [rig.say(5)])
+    assert rig.queued() == ["m2", "m3", "m4", "m5"]  # in order: the gap triggered a read
+    assert rig.fake.reads > before
+
+
+async def test_a_late_transaction_after_others_is_taken_once(
+    rig: Rig, autojump_clock: trio.testing.MockClock
+) -> None:
+    rig.say(1)
+    await rig.reconciler.reconcile_network("wa")
+    await trio.sleep(SUSPECT_SECONDS * 3)
+    await rig.reconciler.push("wa", "7", b"a", [rig.say(2)])
+    late = rig.say(3)
+    await rig.reconciler.push("wa", "9", b"c", [rig.say(4)])  # gap: 8 is late
+    await rig.reconciler.push("wa", "8", b"b", [late])  # arrives after 9: already taken in
+    assert rig.queued() == ["m2", "m3", "m4"]
+
+
+async def test_the_last_transaction_id_survives_a_restart(
+    rig: Rig, autojump_clock: trio.testing.MockClock
+) -> None:
+    rig.say(1)
+    await rig.reconciler.reconcile_network("wa")
+    with rig.store.transaction():
+        rig.store.record_transaction("wa", "41", "digest")
+    # A new daemon (a new Reconciler on the same store), long after its start.
+    restarted = Reconciler(rig.store, rig.reconciler.homeservers, rig.reconciler.inbound,
+                           rig.store.portals)
+    await trio.sleep(SUSPECT_SECONDS * 3)
+    rig.say(2)  # transaction 42, stranded while the daemon was away
+    await restarted.push("wa", "43", b"c", [rig.say(3)])
+    assert rig.queued() == ["m2", "m3"]
