@@ -3,7 +3,9 @@
 The pipeline is what the daemon does with a pushed body before SQLite: parse_transaction (parses
 or raises InputError, nothing else), then core.translate on every event (never raises). Any other
 exception is a crash. Uses atheris (coverage-guided libFuzzer) when it is installed
-(`.venv/bin/pip install atheris`), else hypothesis at scale. Prints the inputs run and crashes.
+(`.venv/bin/pip install atheris`): libFuzzer then prints its own statistics and exits 0, or stops
+at the first crash with the input and a traceback. Without atheris, hypothesis at scale, which
+prints the count. Either way, exit status 0 means no crash.
 
 Run it: `.venv/bin/python bench/fuzz.py --runs 1000000`.
 """
