@@ -18,7 +18,8 @@ from urllib.parse import unquote
 import httpx
 import trio
 
-Fault = Callable[[int], "httpx.Response | str | None"]  # nth send -> response, "hang", or None
+# nth send -> a response to give instead, "hang" (never answer), "slow" (answer after 3 s), None
+Fault = Callable[[int], "httpx.Response | str | None"]
 
 
 @dataclass
@@ -93,6 +94,8 @@ class FakeHomeserver(httpx.AsyncBaseTransport):
         outcome = self.fault(len(self.attempts))
         if outcome == "hang":
             await trio.sleep_forever()
+        if outcome == "slow":
+            await trio.sleep(3)  # a slow homeserver (virtual time in tests)
         if isinstance(outcome, httpx.Response):
             return outcome
         room_id = parts[parts.index("rooms") + 1]

@@ -199,6 +199,19 @@ async def test_stop_ends_a_worker_waiting_on_backoff(
     assert rig.store.delivery_status("wa", "$src-x")[0].state == "pending"  # kept for next start
 
 
+@pytest.mark.parametrize("rig", [nth(1, "slow")], indirect=True)
+async def test_stop_lets_a_send_in_flight_finish_and_starts_nothing_new(
+    rig: Rig, autojump_clock: trio.testing.MockClock
+) -> None:
+    rig.queue("in flight", "not started")
+    await rig.until(lambda: len(rig.fakes["ig"].attempts) == 1)  # the slow send has begun
+    rig.workers["ig"].stop()
+    await rig.until(lambda: "!ig-room" not in rig.workers["ig"]._active, within=10)
+    assert rig.fakes["ig"].texts("!ig-room") == ["in flight"]
+    assert rig.store.delivery_status("wa", "$src-in flight")[0].state == "done"
+    assert rig.store.delivery_status("wa", "$src-not started")[0].state == "pending"
+
+
 async def test_a_resend_after_a_crash_is_not_a_duplicate(
     rig: Rig, autojump_clock: trio.testing.MockClock
 ) -> None:
