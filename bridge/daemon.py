@@ -20,7 +20,7 @@ import resource
 import signal
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from contextlib import AsyncExitStack
 from pathlib import Path
 
@@ -189,12 +189,14 @@ def _with_reloadable(old: Config, new: Config) -> Config:
 
 
 async def _in_scope(
-    scope: trio.CancelScope, fn: object, *args: object,
+    scope: trio.CancelScope,
+    fn: Callable[..., Awaitable[object]],
+    *args: object,
     task_status: trio.TaskStatus[object] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Run `fn` (which takes task_status) inside `scope`, so it can be stopped on its own."""
     with scope:
-        await fn(*args, task_status=task_status)  # type: ignore[operator]
+        await fn(*args, task_status=task_status)
 
 
 async def _run_workers(
