@@ -101,10 +101,12 @@ class Reconciler:
         number, last = int(txn_id), self._last_txn.get(network)
         self._last_txn[network] = number
         if last is not None and number != last + 1 and number != last:
+            if self.is_suspect(network):
+                log.debug("transaction %d from %s after %d", number, network, last)
+                return
             log.info("transaction %d from %s after %d: reading timelines for a while", number,
                      network, last)
-            if not self.is_suspect(network):
-                self.suspect(network, GAP_SUSPECT_SECONDS)
+            self.suspect(network, GAP_SUSPECT_SECONDS)
 
     def is_suspect(self, network: str) -> bool:
         return trio.current_time() < self._suspect_until[network]
