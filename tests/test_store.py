@@ -91,7 +91,9 @@ def test_outbox_is_first_in_first_out_per_room_and_deduplicated(tmp_path: Path) 
     store.finish(items[1].id, "failed", "403 M_FORBIDDEN: no")
     rest = store.pending_actions("ig", "!r:ig")
     assert [i.action.content["body"] for i in rest] == ["m2", "m3", "m4"]
-    assert store.outbox_status(message(1).txn_id) == ("failed", 1, "403 M_FORBIDDEN: no")
+    (status,) = store.delivery_status("wa", "$e1")
+    assert (status.state, status.attempts) == ("failed", 1)
+    assert status.last_error == "403 M_FORBIDDEN: no"
 
 
 def test_config_portals_keep_their_ids_across_restarts(tmp_path: Path) -> None:

@@ -197,11 +197,6 @@ class Homeserver:
         )
         return str(result.get("event_id", ""))
 
-    async def joined_members(self, room_id: str) -> set[str]:
-        result = await self.request("GET", f"{CLIENT_V3}/rooms/{_q(room_id)}/joined_members")
-        joined = result.get("joined")
-        return set(joined) if isinstance(joined, dict) else set()
-
     async def messages(
         self, room_id: str, limit: int, from_token: str | None = None
     ) -> tuple[list[dict[str, Any]], str | None]:

@@ -350,8 +350,3 @@ class Store:
             "VALUES (?, ?, ?, ?)",
             (network, room_id, event_id, time.time()),
         )
-
-    def outbox_status(self, txn: str) -> tuple[str, int, str | None] | None:
-        """(state, attempts, last error) of the action with transaction id `txn`."""
-        row = self._one("SELECT state, attempts, last_error FROM outbox WHERE txn_id = ?", (txn,))
-        return (row[0], row[1], row[2]) if row else None
