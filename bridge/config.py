@@ -18,6 +18,7 @@ from urllib.parse import urlsplit
 
 from bridge.core.ids import is_valid_localpart, is_valid_server_name
 from bridge.core.model import IDENTITY_KINDS, Network
+from bridge.core.permissions import Level, Permissions, is_rule_key
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
 # "full": a transaction acknowledged to a homeserver survives a crash of the machine (fsync on
@@ -51,6 +52,8 @@ class BridgeSettings:
     log_format: str = "text"
     metrics_listen: tuple[str, int] | None = None  # /health and /metrics on their own listener
     unhealthy_after: float = 300.0  # seconds a homeserver may be silent before /health says 503
+    command_prefix: str = "!tb"  # starts a bot command outside a management room
+    default_country_code: str = ""  # for phone numbers typed without one; "" = require +
 
 
 @dataclass(frozen=True)
@@ -76,6 +79,7 @@ class Config:
     bridge: BridgeSettings
     networks: Mapping[str, NetworkConfig]
     portals: tuple[Mapping[str, str], ...]
+    permissions: Permissions = field(default_factory=lambda: Permissions({}))
 
     def secrets(self) -> list[str]:
         """Every token and secret, for the log filter that keeps them out of logs."""
@@ -224,6 +228,20 @@ def _listen_or_empty(value: str) -> str | None:
     return None if value == "" else _listen(value)
 
 
+def _command_prefix(value: str) -> str | None:
+    if not value or value != value.strip() or " " in value or len(value) > 16:
+        return "must be 1-16 characters without spaces, e.g. !tb"
+    return None
+
+
+def _country_code(value: str) -> str | None:
+    digits = value.removeprefix("+")
+    if value and not (digits.isascii() and digits.isdigit() and len(digits) <= 3
+                      and not digits.startswith("0")):
+        return "must be a country calling code such as 44 or +1 (or empty)"
+    return None
+
+
 def _token(value: str) -> str | None:
     if not _TOKEN.fullmatch(value):
         return "must be at least 16 printable ASCII characters without spaces"
@@ -248,16 +266,41 @@ def load_config(path: str | Path) -> Config:
 
 def parse_config(doc: Mapping[str, Any], path: Path) -> Config:
     c = _Checker(path.parent)
-    c.unknown(doc, {"bridge", "networks", "portals"}, "")
+    c.unknown(doc, {"bridge", "networks", "portals", "permissions"}, "")
     bridge = _bridge(c, c.table(doc, "bridge", "bridge"))
     declared = c.table(doc, "networks", "networks")
     networks = _networks(c, declared)
     # Portals are checked against every network the file declares, valid or not, so a broken
     # network gets its own error rather than "not a configured network" on its portals too.
     portals = _portals(c, doc.get("portals", []), set(declared))
+    rules = _permissions(c, c.table(doc, "permissions", "permissions"))
     if c.errors or bridge is None:
         raise ConfigError(c.errors)
-    return Config(path=path, bridge=bridge, networks=networks, portals=portals)
+    servers = [net.network.server_name for net in networks.values()]
+    return Config(
+        path=path,
+        bridge=bridge,
+        networks=networks,
+        portals=portals,
+        permissions=Permissions.with_defaults(rules, servers),
+    )
+
+
+def _permissions(c: _Checker, t: Mapping[str, Any]) -> dict[str, Level]:
+    rules: dict[str, Level] = {}
+    for key, value in t.items():
+        path = f"permissions.{key!r}" if "." in key else f"permissions.{key}"
+        if not is_rule_key(key):
+            c.error(path, "must be a user id (@alice:example.org), @*:server_name or *")
+            continue
+        if not isinstance(value, str):
+            c.error(path, "must be one of none, relay, user, admin")
+            continue
+        try:
+            rules[key] = Level.parse(value)
+        except ValueError as exc:
+            c.error(path, str(exc))
+    return rules
 
 
 def _bridge(c: _Checker, t: Mapping[str, Any]) -> BridgeSettings | None:
@@ -265,7 +308,8 @@ def _bridge(c: _Checker, t: Mapping[str, Any]) -> BridgeSettings | None:
     c.unknown(
         t,
         {"listen", "url", "database", "secret", "secret_file", "log_level", "log_format",
-         "durability", "metrics_listen", "unhealthy_after"},
+         "durability", "metrics_listen", "unhealthy_after", "command_prefix",
+         "default_country_code"},
         p,
     )
     listen = c.string(t, "listen", p + "listen", check=_listen)
@@ -295,11 +339,15 @@ def _bridge(c: _Checker, t: Mapping[str, Any]) -> BridgeSettings | None:
     ):
         c.error(p + "unhealthy_after", "must be a number of seconds above 0")
         unhealthy_after = None
+    prefix = c.string(t, "command_prefix", p + "command_prefix", default="!tb",
+                      check=_command_prefix)
+    country = c.string(t, "default_country_code", p + "default_country_code", default="",
+                       check=_country_code)
     database_path = c.path(database, p + "database") if database is not None else None
     if (
         listen is None or url is None or database_path is None or secret is None
         or level is None or durability is None or metrics_listen is None
-        or unhealthy_after is None or log_format is None
+        or unhealthy_after is None or log_format is None or prefix is None or country is None
     ):
         return None
     host_port = _split_host_port(listen)
@@ -320,6 +368,8 @@ def _bridge(c: _Checker, t: Mapping[str, Any]) -> BridgeSettings | None:
         log_format=log_format,
         metrics_listen=_split_host_port(metrics_listen) if metrics_listen else None,
         unhealthy_after=float(unhealthy_after),
+        command_prefix=prefix,
+        default_country_code=country.lstrip("+"),
     )
 
 

@@ -26,9 +26,11 @@ from pathlib import Path
 
 import trio
 
+from bridge.bot import Bot
 from bridge.config import Config, ConfigError, NetworkConfig, load_config
 from bridge.core.ghosts import derive_key
 from bridge.core.model import Portal
+from bridge.core.translate import Rules
 from bridge.delivery import DeliveryWorker
 from bridge.http.server import Limits, serve
 from bridge.inbound import Inbound
@@ -56,6 +58,18 @@ class Bridge:
         self.stop_requested = trio.Event()
         self.reloads: trio.MemoryReceiveChannel[Config]
         self._reload_send, self.reloads = trio.open_memory_channel[Config](1)
+        self.inbound: Inbound | None = None
+
+    def reload_from_bot(self) -> str:
+        """`admin reload`: what SIGHUP does, with the outcome as the bot's reply."""
+        try:
+            new = load_config(self.config.path)
+        except ConfigError as exc:
+            log.error("admin reload: the config has errors; keeping the running config")
+            return "The config has errors; the running config stays:\n" + "\n".join(exc.lines())
+        if not self.request_reload(new):
+            return "A reload is already waiting; it reads the newest file."
+        return "Reloading the config: portals, permissions and the log level apply now."
 
     def request_stop(self) -> None:
         self.stop_requested.set()
@@ -83,13 +97,17 @@ class Bridge:
                     homeservers[net_id] = Homeserver(http, net.network.server_name)
                 workers: dict[str, DeliveryWorker] = {}
                 metrics = Metrics()
-                inbound = Inbound(store, networks, key, wake=lambda n: workers[n].wake())
+                inbound = Inbound(store, networks, key, wake=lambda n: workers[n].wake(),
+                                  rules=_rules(config))
+                self.inbound = inbound
                 reconciler = Reconciler(store, homeservers, inbound, store.portals, metrics)
+                bot = Bot(lambda: self.config, homeservers, store, key,
+                          reachable=lambda n: workers[n].reachable, reload=self.reload_from_bot)
                 for net_id, network in networks.items():
                     workers[net_id] = DeliveryWorker(
                         network, homeservers, networks, store, key,
                         wake=lambda n: workers[n].wake(), on_recovered=reconciler.suspect,
-                        metrics=metrics,
+                        metrics=metrics, bot=bot,
                     )
                 observer = Observer(store, workers, metrics, config.bridge.unhealthy_after)
                 separate = config.bridge.metrics_listen
@@ -146,6 +164,8 @@ class Bridge:
             logging.getLogger().setLevel(new.bridge.log_level.upper())
             portals = store.sync_config_portals(new.portals)
             self.config = _with_reloadable(self.config, new)
+            if self.inbound is not None:
+                self.inbound.rules = _rules(self.config)
             await self._setup(homeservers, portals, reconciler)
             self.notifier.send("READY=1", "STATUS=bridging")
             log.info("reloaded: %d portals, log level %s", len(portals), new.bridge.log_level)
@@ -183,9 +203,20 @@ def _needs_restart(old: Config, new: Config) -> list[str]:
 
 
 def _with_reloadable(old: Config, new: Config) -> Config:
-    """The running config with what a reload applies (portals, log level) taken from `new`."""
-    bridge = dataclasses.replace(old.bridge, log_level=new.bridge.log_level)
-    return dataclasses.replace(old, bridge=bridge, portals=new.portals)
+    """The running config with what a reload applies (portals, permissions, log level, command
+    prefix, default country code) taken from `new`."""
+    bridge = dataclasses.replace(
+        old.bridge,
+        log_level=new.bridge.log_level,
+        command_prefix=new.bridge.command_prefix,
+        default_country_code=new.bridge.default_country_code,
+    )
+    return dataclasses.replace(old, bridge=bridge, portals=new.portals,
+                               permissions=new.permissions)
+
+
+def _rules(config: Config) -> Rules:
+    return Rules(config.permissions, config.bridge.command_prefix)
 
 
 async def _in_scope(

@@ -15,17 +15,15 @@ from __future__ import annotations
 
 import logging
 import random
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 
 import trio
 
-from bridge.core.actions import JoinRoom, SendMessage, SendNotice
-from bridge.core.ghosts import pseudonym
-from bridge.core.ids import native_identity
+from bridge.core.actions import BotTask, JoinRoom, LeaveRoom, SendMessage, SendNotice
 from bridge.core.model import Network
 from bridge.core.notices import failure_notice
-from bridge.core.privacy import ghost_display_name
 from bridge.core.retry import Verdict, backoff, classify
+from bridge.ghostkeeper import GhostKeeper
 from bridge.matrix.client import Homeserver, HomeserverError, MatrixError, Unreachable
 from bridge.metrics import Metrics
 from bridge.store import OutboxItem, Store
@@ -50,13 +48,16 @@ class DeliveryWorker:
         concurrency: int = 8,
         jitter: Callable[[], float] = random.random,
         metrics: Metrics | None = None,
+        bot: Callable[[BotTask], Awaitable[None]] | None = None,
     ) -> None:
         self.network = network
+        self.bot = bot
         self.hs = homeservers[network.id]
         self.homeservers = homeservers
         self.networks = networks
         self.store = store
         self.key = key
+        self.ghosts = GhostKeeper(homeservers, networks, store, key)
         self.wake_network = wake
         self.on_recovered = on_recovered
         self.jitter = jitter
@@ -152,7 +153,8 @@ class DeliveryWorker:
             except Exception as exc:
                 # A bug of ours must not wedge the room behind one poisoned action.
                 log.exception("action %d for %s failed unexpectedly", item.id, self.network.id)
-                self.store.finish(item.id, "failed", f"internal error: {type(exc).__name__}")
+                self.store.finish(item.id, "failed", f"internal error: {type(exc).__name__}",
+                                  scrub=isinstance(item.action, BotTask))
                 return True
 
     async def _backoff(self, delay: float) -> bool:
@@ -194,6 +196,19 @@ class DeliveryWorker:
             )
             self.store.finish(item.id, "done")
             return
+        if isinstance(action, LeaveRoom):
+            await self._leave(action)
+            self.store.finish(item.id, "done")
+            return
+        if isinstance(action, BotTask):
+            await self._bot_task(item, action)
+            return
+        if action.unless_member and (
+            await self.hs.membership(action.room_id, action.unless_member) == "join"
+        ):
+            # The sender's own linked account is in this room: no mirror of them as a ghost.
+            self.store.finish(item.id, "done", "not mirrored: the sender's own account is here")
+            return
         event_id = await self._send_as_ghost(action)
         src = action.source
         with self.store.transaction():
@@ -203,10 +218,37 @@ class DeliveryWorker:
             self.store.finish(item.id, "done")
         log.debug("relayed %s from %s as %s", src.event_id, src.network, event_id)
 
+    async def _leave(self, action: LeaveRoom) -> None:
+        if not self.store.ghost_in_room(self.network.id, action.ghost, action.room_id):
+            return
+        try:
+            await self.hs.leave(action.room_id, as_user=self.network.user_id(action.ghost))
+        except MatrixError as exc:
+            if exc.status not in (403, 404):  # already out, or the room is gone
+                raise
+        self.store.set_ghost_in_room(self.network.id, action.ghost, action.room_id, False)
+
+    async def _bot_task(self, item: OutboxItem, action: BotTask) -> None:
+        """Commands and the bot's answers to invites run once: a command is not repeated
+        after a failure (it may have half-happened); the bot says what went wrong instead."""
+        if self.bot is None:
+            self.store.finish(item.id, "failed", "no bot in this process", scrub=True)
+            return
+        try:
+            await self.bot(action)
+        except HomeserverError as exc:
+            log.warning("bot task %s on %s failed: %s", action.task, self.network.id, exc)
+            self.store.finish(item.id, "failed", str(exc), scrub=True)
+            return
+        self.store.finish(item.id, "done", scrub=True)
+
     async def _send_as_ghost(self, action: SendMessage) -> str:
+        src = action.source
         for last_try in (False, True):
-            await self._ensure_ghost(action)
-            ghost = self.network.user_id(action.ghost)
+            ghost = await self.ghosts.ensure(
+                self.network.id, action.ghost, src.network, src.sender, action.room_id,
+                room_hint=src.room_id,
+            )
             try:
                 return await self.hs.send_event(
                     action.room_id, "m.room.message", action.content, action.txn_id, ghost
@@ -217,41 +259,6 @@ class DeliveryWorker:
                     raise
                 self.store.set_ghost_in_room(self.network.id, action.ghost, action.room_id, False)
         raise AssertionError("unreachable")
-
-    async def _ensure_ghost(self, action: SendMessage) -> None:
-        """Register, name and join the ghost, doing only what the store says is missing."""
-        net_id, localpart, room_id = self.network.id, action.ghost, action.room_id
-        ghost = self.network.user_id(localpart)
-        registered, current_name = self.store.ghost(net_id, localpart)
-        if not registered:
-            await self.hs.register(localpart)
-        name = await self._ghost_name(action)
-        if not registered or current_name != name:
-            await self.hs.set_display_name(ghost, name)
-            self.store.save_ghost(net_id, localpart, action.source.network, name)
-        if not self.store.ghost_in_room(net_id, localpart, room_id):
-            try:
-                await self.hs.invite(room_id, ghost)
-            except MatrixError as exc:
-                if exc.status != 403:  # already in the room, or the room is public: try joining
-                    raise
-            await self.hs.join(room_id, as_user=ghost)
-            self.store.set_ghost_in_room(net_id, localpart, room_id, True)
-
-    async def _ghost_name(self, action: SendMessage) -> str:
-        src = action.source
-        source = self.networks[src.network]
-        known, name = self.store.profile(src.network, src.sender)
-        if not known:
-            try:
-                name = await self.homeservers[src.network].display_name(src.room_id, src.sender)
-            except HomeserverError as exc:
-                log.info("could not read a display name on %s: %s", source.server_name, exc)
-            else:
-                self.store.set_profile(src.network, src.sender, name)
-        identity = native_identity(src.sender, source.identity, source.server_name)
-        pseudo = pseudonym(self.key, src.network, identity)
-        return ghost_display_name(source, identity, name, pseudo, exposed=source.expose_identity)
 
     # -- reachability --------------------------------------------------------------------------
 

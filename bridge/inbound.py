@@ -17,7 +17,7 @@ import nacl.encoding
 import nacl.hash
 
 from bridge.core.model import Network
-from bridge.core.translate import translate
+from bridge.core.translate import DEFAULT_RULES, RoomInfo, Rules, translate
 from bridge.store import Store
 
 log = logging.getLogger(__name__)
@@ -30,11 +30,13 @@ class Inbound:
         networks: Mapping[str, Network],
         key: bytes,
         wake: Callable[[str], None],
+        rules: Rules = DEFAULT_RULES,
     ) -> None:
         self.store = store
         self.networks = networks
         self.key = key
         self.wake = wake
+        self.rules = rules  # replaced on reload
 
     def take_transaction(self, network_id: str, txn_id: str, body: bytes, events: list[Any]) -> int:
         """Queue what a pushed transaction asks for; return how many actions were queued."""
@@ -83,8 +85,15 @@ class Inbound:
             if self.store.event_seen(network_id, event_id):
                 continue
             portal = self.store.portal_for_room(network_id, room_id)
+            room = self._room_info(network_id, room_id)
+            person = event.get("state_key") if event.get("type") == "m.room.member" else None
+            person = person if isinstance(person, str) else event.get("sender")
+            linked = (
+                self.store.linked_accounts(network_id, person) if isinstance(person, str) else []
+            )
             try:
-                result = translate(event, source, self.networks, portal, self.key)
+                result = translate(event, source, self.networks, portal, self.key, room=room,
+                                   rules=self.rules, linked=linked)
             except Exception:
                 # A bug of ours: failing the whole transaction would make the homeserver retry
                 # it forever and stall this network. Skip the one event, loudly.
@@ -102,3 +111,10 @@ class Inbound:
         if queued:
             log.debug("%s from %s: %d actions queued", where, network_id, queued)
         return queued, targets
+
+    def _room_info(self, network_id: str, room_id: str) -> RoomInfo:
+        manager = self.store.management_owner(network_id, room_id)
+        request = self.store.dm_request_in_room(network_id, room_id)
+        if request is not None and request.state == "pending":
+            return RoomInfo(manager, request.id, request.to_user)
+        return RoomInfo(manager)

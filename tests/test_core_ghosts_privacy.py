@@ -221,7 +221,8 @@ def test_a_name_showing_the_email_falls_back(name: str) -> None:
 
 def test_when_exposed_the_real_name_and_identity_may_show() -> None:
     assert wa_name("+15551234567", exposed=True) == "+15551234567 (WhatsApp)"
-    assert wa_name("Alice", exposed=True) == "Alice (WhatsApp)"
+    # Exposing is the owner's choice to show the number: it appears beside the name.
+    assert wa_name("Alice", exposed=True) == "Alice (WhatsApp, +15551234567)"
     assert fbm_name("alice@example.com", exposed=True) == "alice@example.com (Messenger)"
 
 
@@ -244,7 +245,11 @@ def test_any_name_gives_a_bounded_clean_display_name(name: str) -> None:
     for exposed in (False, True):
         result = wa_name(name, exposed=exposed)
         assert 0 < len(result) <= 256
-        assert result.endswith(" (WhatsApp)") or result == WA_FALLBACK
+        assert (
+            result.endswith(" (WhatsApp)")
+            or result.endswith(" (WhatsApp, +15551234567)")
+            or result == WA_FALLBACK
+        )
         assert not any(unicodedata.category(ch).startswith("C") for ch in result)
 
 

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from bridge.core.actions import JoinRoom, ProfileSeen, SendMessage, from_payload
+from bridge.core.actions import BotTask, JoinRoom, ProfileSeen, SendMessage, from_payload
 from bridge.core.ghosts import derive_key, ghost_localpart, parse_ghost_localpart, pseudonym
 from bridge.core.ids import Identity, email_to_localpart
 from bridge.core.model import EventRef, Network, Portal
@@ -320,11 +320,22 @@ def test_a_join_without_a_usable_display_name_reports_none(content: dict[str, An
     assert result.profiles == [ProfileSeen("wa", ALICE_WA, None)]
 
 
-@pytest.mark.parametrize("membership", ["leave", "ban", "invite", "knock"])
+@pytest.mark.parametrize("membership", ["invite", "knock"])
 def test_other_memberships_report_no_profile(membership: str) -> None:
     result = from_wa(member(ALICE_WA, membership, displayname="Alice"))
     assert result.profiles == []
     assert result.actions == []
+
+
+@pytest.mark.parametrize("membership", ["leave", "ban"])
+def test_a_person_leaving_a_portal_room_makes_their_ghosts_leave_the_others(
+    membership: str,
+) -> None:
+    result = from_wa(member(ALICE_WA, membership, displayname="Alice"))
+    assert result.profiles == []
+    leaves = {(a.network, a.room_id, a.ghost) for a in result.actions}
+    assert {(n, r) for n, r, _ in leaves} == {(n, r) for n, r in PORTAL.others("wa")}
+    assert all(ghost.startswith("_tb_wa_") for _, _, ghost in leaves)
 
 
 def test_ghost_and_bot_joins_are_not_profiles() -> None:
@@ -344,9 +355,13 @@ def test_a_bot_invite_into_a_portal_room_makes_it_join() -> None:
     assert from_wa(event).actions == [join]  # the same txn id every time
 
 
-def test_a_bot_invite_outside_a_portal_does_nothing() -> None:
-    event = member("@tribridge:wa.localhost", "invite") | {"sender": ALICE_WA}
-    assert from_wa(event, portal=None).actions == []
+def test_a_bot_invite_outside_a_portal_asks_the_bot_to_answer_it() -> None:
+    event = member("@tribridge:wa.localhost", "invite", is_direct=True) | {"sender": ALICE_WA}
+    (task,) = from_wa(event, portal=None).actions
+    assert isinstance(task, BotTask)
+    assert (task.network, task.task, dict(task.data)) == (
+        "wa", "invited", {"inviter": ALICE_WA, "is_direct": True}
+    )
 
 
 def test_an_invite_for_another_networks_bot_does_nothing() -> None:

@@ -40,6 +40,9 @@ class SendMessage:
     source: EventRef
     content: Mapping[str, Any]
     txn_id: str
+    # The sender's own linked account on the target network: if it is in the room, the message
+    # is not mirrored to it as a ghost.
+    unless_member: str | None = None
 
     kind = "message"
 
@@ -58,6 +61,7 @@ class SendMessage:
                 "sender": self.source.sender,
             },
             "content": dict(self.content),
+            **({"unless_member": self.unless_member} if self.unless_member else {}),
         }
 
 
@@ -100,7 +104,49 @@ class SendNotice:
         return {"about": self.about, "content": dict(self.content)}
 
 
-Action = SendMessage | JoinRoom | SendNotice
+@dataclass(frozen=True)
+class LeaveRoom:
+    """The ghost `ghost` leaves `room_id` on `network` (the person it stands for left)."""
+
+    network: str
+    room_id: str
+    ghost: str
+    txn_id: str
+    about: str = ""  # the event that asked for it
+
+    kind = "leave"
+
+    @property
+    def origin(self) -> tuple[str, str]:
+        return (self.network, self.about)
+
+    def to_payload(self) -> dict[str, Any]:
+        return {"ghost": self.ghost, "about": self.about}
+
+
+@dataclass(frozen=True)
+class BotTask:
+    """Work for the bot on `network`, about `room_id`: a command to run, an invite to answer,
+    a DM request accepted or declined, the bot removed from a room. `data` says which."""
+
+    network: str
+    room_id: str
+    task: str
+    data: Mapping[str, Any]
+    txn_id: str
+    about: str = ""  # the event that asked for it
+
+    kind = "bot"
+
+    @property
+    def origin(self) -> tuple[str, str]:
+        return (self.network, self.about)
+
+    def to_payload(self) -> dict[str, Any]:
+        return {"task": self.task, "data": dict(self.data), "about": self.about}
+
+
+Action = SendMessage | JoinRoom | SendNotice | LeaveRoom | BotTask
 
 
 def from_payload(
@@ -115,11 +161,17 @@ def from_payload(
             source=EventRef(src["network"], src["room_id"], src["event_id"], src["sender"]),
             content=payload["content"],
             txn_id=txn,
+            unless_member=payload.get("unless_member"),
         )
     if kind == JoinRoom.kind:
         return JoinRoom(network, room_id, txn, payload.get("invite_event", ""))
     if kind == SendNotice.kind:
         return SendNotice(network, room_id, payload["about"], payload["content"], txn)
+    if kind == LeaveRoom.kind:
+        return LeaveRoom(network, room_id, payload["ghost"], txn, payload.get("about", ""))
+    if kind == BotTask.kind:
+        return BotTask(network, room_id, payload["task"], payload["data"], txn,
+                       payload.get("about", ""))
     raise ValueError(f"unknown action kind {kind!r}")
 
 

@@ -60,11 +60,18 @@ def ghost_display_name(
     """The display name of the ghost standing for a person of `source` on another network.
 
     `exposed` is whether the person's native identity may be shown (the network's
-    ``expose_identity``, or the person's own opt-in).
+    ``expose_identity``, or the person's own ``privacy show-identity on``). An exposed phone
+    number or email is shown beside the name, since showing it is what its owner asked for;
+    an exposed handle only stands in for a missing name.
     """
     name = clean_display_name(display_name)
     if name is not None and not exposed and reveals_identity(name, identity):
         name = None
+    if exposed and identity.kind in ("phone", "email"):
+        shown = identity.value
+        if name is None or reveals_identity(name, identity):
+            return f"{shown[:MAX_NAME]} ({source.label})"
+        return f"{name} ({source.label}, {shown})"
     if name is None and exposed:
         name = identity.value[:MAX_NAME]
     if name is None:

@@ -7,15 +7,25 @@ knows rather than passing the source's through.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from bridge.core.actions import Action, JoinRoom, ProfileSeen, SendMessage, txn_id
+from bridge.core.actions import (
+    Action,
+    BotTask,
+    JoinRoom,
+    LeaveRoom,
+    ProfileSeen,
+    SendMessage,
+    txn_id,
+)
+from bridge.core.commands import strip_prefix
 from bridge.core.ghosts import ghost_localpart, is_bridge_user, pseudonym
 from bridge.core.ids import InvalidId, native_identity
 from bridge.core.mentions import rewrite_user_ids
 from bridge.core.model import EventRef, Network, Portal
+from bridge.core.permissions import Level, Permissions
 
 TEXT_MSGTYPES = frozenset({"m.text", "m.notice", "m.emote"})
 HTML_FORMAT = "org.matrix.custom.html"
@@ -28,6 +38,25 @@ class Translation:
     skipped: str | None = None  # why nothing was done, for debug logs
 
 
+@dataclass(frozen=True)
+class RoomInfo:
+    """What the store knows of the event's room beyond its portal."""
+
+    manager: str | None = None  # the owner, if this is a management room
+    dm_request: int | None = None  # a DM request waiting in this room for `dm_target`
+    dm_target: str | None = None
+
+
+@dataclass(frozen=True)
+class Rules:
+    permissions: Permissions = field(default_factory=lambda: Permissions({"*": Level.USER}))
+    prefix: str = "!tb"
+
+
+NO_ROOM_INFO = RoomInfo()
+DEFAULT_RULES = Rules()
+
+
 def _skip(reason: str) -> Translation:
     return Translation(skipped=reason)
 
@@ -38,8 +67,13 @@ def translate(
     networks: Mapping[str, Network],
     portal: Portal | None,
     key: bytes,
+    *,
+    room: RoomInfo = NO_ROOM_INFO,
+    rules: Rules = DEFAULT_RULES,
+    linked: Sequence[tuple[str, str]] = (),
 ) -> Translation:
-    """Translate one event pushed by `source`'s homeserver; `portal` is its room's portal."""
+    """Translate one event pushed by `source`'s homeserver; `portal` is its room's portal,
+    `linked` the sender's linked accounts (network, user id), the earliest linked first."""
     sender = event.get("sender")
     room_id = event.get("room_id")
     event_id = event.get("event_id")
@@ -52,63 +86,154 @@ def translate(
     assert isinstance(sender, str) and isinstance(room_id, str)
     assert isinstance(event_id, str) and isinstance(etype, str)
     if etype == "m.room.member":
-        return _membership(event, content, source, portal)
+        return _membership(event, content, source, networks, portal, key, room, rules, linked)
     if is_bridge_user(sender, source):
         return _skip("sent by the bridge itself")
+    if rules.permissions.level(sender) is Level.NONE:
+        return _skip("the sender's permission level is none")
+    is_message = etype == "m.room.message" and "state_key" not in event
+    if is_message and content.get("msgtype") == "m.text" and isinstance(content.get("body"), str):
+        in_management = room.manager is not None
+        if in_management and sender != room.manager:
+            return _skip("someone else's management room")
+        command = strip_prefix(str(content["body"]), rules.prefix, in_management)
+        if command is not None:
+            task = BotTask(source.id, room_id, "command", {"sender": sender, "text": command},
+                           txn_id(source.id, event_id, source.id, "bot"), event_id)
+            return Translation(actions=[task])
     if portal is None:
         return _skip("room is not part of a portal")
-    if etype == "m.room.message" and "state_key" not in event:
+    if is_message:
         relayed = _text_content(content)
         if relayed is None:
             return _skip("message type not relayed yet")
-        try:
-            identity = native_identity(sender, source.identity, source.server_name)
-        except InvalidId:
-            return _skip("sender is not a valid user id")
-        pseudo = pseudonym(key, source.id, identity)
         ref = EventRef(source.id, room_id, event_id, sender)
         actions: list[Action] = []
         for target_id, target_room in portal.others(source.id):
             target = networks.get(target_id)
             if target is None:
                 continue
+            ghost = ghost_for(sender, source, target, networks, key, linked)
+            if ghost is None:
+                return _skip("sender is not a valid user id")
+            own = next((user for net, user in linked if net == target_id), None)
             actions.append(
                 SendMessage(
                     network=target_id,
                     room_id=target_room,
-                    ghost=ghost_localpart(target, source.id, pseudo),
+                    ghost=ghost,
                     source=ref,
                     content=_for_target(relayed, source, target, key),
                     txn_id=txn_id(source.id, event_id, target_id, "message"),
+                    unless_member=own,
                 )
             )
         return Translation(actions=actions)
     return _skip(f"{etype} not relayed yet")
 
 
+def ghost_for(
+    user_id: str,
+    source: Network,
+    target: Network,
+    networks: Mapping[str, Network],
+    key: bytes,
+    linked: Sequence[tuple[str, str]] = (),
+) -> str | None:
+    """The localpart of the ghost standing for `user_id` (of `source`) on `target`.
+
+    Linked accounts appear as one ghost: the one of their earliest linked account that is not
+    on `target` itself. None if `user_id` is not a user id.
+    """
+    base_net, base_user = source.id, user_id
+    for net_id, user in linked:
+        if net_id != target.id and net_id in networks:
+            base_net, base_user = net_id, user
+            break
+    base = networks.get(base_net, source)
+    try:
+        identity = native_identity(base_user, base.identity, base.server_name)
+    except InvalidId:
+        return None
+    return ghost_localpart(target, base_net, pseudonym(key, base_net, identity))
+
+
 def _membership(
-    event: Mapping[str, Any], content: Mapping[str, Any], source: Network, portal: Portal | None
+    event: Mapping[str, Any],
+    content: Mapping[str, Any],
+    source: Network,
+    networks: Mapping[str, Network],
+    portal: Portal | None,
+    key: bytes,
+    room: RoomInfo,
+    rules: Rules,
+    linked: Sequence[tuple[str, str]],
 ) -> Translation:
     user = event.get("state_key")
     membership = content.get("membership")
+    sender = str(event["sender"])
+    room_id, event_id = str(event["room_id"]), str(event["event_id"])
     if not isinstance(user, str) or not isinstance(membership, str):
         return _skip("member event lacks state_key or membership")
+
+    def task(name: str, **data: Any) -> Translation:
+        txn = txn_id(source.id, event_id, source.id, "bot")
+        return Translation(actions=[BotTask(source.id, room_id, name, data, txn, event_id)])
+
     if user == source.bot_user_id:
         if membership == "invite" and portal is not None:
-            room_id = str(event["room_id"])
-            event_id = str(event["event_id"])
             txn = txn_id(source.id, event_id, source.id, "join")
-            join = JoinRoom(source.id, room_id, txn, event_id)
-            return Translation(actions=[join])
+            return Translation(actions=[JoinRoom(source.id, room_id, txn, event_id)])
+        if membership == "invite":
+            if is_bridge_user(sender, source):
+                return _skip("the bridge invited its own bot (a DM it makes)")
+            if rules.permissions.level(sender) < Level.RELAY:
+                return _skip("invited by someone the bridge does not serve")
+            return task("invited", inviter=sender, is_direct=content.get("is_direct") is True)
+        removed = membership in ("leave", "ban") and sender != user
+        if removed and (portal is not None or room.manager is not None):
+            return task("removed", by=sender)
         return _skip("bot membership needs nothing")
     if is_bridge_user(user, source):
         return _skip("ghost membership")
+    if room.dm_request is not None and user == room.dm_target:
+        if membership == "join":
+            return task("dm_accepted", request=room.dm_request)
+        if membership in ("leave", "ban"):
+            return task("dm_declined", request=room.dm_request)
+    if membership in ("leave", "ban"):
+        if room.manager is not None and user == room.manager:
+            return task("removed", by=user)
+        if portal is None:
+            return _skip("left a room that is not a portal")
+        return Translation(actions=_ghosts_leave(user, source, networks, portal, key, linked,
+                                                 event_id))
     if membership != "join":
-        return _skip("membership other than join")
+        return _skip("membership other than join or leave")
     name = content.get("displayname")
     return Translation(
         profiles=[ProfileSeen(source.id, user, name if isinstance(name, str) else None)]
     )
+
+
+def _ghosts_leave(
+    user: str,
+    source: Network,
+    networks: Mapping[str, Network],
+    portal: Portal,
+    key: bytes,
+    linked: Sequence[tuple[str, str]],
+    event_id: str,
+) -> list[Action]:
+    """A person left a portal room: their ghosts leave the portal's other rooms."""
+    actions: list[Action] = []
+    for target_id, target_room in portal.others(source.id):
+        target = networks.get(target_id)
+        ghost = ghost_for(user, source, target, networks, key, linked) if target else None
+        if ghost is not None:
+            txn = txn_id(source.id, event_id, target_id, "leave")
+            actions.append(LeaveRoom(target_id, target_room, ghost, txn, event_id))
+    return actions
 
 
 def _for_target(

@@ -67,13 +67,18 @@ class LocalNet:
         portals: tuple[Mapping[str, str], ...] | list[Mapping[str, str]],
         database: Path | str = "tribridge.db",
         log_level: str = "info",
+        extra: str = "",
+        bridge_extra: str = "",
     ) -> str:
+        """The config for these homeservers; `bridge_extra` goes into [bridge], `extra` (more
+        tables, such as [permissions]) at the end."""
         lines = [
             "[bridge]",
             f'listen = "127.0.0.1:{self.bridge_port}"',
             f'database = "{database}"',
             f'secret = "{self.secret}"',
             f'log_level = "{log_level}"',
+            bridge_extra,
             "",
         ]
         for net_id, label, server_name, identity in NETWORKS:
@@ -91,6 +96,7 @@ class LocalNet:
             lines.append("[[portals]]")
             lines += [f'{net_id} = "{room}"' for net_id, room in portal.items()]
             lines.append("")
+        lines.append(extra)
         return "\n".join(lines)
 
     def write_config(
@@ -99,8 +105,10 @@ class LocalNet:
         portals: tuple[Mapping[str, str], ...] | list[Mapping[str, str]],
         database: Path | str = "tribridge.db",
         log_level: str = "info",
+        extra: str = "",
+        bridge_extra: str = "",
     ) -> Path:
-        path.write_text(self.config_text(portals, database, log_level))
+        path.write_text(self.config_text(portals, database, log_level, extra, bridge_extra))
         return path
 
     def start(self) -> None:

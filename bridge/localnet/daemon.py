@@ -36,10 +36,17 @@ class Daemon:
         self.notices: list[str] = []
         self._sock: trio.socket.SocketType | None = None
         self._address = ""
+        self.extra_config = ""  # appended to the config: [permissions] and the like
+        self.bridge_extra = ""  # lines for its [bridge] table
+
+    @property
+    def database(self) -> Path:
+        return self.workdir / "state.db"
 
     def write_config(self, portals: list[Mapping[str, str]], log_level: str = "info") -> Path:
         return self.net.write_config(
-            self.config_path, portals, self.workdir / "state.db", log_level
+            self.config_path, portals, self.database, log_level, self.extra_config,
+            self.bridge_extra,
         )
 
     async def start(

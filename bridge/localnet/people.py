@@ -17,6 +17,14 @@ import trio
 V3 = "/_matrix/client/v3"
 
 
+def _is_bot_notice(event: dict[str, Any]) -> bool:
+    return (
+        event.get("type") == "m.room.message"
+        and event.get("content", {}).get("msgtype") == "m.notice"
+        and str(event.get("sender", "")).startswith("@tribridge:")
+    )
+
+
 class Person:
     def __init__(self, http: httpx.AsyncClient, user_id: str) -> None:
         self.http = http
@@ -53,10 +61,63 @@ class Person:
         return response.json()
 
     async def create_room(
-        self, name: str, invite: list[str] | None = None, preset: str = "private_chat"
+        self,
+        name: str | None,
+        invite: list[str] | None = None,
+        preset: str = "private_chat",
+        *,
+        is_direct: bool = False,
+        topic: str | None = None,
     ) -> str:
-        body = {"name": name, "preset": preset, "invite": invite or []}
+        body: dict[str, Any] = {"preset": preset, "invite": invite or []}
+        if name is not None:
+            body["name"] = name
+        if topic is not None:
+            body["topic"] = topic
+        if is_direct:
+            body["is_direct"] = True
         return str((await self.call("POST", "/createRoom", body))["room_id"])
+
+    async def leave(self, room_id: str) -> None:
+        await self.call("POST", f"/rooms/{quote(room_id)}/leave", {})
+
+    async def invites(self) -> dict[str, dict[str, Any]]:
+        """Rooms this person is invited to, with the invite's stripped state, from /sync."""
+        # Synapse caches an initial /sync per (user, filter) for a while: a fresh filter each
+        # time (an unused presence type) makes it look again.
+        nonce = f"org.tribridge.nonce.{secrets.token_hex(6)}"
+        flt = quote(json.dumps({"room": {"timeline": {"limit": 0}},
+                                "presence": {"types": [nonce]}}))
+        batch = await self.call("GET", f"/sync?filter={flt}&timeout=0")
+        return dict(batch.get("rooms", {}).get("invite", {}))
+
+    async def wait_for_invite(
+        self, predicate: Callable[[str, dict[str, Any]], bool] = lambda room, invite: True,
+        within: float = 20.0,
+    ) -> str:
+        """Poll until an invite matching `predicate` (room id, invite state) arrives."""
+        deadline = trio.current_time() + within
+        while True:
+            for room_id, invite in (await self.invites()).items():
+                if predicate(room_id, invite):
+                    return room_id
+            if trio.current_time() > deadline:
+                raise TimeoutError(f"{self.user_id} got no matching invite in {within} s")
+            await trio.sleep(0.2)  # polling interval under a deadline
+
+    async def command(self, room_id: str, text: str, within: float = 20.0) -> str:
+        """Send `text` to the bot and return the body of the bot's next notice in the room."""
+        before = {e["event_id"] for e in await self.messages(room_id, 50)}
+        await self.send_text(room_id, text)
+
+        def answered(events: list[dict[str, Any]]) -> bool:
+            return any(_is_bot_notice(e) and e["event_id"] not in before for e in events)
+
+        events = await self.wait_for(room_id, answered, within, f"the bot's answer to {text!r}")
+        return next(
+            str(e["content"]["body"]) for e in events
+            if _is_bot_notice(e) and e["event_id"] not in before
+        )
 
     async def join(self, room_id: str) -> None:
         await self.call("POST", f"/join/{quote(room_id)}", {})

@@ -212,3 +212,58 @@ class Homeserver:
         events = [e for e in chunk if isinstance(e, dict)] if isinstance(chunk, list) else []
         end = result.get("end")
         return events, (end if isinstance(end, str) and events else None)
+
+    # -- rooms and profiles, for the bot's commands --------------------------------------------
+
+    async def create_room(self, body: dict[str, Any], as_user: str | None = None) -> str:
+        result = await self.request("POST", f"{CLIENT_V3}/createRoom", body=body, as_user=as_user)
+        room_id = result.get("room_id")
+        if not isinstance(room_id, str):
+            raise MatrixError(502, "M_UNKNOWN", "the homeserver returned no room_id")
+        return room_id
+
+    async def leave(self, room_id: str, as_user: str | None = None) -> None:
+        await self.request("POST", f"{CLIENT_V3}/rooms/{_q(room_id)}/leave", body={},
+                           as_user=as_user)
+
+    async def state(
+        self, room_id: str, event_type: str, state_key: str = "", as_user: str | None = None
+    ) -> dict[str, Any] | None:
+        """The content of one state event, or None if the room has none (or hides it)."""
+        try:
+            return await self.request(
+                "GET",
+                f"{CLIENT_V3}/rooms/{_q(room_id)}/state/{_q(event_type)}/{_q(state_key)}",
+                as_user=as_user,
+            )
+        except MatrixError as exc:
+            if exc.errcode in ("M_NOT_FOUND", "M_FORBIDDEN"):
+                return None
+            raise
+
+    async def membership(self, room_id: str, user_id: str) -> str | None:
+        """`user_id`'s membership in `room_id` as the bot sees it (join, invite, leave...)."""
+        member = await self.state(room_id, "m.room.member", user_id)
+        value = member.get("membership") if member else None
+        return value if isinstance(value, str) else None
+
+    async def resolve_alias(self, alias: str) -> str | None:
+        try:
+            result = await self.request("GET", f"{CLIENT_V3}/directory/room/{_q(alias)}")
+        except MatrixError as exc:
+            if exc.errcode == "M_NOT_FOUND":
+                return None
+            raise
+        room_id = result.get("room_id")
+        return room_id if isinstance(room_id, str) else None
+
+    async def profile_name(self, user_id: str) -> str | None:
+        """`user_id`'s own display name (not a room's), or None if they set none."""
+        try:
+            result = await self.request("GET", f"{CLIENT_V3}/profile/{_q(user_id)}/displayname")
+        except MatrixError as exc:
+            if exc.errcode in ("M_NOT_FOUND", "M_FORBIDDEN"):
+                return None
+            raise
+        name = result.get("displayname")
+        return name if isinstance(name, str) else None

@@ -94,7 +94,52 @@ def _v1(db: sqlite_utils.Database) -> None:
     )
 
 
-MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_v1]
+def _v2(db: sqlite_utils.Database) -> None:
+    """Chat-driven bridging: management rooms, people's settings and links, DM requests."""
+    # Who made a portal with a command (NULL for config portals; cleared by "forget me").
+    db.table("portals").add_column("creator", str)
+    # A person's DM with the bot on their own network, where commands need no prefix.
+    db.table("management_rooms").create(
+        {"network": str, "room_id": str, "user_id": str, "created_at": float},
+        pk=("network", "room_id"),
+        not_null={"user_id"},
+    )
+    db.table("management_rooms").create_index(["network", "user_id"])
+    # NULL: the default for the person's identity kind.
+    db.table("person_settings").create(
+        {"network": str, "user_id": str, "discoverable": int, "show_identity": int},
+        pk=("network", "user_id"),
+    )
+    # Accounts of one person on several networks; `founder` orders them (the earliest first).
+    db.table("identity_links").create(
+        {"network": str, "user_id": str, "group_id": str, "linked_at": float},
+        pk=("network", "user_id"),
+        not_null={"group_id"},
+    )
+    db.table("identity_links").create_index(["group_id"])
+    # A pending identity link: only a hash of the code is kept.
+    db.table("link_codes").create(
+        {"to_network": str, "to_user": str, "from_network": str, "from_user": str,
+         "code_hash": str, "expires_at": float, "tries": int},
+        pk=("to_network", "to_user", "from_network", "from_user"),
+    )
+    # Requests for a cross-network DM. `room_id` is the request room on the target's network.
+    db.table("dm_requests").create(
+        {"id": int, "from_network": str, "from_user": str, "to_network": str, "to_user": str,
+         "to_shown": str, "room_id": str, "portal_id": str, "state": str, "created_at": float},
+        pk="id",
+        not_null={"from_network", "from_user", "to_network", "to_user", "state"},
+    )
+    db.table("dm_requests").create_index(["to_network", "room_id"])
+    db.table("dm_requests").create_index(["from_network", "from_user"])
+    # Steps that ask "are you sure?" ("forget me"): until when the confirmation is accepted.
+    db.table("confirmations").create(
+        {"network": str, "user_id": str, "what": str, "expires_at": float},
+        pk=("network", "user_id", "what"),
+    )
+
+
+MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_v1, _v2]
 LATEST = len(MIGRATIONS)
 
 

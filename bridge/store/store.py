@@ -25,6 +25,7 @@ from bridge.core.actions import Action, from_payload
 from bridge.core.model import Portal
 from bridge.store.errors import StoreError
 from bridge.store.migrations import migrate
+from bridge.store.people import PeopleStore
 
 SYNCHRONOUS = {"full": "FULL", "process": "NORMAL"}
 
@@ -45,7 +46,7 @@ class OutboxItem:
     action: Action
 
 
-class Store:
+class Store(PeopleStore):
     def __init__(self, path: Path | str, durability: str = "full") -> None:
         try:
             if str(path) != ":memory:":
@@ -292,10 +293,15 @@ class Store:
             (error[:500], time.time(), item_id),
         )
 
-    def finish(self, item_id: int, state: str, error: str | None = None) -> None:
+    def finish(
+        self, item_id: int, state: str, error: str | None = None, *, scrub: bool = False
+    ) -> None:
+        """Mark an action done or failed; `scrub` empties its payload (a command's text may
+        hold a phone number: it is not kept once carried out)."""
         assert state in ("done", "failed")
         self.conn.execute(
-            "UPDATE outbox SET state = ?, last_error = ?, updated_at = ? WHERE id = ?",
+            "UPDATE outbox SET state = ?, last_error = ?, updated_at = ?"
+            + (", payload = '{}'" if scrub else "") + " WHERE id = ?",
             (state, error[:500] if error else None, time.time(), item_id),
         )
 

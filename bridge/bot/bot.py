@@ -1,0 +1,124 @@
+"""Dispatch of the bot's tasks, and what every handler shares: replying, room context.
+
+A task comes out of the outbox (bridge/delivery.py) and runs once. Every reply is a notice from
+the bot with a transaction id derived from the event that asked, so a reply cannot be sent twice.
+Handlers return the reply text; a `Denied` raised anywhere becomes the reply, so that a check deep
+in a handler reads as plainly as one at its top.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+
+from bridge.bot import events
+from bridge.bot.call import Call, Denied, Handler
+from bridge.bot.handlers import HANDLERS
+from bridge.config import Config
+from bridge.core.actions import BotTask, txn_id
+from bridge.core.commands import Context, Refusal, help_text, parse
+from bridge.core.model import Network
+from bridge.ghostkeeper import GhostKeeper
+from bridge.matrix.client import Homeserver, HomeserverError
+from bridge.store import Store
+
+log = logging.getLogger(__name__)
+
+__all__ = ["Bot", "Call", "Denied"]
+
+
+class Bot:
+    def __init__(
+        self,
+        config: Callable[[], Config],
+        homeservers: Mapping[str, Homeserver],
+        store: Store,
+        key: bytes,
+        *,
+        reachable: Callable[[str], bool] = lambda network: True,
+        reload: Callable[[], str] = lambda: "reload is not available here",
+    ) -> None:
+        self.config = config
+        self.homeservers = homeservers
+        self.store = store
+        self.key = key
+        self.networks: dict[str, Network] = {
+            n: net.network for n, net in config().networks.items()
+        }
+        self.ghosts = GhostKeeper(homeservers, self.networks, store, key)
+        self.reachable = reachable
+        self.reload = reload
+        self._replies: dict[str, int] = {}
+        self.handlers: Mapping[str, Handler] = HANDLERS
+
+    # -- entry point ---------------------------------------------------------------------------
+
+    async def __call__(self, task: BotTask) -> None:
+        if task.task == "command":
+            await self.command(task)
+        elif task.task == "invited":
+            await events.invited(self, task)
+        elif task.task == "removed":
+            await events.removed(self, task)
+        elif task.task == "dm_accepted":
+            await events.dm_accepted(self, task)
+        elif task.task == "dm_declined":
+            await events.dm_declined(self, task)
+        else:
+            log.warning("unknown bot task %r on %s", task.task, task.network)
+
+    async def command(self, task: BotTask) -> None:
+        sender, text = str(task.data.get("sender", "")), str(task.data.get("text", ""))
+        ctx = self.context(task.network, task.room_id, sender)
+        parsed = parse(text, ctx)
+        if isinstance(parsed, Refusal):
+            await self.reply(task, parsed.message)
+            return
+        call = Call(task.network, task.room_id, sender, task.about, parsed, ctx,
+                    self.store.portal_for_room(task.network, task.room_id))
+        handler = self.handlers[parsed.name]
+        log.info("command %s on %s", parsed.name, task.network)  # never its arguments
+        try:
+            answer = await handler(self, call)
+        except Denied as exc:
+            answer = str(exc)
+        except HomeserverError as exc:
+            log.warning("command %s on %s failed: %s", parsed.name, task.network, exc)
+            answer = f"{parsed.name} failed: a homeserver said {exc}. Try again in a moment."
+        if answer:
+            await self.reply(task, answer)
+
+    def context(self, network: str, room_id: str, sender: str) -> Context:
+        config = self.config()
+        return Context(
+            networks=self.networks,
+            here=network,
+            level=config.permissions.level(sender),
+            in_portal=self.store.portal_for_room(network, room_id) is not None,
+            in_management=self.store.management_owner(network, room_id) == sender,
+            prefix=config.bridge.command_prefix,
+            default_country_code=config.bridge.default_country_code,
+        )
+
+    # -- replies -------------------------------------------------------------------------------
+
+    async def reply(self, task: BotTask, text: str) -> None:
+        await self.notice(task.network, task.room_id, text, about=task.about)
+
+    async def notice(self, network: str, room_id: str, text: str, *, about: str) -> None:
+        """A notice from the bot; `about` (an event id, or any stable tag) plus a counter make
+        its transaction id, so running the same task again sends nothing twice."""
+        n = self._replies.get(about, 0)
+        self._replies[about] = n + 1
+        if len(self._replies) > 10_000:  # a bound, not a cache: counters only matter within a task
+            self._replies.clear()
+        txn = txn_id(network, about, network, f"reply{n}")
+        content = {"msgtype": "m.notice", "body": text}
+        await self.homeservers[network].send_event(
+            room_id, "m.room.message", content, txn, self.networks[network].bot_user_id
+        )
+
+    def greeting(self, network: str, user_id: str) -> str:
+        ctx = Context(self.networks, network, self.config().permissions.level(user_id), False,
+                      True, self.config().bridge.command_prefix)
+        return "Hello! This is your management room with the tribridge bot.\n" + help_text(ctx)

@@ -1,0 +1,119 @@
+"""Cross-network DMs: the request (``dm``), and the target's answer.
+
+The requester's ghost on the target's network makes a DM room and invites the target: that
+invite is the message request, and it shows only the ghost's display name and network label.
+Only when the target joins does the target's ghost make the matching room on the requester's
+network and invite the requester; the two rooms then form a portal. A decline, an identity
+that is not discoverable and one that does not exist all leave the requester with the same
+"no answer", and the reply to ``dm`` goes out before anything is looked up, so its timing says
+nothing either.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+from bridge.bot.call import Call, Denied
+from bridge.bot.info import discoverable
+from bridge.core.actions import BotTask
+from bridge.core.lookup import user_id_for
+from bridge.core.translate import ghost_for
+from bridge.matrix.client import HomeserverError
+
+if TYPE_CHECKING:
+    from bridge.bot.bot import Bot
+
+log = logging.getLogger(__name__)
+
+
+async def dm(bot: Bot, call: Call) -> str:
+    net_id, identity = call.args["target"]
+    target = bot.networks[net_id]
+    if net_id == call.network:
+        raise Denied("dm: they are on this network; start a chat with them yourself.")
+    await bot.notice(
+        call.network, call.room_id,
+        f"Message request sent to {net_id}:{identity.value}. If they accept, you get an invite "
+        f"to a chat with them here; if they do not, you hear nothing more "
+        f"({call.say('status')} shows 'no answer').",
+        about=call.event_id,
+    )
+    to_user = user_id_for(target, identity)
+    with bot.store.transaction():
+        request_id = bot.store.add_dm_request(
+            (call.network, call.sender), (net_id, to_user), identity.value
+        )
+    if not discoverable(bot, net_id, to_user):
+        return ""
+    here = bot.networks[call.network]
+    linked = bot.store.linked_accounts(call.network, call.sender)
+    ghost = ghost_for(call.sender, here, target, bot.networks, bot.key, linked)
+    if ghost is None:
+        return ""
+    hs = bot.homeservers[net_id]
+    try:
+        ghost_id = await bot.ghosts.ensure(net_id, ghost, call.network, call.sender,
+                                           room_hint=call.room_id)
+        room_id = await hs.create_room(
+            {"preset": "private_chat", "is_direct": True,
+             "invite": [to_user, target.bot_user_id]},
+            as_user=ghost_id,
+        )
+    except HomeserverError as exc:
+        log.debug("DM request on %s not made: %s", net_id, exc)
+        with bot.store.transaction():
+            bot.store.update_dm_request(request_id, state="failed")
+        return ""
+    with bot.store.transaction():
+        bot.store.set_ghost_in_room(net_id, ghost, room_id, True)
+        bot.store.update_dm_request(request_id, room_id=room_id)
+    await hs.join(room_id)
+    return ""
+
+
+async def accepted(bot: Bot, task: BotTask) -> None:
+    request = bot.store.dm_request(int(task.data["request"]))
+    if request is None or request.state != "pending" or request.room_id is None:
+        return
+    source, home = bot.networks[request.to_network], bot.networks[request.from_network]
+    linked = bot.store.linked_accounts(request.to_network, request.to_user)
+    ghost = ghost_for(request.to_user, source, home, bot.networks, bot.key, linked)
+    if ghost is None:
+        return
+    ghost_id = await bot.ghosts.ensure(home.id, ghost, source.id, request.to_user,
+                                       room_hint=request.room_id)
+    hs = bot.homeservers[home.id]
+    room_id = await hs.create_room(
+        {"preset": "private_chat", "is_direct": True,
+         "invite": [request.from_user, home.bot_user_id]},
+        as_user=ghost_id,
+    )
+    await hs.join(room_id)
+    with bot.store.transaction():
+        bot.store.set_ghost_in_room(home.id, ghost, room_id, True)
+        portal = bot.store.create_portal(
+            {source.id: request.room_id, home.id: room_id}, "dm", None
+        )
+        bot.store.update_dm_request(request.id, state="accepted", portal_id=portal.portal_id)
+    log.info("a DM request from %s to %s was accepted", home.id, source.id)
+
+
+async def declined(bot: Bot, task: BotTask) -> None:
+    request = bot.store.dm_request(int(task.data["request"]))
+    if request is None or request.state != "pending" or request.room_id is None:
+        return
+    with bot.store.transaction():
+        bot.store.update_dm_request(request.id, state="declined")
+    net = bot.networks[request.to_network]
+    hs = bot.homeservers[request.to_network]
+    for localpart in bot.store.ghosts_in_room(net.id, request.room_id):
+        try:
+            await hs.leave(request.room_id, as_user=net.user_id(localpart))
+        except HomeserverError as exc:
+            log.info("ghost could not leave a declined DM on %s: %s", net.id, exc)
+        bot.store.set_ghost_in_room(net.id, localpart, request.room_id, False)
+    try:
+        await hs.leave(request.room_id)
+    except HomeserverError as exc:
+        log.info("bot could not leave a declined DM on %s: %s", net.id, exc)

@@ -1,0 +1,78 @@
+"""The bot's answers to events addressed to it: invites, removals, DM answers."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from typing import TYPE_CHECKING
+
+from bridge.bot import dms
+from bridge.bot.portals import leave_ghosts
+from bridge.core.actions import BotTask
+from bridge.matrix.client import HomeserverError, MatrixError
+
+if TYPE_CHECKING:
+    from bridge.bot.bot import Bot
+
+log = logging.getLogger(__name__)
+
+
+async def invited(bot: Bot, task: BotTask) -> None:
+    """Someone invited the bot into a room that is not a portal: a DM makes their management
+    room; another room is one they may want to bridge."""
+    inviter = str(task.data.get("inviter", ""))
+    hs = bot.homeservers[task.network]
+    try:
+        await hs.join(task.room_id)
+    except MatrixError as exc:
+        log.info("could not join a room on %s it was invited to: %s", task.network, exc)
+        return
+    if task.data.get("is_direct"):
+        with bot.store.transaction():
+            bot.store.add_management_room(task.network, task.room_id, inviter)
+        await bot.notice(task.network, task.room_id, bot.greeting(task.network, inviter),
+                         about=task.about)
+        return
+    prefix = bot.config().bridge.command_prefix
+    await bot.notice(
+        task.network, task.room_id,
+        f"Hello! Say `{prefix} link` to bridge this room with the other networks, or "
+        f"`{prefix} help` for everything the bot does.",
+        about=task.about,
+    )
+
+
+async def removed(bot: Bot, task: BotTask) -> None:
+    """The bot was kicked or banned, or the owner left their management room."""
+    with bot.store.transaction():
+        bot.store.drop_management_room(task.network, task.room_id)
+        before = bot.store.remove_portal_room(task.network, task.room_id)
+    if before is None:
+        # The owner left their management room: the bot leaves too (if it was kicked, there
+        # is nothing to leave and the homeserver says so).
+        with contextlib.suppress(HomeserverError):
+            await bot.homeservers[task.network].leave(task.room_id)
+        return
+    origin, _ = bot.store.portal_info(before.portal_id) or ("command", None)
+    label = bot.networks[task.network].label
+    log.warning("the bot was removed from a portal room on %s; the room left its portal%s",
+                task.network, " (it is in the config: remove it there)" if origin == "config"
+                else "")
+    await leave_ghosts(bot, task.network, task.room_id)
+    rest = {n: r for n, r in before.rooms.items() if n != task.network}
+    for net_id, room_id in rest.items():
+        text = f"The {label} room left this portal: the bot was removed from it."
+        if len(rest) == 1:
+            text += " This room is no longer bridged."
+        try:
+            await bot.notice(net_id, room_id, text, about=task.about)
+        except HomeserverError as exc:
+            log.info("could not tell %s about a removal: %s", net_id, exc)
+
+
+async def dm_accepted(bot: Bot, task: BotTask) -> None:
+    await dms.accepted(bot, task)
+
+
+async def dm_declined(bot: Bot, task: BotTask) -> None:
+    await dms.declined(bot, task)

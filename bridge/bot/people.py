@@ -1,0 +1,188 @@
+"""Commands about oneself: privacy, identity links, forget me."""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import time
+from typing import TYPE_CHECKING
+
+import nacl.encoding
+import nacl.hash
+import nacl.utils
+
+from bridge.bot.call import Call, Denied
+from bridge.bot.info import discoverable
+from bridge.core.ids import native_identity
+from bridge.core.lookup import user_id_for
+from bridge.matrix.client import HomeserverError
+
+if TYPE_CHECKING:
+    from bridge.bot.bot import Bot
+
+log = logging.getLogger(__name__)
+
+CODE_SECONDS = 600  # an identity link code is good for 10 minutes
+CODE_TRIES = 5  # wrong tries before a code is void
+FORGET_SECONDS = 300  # "forget me confirm" must follow "forget me" within 5 minutes
+_CODE_ALPHABET = "ABCDEFGHJKLMNPQRSTUVWXYZ23456789"  # no 0/O, 1/I: read aloud, typed on phones
+CODE_LENGTH = 8
+
+
+async def privacy(bot: Bot, call: Call) -> str:
+    setting = call.args.get("setting")
+    if setting is None:
+        found = "on" if discoverable(bot, call.network, call.sender) else "off"
+        shown = "on" if bot.ghosts.exposed(call.network, call.sender) else "off"
+        return (
+            f"discoverable: {found} (others can reach you with dm and invite)\n"
+            f"show-identity: {shown} (your phone number or email beside your name elsewhere)\n"
+            f"Change one with {call.say('privacy <setting> on|off')}."
+        )
+    value = bool(call.args["value"])
+    with bot.store.transaction():
+        bot.store.set_setting(call.network, call.sender, setting, value)
+    if setting == "discoverable":
+        return (
+            "You can now be reached with dm and invite." if value
+            else "You can no longer be reached with dm and invite; people who try learn nothing."
+        )
+    renamed = await bot.ghosts.rename(call.network, call.sender)
+    what = "now shows" if value else "no longer shows"
+    return f"Your phone number or email {what} on other networks ({renamed} name(s) updated)."
+
+
+def _code_hash(bot: Bot, code: str) -> str:
+    digest = nacl.hash.blake2b(code.encode(), key=bot.key, person=b"tribridge-code",
+                               encoder=nacl.encoding.HexEncoder)
+    return bytes(digest).decode("ascii")
+
+
+def new_code() -> str:
+    raw = nacl.utils.random(CODE_LENGTH)
+    return "".join(_CODE_ALPHABET[b % len(_CODE_ALPHABET)] for b in raw)  # 256 % 32 == 0
+
+
+async def identity_link(bot: Bot, call: Call) -> str:
+    net_id, identity = call.args["target"]
+    target = bot.networks[net_id]
+    if net_id == call.network:
+        raise Denied("identity link: give an account on another network than this one.")
+    other = user_id_for(target, identity)
+    if (net_id, other) in bot.store.linked_accounts(call.network, call.sender):
+        return f"This account is already linked with {net_id}:{identity.value}."
+    answer = (
+        f"If {net_id}:{identity.value} has a management room with the bot on {target.label}, a "
+        f"one-time code was sent there. Say `identity confirm <code>` in that room within "
+        f"{CODE_SECONDS // 60} minutes."
+    )
+    await bot.notice(call.network, call.room_id, answer, about=call.event_id)
+    room = bot.store.management_room(net_id, other)
+    if room is None:
+        return ""
+    code = new_code()
+    with bot.store.transaction():
+        bot.store.put_link_code((net_id, other), (call.network, call.sender),
+                                _code_hash(bot, code), time.time() + CODE_SECONDS)
+    here = bot.networks[call.network].label
+    try:
+        await bot.notice(
+            net_id, room,
+            f"Someone on {here} asked to link their account with this one. If it was you, say "
+            f"`identity confirm {code}` here within {CODE_SECONDS // 60} minutes. If not, "
+            "ignore this.",
+            about=call.event_id,
+        )
+    except HomeserverError as exc:
+        log.info("could not send a link code on %s: %s", net_id, exc)
+    return ""
+
+
+async def identity_confirm(bot: Bot, call: Call) -> str:
+    codes = bot.store.link_codes(call.network, call.sender)
+    if not codes:
+        return "No identity link is waiting for this account."
+    now = time.time()
+    live = [c for c in codes if c.expires_at >= now]
+    if not live:
+        with bot.store.transaction():
+            bot.store.drop_link_codes(call.network, call.sender)
+        return "That code has expired. Ask again with `identity link` from your other account."
+    given = _code_hash(bot, str(call.args["code"]))
+    match = next((c for c in live if hmac.compare_digest(c.code_hash, given)), None)
+    if match is None:
+        with bot.store.transaction():
+            left = bot.store.note_wrong_code(call.network, call.sender, CODE_TRIES)
+        if left == 0:
+            return (
+                f"Wrong code {CODE_TRIES} times: the code is void. Ask again with "
+                "`identity link` from your other account."
+            )
+        return f"Wrong code; {left} tr{'y' if left == 1 else 'ies'} left."
+    with bot.store.transaction():
+        bot.store.link_accounts((match.from_network, match.from_user), (call.network, call.sender))
+        bot.store.drop_link_codes(call.network, call.sender)
+    source = bot.networks[match.from_network]
+    shown = native_identity(match.from_user, source.identity, source.server_name).value
+    room = bot.store.management_room(match.from_network, match.from_user)
+    here = bot.networks[call.network]
+    mine = native_identity(call.sender, here.identity, here.server_name).value
+    if room is not None:
+        try:
+            await bot.notice(match.from_network, room,
+                             f"Linked with {call.network}:{mine} on {here.label}.",
+                             about=call.event_id)
+        except HomeserverError as exc:
+            log.info("could not confirm a link on %s: %s", match.from_network, exc)
+    return (
+        f"Linked with {match.from_network}:{shown} on {source.label}. Other networks now see "
+        "your accounts as one person."
+    )
+
+
+async def identity_unlink(bot: Bot, call: Call) -> str:
+    with bot.store.transaction():
+        others = bot.store.unlink_account(call.network, call.sender)
+    if not others:
+        return "This account is not linked with any other."
+    return f"Unlinked from {len(others)} account(s). Other networks see them apart again."
+
+
+async def forget_me(bot: Bot, call: Call) -> str:
+    if not call.args.get("confirm"):
+        with bot.store.transaction():
+            bot.store.ask_confirmation(call.network, call.sender, "forget",
+                                       time.time() + FORGET_SECONDS)
+        return (
+            "This erases what the bridge stores about you: identity links, privacy settings, "
+            "chat requests, your profile as the bridge knows it, and this management room. "
+            "Your ghosts on other networks go back to a neutral name. Messages already relayed "
+            "stay where they are. To go ahead, say "
+            f"{call.say('forget me confirm')} within {FORGET_SECONDS // 60} minutes."
+        )
+    with bot.store.transaction():
+        asked = bot.store.take_confirmation(call.network, call.sender, "forget", time.time())
+    if not asked:
+        return (
+            f"Say {call.say('forget me')} first, then {call.say('forget me confirm')} within "
+            f"{FORGET_SECONDS // 60} minutes."
+        )
+    ghosts = await bot.ghosts.neutralise(call.network, call.sender)
+    rooms = [
+        r for r in (bot.store.management_room(call.network, call.sender),) if r is not None
+    ]
+    with bot.store.transaction():
+        bot.store.forget_person(call.network, call.sender, ghosts)
+    log.info("forgot a person on %s", call.network)
+    await bot.notice(
+        call.network, call.room_id,
+        "Done: the bridge has forgotten you. Messages already relayed stay where they are."
+        + (" The bot leaves this room now; invite it again any time." if rooms else ""),
+        about=call.event_id,
+    )
+    for room_id in rooms:
+        try:
+            await bot.homeservers[call.network].leave(room_id)
+        except HomeserverError as exc:
+            log.info("could not leave a management room on %s: %s", call.network, exc)
+    return ""

@@ -1,0 +1,214 @@
+"""Commands that shape portals: link, unlink, invite."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from typing import TYPE_CHECKING, Any
+
+from bridge.bot.call import Call, Denied
+from bridge.bot.info import discoverable
+from bridge.core.lookup import user_id_for
+from bridge.core.permissions import Level
+from bridge.matrix.client import HomeserverError
+
+if TYPE_CHECKING:
+    from bridge.bot.bot import Bot
+
+log = logging.getLogger(__name__)
+
+PORTAL_STATE = "org.tribridge.portal"
+
+
+async def can_manage(bot: Bot, network: str, room_id: str, user_id: str) -> bool:
+    """Whether `user_id` may change the room's state (its power level reaches state_default)."""
+    levels = await bot.homeservers[network].state(room_id, "m.room.power_levels") or {}
+    users = levels.get("users") if isinstance(levels.get("users"), dict) else {}
+    assert isinstance(users, dict)
+    mine = users.get(user_id, levels.get("users_default", 0))
+    needed = levels.get("state_default", 50)
+    return isinstance(mine, int) and isinstance(needed, int) and mine >= needed
+
+
+async def _require_manager(bot: Bot, call: Call) -> None:
+    if call.ctx.level >= Level.ADMIN:
+        return
+    if not await can_manage(bot, call.network, call.room_id, call.sender):
+        raise Denied(
+            f"{call.invocation.name}: you need the power to change this room's settings "
+            "(moderator or above) to do this."
+        )
+
+
+async def _publish(bot: Bot, network: str, room_id: str, portal_id: str) -> None:
+    try:
+        await bot.homeservers[network].put_state(
+            room_id, PORTAL_STATE, "", {"portal_id": portal_id}
+        )
+    except HomeserverError as exc:
+        log.info("portal id not published in %s on %s: %s", room_id, network, exc)
+
+
+async def link(bot: Bot, call: Call) -> str:
+    if call.portal is not None:
+        origin, _ = bot.store.portal_info(call.portal.portal_id) or ("command", None)
+        if origin == "config":
+            raise Denied(
+                "link: this portal is declared in the config file ([[portals]]); "
+                "the bridge's admin adds rooms to it there."
+            )
+    await _require_manager(bot, call)
+    if "network" in call.args:
+        return await _link_existing(bot, call, call.args["network"], call.args["room"])
+    portal = call.portal
+    missing = [n for n in bot.networks if portal is None or n not in portal.rooms]
+    missing = [n for n in missing if n != call.network]
+    if not missing:
+        return "This room is already bridged to every network."
+    hs = bot.homeservers[call.network]
+    name = (await hs.state(call.room_id, "m.room.name") or {}).get("name")
+    topic = (await hs.state(call.room_id, "m.room.topic") or {}).get("topic")
+    portal_id = portal.portal_id if portal else str(uuid.uuid4())
+    made: dict[str, str] = {}
+    for net_id in missing:
+        body: dict[str, Any] = {
+            "preset": "private_chat",
+            "initial_state": [
+                {"type": PORTAL_STATE, "state_key": "", "content": {"portal_id": portal_id}}
+            ],
+        }
+        if isinstance(name, str) and name:
+            body["name"] = name
+        if isinstance(topic, str) and topic:
+            body["topic"] = topic
+        made[net_id] = await bot.homeservers[net_id].create_room(body)
+    with bot.store.transaction():
+        if portal is None:
+            bot.store.create_portal({call.network: call.room_id, **made}, "command",
+                                    call.sender, portal_id)
+        else:
+            for net_id, room_id in made.items():
+                bot.store.add_portal_room(portal_id, net_id, room_id)
+    if portal is None:
+        await _publish(bot, call.network, call.room_id, portal_id)
+    rooms = ", ".join(f"{bot.networks[n].label} {r}" for n, r in made.items())
+    log.info("portal %s made with %d new room(s)", portal_id, len(made))
+    return (
+        f"This room is now bridged to {rooms}. Bring people in with "
+        f"{call.say('invite <network>:<identity>')}."
+    )
+
+
+async def _link_existing(bot: Bot, call: Call, net_id: str, room: str) -> str:
+    target = bot.networks[net_id]
+    if net_id == call.network:
+        raise Denied("link: that room is on this same network; a portal has one room per network.")
+    hs = bot.homeservers[net_id]
+    room_id = room
+    if room.startswith("#"):
+        found = await hs.resolve_alias(room)
+        if found is None:
+            raise Denied(f"link: no room {room} on {target.label}.")
+        room_id = found
+    if call.portal is not None and net_id in call.portal.rooms:
+        raise Denied(
+            f"link: this portal already has a {target.label} room ({call.portal.rooms[net_id]}); "
+            f"{call.say('unlink')} it there first."
+        )
+    if bot.store.portal_for_room(net_id, room_id) is not None:
+        raise Denied(f"link: {room} is already part of a portal.")
+    if await hs.membership(room_id, target.bot_user_id) != "join":
+        try:
+            await hs.join(room_id)
+        except HomeserverError:
+            raise Denied(
+                f"link: the bot is not in {room}. Invite {target.bot_user_id} there first."
+            ) from None
+    if call.ctx.level < Level.ADMIN:
+        own = [u for n, u in bot.store.linked_accounts(call.network, call.sender) if n == net_id]
+        if not own or not await can_manage(bot, net_id, room_id, own[0]):
+            raise Denied(
+                f"link: you must be able to manage the {target.label} room too. Link your "
+                f"{target.label} account with {call.say('identity link')}, or ask an admin."
+            )
+    with bot.store.transaction():
+        if call.portal is None:
+            portal = bot.store.create_portal(
+                {call.network: call.room_id, net_id: room_id}, "command", call.sender
+            )
+            portal_id = portal.portal_id
+        else:
+            portal_id = call.portal.portal_id
+            bot.store.add_portal_room(portal_id, net_id, room_id)
+    await _publish(bot, net_id, room_id, portal_id)
+    if call.portal is None:
+        await _publish(bot, call.network, call.room_id, portal_id)
+    here = bot.networks[call.network].label
+    await bot.notice(net_id, room_id, f"This room is now bridged with {here}.",
+                     about=call.event_id)
+    return f"This room is now bridged with the {target.label} room {room}."
+
+
+async def unlink(bot: Bot, call: Call) -> str:
+    portal = call.portal
+    assert portal is not None  # the parser only lets unlink through in a portal room
+    origin, _ = bot.store.portal_info(portal.portal_id) or ("command", None)
+    if origin == "config":
+        raise Denied(
+            "unlink: this portal is declared in the config file ([[portals]]); "
+            "the bridge's admin removes it there."
+        )
+    await _require_manager(bot, call)
+    with bot.store.transaction():
+        bot.store.remove_portal_room(call.network, call.room_id)
+    await leave_ghosts(bot, call.network, call.room_id)
+    label = bot.networks[call.network].label
+    rest = {n: r for n, r in portal.rooms.items() if n != call.network}
+    for net_id, room_id in rest.items():
+        text = f"The {label} room left this portal."
+        if len(rest) == 1:
+            text += " This room is no longer bridged."
+        try:
+            await bot.notice(net_id, room_id, text, about=call.event_id)
+        except HomeserverError as exc:
+            log.info("could not tell %s on %s about the unlink: %s", room_id, net_id, exc)
+    return "This room is no longer bridged; the ghosts have left."
+
+
+async def leave_ghosts(bot: Bot, network: str, room_id: str) -> None:
+    """Every ghost of ours in the room leaves it."""
+    net = bot.networks[network]
+    for localpart in bot.store.ghosts_in_room(network, room_id):
+        try:
+            await bot.homeservers[network].leave(room_id, as_user=net.user_id(localpart))
+        except HomeserverError as exc:
+            log.info("ghost could not leave %s on %s: %s", room_id, network, exc)
+        bot.store.set_ghost_in_room(network, localpart, room_id, False)
+
+
+async def invite(bot: Bot, call: Call) -> str:
+    portal = call.portal
+    assert portal is not None
+    net_id, identity = call.args["target"]
+    target = bot.networks[net_id]
+    if net_id == call.network:
+        raise Denied("invite: they are on this network; invite them to this room yourself.")
+    room_id = portal.rooms.get(net_id)
+    if room_id is None:
+        raise Denied(
+            f"invite: this portal has no {target.label} room yet; {call.say('link')} makes one."
+        )
+    # The same answer, sent before looking anyone up: whether they exist or can be reached
+    # shows neither in the words nor in the time it takes.
+    answer = (
+        f"Invited {net_id}:{identity.value} to this conversation on {target.label}, if they can "
+        "be reached. They decide whether to join."
+    )
+    await bot.notice(call.network, call.room_id, answer, about=call.event_id)
+    user_id = user_id_for(target, identity)
+    if discoverable(bot, net_id, user_id):
+        try:
+            await bot.homeservers[net_id].invite(room_id, user_id)
+        except HomeserverError as exc:
+            log.debug("invite on %s not sent: %s", net_id, exc)
+    return ""

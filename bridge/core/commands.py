@@ -1,0 +1,316 @@
+"""Bot commands: the table of what exists, and parsing a message into one invocation.
+
+Parsing is pure: text in, an ``Invocation`` (the command and its checked arguments) or a
+``Refusal`` (what is wrong, how to write it instead) out. The handlers (bridge/bot/) only ever
+see arguments that passed these checks. In a management room a command needs no prefix; in any
+other room it starts with the configured prefix (``!tb link``), so ordinary talk is never taken
+for a command.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any
+
+from bridge.core.lookup import BadIdentity, normalise
+from bridge.core.model import Network
+from bridge.core.permissions import Level
+
+MAX_COMMAND = 2000  # characters; longer messages are not commands
+
+
+class Where(Enum):
+    ANYWHERE = "anywhere"
+    PORTAL = "in a bridged room"  # rooms of a portal
+    GROUP = "in a room that is not your management room"
+    MANAGEMENT = "in your management room"
+
+
+class Arg(Enum):
+    """Argument kinds; each is checked by the parser."""
+
+    TARGET = "<network>:<identity>"  # rest of the line, e.g. wa:+1 555 123 4567
+    NETWORK = "<network>"
+    ROOM = "<room id or alias>"
+    ON_OFF = "on|off"
+    CODE = "<code>"
+    COMMAND = "<command>"
+    CONFIRM = "confirm"
+
+
+@dataclass(frozen=True)
+class Spec:
+    name: str  # one or two words: "help", "identity link"
+    summary: str
+    level: Level
+    args: tuple[tuple[str, Arg, bool], ...] = ()  # (name, kind, required)
+    where: Where = Where.ANYWHERE
+    details: str = ""
+
+    @property
+    def usage(self) -> str:
+        parts = [self.name]
+        for name, kind, required in self.args:
+            shown = "discoverable|show-identity" if name == "setting" else kind.value
+            parts.append(shown if required else f"[{shown}]")
+        return " ".join(parts)
+
+
+COMMANDS: tuple[Spec, ...] = (
+    Spec("help", "list the commands, or explain one", Level.RELAY,
+         (("command", Arg.COMMAND, False),)),
+    Spec("version", "the bridge's version", Level.RELAY),
+    Spec("ping", "round trip from the bridge to every homeserver", Level.USER),
+    Spec("whoami", "your identity here, what other networks see of you, your linked accounts",
+         Level.RELAY),
+    Spec("link", "make this room a portal, or add a room of another network to its portal",
+         Level.USER, (("network", Arg.NETWORK, False), ("room", Arg.ROOM, False)), Where.GROUP,
+         "Without arguments the bridge creates a room on every other network, with this room's "
+         "name and topic. With a network and a room, that existing room joins this room's "
+         "portal: invite the bot there first; you must be allowed to manage both rooms."),
+    Spec("unlink", "take this room out of its portal", Level.USER, (), Where.PORTAL,
+         "The ghosts leave this room and the other rooms get a notice."),
+    Spec("invite", "invite a person of another network into this portal", Level.USER,
+         (("target", Arg.TARGET, True),), Where.PORTAL,
+         "They get an invite to the portal's room on their own network; nothing else about "
+         "either side is revealed."),
+    Spec("dm", "start a one-to-one chat with a person of another network", Level.USER,
+         (("target", Arg.TARGET, True),), Where.ANYWHERE,
+         "They get a message request on their own network. If they accept, you get an invite "
+         "to the chat here. If they decline or do not answer, you learn only 'no answer'."),
+    Spec("privacy", "show or change what of you other networks can see and use", Level.RELAY,
+         (("setting", Arg.COMMAND, False), ("value", Arg.ON_OFF, False)), Where.ANYWHERE,
+         "privacy discoverable on|off: whether others can reach you with dm and invite by your "
+         "phone number, email or handle (default: off for phone and email, on for handles).\n"
+         "privacy show-identity on|off: whether your phone number or email appears on other "
+         "networks beside your name (default: off)."),
+    Spec("identity link", "link your account on another network to this one", Level.USER,
+         (("target", Arg.TARGET, True),), Where.ANYWHERE,
+         "The bot sends a one-time code to your management room on the other network; say "
+         "'identity confirm <code>' there within 10 minutes. Linked accounts appear as one "
+         "ghost on third networks."),
+    Spec("identity confirm", "confirm an identity link with its code", Level.USER,
+         (("code", Arg.CODE, True),)),
+    Spec("identity unlink", "undo your identity links", Level.USER),
+    Spec("forget me", "erase what the bridge stores about you", Level.RELAY,
+         (("confirm", Arg.CONFIRM, False),), Where.ANYWHERE,
+         "Erases your identity links, privacy settings and profile; your ghosts on other "
+         "networks go back to a neutral name. Messages already relayed stay where they are."),
+    Spec("status", "this portal's rooms and health, or your chats and portals", Level.USER),
+    Spec("admin portals", "every portal and its rooms", Level.ADMIN),
+    Spec("admin stats", "counts from the store and the outbox", Level.ADMIN),
+    Spec("admin reload", "reload the config file, as SIGHUP does", Level.ADMIN),
+)
+
+_BY_NAME = {spec.name: spec for spec in COMMANDS}
+_FIRST_WORDS = {spec.name.split()[0] for spec in COMMANDS}
+SETTINGS = ("discoverable", "show-identity")
+
+
+@dataclass(frozen=True)
+class Invocation:
+    spec: Spec
+    args: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """Why the text is not a command that can run; `message` is the bot's whole reply."""
+
+    message: str
+
+
+@dataclass(frozen=True)
+class Context:
+    """What the parser needs to know about where and by whom a command was typed."""
+
+    networks: Mapping[str, Network]
+    here: str  # the network the command was typed on
+    level: Level
+    in_portal: bool
+    in_management: bool
+    prefix: str = "!tb"
+    default_country_code: str = ""
+
+
+def strip_prefix(body: str, prefix: str, in_management: bool) -> str | None:
+    """The command text of a message, or None if the message is not meant for the bot."""
+    text = body.strip()
+    if len(text) > MAX_COMMAND:
+        return None
+    if text == prefix or text.startswith(prefix + " "):
+        return text[len(prefix):].strip()
+    return text if in_management else None
+
+
+def parse(text: str, ctx: Context) -> Invocation | Refusal:
+    """Parse the command text (prefix already stripped) typed in `ctx`."""
+    words = text.split()
+    if not words:
+        return Refusal(f"Say {_say('help', ctx)} for the list of commands.")
+    words[0] = words[0].lower()
+    spec = _BY_NAME.get(" ".join(w.lower() for w in words[:2])) if len(words) > 1 else None
+    if spec is not None:
+        rest = text.split(None, 2)[2:]
+    else:
+        spec = _BY_NAME.get(words[0])
+        rest = text.split(None, 1)[1:]
+    if spec is None:
+        return Refusal(_unknown(words, ctx))
+    if ctx.level < spec.level:
+        return Refusal(
+            f"{spec.name}: you need the {spec.level.label} level for this "
+            f"(you have {ctx.level.label}); ask the bridge's admin."
+        )
+    if spec.where is Where.PORTAL and not ctx.in_portal:
+        return Refusal(f"{spec.name} works only in a bridged room.")
+    if spec.where is Where.GROUP and ctx.in_management:
+        return Refusal(
+            f"{spec.name} works in the room you want to bridge, not in your management room: "
+            f"invite the bot there and say {ctx.prefix} {spec.name}."
+        )
+    try:
+        args = _arguments(spec, rest[0] if rest else "", ctx)
+    except ValueError as exc:
+        return Refusal(f"{spec.name}: {exc}\nUsage: {_say(spec.usage, ctx)}")
+    return Invocation(spec, args)
+
+
+def _arguments(spec: Spec, rest: str, ctx: Context) -> dict[str, Any]:
+    args: dict[str, Any] = {}
+    remaining = rest.strip()
+    for index, (name, kind, required) in enumerate(spec.args):
+        if not remaining:
+            if required:
+                raise ValueError(f"{kind.value} is missing")
+            continue
+        last = index == len(spec.args) - 1
+        if kind is Arg.TARGET:
+            args[name] = _target(remaining, ctx)  # the rest of the line: phone numbers have spaces
+            remaining = ""
+            continue
+        word, _, remaining = remaining.partition(" ")
+        remaining = remaining.strip()
+        args[name] = _word(spec, name, kind, word, ctx)
+        if last and remaining:
+            raise ValueError(f"unexpected {remaining!r} at the end")
+    if remaining:
+        raise ValueError(f"{spec.name} takes no arguments")
+    if spec.name == "link" and ("network" in args) != ("room" in args):
+        raise ValueError("give both a network and a room, or neither")
+    if spec.name == "privacy" and "setting" in args and "value" not in args:
+        raise ValueError(f"say on or off after {args['setting']}")
+    return args
+
+
+def _word(spec: Spec, name: str, kind: Arg, word: str, ctx: Context) -> Any:
+    if kind is Arg.NETWORK:
+        return _network_id(word, ctx)
+    if kind is Arg.ROOM:
+        if word[:1] not in ("!", "#") or ":" not in word:
+            raise ValueError(f"{word!r} is not a room id (!abc:server) or alias (#name:server)")
+        return word
+    if kind is Arg.ON_OFF:
+        if word.lower() not in ("on", "off"):
+            raise ValueError(f"say on or off, not {word!r}")
+        return word.lower() == "on"
+    if kind is Arg.CONFIRM:
+        if word.lower() != "confirm":
+            raise ValueError(f"the only word allowed here is 'confirm', not {word!r}")
+        return True
+    if kind is Arg.CODE:
+        return word.upper()
+    if spec.name == "privacy":
+        if word.lower() not in SETTINGS:
+            hint = _closest(word.lower(), SETTINGS)
+            raise ValueError(
+                f"no setting {word!r}" + (f" (did you mean {hint}?)" if hint else "")
+                + "; the settings are discoverable and show-identity"
+            )
+        return word.lower()
+    # help's optional command name: accepted as typed, the handler explains unknown ones.
+    return word.lower()
+
+
+def _network_id(word: str, ctx: Context) -> str:
+    net = word.lower()
+    if net in ctx.networks:
+        return net
+    for net_id, network in ctx.networks.items():  # "WhatsApp" works as well as "wa"
+        if network.label.lower() == net:
+            return net_id
+    known = ", ".join(f"{n} ({ctx.networks[n].label})" for n in sorted(ctx.networks))
+    raise ValueError(f"no network {word!r}; the networks are {known}")
+
+
+def _target(text: str, ctx: Context) -> tuple[str, Any]:
+    net_word, sep, identity = text.partition(":")
+    if not sep:
+        raise ValueError(f"write the person as <network>:<identity>, e.g. {_example(ctx)}")
+    net_id = _network_id(net_word.strip(), ctx)
+    try:
+        return net_id, normalise(ctx.networks[net_id], identity, ctx.default_country_code)
+    except BadIdentity as exc:
+        raise ValueError(str(exc)) from None
+
+
+def _example(ctx: Context) -> str:
+    examples = {"phone": "+15551234567", "handle": "alice", "email": "alice@example.com"}
+    net_id, network = sorted(ctx.networks.items())[0]
+    return f"{net_id}:{examples[network.identity]}"
+
+
+def _unknown(words: list[str], ctx: Context) -> str:
+    typed = words[0]
+    if typed in _FIRST_WORDS:  # "identity frob": the group exists, the sub-command does not
+        subs = sorted(s.name for s in COMMANDS if s.name.split()[0] == typed)
+        return f"Unknown command {' '.join(words[:2])!r}. Try one of: {', '.join(subs)}."
+    names = sorted({s.name for s in COMMANDS} | _FIRST_WORDS)
+    hint = _closest(" ".join(words[:2]), names) or _closest(typed, names)
+    suggestion = f" Did you mean {_say(hint, ctx)}?" if hint else ""
+    return f"Unknown command {typed!r}.{suggestion} Say {_say('help', ctx)} for the list."
+
+
+def _closest(word: str, choices: Any) -> str | None:
+    found = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    return found[0] if found else None
+
+
+def _say(command: str, ctx: Context) -> str:
+    return f"`{command}`" if ctx.in_management else f"`{ctx.prefix} {command}`"
+
+
+def help_text(ctx: Context, command: str | None = None) -> str:
+    """The list of commands open to the reader, or the usage and details of one."""
+    if command:
+        spec = _BY_NAME.get(command) or next(
+            (s for s in COMMANDS if s.name.split()[0] == command), None
+        )
+        if spec is None:
+            return _unknown([command], ctx)
+        group = [s for s in COMMANDS if s.name.split()[0] == spec.name.split()[0]]
+        lines = []
+        for s in group if command not in _BY_NAME else [spec]:
+            lines.append(f"{_say(s.usage, ctx)}: {s.summary}.")
+            if s.details:
+                lines.append(s.details)
+            if ctx.level < s.level:
+                lines.append(f"(needs the {s.level.label} level; you have {ctx.level.label})")
+        return "\n".join(lines)
+    open_to_you = [s for s in COMMANDS if ctx.level >= s.level]
+    where = (
+        "In this management room, type commands as they are."
+        if ctx.in_management
+        else f"In this room, start commands with {ctx.prefix}."
+    )
+    lines = [f"tribridge commands. {where}"]
+    lines += [f"- {_say(s.usage, ctx)}: {s.summary}" for s in open_to_you]
+    lines.append(f"Say {_say('help <command>', ctx)} for more about one.")
+    return "\n".join(lines)

@@ -1,0 +1,145 @@
+"""Ghosts on the homeservers: registered, named and in their rooms, doing only what the store
+says is missing. Delivery uses it before each send; the bot uses it for the rooms it makes for
+DMs, and to rename a person's ghosts when their privacy settings change or they are forgotten."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+
+from bridge.core.ghosts import ghost_localpart, pseudonym
+from bridge.core.ids import InvalidId, native_identity
+from bridge.core.model import Network
+from bridge.core.privacy import ghost_display_name
+from bridge.core.translate import ghost_for
+from bridge.matrix.client import Homeserver, HomeserverError, MatrixError
+from bridge.store import Store
+
+log = logging.getLogger(__name__)
+
+
+class GhostKeeper:
+    def __init__(
+        self,
+        homeservers: Mapping[str, Homeserver],
+        networks: Mapping[str, Network],
+        store: Store,
+        key: bytes,
+    ) -> None:
+        self.homeservers = homeservers
+        self.networks = networks
+        self.store = store
+        self.key = key
+
+    def exposed(self, network_id: str, user_id: str) -> bool:
+        """Whether the person's phone number or email may show: their own choice, else the
+        network's ``expose_identity``."""
+        _, show = self.store.settings(network_id, user_id)
+        return self.networks[network_id].expose_identity if show is None else show
+
+    async def name(
+        self, localpart: str, network_id: str, user_id: str, room_hint: str | None = None
+    ) -> str:
+        """The display name of `localpart`, the ghost standing for `user_id` of `network_id`."""
+        source = self.networks[network_id]
+        known, name = self.store.profile(network_id, user_id)
+        if not known:
+            hs = self.homeservers[network_id]
+            try:
+                if room_hint is not None:
+                    name = await hs.display_name(room_hint, user_id)
+                else:
+                    name = await hs.profile_name(user_id)
+            except HomeserverError as exc:
+                log.info("could not read a display name on %s: %s", source.server_name, exc)
+            else:
+                self.store.set_profile(network_id, user_id, name)
+        identity = native_identity(user_id, source.identity, source.server_name)
+        pseudo = localpart[-16:]
+        return ghost_display_name(
+            source, identity, name, pseudo, exposed=self.exposed(network_id, user_id)
+        )
+
+    async def ensure(
+        self,
+        target_id: str,
+        localpart: str,
+        network_id: str,
+        user_id: str,
+        room_id: str | None = None,
+        room_hint: str | None = None,
+    ) -> str:
+        """Register and name the ghost on `target_id`; join it to `room_id` if given.
+        Returns its user id."""
+        target = self.networks[target_id]
+        hs = self.homeservers[target_id]
+        ghost = target.user_id(localpart)
+        registered, current_name = self.store.ghost(target_id, localpart)
+        if not registered:
+            await hs.register(localpart)
+        name = await self.name(localpart, network_id, user_id, room_hint)
+        if not registered or current_name != name:
+            await hs.set_display_name(ghost, name)
+            self.store.save_ghost(target_id, localpart, network_id, name)
+        if room_id is not None and not self.store.ghost_in_room(target_id, localpart, room_id):
+            try:
+                await hs.invite(room_id, ghost)
+            except MatrixError as exc:
+                if exc.status != 403:  # already in the room, or the room is public: try joining
+                    raise
+            await hs.join(room_id, as_user=ghost)
+            self.store.set_ghost_in_room(target_id, localpart, room_id, True)
+        return ghost
+
+    def ghosts_of(self, network_id: str, user_id: str) -> list[tuple[str, str]]:
+        """(network, localpart) of every ghost that may stand for the person: their own on each
+        other network, and the ones their identity links give them."""
+        source = self.networks[network_id]
+        linked = self.store.linked_accounts(network_id, user_id)
+        found: set[tuple[str, str]] = set()
+        try:
+            identity = native_identity(user_id, source.identity, source.server_name)
+        except InvalidId:
+            return []
+        own = pseudonym(self.key, network_id, identity)
+        for target_id, target in self.networks.items():
+            if target_id == network_id:
+                continue
+            found.add((target_id, ghost_localpart(target, network_id, own)))
+            via_links = ghost_for(user_id, source, target, self.networks, self.key, linked)
+            if via_links is not None:
+                found.add((target_id, via_links))
+        return sorted(found)
+
+    async def rename(self, network_id: str, user_id: str) -> int:
+        """Set the display name of the person's registered ghosts again (after a privacy
+        change); returns how many changed."""
+        changed = 0
+        for target_id, localpart in self.ghosts_of(network_id, user_id):
+            registered, current = self.store.ghost(target_id, localpart)
+            if not registered:
+                continue
+            name = await self.name(localpart, network_id, user_id)
+            if name != current:
+                ghost = self.networks[target_id].user_id(localpart)
+                await self.homeservers[target_id].set_display_name(ghost, name)
+                self.store.save_ghost(target_id, localpart, network_id, name)
+                changed += 1
+        return changed
+
+    async def neutralise(self, network_id: str, user_id: str) -> list[tuple[str, str]]:
+        """Give the person's registered ghosts the neutral fallback name ("forget me");
+        returns every ghost that may stand for them, for the store to forget."""
+        source = self.networks[network_id]
+        ghosts = self.ghosts_of(network_id, user_id)
+        for target_id, localpart in ghosts:
+            registered, _ = self.store.ghost(target_id, localpart)
+            if not registered:
+                continue
+            name = f"{source.label} user {localpart[-16:][:4]}"
+            ghost = self.networks[target_id].user_id(localpart)
+            try:
+                await self.homeservers[target_id].set_display_name(ghost, name)
+            except HomeserverError as exc:
+                log.warning("could not reset a ghost's name on %s: %s", target_id, exc)
+        return ghosts
