@@ -7,14 +7,30 @@ from __future__ import annotations
 
 import json
 import secrets
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 from urllib.parse import quote
 
 import httpx
 import trio
 
 V3 = "/_matrix/client/v3"
+T = TypeVar("T")
+
+
+async def wait_until(
+    check: Callable[[], Awaitable[T | None]], within: float = 20.0, what: str = "the condition"
+) -> T:
+    """Poll `check` until it returns something other than None (or False); return that, or fail
+    after `within` seconds naming `what`."""
+    deadline = trio.current_time() + within
+    while True:
+        result = await check()
+        if result is not None and result is not False:
+            return result
+        if trio.current_time() > deadline:
+            raise TimeoutError(f"{what} did not happen in {within} s")
+        await trio.sleep(0.1)  # polling interval under a deadline
 
 
 def _is_bot_notice(event: dict[str, Any]) -> bool:
