@@ -5,6 +5,8 @@ deliver one late, after newer ones (../shared/notes/synapse.md). Pushes alone th
 promise "nothing lost, in order". The bot sits in every portal room, so it can read each room's
 timeline and compare it with what was taken in.
 
+Management rooms are read the same way, so that a command whose push was lost still runs.
+
 Each portal room has a *mark*: the newest event up to which every event was taken in. A
 reconcile reads the room backwards from its newest event to the mark, takes in the events not
 seen yet in timeline order (through the same path as pushes, so dedupe is by event id), and moves
@@ -88,7 +90,7 @@ class Reconciler:
             if self.is_suspect(network):
                 pushed = {e.get("event_id") for e in events if isinstance(e, dict)}
                 for room_id in rooms:
-                    if self.store.portal_for_room(network, room_id) is not None:
+                    if self._watched(network, room_id):
                         await self._reconcile_room(network, room_id, pushed)
             self.inbound.take_transaction(network, txn_id, body, events)
         self.metrics.received.labels(network).inc(len(events))
@@ -133,15 +135,23 @@ class Reconciler:
     async def reconcile_network(self, network: str) -> int:
         """Reconcile every portal room of `network`; return how many events were taken in."""
         rooms = {p.rooms[network] for p in self.portals() if network in p.rooms}
+        rooms.update(self.store.management_rooms(network))
         return await self.reconcile_rooms(network, rooms)
 
     async def reconcile_rooms(self, network: str, rooms: Iterable[str]) -> int:
         taken = 0
         for room_id in sorted(rooms):
             async with self._locks[network]:
-                if self.store.portal_for_room(network, room_id) is not None:
+                if self._watched(network, room_id):
                     taken += await self._reconcile_room(network, room_id)
         return taken
+
+    def _watched(self, network: str, room_id: str) -> bool:
+        """Portal rooms and management rooms: a command is no more to be lost than a message."""
+        return (
+            self.store.portal_for_room(network, room_id) is not None
+            or self.store.management_owner(network, room_id) is not None
+        )
 
     async def _sweep_after(self, network: str, seconds: float) -> None:
         await trio.sleep(seconds)  # the end of the suspect window

@@ -69,6 +69,14 @@ class PeopleStore:
         )
         return row[0] if row else None
 
+    def management_rooms(self, network: str) -> list[str]:
+        return [
+            r[0]
+            for r in self.conn.execute(
+                "SELECT room_id FROM management_rooms WHERE network = ?", (network,)
+            )
+        ]
+
     def add_management_room(self, network: str, room_id: str, user_id: str) -> None:
         self.conn.execute(
             "INSERT OR REPLACE INTO management_rooms (network, room_id, user_id, created_at) "
