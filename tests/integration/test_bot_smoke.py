@@ -12,8 +12,7 @@ pytestmark = pytest.mark.synapse
 
 
 async def test_management_room_and_dm(cast: Cast, daemon: Daemon) -> None:
-    daemon.write_config([], "debug")
-    await daemon.start()
+    await daemon.start([])
     alice = await cast.person("wa", "Alice")
     bob = await cast.person("ig", "Bob")
     room = await alice.create_room(None, invite=["@tribridge:wa.localhost"], is_direct=True)
