@@ -13,6 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bridge.config import Config, ConfigError, load_config, parse_config
+from bridge.core.permissions import Level
 
 SECRET = "bridge-secret-0123456789abcdefghijklmnop"  # 40 bytes
 TOKENS = {
@@ -80,6 +81,9 @@ def to_toml(doc: dict[str, Any]) -> str:
     for net_id, table in doc.get("networks", {}).items():
         lines.append(f"[networks.{json.dumps(net_id)}]")
         lines += [f"{k} = {_value(v)}" for k, v in table.items()]
+    if isinstance(doc.get("permissions"), dict):
+        lines.append("[permissions]")  # rule keys such as @*:wa.localhost must be quoted
+        lines += [f"{json.dumps(k)} = {_value(v)}" for k, v in doc["permissions"].items()]
     for portal in doc.get("portals", []):
         lines.append("[[portals]]")
         lines += [f"{k} = {_value(v)}" for k, v in portal.items()]
@@ -581,6 +585,126 @@ def test_wrong_shapes_are_named(tmp_path: Path) -> None:
     assert errors["networks.ig"] == "must be a table"
 
 
+# --- permissions, command prefix, default country code -------------------------------------
+
+
+def test_permission_rules_are_read_on_top_of_the_defaults(tmp_path: Path) -> None:
+    doc = good_doc()
+    doc["permissions"] = {
+        "@alice:wa.localhost": "admin",
+        "@*:ig.localhost": "relay",
+        "@mallory:fbm.localhost": "none",
+        "*": "none",
+    }
+    levels = load_config(write(tmp_path, doc)).permissions
+    assert levels.level("@alice:wa.localhost") is Level.ADMIN
+    assert levels.level("@bob:wa.localhost") is Level.USER  # the default for wa's own users
+    assert levels.level("@carol:ig.localhost") is Level.RELAY
+    assert levels.level("@mallory:fbm.localhost") is Level.NONE
+    assert levels.level("@dave:fbm.localhost") is Level.USER
+    assert levels.level("@eve:matrix.org") is Level.NONE
+
+
+def test_levels_are_read_in_any_case(tmp_path: Path) -> None:
+    doc = good_doc()
+    doc["permissions"] = {"@alice:wa.localhost": "Admin"}
+    config = load_config(write(tmp_path, doc))
+    assert config.permissions.level("@alice:wa.localhost") is Level.ADMIN
+
+
+def test_without_permissions_own_users_are_users_and_others_relay(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, good_doc()))
+    for net in config.networks.values():
+        assert config.permissions.level(f"@x:{net.network.server_name}") is Level.USER
+    assert config.permissions.level("@x:matrix.org") is Level.RELAY
+    assert config.permissions.level("@x:wa.localhost.example") is Level.RELAY
+
+
+@pytest.mark.parametrize(
+    ("key", "path"),
+    [
+        ("alice", "permissions.alice"),
+        ("@alice", "permissions.@alice"),
+        ("alice:wa.localhost", "permissions.'alice:wa.localhost'"),
+        ("@:wa.localhost", "permissions.'@:wa.localhost'"),
+    ],
+)
+def test_a_permission_key_that_is_not_a_rule_is_named(tmp_path: Path, key: str, path: str) -> None:
+    doc = good_doc()
+    doc["permissions"] = {key: "admin", "@bob:wa.localhost": "user"}
+    assert errors_of(tmp_path, doc) == {
+        path: "must be a user id (@alice:example.org), @*:server_name or *"
+    }
+
+
+def test_a_bad_permission_level_is_named(tmp_path: Path) -> None:
+    doc = good_doc()
+    doc["permissions"] = {"@bob:wa.localhost": "superuser", "*": 3, "@*:ig.localhost": "relay"}
+    assert errors_of(tmp_path, doc) == {
+        "permissions.'@bob:wa.localhost'":
+            "'superuser' is not a level: use none, relay, user or admin",
+        "permissions.*": "must be one of none, relay, user, admin",
+    }
+
+
+def test_permissions_must_be_a_table(tmp_path: Path) -> None:
+    doc = good_doc()
+    doc["permissions"] = "admin"
+    assert errors_of(tmp_path, doc) == {"permissions": "must be a table"}
+
+
+def test_permission_errors_are_reported_with_the_others(tmp_path: Path) -> None:
+    doc = good_doc()
+    doc["permissions"] = {"alice": "admin"}
+    doc["bridge"]["listen"] = "nope"
+    doc["bridge"]["command_prefix"] = "! tb"
+    assert set(errors_of(tmp_path, doc)) == {
+        "permissions.alice", "bridge.listen", "bridge.command_prefix"
+    }
+
+
+def test_command_prefix_and_country_code_defaults(tmp_path: Path) -> None:
+    bridge = load_config(write(tmp_path, good_doc())).bridge
+    assert bridge.command_prefix == "!tb"
+    assert bridge.default_country_code == ""
+
+
+@pytest.mark.parametrize("prefix", ["!bridge", "tb:", "!" * 16])
+def test_a_command_prefix_is_kept(tmp_path: Path, prefix: str) -> None:
+    doc = good_doc()
+    doc["bridge"]["command_prefix"] = prefix
+    assert load_config(write(tmp_path, doc)).bridge.command_prefix == prefix
+
+
+@pytest.mark.parametrize("prefix", ["! tb", " !tb", "!tb ", "", "!" * 17, "\t!tb"])
+def test_a_command_prefix_with_spaces_is_refused(tmp_path: Path, prefix: str) -> None:
+    doc = good_doc()
+    doc["bridge"]["command_prefix"] = prefix
+    assert errors_of(tmp_path, doc) == {
+        "bridge.command_prefix": "must be 1-16 characters without spaces, e.g. !tb"
+    }
+
+
+@pytest.mark.parametrize(("code", "kept"), [("44", "44"), ("+1", "1"), ("1", "1"), ("", "")])
+def test_a_default_country_code_is_accepted(tmp_path: Path, code: str, kept: str) -> None:
+    doc = good_doc()
+    doc["bridge"]["default_country_code"] = code
+    assert load_config(write(tmp_path, doc)).bridge.default_country_code == kept
+
+
+@pytest.mark.parametrize("code", ["0", "abc", "1234", "+", "+0", "044", "4 4", 44])
+def test_a_bad_default_country_code_is_refused(tmp_path: Path, code: object) -> None:
+    doc = good_doc()
+    doc["bridge"]["default_country_code"] = code
+    errors = errors_of(tmp_path, doc)
+    assert set(errors) == {"bridge.default_country_code"}
+    expected = (
+        "must be a string, not int" if isinstance(code, int)
+        else "must be a country calling code such as 44 or +1 (or empty)"
+    )
+    assert errors["bridge.default_country_code"] == expected
+
+
 # --- no secret in an error ------------------------------------------------------------------
 
 
@@ -631,6 +755,7 @@ _KEYS = [
     "bridge", "networks", "portals", "listen", "url", "database", "secret", "secret_file",
     "log_level", "label", "homeserver", "server_name", "as_token", "as_token_file", "hs_token",
     "hs_token_file", "identity", "bot", "ghost_prefix", "expose_identity", "wa", "ig", "fbm",
+    "permissions", "command_prefix", "default_country_code", "*", "@*:wa.localhost",
 ]  # fmt: skip
 _PREFIXES = ["http://", "https://", "http://[", "127.0.0.1:", "[::1]:", "~", "!", "@", "/"]
 
@@ -639,6 +764,7 @@ strings = (
     st.text(max_size=40)
     | st.builds(operator.add, st.sampled_from(_PREFIXES), st.text(max_size=20))
     | st.sampled_from(["phone", "handle", "email", "info", "0123456789abcdefXYZ", SECRET])
+    | st.sampled_from(["admin", "user", "relay", "none", "!tb", "44", "+1"])
 )
 scalars = (
     strings | st.integers() | st.floats() | st.booleans() | st.datetimes() | st.dates() | st.times()
@@ -669,7 +795,13 @@ def test_any_document_gives_a_config_or_a_config_error(doc: dict[str, Any]) -> N
     _parse_or_config_error(doc)
 
 
-_LEAVES = [("bridge", k) for k in ("listen", "url", "database", "secret", "log_level")] + [
+_LEAVES = [
+    ("bridge", k)
+    for k in (
+        "listen", "url", "database", "secret", "log_level", "command_prefix",
+        "default_country_code",
+    )
+] + [
     ("networks", "ig", k)
     for k in ("label", "homeserver", "server_name", "as_token", "hs_token", "identity", "bot")
 ]
@@ -731,3 +863,23 @@ def test_token_files_from_systemd_credentials(
         "networks.wa.as_token_file":
             "an environment variable in '${CREDENTIALS_DIRECTORY}/wa_as_token' is not set"
     }
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.dictionaries(
+        st.sampled_from(["*", "@*:wa.localhost", "@a:ig.localhost", "a", "@a"]) | keys,
+        strings | scalars,
+        max_size=5,
+    )
+)
+def test_any_permissions_table_gives_a_config_or_names_its_keys(rules: dict[str, Any]) -> None:
+    doc = good_doc()
+    doc["permissions"] = rules
+    try:
+        config = parse_config(doc, CONFIG_PATH)
+    except ConfigError as exc:
+        assert all(key.startswith("permissions") for key, _ in exc.errors), exc.errors
+    else:
+        for key in rules:
+            assert config.permissions.rules[key] is Level.parse(rules[key])

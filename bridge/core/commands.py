@@ -145,7 +145,7 @@ def strip_prefix(body: str, prefix: str, in_management: bool) -> str | None:
     text = body.strip()
     if len(text) > MAX_COMMAND:
         return None
-    if text == prefix or text.startswith(prefix + " "):
+    if text == prefix or (text.startswith(prefix) and text[len(prefix)].isspace()):
         return text[len(prefix):].strip()
     return text if in_management else None
 
@@ -196,8 +196,17 @@ def _arguments(spec: Spec, rest: str, ctx: Context) -> dict[str, Any]:
             args[name] = _target(remaining, ctx)  # the rest of the line: phone numbers have spaces
             remaining = ""
             continue
-        word, _, remaining = remaining.partition(" ")
-        remaining = remaining.strip()
+        if kind is Arg.COMMAND and spec.name == "help":
+            wanted = " ".join(remaining.lower().split())  # "help identity link"
+            if wanted not in _BY_NAME and wanted not in _FIRST_WORDS:
+                hint = _closest(wanted, sorted(set(_BY_NAME) | _FIRST_WORDS))
+                raise ValueError(
+                    f"there is no command {wanted!r}" + (f" (did you mean {hint}?)" if hint else "")
+                )
+            args[name] = wanted
+            remaining = ""
+            continue
+        word, _, remaining = _split_word(remaining)
         args[name] = _word(spec, name, kind, word, ctx)
         if last and remaining:
             raise ValueError(f"unexpected {remaining!r} at the end")
@@ -208,6 +217,12 @@ def _arguments(spec: Spec, rest: str, ctx: Context) -> dict[str, Any]:
     if spec.name == "privacy" and "setting" in args and "value" not in args:
         raise ValueError(f"say on or off after {args['setting']}")
     return args
+
+
+def _split_word(text: str) -> tuple[str, str, str]:
+    """(first word, separator, the rest) with any whitespace between words."""
+    parts = text.split(None, 1)
+    return (parts[0], " ", parts[1].strip()) if len(parts) == 2 else (parts[0], "", "")
 
 
 def _word(spec: Spec, name: str, kind: Arg, word: str, ctx: Context) -> Any:

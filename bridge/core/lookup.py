@@ -26,6 +26,8 @@ from bridge.core.ids import (
 from bridge.core.model import Network
 
 _PHONE_NOISE = re.compile(r"[\s\-.()\u00a0]")
+# "+44 (0)20 7946 0958": the bracketed trunk zero is dialled only from inside the country.
+_INTERNATIONAL = re.compile(r"\s*(\+|00)\d+\s*\(0\)")
 _EMAIL = re.compile(r"[^@\s]+@[^@\s]+\.[^@\s]+")
 
 
@@ -65,7 +67,9 @@ def normalise(network: Network, text: str, default_country_code: str = "") -> Id
 
 
 def _phone(text: str, default_country_code: str) -> str:
-    digits = _PHONE_NOISE.sub("", text)
+    compact = _PHONE_NOISE.sub("", text.replace("(0)", "", 1) if _INTERNATIONAL.match(text)
+                               else text)
+    digits = compact
     if digits.startswith("00"):
         digits = "+" + digits[2:]
     if not digits.startswith("+"):

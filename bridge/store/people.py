@@ -133,6 +133,8 @@ class PeopleStore:
 
     def link_accounts(self, first: tuple[str, str], second: tuple[str, str]) -> None:
         """Put `second` in `first`'s group (made if needed); `second` leaves any other group."""
+        if second in self.linked_accounts(*first):
+            return  # already together: linking again must not undo it
         now = time.time()
         row = self._one(
             "SELECT group_id FROM identity_links WHERE network = ? AND user_id = ?", first
