@@ -194,6 +194,13 @@ def test_extra_words_at_the_end_are_quoted_with_the_usage(
     assert message == f"{name}: unexpected {extra!r} at the end\n{usage_line(spec, context)}"
 
 
+def test_room_version_12_ids_without_a_server_are_room_ids() -> None:
+    context = ctx(in_management=False)
+    result = parse("link ig !VNrmdY6CyxztgCSF5Qk8x4Ska3rS6JJSYUT0fLeyyt8", context)
+    assert isinstance(result, Invocation)
+    assert result.args["room"] == "!VNrmdY6CyxztgCSF5Qk8x4Ska3rS6JJSYUT0fLeyyt8"
+
+
 def test_help_for_something_that_is_no_command_says_so() -> None:
     message = refused("help dm now")
     assert message.startswith("help: there is no command 'dm now'")
@@ -208,8 +215,8 @@ def test_usage_outside_the_management_room_carries_the_prefix() -> None:
 @pytest.mark.parametrize(
     ("text", "problem"),
     [
-        ("link ig room", "'room' is not a room id (!abc:server) or alias (#name:server)"),
-        ("link ig !nocolon", "'!nocolon' is not a room id (!abc:server) or alias (#name:server)"),
+        ("link ig room", "'room' is not a room id (!abc...) or alias (#name:server)"),
+        ("link ig #nocolon", "'#nocolon' is not a room id (!abc...) or alias (#name:server)"),
         ("link tg !abc:tg.example", f"no network 'tg'; the networks are {KNOWN}"),
     ],
 )

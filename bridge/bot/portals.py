@@ -21,13 +21,33 @@ PORTAL_STATE = "org.tribridge.portal"
 
 
 async def can_manage(bot: Bot, network: str, room_id: str, user_id: str) -> bool:
-    """Whether `user_id` may change the room's state (its power level reaches state_default)."""
-    levels = await bot.homeservers[network].state(room_id, "m.room.power_levels") or {}
+    """Whether `user_id` may change the room's state: its power level reaches state_default,
+    or it is one of the room's creators, who from room version 12 on have unlimited power and
+    are not listed in the power levels."""
+    state = await bot.homeservers[network].state_events(room_id)
+    create = _state_content(state, "m.room.create")
+    version = str(create.get("room_version", "1"))
+    if version.isdigit() and int(version) >= 12:
+        creators = {e.get("sender") for e in state if e.get("type") == "m.room.create"}
+        extra = create.get("additional_creators")
+        if isinstance(extra, list):
+            creators.update(extra)
+        if user_id in creators:
+            return True
+    levels = _state_content(state, "m.room.power_levels")
     users = levels.get("users") if isinstance(levels.get("users"), dict) else {}
     assert isinstance(users, dict)
     mine = users.get(user_id, levels.get("users_default", 0))
     needed = levels.get("state_default", 50)
     return isinstance(mine, int) and isinstance(needed, int) and mine >= needed
+
+
+def _state_content(state: list[dict[str, Any]], event_type: str) -> dict[str, Any]:
+    for event in state:
+        if event.get("type") == event_type and event.get("state_key") == "":
+            content = event.get("content")
+            return content if isinstance(content, dict) else {}
+    return {}
 
 
 async def _require_manager(bot: Bot, call: Call) -> None:

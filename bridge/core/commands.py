@@ -229,8 +229,10 @@ def _word(spec: Spec, name: str, kind: Arg, word: str, ctx: Context) -> Any:
     if kind is Arg.NETWORK:
         return _network_id(word, ctx)
     if kind is Arg.ROOM:
-        if word[:1] not in ("!", "#") or ":" not in word:
-            raise ValueError(f"{word!r} is not a room id (!abc:server) or alias (#name:server)")
+        # Room ids of room version 12 are opaque ("!abc..."), older ones carry ":server".
+        if not ((word.startswith("!") and len(word) > 1) or
+                (word.startswith("#") and ":" in word[2:])):
+            raise ValueError(f"{word!r} is not a room id (!abc...) or alias (#name:server)")
         return word
     if kind is Arg.ON_OFF:
         if word.lower() not in ("on", "off"):

@@ -74,6 +74,20 @@ class Homeserver:
         as_user: str | None = None,
         params: dict[str, str] | None = None,
     ) -> dict[str, Any]:
+        """One call whose answer is a JSON object ({} if it is anything else)."""
+        payload = await self.http_json(method, path, body=body, as_user=as_user, params=params)
+        return payload if isinstance(payload, dict) else {}
+
+    async def http_json(
+        self,
+        method: str,
+        path: str,
+        *,
+        body: Any = None,
+        as_user: str | None = None,
+        params: dict[str, str] | None = None,
+    ) -> Any:
+        """One call; its JSON answer as it is, or a HomeserverError."""
         query = dict(params or {})
         if as_user is not None:
             query["user_id"] = as_user
@@ -91,11 +105,10 @@ class Homeserver:
         except trio.TooSlowError as exc:
             raise Unreachable(f"{self.server_name}: no answer in {self.deadline:g} s") from exc
         try:
-            payload = response.json()
+            answer = response.json()
         except ValueError:
-            payload = {}
-        if not isinstance(payload, dict):
-            payload = {}
+            answer = {}
+        payload = answer if isinstance(answer, dict) else {}
         if response.status_code >= 400:
             retry = payload.get("retry_after_ms")
             if not isinstance(retry, int):
@@ -107,7 +120,7 @@ class Homeserver:
                 str(payload.get("error", response.reason_phrase))[:300],
                 retry,
             )
-        return payload
+        return answer
 
     # -- the calls the bridge makes ------------------------------------------------------------
 
@@ -240,6 +253,11 @@ class Homeserver:
             if exc.errcode in ("M_NOT_FOUND", "M_FORBIDDEN"):
                 return None
             raise
+
+    async def state_events(self, room_id: str) -> list[dict[str, Any]]:
+        """Every current state event of the room, as the bot sees it."""
+        result = await self.http_json("GET", f"{CLIENT_V3}/rooms/{_q(room_id)}/state")
+        return [e for e in result if isinstance(e, dict)] if isinstance(result, list) else []
 
     async def membership(self, room_id: str, user_id: str) -> str | None:
         """`user_id`'s membership in `room_id` as the bot sees it (join, invite, leave...)."""
