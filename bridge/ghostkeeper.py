@@ -46,9 +46,10 @@ class GhostKeeper:
         if not known:
             hs = self.homeservers[network_id]
             try:
-                if room_hint is not None:
-                    name = await hs.display_name(room_hint, user_id)
-                else:
+                name = await hs.display_name(room_hint, user_id) if room_hint else None
+                if name is None:
+                    # No name in that room, or the bot cannot see the room (yet): the
+                    # person's own profile is the answer, not "no name".
                     name = await hs.profile_name(user_id)
             except HomeserverError as exc:
                 log.info("could not read a display name on %s: %s", source.server_name, exc)
@@ -77,7 +78,13 @@ class GhostKeeper:
         registered, current_name = self.store.ghost(target_id, localpart)
         if not registered:
             await hs.register(localpart)
-        name = await self.name(localpart, network_id, user_id, room_hint)
+        base = self.base_account(target_id, network_id, user_id)
+        if base == (network_id, user_id):
+            name = await self.name(localpart, network_id, user_id, room_hint)
+        else:
+            # Linked accounts share one ghost: it keeps the name of the account it is
+            # derived from, rather than flipping with whoever spoke last.
+            name = await self.name(localpart, *base)
         if not registered or current_name != name:
             await hs.set_display_name(ghost, name)
             self.store.save_ghost(target_id, localpart, network_id, name)
@@ -90,6 +97,14 @@ class GhostKeeper:
             await hs.join(room_id, as_user=ghost)
             self.store.set_ghost_in_room(target_id, localpart, room_id, True)
         return ghost
+
+    def base_account(self, target_id: str, network_id: str, user_id: str) -> tuple[str, str]:
+        """The account whose identity gives the person's ghost on `target_id` (see
+        core.translate.ghost_for): the earliest linked account not on `target_id`."""
+        for net_id, user in self.store.linked_accounts(network_id, user_id):
+            if net_id != target_id and net_id in self.networks:
+                return net_id, user
+        return network_id, user_id
 
     def ghosts_of(self, network_id: str, user_id: str) -> list[tuple[str, str]]:
         """(network, localpart) of every ghost that may stand for the person: their own on each

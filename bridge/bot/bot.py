@@ -49,6 +49,7 @@ class Bot:
         self.reachable = reachable
         self.reload = reload
         self._replies: dict[str, int] = {}
+        self.busy: set[int] = set()  # DM requests being accepted right now
         self.handlers: Mapping[str, Handler] = HANDLERS
 
     # -- entry point ---------------------------------------------------------------------------

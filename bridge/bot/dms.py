@@ -65,15 +65,32 @@ async def dm(bot: Bot, call: Call) -> str:
         with bot.store.transaction():
             bot.store.update_dm_request(request_id, state="failed")
         return ""
+    # Recorded before anything else is awaited, so the target's join, pushed any moment now,
+    # finds its request.
     with bot.store.transaction():
         bot.store.set_ghost_in_room(net_id, ghost, room_id, True)
         bot.store.update_dm_request(request_id, room_id=room_id)
     await hs.join(room_id)
+    if await hs.membership(room_id, to_user) == "join":
+        # They joined before the request was on record, so no push will tell: accept now.
+        await accepted(bot, BotTask(net_id, room_id, "dm_accepted", {"request": request_id},
+                                    "", call.event_id))
     return ""
 
 
 async def accepted(bot: Bot, task: BotTask) -> None:
-    request = bot.store.dm_request(int(task.data["request"]))
+    request_id = int(task.data["request"])
+    if request_id in bot.busy:
+        return  # the same acceptance, seen twice at once (push and check): one is enough
+    bot.busy.add(request_id)
+    try:
+        await _accept(bot, request_id)
+    finally:
+        bot.busy.discard(request_id)
+
+
+async def _accept(bot: Bot, request_id: int) -> None:
+    request = bot.store.dm_request(request_id)
     if request is None or request.state != "pending" or request.room_id is None:
         return
     source, home = bot.networks[request.to_network], bot.networks[request.from_network]
@@ -81,8 +98,7 @@ async def accepted(bot: Bot, task: BotTask) -> None:
     ghost = ghost_for(request.to_user, source, home, bot.networks, bot.key, linked)
     if ghost is None:
         return
-    ghost_id = await bot.ghosts.ensure(home.id, ghost, source.id, request.to_user,
-                                       room_hint=request.room_id)
+    ghost_id = await bot.ghosts.ensure(home.id, ghost, source.id, request.to_user)
     hs = bot.homeservers[home.id]
     room_id = await hs.create_room(
         {"preset": "private_chat", "is_direct": True,
