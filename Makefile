@@ -22,8 +22,10 @@ $(VENV)/.test-installed: pyproject.toml | $(VENV)/bin/python
 demo: $(VENV)/.demo-installed
 	$(VENV)/bin/tribridge demo
 
+# Two workers, each with its own three Synapses: the long fault tests (one xdist group) run on
+# one while the other takes everything else.
 test: $(VENV)/.test-installed
-	$(PY) -m pytest
+	$(PY) -m pytest -n 2 --dist loadgroup
 
 check: $(VENV)/.test-installed
 	$(VENV)/bin/ruff check bridge tests bench

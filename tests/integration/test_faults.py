@@ -17,7 +17,9 @@ from bridge.localnet.people import Person
 from .conftest import Cast, Daemon
 from .test_relay import bodies_from, three_way
 
-pytestmark = pytest.mark.synapse
+# The long fault tests (minutes of outages) run as one group on one xdist worker while the other
+# worker takes everything else: `make test` stays well under ten minutes.
+pytestmark = [pytest.mark.synapse, pytest.mark.xdist_group("faults")]
 
 NETS = ("wa", "ig", "fbm")
 
