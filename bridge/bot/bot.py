@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Mapping
 
-from bridge.bot import events
+from bridge.bot import dms, events
 from bridge.bot.call import Call, Denied, Handler
 from bridge.bot.handlers import HANDLERS
 from bridge.config import Config
@@ -62,9 +62,9 @@ class Bot:
         elif task.task == "removed":
             await events.removed(self, task)
         elif task.task == "dm_accepted":
-            await events.dm_accepted(self, task)
+            await dms.accepted(self, task)
         elif task.task == "dm_declined":
-            await events.dm_declined(self, task)
+            await dms.declined(self, task)
         else:
             log.warning("unknown bot task %r on %s", task.task, task.network)
 

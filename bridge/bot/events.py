@@ -6,8 +6,7 @@ import contextlib
 import logging
 from typing import TYPE_CHECKING
 
-from bridge.bot import dms
-from bridge.bot.portals import leave_ghosts
+from bridge.bot.portals import room_left
 from bridge.core.actions import BotTask
 from bridge.matrix.client import HomeserverError, MatrixError
 
@@ -44,35 +43,18 @@ async def invited(bot: Bot, task: BotTask) -> None:
 
 async def removed(bot: Bot, task: BotTask) -> None:
     """The bot was kicked or banned, or the owner left their management room."""
+    portal = bot.store.portal_for_room(task.network, task.room_id)
+    origin = bot.store.portal_info(portal.portal_id) if portal else None
     with bot.store.transaction():
         bot.store.drop_management_room(task.network, task.room_id)
-        before = bot.store.remove_portal_room(task.network, task.room_id)
-    if before is None:
+        bot.store.remove_portal_room(task.network, task.room_id)
+    if portal is None:
         # The owner left their management room: the bot leaves too (if it was kicked, there
         # is nothing to leave and the homeserver says so).
         with contextlib.suppress(HomeserverError):
             await bot.homeservers[task.network].leave(task.room_id)
         return
-    origin, _ = bot.store.portal_info(before.portal_id) or ("command", None)
-    label = bot.networks[task.network].label
+    in_config = origin is not None and origin[0] == "config"
     log.warning("the bot was removed from a portal room on %s; the room left its portal%s",
-                task.network, " (it is in the config: remove it there)" if origin == "config"
-                else "")
-    await leave_ghosts(bot, task.network, task.room_id)
-    rest = {n: r for n, r in before.rooms.items() if n != task.network}
-    for net_id, room_id in rest.items():
-        text = f"The {label} room left this portal: the bot was removed from it."
-        if len(rest) == 1:
-            text += " This room is no longer bridged."
-        try:
-            await bot.notice(net_id, room_id, text, about=task.about)
-        except HomeserverError as exc:
-            log.info("could not tell %s about a removal: %s", net_id, exc)
-
-
-async def dm_accepted(bot: Bot, task: BotTask) -> None:
-    await dms.accepted(bot, task)
-
-
-async def dm_declined(bot: Bot, task: BotTask) -> None:
-    await dms.declined(bot, task)
+                task.network, " (it is in the config: remove it there)" if in_config else "")
+    await room_left(bot, portal, task.network, ": the bot was removed from it", task.about)

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 from bridge.bot.call import Call, Denied
 from bridge.bot.info import discoverable
 from bridge.core.lookup import user_id_for
+from bridge.core.model import Portal
 from bridge.core.permissions import Level
 from bridge.matrix.client import HomeserverError
 
@@ -181,18 +182,25 @@ async def unlink(bot: Bot, call: Call) -> str:
     await _require_manager(bot, call)
     with bot.store.transaction():
         bot.store.remove_portal_room(call.network, call.room_id)
-    await leave_ghosts(bot, call.network, call.room_id)
-    label = bot.networks[call.network].label
-    rest = {n: r for n, r in portal.rooms.items() if n != call.network}
+    await room_left(bot, portal, call.network, "", call.event_id)
+    return "This room is no longer bridged; the ghosts have left."
+
+
+async def room_left(bot: Bot, before: Portal, network: str, why: str, about: str) -> None:
+    """`network`'s room has left the portal `before`: the ghosts leave it, and every other
+    room of the portal is told (`why` ends the notice's first sentence)."""
+    left = before.rooms[network]
+    await leave_ghosts(bot, network, left)
+    label = bot.networks[network].label
+    rest = {n: r for n, r in before.rooms.items() if n != network}
     for net_id, room_id in rest.items():
-        text = f"The {label} room left this portal."
+        text = f"The {label} room left this portal{why}."
         if len(rest) == 1:
             text += " This room is no longer bridged."
         try:
-            await bot.notice(net_id, room_id, text, about=call.event_id)
+            await bot.notice(net_id, room_id, text, about=about)
         except HomeserverError as exc:
-            log.info("could not tell %s on %s about the unlink: %s", room_id, net_id, exc)
-    return "This room is no longer bridged; the ghosts have left."
+            log.info("could not tell %s on %s that a room left: %s", room_id, net_id, exc)
 
 
 async def leave_ghosts(bot: Bot, network: str, room_id: str) -> None:
