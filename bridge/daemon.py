@@ -102,7 +102,8 @@ class Bridge:
                 self.inbound = inbound
                 reconciler = Reconciler(store, homeservers, inbound, store.portals, metrics)
                 bot = Bot(lambda: self.config, homeservers, store, key,
-                          reachable=lambda n: workers[n].reachable, reload=self.reload_from_bot)
+                          reachable=lambda n: workers[n].reachable, reload=self.reload_from_bot,
+                          wake=lambda n: workers[n].wake())
                 for net_id, network in networks.items():
                     workers[net_id] = DeliveryWorker(
                         network, homeservers, networks, store, key,

@@ -173,7 +173,7 @@ class DeliveryWorker:
             self.network.label, self.network.server_name, action.kind, item.id, exc,
         )
         with self.store.transaction():
-            self.store.finish(item.id, "failed", str(exc))
+            self.store.finish(item.id, "failed", str(exc), scrub=isinstance(action, BotTask))
             if isinstance(action, SendMessage):
                 notice = failure_notice(
                     action.source, self.network.id, self.network.label, exc.errcode
@@ -203,6 +203,13 @@ class DeliveryWorker:
         if isinstance(action, BotTask):
             await self._bot_task(item, action)
             return
+        src = action.source
+        portal_id = self.store.portal_id_of(self.network.id, action.room_id)
+        if portal_id is None or portal_id != self.store.portal_id_of(src.network, src.room_id):
+            # Queued before one of the rooms left the portal (unlink, the bot kicked): the
+            # ghost must not come back into a room that is no longer bridged.
+            self.store.finish(item.id, "done", "not sent: the room left its portal")
+            return
         if action.unless_member and (
             await self.hs.membership(action.room_id, action.unless_member) == "join"
         ):
@@ -210,7 +217,6 @@ class DeliveryWorker:
             self.store.finish(item.id, "done", "not mirrored: the sender's own account is here")
             return
         event_id = await self._send_as_ghost(action)
-        src = action.source
         with self.store.transaction():
             self.store.map_event(
                 src.network, src.room_id, src.event_id, self.network.id, action.room_id, event_id
@@ -229,18 +235,23 @@ class DeliveryWorker:
         self.store.set_ghost_in_room(self.network.id, action.ghost, action.room_id, False)
 
     async def _bot_task(self, item: OutboxItem, action: BotTask) -> None:
-        """Commands and the bot's answers to invites run once: a command is not repeated
-        after a failure (it may have half-happened); the bot says what went wrong instead."""
+        """A typed command runs at most once: it is marked done before it starts, since
+        running it again after a crash could repeat what it half did (rooms made, requests
+        sent); the bot replies with what went wrong instead of retrying. The bot's other tasks
+        (answering an invite, a DM request and its answer) are safe to repeat, and retry with
+        backoff like any action."""
         if self.bot is None:
             self.store.finish(item.id, "failed", "no bot in this process", scrub=True)
             return
+        if action.task != "command":
+            await self.bot(action)
+            self.store.finish(item.id, "done", scrub=True)
+            return
+        self.store.finish(item.id, "done", scrub=True)
         try:
             await self.bot(action)
         except HomeserverError as exc:
-            log.warning("bot task %s on %s failed: %s", action.task, self.network.id, exc)
-            self.store.finish(item.id, "failed", str(exc), scrub=True)
-            return
-        self.store.finish(item.id, "done", scrub=True)
+            log.warning("command on %s failed: %s", self.network.id, exc)
 
     async def _send_as_ghost(self, action: SendMessage) -> str:
         src = action.source

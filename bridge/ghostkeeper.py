@@ -106,9 +106,12 @@ class GhostKeeper:
                 return net_id, user
         return network_id, user_id
 
-    def ghosts_of(self, network_id: str, user_id: str) -> list[tuple[str, str]]:
+    def ghosts_of(
+        self, network_id: str, user_id: str, *, own_only: bool = False
+    ) -> list[tuple[str, str]]:
         """(network, localpart) of every ghost that may stand for the person: their own on each
-        other network, and the ones their identity links give them."""
+        other network, and the ones their identity links give them (with `own_only`, only those
+        derived from this very account)."""
         source = self.networks[network_id]
         linked = self.store.linked_accounts(network_id, user_id)
         found: set[tuple[str, str]] = set()
@@ -122,7 +125,8 @@ class GhostKeeper:
                 continue
             found.add((target_id, ghost_localpart(target, network_id, own)))
             via_links = ghost_for(user_id, source, target, self.networks, self.key, linked)
-            if via_links is not None:
+            mine = self.base_account(target_id, network_id, user_id) == (network_id, user_id)
+            if via_links is not None and (mine or not own_only):
                 found.add((target_id, via_links))
         return sorted(found)
 
@@ -146,15 +150,23 @@ class GhostKeeper:
         """Give the person's registered ghosts the neutral fallback name ("forget me");
         returns every ghost that may stand for them, for the store to forget."""
         source = self.networks[network_id]
-        ghosts = self.ghosts_of(network_id, user_id)
+        ghosts = self.ghosts_of(network_id, user_id, own_only=True)
         for target_id, localpart in ghosts:
             registered, _ = self.store.ghost(target_id, localpart)
             if not registered:
                 continue
             name = f"{source.label} user {localpart[-16:][:4]}"
             ghost = self.networks[target_id].user_id(localpart)
+            hs = self.homeservers[target_id]
             try:
-                await self.homeservers[target_id].set_display_name(ghost, name)
+                await hs.set_display_name(ghost, name)
             except HomeserverError as exc:
                 log.warning("could not reset a ghost's name on %s: %s", target_id, exc)
+            # The store forgets which rooms the ghost is in, so it leaves them now: nothing
+            # could make it leave later. It comes back if the person speaks again.
+            for room_id in self.store.ghost_rooms_of(target_id, localpart):
+                try:
+                    await hs.leave(room_id, as_user=ghost)
+                except HomeserverError as exc:
+                    log.info("a forgotten person's ghost could not leave a room: %s", exc)
         return ghosts

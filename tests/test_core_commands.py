@@ -141,10 +141,23 @@ def test_command_names_ignore_case_and_extra_spaces(text: str, name: str) -> Non
 
 def test_a_command_typed_with_the_prefix_in_a_group_room() -> None:
     group = ctx(in_management=False)
-    command = strip_prefix("!tb dm ig:@alice", "!tb", in_management=False)
-    assert command == "dm ig:@alice"
-    result = invoked(command, group)
+    command = strip_prefix("!tb invite ig:@alice", "!tb", in_management=False)
+    assert command == "invite ig:@alice"
+    result = invoked(command, ctx(in_management=False, in_portal=True))
     assert dict(result.args) == {"target": ("ig", Identity("handle", "alice"))}
+    assert isinstance(parse("version", group), Invocation)
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["whoami", "dm ig:alice", "privacy", "identity link ig:alice", "identity confirm X",
+     "identity unlink", "forget me"],
+)
+def test_commands_about_oneself_work_only_in_the_management_room(text: str) -> None:
+    # Their answers name linked accounts, DM targets, settings: not for a group room's eyes.
+    message = refused(text, ctx(in_management=False, in_portal=True))
+    assert "works only in your management room" in message
+    assert "@tribridge:wa.localhost" in message
 
 
 # --- missing and extra arguments: the reply shows the usage ---------------------------------
@@ -208,8 +221,8 @@ def test_help_for_something_that_is_no_command_says_so() -> None:
 
 
 def test_usage_outside_the_management_room_carries_the_prefix() -> None:
-    message = refused("dm", ctx(in_management=False, prefix="!bridge"))
-    assert message.endswith("\nUsage: `!bridge dm <network>:<identity>`")
+    message = refused("invite", ctx(in_management=False, in_portal=True, prefix="!bridge"))
+    assert message.endswith("\nUsage: `!bridge invite <network>:<identity>`")
 
 
 @pytest.mark.parametrize(

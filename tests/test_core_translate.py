@@ -395,3 +395,43 @@ def test_a_join_survives_the_outbox_round_trip() -> None:
 def test_an_unknown_action_kind_is_refused() -> None:
     with pytest.raises(ValueError, match="unknown action kind"):
         from_payload("teleport", "wa", ROOMS["wa"], "tb1x", {})
+
+
+# -- commands, edits and replies -------------------------------------------------------------
+
+
+def test_a_prefixed_message_in_a_portal_is_a_command_and_is_not_relayed() -> None:
+    (task,) = from_wa(message({"msgtype": "m.text", "body": "!tb invite ig:bob"})).actions
+    assert isinstance(task, BotTask)
+    assert (task.task, dict(task.data)) == (
+        "command", {"sender": ALICE_WA, "text": "invite ig:bob"}
+    )
+
+
+def test_an_edit_of_a_command_is_neither_run_nor_relayed() -> None:
+    edit = {
+        "msgtype": "m.text",
+        "body": "* !tb invite wa:+1 555 123 4568",
+        "m.new_content": {"msgtype": "m.text", "body": "!tb invite wa:+1 555 123 4568"},
+        "m.relates_to": {"rel_type": "m.replace", "event_id": "$cmd"},
+    }
+    result = from_wa(message(edit))
+    assert result.actions == []
+    assert result.skipped == "an edit of a command"
+
+
+def test_a_reply_crosses_without_the_quote_of_what_it_answers() -> None:
+    reply = {
+        "msgtype": "m.text",
+        "body": "> <@+15551234567:wa.localhost> !tb invite wa:+15551234568\n\nok, done",
+        "format": "org.matrix.custom.html",
+        "formatted_body": "<mx-reply><blockquote>!tb invite wa:+15551234568</blockquote>"
+                          "</mx-reply>ok, done",
+        "m.relates_to": {"m.in_reply_to": {"event_id": "$cmd"}},
+    }
+    sends = [a for a in from_wa(message(reply)).actions if isinstance(a, SendMessage)]
+    assert len(sends) == 2
+    for send in sends:
+        assert send.content["body"] == "ok, done"
+        assert send.content["formatted_body"] == "ok, done"
+        assert "5551234568" not in str(send.content)

@@ -68,6 +68,11 @@ async def rig(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterator[R
     fault = getattr(request, "param", None) or (lambda n: None)
     fakes = {"wa": FakeHomeserver("wa.test"), "ig": FakeHomeserver("ig.test", fault=fault)}
     store = Store(tmp_path / "t.db", durability="process")
+    store.sync_config_portals([
+        {"wa": "!wa-room", "ig": "!ig-room"},
+        {"wa": "!wa-slow", "ig": "!slow"},
+        {"wa": "!wa-fast", "ig": "!fast"},
+    ])
     async with (
         httpx.AsyncClient(transport=fakes["wa"], base_url="http://wa") as wa_http,
         httpx.AsyncClient(transport=fakes["ig"], base_url="http://ig") as ig_http,
@@ -139,9 +144,9 @@ async def test_backoff_doubles_up_to_five_minutes(
 async def test_a_hung_send_times_out_and_other_rooms_do_not_wait(
     rig: Rig, autojump_clock: trio.testing.MockClock
 ) -> None:
-    rig.queue("stuck-then-ok", room="!slow")
+    rig.queue("stuck-then-ok", room="!slow", src_room="!wa-slow")
     await rig.until(lambda: len(rig.fakes["ig"].attempts) == 1)
-    rig.queue("meanwhile", room="!fast")
+    rig.queue("meanwhile", room="!fast", src_room="!wa-fast")
     await rig.until(lambda: rig.fakes["ig"].texts("!fast") == ["meanwhile"], within=5)
     await rig.until(lambda: rig.fakes["ig"].texts("!slow") == ["stuck-then-ok"], within=60)
     (slow,) = [s for s in rig.fakes["ig"].sent if s.room_id == "!slow"]
@@ -224,6 +229,17 @@ async def test_a_resend_after_a_crash_is_not_a_duplicate(
     await rig.until(lambda: len(rig.fakes["ig"].attempts) == 2)
     await rig.until(lambda: rig.store.delivery_status("wa", "$src-once")[0].state == "done")
     assert rig.fakes["ig"].texts("!ig-room") == ["once"]
+
+
+async def test_a_message_queued_before_its_room_left_the_portal_is_not_sent(rig: Rig) -> None:
+    with rig.store.transaction():
+        rig.store.enqueue([message("late")])
+        rig.store.remove_portal_room("ig", "!ig-room")  # an unlink committed after the queueing
+    rig.workers["ig"].wake()
+    await rig.until(lambda: rig.store.outbox_depth().get("ig", 0) == 0, within=10)
+    assert rig.fakes["ig"].texts("!ig-room") == []
+    (status,) = rig.store.delivery_status("wa", "$src-late")
+    assert (status.state, status.last_error) == ("done", "not sent: the room left its portal")
 
 
 async def test_health_and_metrics_follow_an_outage(

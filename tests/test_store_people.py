@@ -168,11 +168,12 @@ def test_an_expired_confirmation_is_refused_and_used_up(store: Store) -> None:
 def test_dm_requests_are_added_updated_and_found(store: Store) -> None:
     first = store.add_dm_request(ALICE, BOB, "bob")
     assert store.dm_request(first) == DmRequest(
-        first, *ALICE, *BOB, "bob", None, None, "pending"
+        first, *ALICE, *BOB, "bob", None, None, None, "pending"
     )
     store.update_dm_request(first, room_id="!req:ig.localhost", state="accepted")
-    store.update_dm_request(first, portal_id="p1")
-    expected = DmRequest(first, *ALICE, *BOB, "bob", "!req:ig.localhost", "p1", "accepted")
+    store.update_dm_request(first, portal_id="p1", home_room="!home:wa.localhost")
+    expected = DmRequest(first, *ALICE, *BOB, "bob", "!req:ig.localhost", "!home:wa.localhost",
+                         "p1", "accepted")
     assert store.dm_request(first) == expected
     assert store.dm_request_in_room("ig", "!req:ig.localhost") == expected
     assert store.dm_request_in_room("wa", "!req:ig.localhost") is None

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Mapping
 
-from bridge.bot import dms, events
+from bridge.bot import dms, events, portals
 from bridge.bot.call import Call, Denied, Handler
 from bridge.bot.handlers import HANDLERS
 from bridge.config import Config
@@ -37,6 +37,7 @@ class Bot:
         *,
         reachable: Callable[[str], bool] = lambda network: True,
         reload: Callable[[], str] = lambda: "reload is not available here",
+        wake: Callable[[str], None] = lambda network: None,
     ) -> None:
         self.config = config
         self.homeservers = homeservers
@@ -48,6 +49,7 @@ class Bot:
         self.ghosts = GhostKeeper(homeservers, self.networks, store, key)
         self.reachable = reachable
         self.reload = reload
+        self.wake = wake  # new bot tasks were queued for a network
         self._replies: dict[str, int] = {}
         self.busy: set[int] = set()  # DM requests being accepted right now
         self.handlers: Mapping[str, Handler] = HANDLERS
@@ -55,12 +57,19 @@ class Bot:
     # -- entry point ---------------------------------------------------------------------------
 
     async def __call__(self, task: BotTask) -> None:
+        # Replies are numbered from 0 on every run, so a task run again (after an error) sends
+        # its replies with the same transaction ids, which the homeserver sends only once.
+        self._replies[task.about] = 0
         if task.task == "command":
             await self.command(task)
         elif task.task == "invited":
             await events.invited(self, task)
         elif task.task == "removed":
             await events.removed(self, task)
+        elif task.task == "dm_request":
+            await dms.send_request(self, task)
+        elif task.task == "invite_person":
+            await portals.invite_person(self, task)
         elif task.task == "dm_accepted":
             await dms.accepted(self, task)
         elif task.task == "dm_declined":
@@ -86,6 +95,10 @@ class Bot:
         except HomeserverError as exc:
             log.warning("command %s on %s failed: %s", parsed.name, task.network, exc)
             answer = f"{parsed.name} failed: a homeserver said {exc}. Try again in a moment."
+        except Exception:
+            # A bug of ours: the person still gets an answer, and the daemon goes on.
+            log.exception("command %s on %s failed unexpectedly", parsed.name, task.network)
+            answer = f"{parsed.name} failed because of an error in the bridge; it is logged."
         if answer:
             await self.reply(task, answer)
 

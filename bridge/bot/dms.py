@@ -5,8 +5,12 @@ invite is the message request, and it shows only the ghost's display name and ne
 Only when the target joins does the target's ghost make the matching room on the requester's
 network and invite the requester; the two rooms then form a portal. A decline, an identity
 that is not discoverable and one that does not exist all leave the requester with the same
-"no answer", and the reply to ``dm`` goes out before anything is looked up, so its timing says
-nothing either.
+"no answer". The reply to ``dm`` goes out first, and the lookup runs as a task of its own, in a
+queue of its own: neither the reply, nor its timing, nor the timing of the requester's next
+command depends on whether the person exists or hides.
+
+Each step records what it made before it awaits anything else and reuses it when run again,
+so a step cut off by an error or a crash is retried without making a second room.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ from typing import TYPE_CHECKING
 
 from bridge.bot.call import Call, Denied
 from bridge.bot.info import discoverable
-from bridge.core.actions import BotTask
+from bridge.core.actions import BotTask, txn_id
 from bridge.core.lookup import user_id_for
 from bridge.core.translate import ghost_for
 from bridge.matrix.client import HomeserverError
@@ -44,38 +48,58 @@ async def dm(bot: Bot, call: Call) -> str:
         request_id = bot.store.add_dm_request(
             (call.network, call.sender), (net_id, to_user), identity.value
         )
+        # Its own queue (a room key of its own): see the module's docstring.
+        bot.store.enqueue([BotTask(
+            net_id, f"dm-request:{request_id}", "dm_request", {"request": request_id},
+            txn_id(call.network, call.event_id, net_id, "dm_request"), call.event_id,
+        )])
+    bot.wake(net_id)
+    return ""
+
+
+async def send_request(bot: Bot, task: BotTask) -> None:
+    """The message request itself, on the target's network, if they can be reached."""
+    request = bot.store.dm_request(int(task.data["request"]))
+    if request is None or request.state != "pending":
+        return
+    net_id, to_user = request.to_network, request.to_user
+    if net_id not in bot.networks or request.from_network not in bot.networks:
+        return
     if not discoverable(bot, net_id, to_user):
-        return ""
-    here = bot.networks[call.network]
-    linked = bot.store.linked_accounts(call.network, call.sender)
-    ghost = ghost_for(call.sender, here, target, bot.networks, bot.key, linked)
+        return
+    target, here = bot.networks[net_id], bot.networks[request.from_network]
+    linked = bot.store.linked_accounts(here.id, request.from_user)
+    ghost = ghost_for(request.from_user, here, target, bot.networks, bot.key, linked)
     if ghost is None:
-        return ""
+        return
     hs = bot.homeservers[net_id]
-    try:
-        ghost_id = await bot.ghosts.ensure(net_id, ghost, call.network, call.sender,
-                                           room_hint=call.room_id)
-        room_id = await hs.create_room(
-            {"preset": "private_chat", "is_direct": True,
-             "invite": [to_user, target.bot_user_id]},
-            as_user=ghost_id,
-        )
-    except HomeserverError as exc:
-        log.debug("DM request on %s not made: %s", net_id, exc)
+    room_id = request.room_id
+    if room_id is None:
+        ghost_id = await bot.ghosts.ensure(net_id, ghost, here.id, request.from_user)
+        try:
+            room_id = await hs.create_room(
+                {"preset": "private_chat", "is_direct": True,
+                 "invite": [to_user, target.bot_user_id]},
+                as_user=ghost_id,
+            )
+        except HomeserverError as exc:
+            if exc.status is not None and 400 <= exc.status < 500 and exc.status != 429:
+                # No such person (or they cannot be invited): the same silence as a decline.
+                log.debug("DM request on %s not made: %s", net_id, exc)
+                with bot.store.transaction():
+                    bot.store.update_dm_request(request.id, state="failed")
+                return
+            raise
+        # Recorded before anything else is awaited, so the target's join, pushed any moment
+        # now, finds its request.
         with bot.store.transaction():
-            bot.store.update_dm_request(request_id, state="failed")
-        return ""
-    # Recorded before anything else is awaited, so the target's join, pushed any moment now,
-    # finds its request.
-    with bot.store.transaction():
-        bot.store.set_ghost_in_room(net_id, ghost, room_id, True)
-        bot.store.update_dm_request(request_id, room_id=room_id)
+            bot.store.set_ghost_in_room(net_id, ghost, room_id, True)
+            bot.store.update_dm_request(request.id, room_id=room_id)
     await hs.join(room_id)
     if await hs.membership(room_id, to_user) == "join":
         # They joined before the request was on record, so no push will tell: accept now.
-        await accepted(bot, BotTask(net_id, room_id, "dm_accepted", {"request": request_id},
-                                    "", call.event_id))
-    return ""
+        await accepted(bot, BotTask(net_id, room_id, "dm_accepted", {"request": request.id},
+                                    "", task.about))
 
 
 async def accepted(bot: Bot, task: BotTask) -> None:
@@ -93,21 +117,27 @@ async def _accept(bot: Bot, request_id: int) -> None:
     request = bot.store.dm_request(request_id)
     if request is None or request.state != "pending" or request.room_id is None:
         return
+    if request.to_network not in bot.networks or request.from_network not in bot.networks:
+        return
     source, home = bot.networks[request.to_network], bot.networks[request.from_network]
     linked = bot.store.linked_accounts(request.to_network, request.to_user)
     ghost = ghost_for(request.to_user, source, home, bot.networks, bot.key, linked)
     if ghost is None:
         return
-    ghost_id = await bot.ghosts.ensure(home.id, ghost, source.id, request.to_user)
     hs = bot.homeservers[home.id]
-    room_id = await hs.create_room(
-        {"preset": "private_chat", "is_direct": True,
-         "invite": [request.from_user, home.bot_user_id]},
-        as_user=ghost_id,
-    )
+    room_id = request.home_room
+    if room_id is None:
+        ghost_id = await bot.ghosts.ensure(home.id, ghost, source.id, request.to_user)
+        room_id = await hs.create_room(
+            {"preset": "private_chat", "is_direct": True,
+             "invite": [request.from_user, home.bot_user_id]},
+            as_user=ghost_id,
+        )
+        with bot.store.transaction():
+            bot.store.set_ghost_in_room(home.id, ghost, room_id, True)
+            bot.store.update_dm_request(request.id, home_room=room_id)
     await hs.join(room_id)
     with bot.store.transaction():
-        bot.store.set_ghost_in_room(home.id, ghost, room_id, True)
         portal = bot.store.create_portal(
             {source.id: request.room_id, home.id: room_id}, "dm", None
         )
@@ -118,6 +148,8 @@ async def _accept(bot: Bot, request_id: int) -> None:
 async def declined(bot: Bot, task: BotTask) -> None:
     request = bot.store.dm_request(int(task.data["request"]))
     if request is None or request.state != "pending" or request.room_id is None:
+        return
+    if request.to_network not in bot.networks:
         return
     with bot.store.transaction():
         bot.store.update_dm_request(request.id, state="declined")

@@ -68,7 +68,9 @@ async def whoami(bot: Bot, call: Call) -> str:
         ghost = ghost_for(call.sender, here, target, bot.networks, bot.key, linked)
         if ghost is None:
             continue
-        name = await bot.ghosts.name(ghost, call.network, call.sender)
+        # A ghost shared by linked accounts carries the name of the account it derives from.
+        base = bot.ghosts.base_account(target_id, call.network, call.sender)
+        name = await bot.ghosts.name(ghost, *base)
         lines.append(f"On {target.label} you appear as \"{name}\".")
     show = "on" if bot.ghosts.exposed(call.network, call.sender) else "off"
     lines.append(
@@ -83,7 +85,9 @@ async def whoami(bot: Bot, call: Call) -> str:
 
 
 def _shown(bot: Bot, network: str, user_id: str) -> str:
-    net = bot.networks[network]
+    net = bot.networks.get(network)
+    if net is None:  # a network since removed from the config
+        return user_id
     return native_identity(user_id, net.identity, net.server_name).value
 
 
@@ -99,6 +103,9 @@ async def status(bot: Bot, call: Call) -> str:
             waiting = bot.store.pending_count(net_id, room_id)
             here = " (this room)" if net_id == call.network else ""
             lines.append(f"- {net.label}: {room_id}{here}: {health}, {waiting} waiting")
+    elif not call.ctx.in_management:
+        # Your chats name the people you asked for: not for a group room's eyes.
+        lines.append(f"This room is not bridged; {call.say('link')} bridges it.")
     else:
         requests = bot.store.dm_requests_of(call.network, call.sender)
         chats = []
@@ -106,7 +113,7 @@ async def status(bot: Bot, call: Call) -> str:
             if (r.from_network, r.from_user) == (call.network, call.sender):
                 state = "open" if r.state == "accepted" else "no answer"
                 chats.append(f"- with {r.to_network}:{r.to_shown}: {state}")
-            elif r.state == "accepted":
+            elif r.state == "accepted" and r.from_network in bot.networks:
                 chats.append(f"- with a {bot.networks[r.from_network].label} user: open")
         lines.append("Your chats across networks:" if chats else "No chats across networks yet.")
         lines += chats

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from bridge.bot.call import Call, Denied
 from bridge.bot.info import discoverable
+from bridge.core.actions import BotTask, txn_id
 from bridge.core.lookup import user_id_for
 from bridge.core.model import Portal
 from bridge.core.permissions import Level
@@ -226,17 +227,32 @@ async def invite(bot: Bot, call: Call) -> str:
         raise Denied(
             f"invite: this portal has no {target.label} room yet; {call.say('link')} makes one."
         )
-    # The same answer, sent before looking anyone up: whether they exist or can be reached
-    # shows neither in the words nor in the time it takes.
+    # The same answer, sent before looking anyone up; the lookup runs in a queue of its own,
+    # so whether they exist or can be reached shows neither in the words nor in the time.
     answer = (
         f"Invited {net_id}:{identity.value} to this conversation on {target.label}, if they can "
         "be reached. They decide whether to join."
     )
     await bot.notice(call.network, call.room_id, answer, about=call.event_id)
     user_id = user_id_for(target, identity)
-    if discoverable(bot, net_id, user_id):
-        try:
-            await bot.homeservers[net_id].invite(room_id, user_id)
-        except HomeserverError as exc:
-            log.debug("invite on %s not sent: %s", net_id, exc)
+    with bot.store.transaction():
+        bot.store.enqueue([BotTask(
+            net_id, f"invite:{call.event_id}", "invite_person", {"room": room_id, "user": user_id},
+            txn_id(call.network, call.event_id, net_id, "invite"), call.event_id,
+        )])
+    bot.wake(net_id)
     return ""
+
+
+async def invite_person(bot: Bot, task: BotTask) -> None:
+    """The invite itself, if the person can be reached (the task's payload is emptied once
+    done: it names them)."""
+    room_id, user_id = str(task.data["room"]), str(task.data["user"])
+    if not discoverable(bot, task.network, user_id):
+        return
+    try:
+        await bot.homeservers[task.network].invite(room_id, user_id)
+    except HomeserverError as exc:
+        if exc.status is None or exc.status >= 500 or exc.status == 429:
+            raise  # try again later
+        log.debug("invite on %s not sent: %s", task.network, exc)

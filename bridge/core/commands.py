@@ -65,7 +65,7 @@ COMMANDS: tuple[Spec, ...] = (
     Spec("version", "the bridge's version", Level.RELAY),
     Spec("ping", "round trip from the bridge to every homeserver", Level.USER),
     Spec("whoami", "your identity here, what other networks see of you, your linked accounts",
-         Level.RELAY),
+         Level.RELAY, (), Where.MANAGEMENT),
     Spec("link", "make this room a portal, or add a room of another network to its portal",
          Level.USER, (("network", Arg.NETWORK, False), ("room", Arg.ROOM, False)), Where.GROUP,
          "Without arguments the bridge creates a room on every other network, with this room's "
@@ -78,25 +78,25 @@ COMMANDS: tuple[Spec, ...] = (
          "They get an invite to the portal's room on their own network; nothing else about "
          "either side is revealed."),
     Spec("dm", "start a one-to-one chat with a person of another network", Level.USER,
-         (("target", Arg.TARGET, True),), Where.ANYWHERE,
+         (("target", Arg.TARGET, True),), Where.MANAGEMENT,
          "They get a message request on their own network. If they accept, you get an invite "
          "to the chat here. If they decline or do not answer, you learn only 'no answer'."),
     Spec("privacy", "show or change what of you other networks can see and use", Level.RELAY,
-         (("setting", Arg.COMMAND, False), ("value", Arg.ON_OFF, False)), Where.ANYWHERE,
+         (("setting", Arg.COMMAND, False), ("value", Arg.ON_OFF, False)), Where.MANAGEMENT,
          "privacy discoverable on|off: whether others can reach you with dm and invite by your "
          "phone number, email or handle (default: off for phone and email, on for handles).\n"
          "privacy show-identity on|off: whether your phone number or email appears on other "
          "networks beside your name (default: off)."),
     Spec("identity link", "link your account on another network to this one", Level.USER,
-         (("target", Arg.TARGET, True),), Where.ANYWHERE,
+         (("target", Arg.TARGET, True),), Where.MANAGEMENT,
          "The bot sends a one-time code to your management room on the other network; say "
          "'identity confirm <code>' there within 10 minutes. Linked accounts appear as one "
          "ghost on third networks."),
     Spec("identity confirm", "confirm an identity link with its code", Level.USER,
-         (("code", Arg.CODE, True),)),
-    Spec("identity unlink", "undo your identity links", Level.USER),
+         (("code", Arg.CODE, True),), Where.MANAGEMENT),
+    Spec("identity unlink", "undo your identity links", Level.USER, (), Where.MANAGEMENT),
     Spec("forget me", "erase what the bridge stores about you", Level.RELAY,
-         (("confirm", Arg.CONFIRM, False),), Where.ANYWHERE,
+         (("confirm", Arg.CONFIRM, False),), Where.MANAGEMENT,
          "Erases your identity links, privacy settings and profile; your ghosts on other "
          "networks go back to a neutral name. Messages already relayed stay where they are."),
     Spec("status", "this portal's rooms and health, or your chats and portals", Level.USER),
@@ -171,6 +171,12 @@ def parse(text: str, ctx: Context) -> Invocation | Refusal:
         )
     if spec.where is Where.PORTAL and not ctx.in_portal:
         return Refusal(f"{spec.name} works only in a bridged room.")
+    if spec.where is Where.MANAGEMENT and not ctx.in_management:
+        bot = ctx.networks[ctx.here].bot_user_id if ctx.here in ctx.networks else "the bot"
+        return Refusal(
+            f"{spec.name} works only in your management room, since its answers are about you "
+            f"and this room should not see them: start a direct chat with {bot}."
+        )
     if spec.where is Where.GROUP and ctx.in_management:
         return Refusal(
             f"{spec.name} works in the room you want to bridge, not in your management room: "

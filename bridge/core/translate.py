@@ -7,6 +7,7 @@ knows rather than passing the source's through.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -92,10 +93,20 @@ def translate(
     if rules.permissions.level(sender) is Level.NONE:
         return _skip("the sender's permission level is none")
     is_message = etype == "m.room.message" and "state_key" not in event
-    if is_message and content.get("msgtype") == "m.text" and isinstance(content.get("body"), str):
+    if is_message:
+        content = _without_reply_fallback(content)
+    if room.manager is not None and sender != room.manager:
+        return _skip("someone else's management room")
+    if is_message and _is_edit(content):
+        # An edit is never a command (it would run twice), and an edit of a command must not
+        # carry the command's arguments to other networks.
+        new = content.get("m.new_content")
+        new_body = new.get("body") if isinstance(new, Mapping) else content.get("body")
+        text = new_body if isinstance(new_body, str) else ""
+        if room.manager is not None or strip_prefix(text, rules.prefix, False) is not None:
+            return _skip("an edit of a command")
+    elif is_message and content.get("msgtype") == "m.text" and isinstance(content.get("body"), str):
         in_management = room.manager is not None
-        if in_management and sender != room.manager:
-            return _skip("someone else's management room")
         command = strip_prefix(str(content["body"]), rules.prefix, in_management)
         if command is not None:
             task = BotTask(source.id, room_id, "command", {"sender": sender, "text": command},
@@ -244,6 +255,35 @@ def _for_target(
     for field_name in ("body", "formatted_body"):
         if field_name in out:
             out[field_name] = rewrite_user_ids(out[field_name], source, target, key)
+    return out
+
+
+def _is_edit(content: Mapping[str, Any]) -> bool:
+    relates = content.get("m.relates_to")
+    return isinstance(relates, Mapping) and relates.get("rel_type") == "m.replace"
+
+
+_MX_REPLY = re.compile(r"^<mx-reply>.*?</mx-reply>", re.S)
+
+
+def _without_reply_fallback(content: Mapping[str, Any]) -> Mapping[str, Any]:
+    """A reply's content without the quote of the message it answers (the spec's deprecated
+    reply fallback): the quote may be of a command, or of another network's message."""
+    relates = content.get("m.relates_to")
+    if not isinstance(relates, Mapping) or not isinstance(relates.get("m.in_reply_to"), Mapping):
+        return content
+    out = dict(content)
+    body = out.get("body")
+    if isinstance(body, str) and body.startswith("> "):
+        lines = body.split("\n")
+        while lines and lines[0].startswith(">"):
+            lines.pop(0)
+        if lines and lines[0] == "":
+            lines.pop(0)
+        out["body"] = "\n".join(lines)
+    formatted = out.get("formatted_body")
+    if isinstance(formatted, str):
+        out["formatted_body"] = _MX_REPLY.sub("", formatted, count=1)
     return out
 
 

@@ -123,10 +123,12 @@ def _v2(db: sqlite_utils.Database) -> None:
          "code_hash": str, "expires_at": float, "tries": int},
         pk=("to_network", "to_user", "from_network", "from_user"),
     )
-    # Requests for a cross-network DM. `room_id` is the request room on the target's network.
+    # Requests for a cross-network DM. `room_id` is the request room on the target's network,
+    # `home_room` the requester's side, made once the target accepts.
     db.table("dm_requests").create(
         {"id": int, "from_network": str, "from_user": str, "to_network": str, "to_user": str,
-         "to_shown": str, "room_id": str, "portal_id": str, "state": str, "created_at": float},
+         "to_shown": str, "room_id": str, "home_room": str, "portal_id": str, "state": str,
+         "created_at": float},
         pk="id",
         not_null={"from_network", "from_user", "to_network", "to_user", "state"},
     )

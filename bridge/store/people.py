@@ -24,6 +24,7 @@ class DmRequest:
     to_user: str
     to_shown: str
     room_id: str | None
+    home_room: str | None
     portal_id: str | None
     state: str  # pending | accepted | declined | failed
 
@@ -38,7 +39,8 @@ class LinkCode:
 
 
 _DM_COLUMNS = (
-    "id, from_network, from_user, to_network, to_user, to_shown, room_id, portal_id, state"
+    "id, from_network, from_user, to_network, to_user, to_shown, room_id, home_room, portal_id, "
+    "state"
 )
 
 
@@ -240,7 +242,7 @@ class PeopleStore:
         return int(cursor.lastrowid or 0)
 
     def update_dm_request(self, request_id: int, **fields: Any) -> None:
-        allowed = {"room_id", "portal_id", "state"}
+        allowed = {"room_id", "home_room", "portal_id", "state"}
         assert set(fields) <= allowed, fields
         for column, value in fields.items():
             self.conn.execute(

@@ -142,6 +142,13 @@ class Store(PeopleStore):
         )
         return self.portal(row[0]) if row else None
 
+    def portal_id_of(self, network: str, room_id: str) -> str | None:
+        row = self._one(
+            "SELECT portal_id FROM portal_rooms WHERE network = ? AND room_id = ?",
+            (network, room_id),
+        )
+        return row[0] if row else None
+
     def portal(self, portal_id: str) -> Portal | None:
         rows = self.conn.execute(
             "SELECT network, room_id FROM portal_rooms WHERE portal_id = ?", (portal_id,)

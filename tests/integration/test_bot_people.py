@@ -9,6 +9,7 @@ import sqlite3
 from collections.abc import Callable
 from contextlib import closing
 from typing import Any
+from urllib.parse import quote
 
 import pytest
 import trio
@@ -459,6 +460,14 @@ async def test_forget_me_erases_the_person_and_neutralises_their_ghosts(
     assert left == [], left
     for person, net, ghost in ((ivy, "ig", ghost_ig), (fred, "fbm", ghost_fbm)):
         pseudonym = ghost[1:].split(":")[0][-16:]
-        await member_name(person, rooms[net], ghost, f"WhatsApp user {pseudonym[:4]}")
+        # The ghost's own profile is back to the neutral name, and it left the rooms (the store
+        # no longer knows them, so it could not leave later); its messages stay.
+        profile = await person.call("GET", f"/profile/{quote(ghost)}/displayname")
+        assert profile["displayname"] == f"WhatsApp user {pseudonym[:4]}"
+
+        async def gone(person: Person = person, net: str = net, ghost: str = ghost) -> bool:
+            return ghost not in await person.members(rooms[net])
+
+        await wait_until(gone, what=f"{ghost} leaving {net}")
         texts = await person.texts(rooms[net])
         assert (ghost, "walter before") in texts and (ghost, "walter after") in texts
