@@ -32,6 +32,7 @@ from bridge.core.ghosts import derive_key
 from bridge.core.model import Portal
 from bridge.core.translate import Rules
 from bridge.delivery import DeliveryWorker
+from bridge.encryption import refuse_mixed_portals
 from bridge.http.server import Limits, serve
 from bridge.inbound import Inbound
 from bridge.matrix.appservice import Appservice
@@ -155,6 +156,7 @@ class Bridge:
         async with trio.open_nursery() as setup:
             for net_id, net in self.config.networks.items():
                 setup.start_soon(_setup_network, net, homeservers[net_id], portals, reconciler)
+        await refuse_mixed_portals(homeservers, reconciler.store, portals)
 
     async def _reloader(
         self, store: Store, homeservers: Mapping[str, Homeserver], reconciler: Reconciler

@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import random
 from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
 
 import trio
 
@@ -224,6 +225,21 @@ class DeliveryWorker:
             self.store.finish(item.id, "done")
         log.debug("relayed %s from %s as %s", src.event_id, src.network, event_id)
 
+    def _map_relation(self, action: SendMessage) -> Mapping[str, Any]:
+        """The content with `m.relates_to`'s event id mapped to this network's copy of it (the
+        relation is outside any ciphertext); dropped if that event never came here."""
+        relates = action.content.get("m.relates_to")
+        if not isinstance(relates, Mapping) or not isinstance(relates.get("event_id"), str):
+            return action.content
+        mapped = self.store.counterpart(action.source.network, relates["event_id"],
+                                        self.network.id)
+        content = dict(action.content)
+        if mapped is None:
+            del content["m.relates_to"]
+        else:
+            content["m.relates_to"] = {**relates, "event_id": mapped}
+        return content
+
     async def _leave(self, action: LeaveRoom) -> None:
         if not self.store.ghost_in_room(self.network.id, action.ghost, action.room_id):
             return
@@ -262,7 +278,8 @@ class DeliveryWorker:
             )
             try:
                 return await self.hs.send_event(
-                    action.room_id, "m.room.message", action.content, action.txn_id, ghost
+                    action.room_id, action.event_type, self._map_relation(action), action.txn_id,
+                    ghost
                 )
             except MatrixError as exc:
                 # The ghost was kicked or left since we last saw it join: join again, once.

@@ -12,6 +12,7 @@ from bridge.core.actions import BotTask, txn_id
 from bridge.core.lookup import user_id_for
 from bridge.core.model import Portal
 from bridge.core.permissions import Level
+from bridge.core.translate import E2EE_ALGORITHM
 from bridge.matrix.client import HomeserverError
 
 if TYPE_CHECKING:
@@ -62,13 +63,37 @@ async def _require_manager(bot: Bot, call: Call) -> None:
         )
 
 
-async def _publish(bot: Bot, network: str, room_id: str, portal_id: str) -> None:
+async def _publish(bot: Bot, network: str, room_id: str, portal_id: str) -> bool:
     try:
         await bot.homeservers[network].put_state(
             room_id, PORTAL_STATE, "", {"portal_id": portal_id}
         )
     except HomeserverError as exc:
         log.info("portal id not published in %s on %s: %s", room_id, network, exc)
+        return False
+    return True
+
+
+async def encryption_of(bot: Bot, network: str, room_id: str) -> str | None:
+    """The room's end-to-end encryption algorithm, None if it is not encrypted."""
+    state = await bot.homeservers[network].state(room_id, "m.room.encryption")
+    algorithm = state.get("algorithm") if state else None
+    return algorithm if isinstance(algorithm, str) else None
+
+
+def _refuse_megolm(algorithm: str | None) -> None:
+    if algorithm is not None and algorithm != E2EE_ALGORITHM:
+        raise Denied(
+            "link: this room uses Matrix's own end-to-end encryption, which is bound to one "
+            "homeserver and cannot cross networks. Make a room encrypted with tribridge's "
+            f"scheme ({E2EE_ALGORITHM}; see docs/e2ee.md) and link that one."
+        )
+
+
+PIN_WARNING = (
+    " The bot could not publish the portal id in this room, and encrypted messages are bound "
+    "to it: give the bot the power to change room settings, then say `{prefix} link` again."
+)
 
 
 async def link(bot: Bot, call: Call) -> str:
@@ -88,6 +113,8 @@ async def link(bot: Bot, call: Call) -> str:
     if not missing:
         return "This room is already bridged to every network."
     hs = bot.homeservers[call.network]
+    algorithm = await encryption_of(bot, call.network, call.room_id)
+    _refuse_megolm(algorithm)
     name = (await hs.state(call.room_id, "m.room.name") or {}).get("name")
     topic = (await hs.state(call.room_id, "m.room.topic") or {}).get("topic")
     portal_id = portal.portal_id if portal else str(uuid.uuid4())
@@ -103,6 +130,11 @@ async def link(bot: Bot, call: Call) -> str:
             body["name"] = name
         if isinstance(topic, str) and topic:
             body["topic"] = topic
+        if algorithm is not None:
+            # An encrypted room's portal is encrypted on every network.
+            body["initial_state"].append(
+                {"type": "m.room.encryption", "state_key": "", "content": {"algorithm": algorithm}}
+            )
         made[net_id] = await bot.homeservers[net_id].create_room(body)
     with bot.store.transaction():
         if portal is None:
@@ -111,14 +143,20 @@ async def link(bot: Bot, call: Call) -> str:
         else:
             for net_id, room_id in made.items():
                 bot.store.add_portal_room(portal_id, net_id, room_id)
+    published = True
     if portal is None:
-        await _publish(bot, call.network, call.room_id, portal_id)
+        published = await _publish(bot, call.network, call.room_id, portal_id)
     rooms = ", ".join(f"{bot.networks[n].label} {r}" for n, r in made.items())
     log.info("portal %s made with %d new room(s)", portal_id, len(made))
-    return (
+    answer = (
         f"This room is now bridged to {rooms}. Bring people in with "
         f"{call.say('invite <network>:<identity>')}."
     )
+    if algorithm is not None:
+        answer += " The new rooms are end-to-end encrypted too; the bridge cannot read them."
+        if not published:
+            answer += PIN_WARNING.format(prefix=call.ctx.prefix)
+    return answer
 
 
 async def _link_existing(bot: Bot, call: Call, net_id: str, room: str) -> str:
@@ -146,6 +184,13 @@ async def _link_existing(bot: Bot, call: Call, net_id: str, room: str) -> str:
             raise Denied(
                 f"link: the bot is not in {room}. Invite {target.bot_user_id} there first."
             ) from None
+    here_alg = await encryption_of(bot, call.network, call.room_id)
+    _refuse_megolm(here_alg)
+    if here_alg != await encryption_of(bot, net_id, room_id):
+        raise Denied(
+            "link: one of the two rooms is end-to-end encrypted and the other is not; an "
+            "encrypted room and an unencrypted one are never linked."
+        )
     if call.ctx.level < Level.ADMIN:
         own = [u for n, u in bot.store.linked_accounts(call.network, call.sender) if n == net_id]
         if not own or not await can_manage(bot, net_id, room_id, own[0]):

@@ -43,6 +43,8 @@ class SendMessage:
     # The sender's own linked account on the target network: if it is in the room, the message
     # is not mirrored to it as a ghost.
     unless_member: str | None = None
+    # The event type sent: encrypted messages, device announcements and key shares cross too.
+    event_type: str = "m.room.message"
 
     kind = "message"
 
@@ -62,6 +64,7 @@ class SendMessage:
             },
             "content": dict(self.content),
             **({"unless_member": self.unless_member} if self.unless_member else {}),
+            **({"type": self.event_type} if self.event_type != "m.room.message" else {}),
         }
 
 
@@ -162,6 +165,7 @@ def from_payload(
             content=payload["content"],
             txn_id=txn,
             unless_member=payload.get("unless_member"),
+            event_type=payload.get("type", "m.room.message"),
         )
     if kind == JoinRoom.kind:
         return JoinRoom(network, room_id, txn, payload.get("invite_event", ""))

@@ -29,6 +29,11 @@ from bridge.core.model import EventRef, Network, Portal
 from bridge.core.permissions import Level, Permissions
 
 TEXT_MSGTYPES = frozenset({"m.text", "m.notice", "m.emote"})
+# The E2EE scheme's events (docs/e2ee.md): relayed unchanged, never read.
+E2EE_ALGORITHM = "org.tribridge.e2ee.v1"
+OPAQUE_TYPES = frozenset(
+    {"m.room.encrypted", "org.tribridge.e2ee.device", "org.tribridge.e2ee.keyshare"}
+)
 HTML_FORMAT = "org.matrix.custom.html"
 
 
@@ -114,8 +119,13 @@ def translate(
             return Translation(actions=[task])
     if portal is None:
         return _skip("room is not part of a portal")
-    if is_message:
-        relayed = _text_content(content)
+    opaque = "state_key" not in event and etype in OPAQUE_TYPES
+    if etype == "m.room.encrypted" and content.get("algorithm") != E2EE_ALGORITHM:
+        return _skip("Matrix's own (Megolm) encryption is bound to one homeserver: not relayed")
+    if is_message or opaque:
+        # End-to-end encrypted content crosses as it is: the bridge cannot read it, and must
+        # not change what the ciphertext and its signature cover.
+        relayed = dict(content) if opaque else _text_content(content)
         if relayed is None:
             return _skip("message type not relayed yet")
         ref = EventRef(source.id, room_id, event_id, sender)
@@ -134,9 +144,10 @@ def translate(
                     room_id=target_room,
                     ghost=ghost,
                     source=ref,
-                    content=_for_target(relayed, source, target, key),
+                    content=relayed if opaque else _for_target(relayed, source, target, key),
                     txn_id=txn_id(source.id, event_id, target_id, "message"),
                     unless_member=own,
+                    event_type=etype,
                 )
             )
         return Translation(actions=actions)

@@ -335,6 +335,22 @@ class Store(PeopleStore):
         )
         return row[0] if row else None
 
+    def counterpart(self, network: str, event_id: str, target: str) -> str | None:
+        """The id on `target` of the event that is `event_id` on `network`: its relayed copy, or,
+        if `event_id` is itself a copy of an event from `target`, that original."""
+        copy = self.mapped_event(network, event_id, target)
+        if copy is not None:
+            return copy
+        row = self._one(
+            "SELECT src_network, src_event FROM event_map WHERE dst_network = ? AND dst_event = ?",
+            (network, event_id),
+        )
+        if row is None:
+            return None
+        if row[0] == target:
+            return str(row[1])
+        return self.mapped_event(row[0], row[1], target)  # a copy of a third network's event
+
     def delivery_status(self, src_network: str, src_event: str) -> list[DeliveryStatus]:
         """Where the actions for one source event got to, one row per action."""
         rows = self.conn.execute(

@@ -1,0 +1,218 @@
+"""An encrypting client for one person's device on one homeserver (trio + httpx).
+
+It reads a portal room's timeline, keeps the devices announced there (pinning each sender's
+identity key on first sight, warning when it changes), opens the key shares sealed to its own
+device, decrypts what it can and says why it cannot decrypt the rest. Sending starts or rotates
+its session when needed (a member left, a device went, 100 messages), shares the session with
+every current device, then sends the ciphertext. State is in memory.
+"""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import quote
+
+import httpx
+
+from bridge.core.e2ee import (
+    ALGORITHM,
+    DEVICE_EVENT,
+    KEYSHARE_EVENT,
+    Device,
+    DeviceCert,
+    IdentityKey,
+    InboundSession,
+    OutboundSession,
+    Rejected,
+    make_keyshare,
+    open_keyshare,
+    safety_number,
+)
+from bridge.core.e2ee.encoding import unb64
+
+V3 = "/_matrix/client/v3"
+PORTAL_STATE = "org.tribridge.portal"
+
+
+@dataclass(frozen=True)
+class Received:
+    """One encrypted message as this device sees it: the plaintext, or why there is none."""
+
+    event_id: str
+    sender: str
+    body: str | None
+    message_id: str | None = None
+    error: str | None = None  # the Rejected reason, or "no_key"
+
+
+@dataclass
+class _Room:
+    portal_id: str
+    devices: dict[str, tuple[str, DeviceCert]] = field(default_factory=dict)  # id -> sender, cert
+    inbound: dict[tuple[str, bytes], InboundSession] = field(default_factory=dict)
+    outbound: OutboundSession | None = None
+    shared_with: set[str] = field(default_factory=set)
+    rotate: bool = False
+    seen: set[str] = field(default_factory=set)
+    received: list[Received] = field(default_factory=list)
+
+
+class E2EEClient:
+    def __init__(self, http: httpx.AsyncClient, user_id: str, origin: str,
+                 identity: IdentityKey | None = None) -> None:
+        self.http = http
+        self.user_id = user_id
+        self.identity = identity or IdentityKey.generate()
+        self.device = Device.generate(self.identity, origin)
+        self.pinned: dict[str, bytes] = {}  # sender user id -> identity key first seen
+        self.warnings: list[str] = []
+        self.rooms: dict[str, _Room] = {}
+
+    # -- the wire -------------------------------------------------------------------------------
+
+    async def _call(self, method: str, path: str, body: Any = None, **params: Any) -> Any:
+        response = await self.http.request(method, V3 + path, json=body, params=params or None)
+        if response.status_code >= 400:
+            raise RuntimeError(f"{method} {path} -> {response.status_code} {response.text}")
+        return response.json()
+
+    async def _send(self, room_id: str, event_type: str, content: dict[str, Any]) -> str:
+        txn = f"e2ee{secrets.token_hex(8)}"
+        path = f"/rooms/{quote(room_id)}/send/{quote(event_type)}/{txn}"
+        return str((await self._call("PUT", path, content))["event_id"])
+
+    async def _timeline(self, room_id: str) -> list[dict[str, Any]]:
+        events: list[dict[str, Any]] = []
+        token = None
+        while True:
+            params: dict[str, Any] = {"dir": "b", "limit": 1000}
+            if token:
+                params["from"] = token
+            page = await self._call("GET", f"/rooms/{quote(room_id)}/messages", **params)
+            events.extend(page["chunk"])
+            token = page.get("end")
+            if not page["chunk"] or not token:
+                return list(reversed(events))
+
+    # -- joining a portal -----------------------------------------------------------------------
+
+    async def enter(self, room_id: str) -> None:
+        """Pin the room's portal id (the bot publishes it as state) and announce this device."""
+        if room_id not in self.rooms:
+            state = await self._call(
+                "GET", f"/rooms/{quote(room_id)}/state/{quote(PORTAL_STATE)}/"
+            )
+            portal_id = state.get("portal_id")
+            if not isinstance(portal_id, str):
+                raise RuntimeError(f"{room_id} has no portal id: it is not a tribridge portal")
+            self.rooms[room_id] = _Room(portal_id)
+        await self._send(room_id, DEVICE_EVENT, self.device.announcement())
+
+    # -- reading --------------------------------------------------------------------------------
+
+    async def read(self, room_id: str) -> list[Received]:
+        """Everything encrypted in the room so far, oldest first (decrypted once, remembered)."""
+        room = self.rooms[room_id]
+        for event in await self._timeline(room_id):
+            event_id = event.get("event_id")
+            if not isinstance(event_id, str) or event_id in room.seen:
+                continue
+            room.seen.add(event_id)
+            self._take(room, event)
+        return list(room.received)
+
+    def _take(self, room: _Room, event: dict[str, Any]) -> None:
+        etype, sender = event.get("type"), str(event.get("sender", ""))
+        content = event.get("content") if isinstance(event.get("content"), dict) else {}
+        assert isinstance(content, dict)
+        if etype == DEVICE_EVENT:
+            self._announced(room, sender, content)
+        elif etype == KEYSHARE_EVENT:
+            self._shared(room, content)
+        elif etype == "m.room.encrypted" and content.get("algorithm") == ALGORITHM:
+            room.received.append(self._decrypt(room, str(event["event_id"]), sender, content))
+        elif etype == "m.room.member" and content.get("membership") in ("leave", "ban"):
+            gone = [d for d, (s, _) in room.devices.items() if s == event.get("state_key")]
+            for device_id in gone:
+                del room.devices[device_id]
+            if gone:
+                room.rotate = True  # the leaver must not read what comes next
+
+    def _announced(self, room: _Room, sender: str, content: dict[str, Any]) -> None:
+        try:
+            cert = DeviceCert.from_announcement(content)
+        except Rejected as exc:
+            self.warnings.append(f"a device announcement from {sender} was refused: {exc}")
+            return
+        pinned = self.pinned.setdefault(sender, cert.identity)
+        if pinned != cert.identity:
+            self.warnings.append(
+                f"WARNING: the identity key of {sender} changed. Someone may be in the middle; "
+                "compare safety numbers before you trust this person again."
+            )
+            return
+        if cert.device_id != self.device.device_id:
+            room.devices[cert.device_id] = (sender, cert)
+
+    def _shared(self, room: _Room, content: dict[str, Any]) -> None:
+        found = room.devices.get(str(content.get("device")))
+        if found is None:
+            return
+        try:
+            session = open_keyshare(content, self.device, found[1], room.portal_id)
+        except Rejected as exc:
+            self.warnings.append(f"a key share was refused ({exc.reason}): {exc}")
+            return
+        if session is None:
+            return
+        replaced = content.get("replaces")
+        if isinstance(replaced, str):
+            old = room.inbound.get((session.device_id, unb64(replaced, "session id", 16)))
+            after = content.get("replaced_after")
+            if old is not None and isinstance(after, int):
+                old.retired_after = after
+        room.inbound[(session.device_id, session.session_id)] = session
+
+    def _decrypt(self, room: _Room, event_id: str, sender: str,
+                 content: dict[str, Any]) -> Received:
+        try:
+            key = (str(content.get("device")), unb64(content.get("session"), "session id", 16))
+        except Rejected as exc:
+            return Received(event_id, sender, None, error=exc.reason)
+        session = room.inbound.get(key)
+        if session is None:
+            return Received(event_id, sender, None, error="no_key")
+        try:
+            plaintext, message_id = session.decrypt(content)
+        except Rejected as exc:
+            return Received(event_id, sender, None, error=exc.reason)
+        body = plaintext.get("content", {}).get("body")
+        return Received(event_id, sender, body if isinstance(body, str) else None, message_id)
+
+    # -- sending --------------------------------------------------------------------------------
+
+    async def send(self, room_id: str, text: str) -> str:
+        """Encrypt and send `text`; returns the event id."""
+        await self.read(room_id)  # the current devices and members
+        room = self.rooms[room_id]
+        current = room.outbound
+        if current is None or current.worn_out or room.rotate:
+            room.outbound = OutboundSession.start(self.device, room.portal_id, previous=current)
+            room.shared_with, room.rotate = set(), False
+        session = room.outbound
+        assert session is not None
+        missing = [c for d, (_, c) in room.devices.items() if d not in room.shared_with]
+        if missing or session.index == 0:
+            await self._send(room_id, KEYSHARE_EVENT, make_keyshare(session, missing))
+            room.shared_with.update(c.device_id for c in missing)
+        content = session.encrypt(
+            {"type": "m.room.message", "content": {"msgtype": "m.text", "body": text}}
+        )
+        return await self._send(room_id, "m.room.encrypted", content)
+
+    def safety_number(self, user_id: str) -> str | None:
+        """The safety number with the person `user_id` (as this network shows them)."""
+        theirs = self.pinned.get(user_id)
+        return safety_number(self.identity.public, theirs) if theirs else None
