@@ -167,6 +167,10 @@ class E2EEClient:
             return
         if session is None:
             return
+        if (session.device_id, session.session_id) in room.inbound:
+            # A share seen again (re-sent, or replayed by the bridge) must not rewind the
+            # chain: that would let used message keys, and so replays, back in.
+            return
         replaced = content.get("replaces")
         if isinstance(replaced, str):
             old = room.inbound.get((session.device_id, unb64(replaced, "session id", 16)))

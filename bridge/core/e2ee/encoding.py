@@ -11,8 +11,21 @@ from bridge.core.e2ee.errors import Rejected
 
 
 def canonical(value: Any) -> bytes:
-    """Sorted keys, no spaces, UTF-8: the same bytes on every network."""
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+    """Sorted keys, no spaces, UTF-8: the same bytes on every network. Text that is not
+    UTF-8 (a lone surrogate, which JSON allows) is refused, not signed."""
+    text = json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    try:
+        return text.encode()
+    except UnicodeEncodeError:
+        raise Rejected("malformed", "a string is not valid Unicode text") from None
+
+
+def parse_json(raw: bytes, what: str) -> Any:
+    """JSON from inside a ciphertext or a box; Rejected for anything unreadable or too deep."""
+    try:
+        return json.loads(raw)
+    except (ValueError, RecursionError):
+        raise Rejected("malformed", f"{what} is not readable JSON") from None
 
 
 def b64(data: bytes) -> str:

@@ -66,7 +66,8 @@ class DeviceCert:
         if not isinstance(content, dict) or not isinstance(content.get("cert"), dict):
             raise Rejected("malformed", "a device announcement needs a cert object")
         cert = content["cert"]
-        if cert.get("v") != 1:
+        version = cert.get("v")
+        if type(version) is not int or version != 1:
             raise Rejected("malformed", "unknown certificate version")
         origin, device_id = cert.get("origin"), cert.get("device")
         if not isinstance(origin, str) or not isinstance(device_id, str) or not device_id:

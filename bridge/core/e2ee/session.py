@@ -9,7 +9,6 @@ message keys; a used key is deleted, so a replay finds none.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,7 +19,7 @@ import nacl.hash
 import nacl.signing
 import nacl.utils
 
-from bridge.core.e2ee.encoding import b64, canonical, unb64
+from bridge.core.e2ee.encoding import b64, canonical, parse_json, unb64
 from bridge.core.e2ee.errors import Rejected
 from bridge.core.e2ee.keys import Device, verify
 
@@ -153,10 +152,7 @@ class InboundSession:
             )
         except nacl.exceptions.CryptoError:
             raise Rejected("undecryptable", "the ciphertext does not decrypt") from None
-        try:
-            plaintext = json.loads(body)
-        except ValueError:
-            raise Rejected("malformed", "the plaintext is not JSON") from None
+        plaintext = parse_json(body, "the plaintext")
         if not isinstance(plaintext, dict) or plaintext.get("portal") != self.portal_id:
             raise Rejected("wrong_portal", "the plaintext names another conversation")
         # Only now, with the message proven, does the ratchet move and the key go.

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable
 from typing import Any
 
 import nacl.exceptions
 import nacl.public
 
-from bridge.core.e2ee.encoding import b64, canonical, unb64
+from bridge.core.e2ee.encoding import b64, canonical, parse_json, unb64
 from bridge.core.e2ee.errors import Rejected
 from bridge.core.e2ee.keys import Device, DeviceCert, verify
 from bridge.core.e2ee.session import InboundSession, OutboundSession
@@ -65,10 +64,7 @@ def open_keyshare(
         raw = nacl.public.SealedBox(me.exchange).decrypt(unb64(mine[0].get("box"), "box"))
     except nacl.exceptions.CryptoError:
         raise Rejected("not_for_me", "the share does not open with this device's key") from None
-    try:
-        inner = json.loads(raw)
-    except ValueError:
-        raise Rejected("malformed", "the key share's box does not hold JSON") from None
+    inner = parse_json(raw, "the key share's box")
     if not isinstance(inner, dict) or inner.get("to") != me.device_id:
         raise Rejected("not_for_me", "the key share was sealed for another device")
     session_id = unb64(content.get("session"), "session id", 16)
