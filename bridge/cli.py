@@ -1,10 +1,11 @@
-"""The tribridge commands: run, check-config, generate-registration, demo."""
+"""The tribridge commands: run, check-config, generate-registration, db, demo, chat."""
 
 from __future__ import annotations
 
 import argparse
 import errno
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -53,6 +54,13 @@ def build_parser() -> argparse.ArgumentParser:
         "demo", help="start three local Synapse homeservers and show a conversation crossing them"
     )
     p.add_argument("--keep", action="store_true", help="keep the temporary folder afterwards")
+    p = sub.add_parser("chat", help="a terminal client for one end-to-end encrypted portal room")
+    p.add_argument("--homeserver", required=True, help="your homeserver's URL")
+    p.add_argument("--user", required=True, help="your user id or localpart")
+    p.add_argument("--room", required=True, help="the room id")
+    p.add_argument("--origin", required=True, help="your network's label, e.g. WhatsApp")
+    p.add_argument("--keys", type=Path, default=Path("tribridge-chat-keys.json"),
+                   help="where this device's keys are kept (created 0600)")
     return parser
 
 
@@ -67,6 +75,14 @@ def run_cli(argv: list[str]) -> int:
             return _run(args.config)
         if args.command == "db":
             return _db(args)
+        if args.command == "chat":
+            import getpass
+
+            from bridge.client.chat import chat
+
+            password = os.environ.get("TRIBRIDGE_PASSWORD") or getpass.getpass("password: ")
+            return trio.run(chat, args.homeserver, args.user, password, args.room, args.origin,
+                            args.keys)
         if args.command == "demo":
             from bridge.demo import run_demo
 

@@ -9,12 +9,17 @@ every current device, then sends the ciphertext. State is in memory.
 
 from __future__ import annotations
 
+import json
+import os
 import secrets
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
 import httpx
+import nacl.public
+import nacl.signing
 
 from bridge.core.e2ee import (
     ALGORITHM,
@@ -27,10 +32,11 @@ from bridge.core.e2ee import (
     OutboundSession,
     Rejected,
     make_keyshare,
+    message_id,
     open_keyshare,
     safety_number,
 )
-from bridge.core.e2ee.encoding import unb64
+from bridge.core.e2ee.encoding import b64, unb64
 
 V3 = "/_matrix/client/v3"
 PORTAL_STATE = "org.tribridge.portal"
@@ -57,6 +63,9 @@ class _Room:
     rotate: bool = False
     seen: set[str] = field(default_factory=set)
     received: list[Received] = field(default_factory=list)
+    # Ciphertexts that came before their key share: tried again when shares arrive.
+    waiting: dict[str, tuple[int, str, dict[str, Any]]] = field(default_factory=dict)
+    mine: dict[str, str] = field(default_factory=dict)  # event id -> what this device sent
 
 
 class E2EEClient:
@@ -121,6 +130,11 @@ class E2EEClient:
                 continue
             room.seen.add(event_id)
             self._take(room, event)
+        for event_id, (at, sender, content) in list(room.waiting.items()):
+            again = self._decrypt(room, event_id, sender, content)
+            if again.error != "no_key":
+                room.received[at] = again
+                del room.waiting[event_id]
         return list(room.received)
 
     def _take(self, room: _Room, event: dict[str, Any]) -> None:
@@ -132,7 +146,16 @@ class E2EEClient:
         elif etype == KEYSHARE_EVENT:
             self._shared(room, content)
         elif etype == "m.room.encrypted" and content.get("algorithm") == ALGORITHM:
-            room.received.append(self._decrypt(room, str(event["event_id"]), sender, content))
+            event_id = str(event["event_id"])
+            if event_id in room.mine:  # a device holds no key share for itself
+                room.received.append(
+                    Received(event_id, sender, room.mine[event_id], message_id(content))
+                )
+                return
+            found = self._decrypt(room, event_id, sender, content)
+            if found.error == "no_key":
+                room.waiting[event_id] = (len(room.received), sender, content)
+            room.received.append(found)
         elif etype == "m.room.member" and content.get("membership") in ("leave", "ban"):
             gone = [d for d, (s, _) in room.devices.items() if s == event.get("state_key")]
             for device_id in gone:
@@ -214,7 +237,34 @@ class E2EEClient:
         content = session.encrypt(
             {"type": "m.room.message", "content": {"msgtype": "m.text", "body": text}}
         )
-        return await self._send(room_id, "m.room.encrypted", content)
+        event_id = await self._send(room_id, "m.room.encrypted", content)
+        room.mine[event_id] = text
+        return event_id
+
+    # -- keys on disk -----------------------------------------------------------------------
+
+    def save_keys(self, path: Path) -> None:
+        """Write the identity and device keys (mode 0600), so a restart is the same device and
+        the others see no key change."""
+        doc = {
+            "identity": b64(bytes(self.identity.signing)),
+            "origin": self.device.origin,
+            "device_id": self.device.device_id,
+            "signing": b64(bytes(self.device.signing)),
+            "exchange": b64(bytes(self.device.exchange)),
+        }
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as out:
+            json.dump(doc, out)
+
+    def load_keys(self, path: Path) -> None:
+        doc = json.loads(path.read_text())
+        self.identity = IdentityKey.from_seed(unb64(doc["identity"], "identity key", 32))
+        self.device = Device(
+            self.identity, str(doc["origin"]), str(doc["device_id"]),
+            nacl.signing.SigningKey(unb64(doc["signing"], "device key", 32)),
+            nacl.public.PrivateKey(unb64(doc["exchange"], "exchange key", 32)),
+        )
 
     def safety_number(self, user_id: str) -> str | None:
         """The safety number with the person `user_id` (as this network shows them)."""
