@@ -22,10 +22,11 @@ $(VENV)/.test-installed: pyproject.toml | $(VENV)/bin/python
 demo: $(VENV)/.demo-installed
 	$(VENV)/bin/tribridge demo
 
-# Two workers, each with its own three Synapses: the long fault tests (one xdist group) run on
-# one while the other takes everything else.
+# Three workers, each with its own three Synapses: the long fault tests (one xdist group) run on
+# one while the other two share everything else, and are done before the fault tests need the CPU
+# to catch up.
 test: $(VENV)/.test-installed
-	$(PY) -m pytest -n 2 --dist loadgroup
+	$(PY) -m pytest -n 3 --dist loadgroup
 
 check: $(VENV)/.test-installed
 	$(VENV)/bin/ruff check bridge tests bench
