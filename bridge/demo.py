@@ -3,11 +3,15 @@
 Starts three local Synapse homeservers (wa.localhost, ig.localhost, fbm.localhost), starts the
 bridge on them, registers a phone user on wa, a handle user on ig and an email user on fbm, links
 their rooms into one portal, plays a short conversation, prints what each person sees on their own
-network, and stops everything it started.
+network, then does the same in an end-to-end encrypted portal made with the bot's commands, and
+shows that the bridge's database and log hold none of that conversation's plaintext. It stops
+everything it started.
 """
 
 from __future__ import annotations
 
+import logging
+import re
 import shutil
 import sys
 import tempfile
@@ -18,10 +22,12 @@ from typing import Any
 
 import trio
 
+from bridge.client.e2ee import E2EEClient
 from bridge.config import load_config
+from bridge.core.e2ee import ALGORITHM
 from bridge.daemon import run as run_bridge
 from bridge.localnet.cluster import LocalNet
-from bridge.localnet.people import Person
+from bridge.localnet.people import Person, wait_until
 from bridge.logs import setup_logging
 
 CAST = (  # network, localpart, display name (None: never set one)
@@ -65,6 +71,15 @@ async def _scenario(net: LocalNet) -> None:
         print(f"  {person.user_id} made a room on {net.server_name(net_id)}")
     config = load_config(net.write_config(net.root / "tribridge.toml", portals=[rooms]))
     setup_logging("warning", config.secrets())
+    # Everything the bridge logs, down to debug, also goes to a file: the encrypted part checks
+    # that none of its plaintext is there.
+    log_file = net.root / "tribridge-debug.log"
+    for handler in logging.getLogger().handlers:
+        handler.setLevel(logging.WARNING)
+    file_handler = logging.FileHandler(log_file)
+    file_handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.getLogger().addHandler(file_handler)
+    logging.getLogger().setLevel(logging.DEBUG)
     async with trio.open_nursery() as nursery:
         await nursery.start(run_bridge, config)
         print("  bridge running; portal linked: " + ", ".join(f"{n}:{r}" for n, r in rooms.items()))
@@ -76,9 +91,98 @@ async def _scenario(net: LocalNet) -> None:
         print()
         for net_id, person in people.items():
             await _show(net.server_name(net_id), person, rooms[net_id])
+        await _encrypted(net, people, config.bridge.database, log_file)
         nursery.cancel_scope.cancel()
     for person in people.values():
         await person.aclose()
+
+
+ENCRYPTED_SCRIPT = (
+    ("wa", "This one is end-to-end encrypted. The bridge only sees ciphertext."),
+    ("ig", "So the bridge could not read this even if it wanted to?"),
+    ("fbm", "Right: only our three devices hold the keys."),
+)
+LABELS = {"wa": "WhatsApp", "ig": "Instagram", "fbm": "Messenger"}
+
+
+async def _encrypted(
+    net: LocalNet, people: dict[str, Person], database: Path, log_file: Path
+) -> None:
+    """The same three people in an end-to-end encrypted portal (docs/e2ee.md)."""
+    print("\nNow an end-to-end encrypted conversation (org.tribridge.e2ee.v1):", flush=True)
+    alice, bob, carol = people["wa"], people["ig"], people["fbm"]
+    bots = {n: f"@tribridge:{net.server_name(n)}" for n in people}
+    room = str((await alice.call("POST", "/createRoom", {
+        "preset": "private_chat", "name": "Secret book club", "invite": [bots["wa"]],
+        "initial_state": [{"type": "m.room.encryption", "state_key": "",
+                           "content": {"algorithm": ALGORITHM}}],
+        # The bot publishes the portal id, which every ciphertext is bound to.
+        "power_level_content_override": {"users": {bots["wa"]: 50, alice.user_id: 100}},
+    }))["room_id"])
+    await alice.wait_for(room, _notice("to bridge this room"), what="the bot's hello")
+    carol_admin = await carol.create_room(None, invite=[bots["fbm"]], is_direct=True)
+    await carol.wait_for(carol_admin, _notice("management room"), what="the bot's greeting")
+    print(f"  Carol: privacy discoverable on\n  bot: "
+          f"{await carol.command(carol_admin, 'privacy discoverable on')}")
+    answer = await alice.command(room, "!tb link")
+    print(f"  Alice: !tb link\n  bot: {answer}")
+    found = re.search(r"Instagram (!\S+), Messenger (!\S+)\.", answer)
+    if found is None:
+        raise RuntimeError(f"unexpected answer to !tb link: {answer}")
+    rooms = {"wa": room, "ig": found[1], "fbm": found[2]}
+    for net_id, who in (("ig", "bob.reads"), ("fbm", "carol@example.com")):
+        await alice.command(room, f"!tb invite {net_id}:{who}")
+    for person, net_id in ((bob, "ig"), (carol, "fbm")):
+        wanted = rooms[net_id]
+
+        def to_the_portal(room_id: str, invite: dict[str, Any], wanted: str = wanted) -> bool:
+            return room_id == wanted
+
+        await person.join(await person.wait_for_invite(to_the_portal))
+    clients = {n: E2EEClient(p.http, p.user_id, LABELS[n]) for n, p in people.items()}
+    for net_id, client in clients.items():
+        await client.enter(rooms[net_id])
+    for net_id, client in clients.items():
+        async def both_devices(c: E2EEClient = client, r: str = rooms[net_id]) -> bool:
+            await c.read(r)
+            return len(c.rooms[r].devices) == 2
+
+        await wait_until(both_devices, 60, f"{net_id} seeing the others' devices")
+    for net_id, text in ENCRYPTED_SCRIPT:
+        await clients[net_id].send(rooms[net_id], text)
+    texts = {t for _, t in ENCRYPTED_SCRIPT}
+    for net_id, client in clients.items():
+        async def all_read(c: E2EEClient = client, r: str = rooms[net_id]) -> bool:
+            return texts <= {m.body for m in await c.read(r)}
+
+        await wait_until(all_read, 60, f"{net_id} decrypting everything")
+    for net_id, client in clients.items():
+        print(f"What {people[net_id].user_id} decrypts on {net.server_name(net_id)}:")
+        for item in await client.read(rooms[net_id]):
+            print(f"  [{net.server_name(net_id)}] {item.sender}: {item.body}")
+    stored = b"".join([
+        await trio.Path(p).read_bytes() for p in database.parent.glob(database.name + "*")
+    ])
+    logged = await trio.Path(log_file).read_bytes()
+    leaked = [t for t in texts if t.encode() in stored or t.encode() in logged]
+    verdict = "hold none" if not leaked else f"HOLD {len(leaked)}"
+    print(f"The bridge's database ({len(stored):,} bytes, WAL included) and its debug log "
+          f"({len(logged.splitlines()):,} lines) {verdict} of the {len(texts)} encrypted "
+          "messages' plaintext.")
+    if leaked:
+        raise RuntimeError("plaintext reached the bridge")
+    sys.stdout.flush()
+
+
+def _notice(fragment: str) -> Callable[[list[dict[str, Any]]], bool]:
+    def check(events: list[dict[str, Any]]) -> bool:
+        return any(
+            e.get("type") == "m.room.message" and e.get("content", {}).get("msgtype") == "m.notice"
+            and fragment in str(e.get("content", {}).get("body", ""))
+            for e in events
+        )
+
+    return check
 
 
 def has_body(text: str) -> Callable[[list[dict[str, Any]]], bool]:
