@@ -9,8 +9,11 @@ never linked with an unencrypted one, and a device announcement the bridge swaps
 
 from __future__ import annotations
 
+import os
 import re
 import secrets
+import subprocess
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +22,7 @@ from urllib.parse import quote
 
 import httpx
 import pytest
+import trio
 
 from bridge.client.e2ee import E2EEClient, Received
 from bridge.core.e2ee import (
@@ -29,6 +33,7 @@ from bridge.core.e2ee import (
     open_keyshare,
     safety_number,
 )
+from bridge.localnet.daemon import ROOT
 from bridge.localnet.people import Person, wait_until
 
 from .conftest import Cast, Daemon
@@ -413,3 +418,72 @@ async def test_a_bridge_swapping_a_device_announcement_is_noticed(
                                "Alice decrypting what Bob said after the swap")
     (mine,) = [r for r in received if r.body == again]
     assert mine.error is None
+
+
+async def test_tribridge_chat_talks_in_an_encrypted_portal(
+    cast: Cast, daemon: Daemon, tmp_path: Path
+) -> None:
+    await daemon.start([])
+    people, rooms, _ = await encrypted_portal(cast)
+    alice = E2EEClient(people["wa"].http, people["wa"].user_id, "WhatsApp")
+    await alice.enter(rooms["wa"])
+    keys = tmp_path / "bob-keys.json"
+    command = [
+        sys.executable, "-m", "bridge", "chat", "--homeserver", daemon.net.url("ig"),
+        "--user", people["ig"].user_id, "--room", rooms["ig"], "--origin", "Instagram",
+        "--keys", str(keys),
+    ]
+    env = {**os.environ, "TRIBRIDGE_PASSWORD": "tribridge-pass-1"}
+    shown = bytearray()
+    process = await trio.lowlevel.open_process(
+        command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        cwd=ROOT, env=env,
+    )
+    assert process.stdin is not None and process.stdout is not None
+    stdout = process.stdout
+
+    async def collect() -> None:
+        async for chunk in stdout:
+            shown.extend(chunk)
+
+    async def printed(text: str) -> bool:
+        return text.encode() in shown
+
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(collect)
+            await wait_until(lambda: printed("/quit to leave"), WITHIN, "chat starting")
+            await wait_until(lambda: devices_seen(alice, rooms["wa"], {"Instagram"}), WITHIN,
+                             "alice seeing the terminal's device")
+            await alice.send(rooms["wa"], "hello, terminal")
+            await wait_until(lambda: printed("hello, terminal"), WITHIN,
+                             "the terminal decrypting alice")
+            await process.stdin.send_all(b"hello from the terminal\n")
+
+            async def alice_read() -> bool:
+                return any(r.body == "hello from the terminal"
+                           for r in await alice.read(rooms["wa"]))
+
+            await wait_until(alice_read, WITHIN, "alice decrypting the terminal")
+            ghost = next(r.sender for r in await alice.read(rooms["wa"])
+                         if r.body == "hello from the terminal")
+            assert ghost.startswith("@_tb_ig_")
+            # The terminal's view of alice is her ghost on ig: ask for that safety number.
+            alice_on_ig = re.search(rb"<(@_tb_wa_[a-z2-7]{16}:ig\.localhost)> hello, terminal",
+                                    bytes(shown))
+            assert alice_on_ig, bytes(shown)
+            await process.stdin.send_all(b"/safety " + alice_on_ig[1] + b"\n")
+            groups = rb"\d{5}( \d{5}){11}"
+            await wait_until(lambda: printed_match(shown, groups), WITHIN, "a safety number")
+            await process.stdin.send_all(b"/quit\n")
+            with trio.fail_after(WITHIN):
+                assert await process.wait() == 0, bytes(shown)
+            nursery.cancel_scope.cancel()
+    finally:
+        if process.returncode is None:
+            process.kill()
+    assert keys.stat().st_mode & 0o777 == 0o600
+
+
+async def printed_match(shown: bytearray, pattern: bytes) -> bool:
+    return re.search(pattern, bytes(shown)) is not None
