@@ -25,10 +25,14 @@ V3 = "/_matrix/client/v3"
 
 async def login(homeserver: str, user: str, password: str) -> tuple[httpx.AsyncClient, str]:
     http = httpx.AsyncClient(base_url=homeserver, timeout=60, trust_env=False)
-    response = await http.post(f"{V3}/login", json={
-        "type": "m.login.password", "identifier": {"type": "m.id.user", "user": user},
-        "password": password,
-    })
+    try:
+        response = await http.post(f"{V3}/login", json={
+            "type": "m.login.password", "identifier": {"type": "m.id.user", "user": user},
+            "password": password,
+        })
+    except httpx.TransportError as exc:
+        await http.aclose()
+        raise SystemExit(f"tribridge chat: cannot reach {homeserver}: {exc}") from None
     if response.status_code != 200:
         await http.aclose()
         raise SystemExit(f"tribridge chat: login failed: {response.status_code} {response.text}")
@@ -49,7 +53,7 @@ async def chat(
     out: TextIO = sys.stdout,
 ) -> int:
     http, user_id = await login(homeserver, user, password)
-    async with http:
+    try:
         client = E2EEClient(http, user_id, origin)
         if await trio.Path(keys).exists():
             client.load_keys(keys)
@@ -100,4 +104,6 @@ async def chat(
                 elif text:
                     await client.send(room, text)
             nursery.cancel_scope.cancel()
+    finally:
+        await http.aclose()
     return 0

@@ -452,7 +452,10 @@ async def test_tribridge_chat_talks_in_an_encrypted_portal(
     try:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(collect)
-            await wait_until(lambda: printed("/quit to leave"), WITHIN, "chat starting")
+            try:
+                await wait_until(lambda: printed("/quit to leave"), WITHIN, "chat starting")
+            except TimeoutError:
+                raise AssertionError(f"tribridge chat did not start:\n{shown.decode()}") from None
             await wait_until(lambda: devices_seen(alice, rooms["wa"], {"Instagram"}), WITHIN,
                              "alice seeing the terminal's device")
             await alice.send(rooms["wa"], "hello, terminal")
