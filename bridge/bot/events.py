@@ -33,12 +33,18 @@ async def invited(bot: Bot, task: BotTask) -> None:
                          about=task.about)
         return
     prefix = bot.config().bridge.command_prefix
-    await bot.notice(
-        task.network, task.room_id,
+    text = (
         f"Hello! Say `{prefix} link` to bridge this room with the other networks, or "
-        f"`{prefix} help` for everything the bot does.",
-        about=task.about,
+        f"`{prefix} help` for everything the bot does."
     )
+    if await hs.state(task.room_id, "m.room.encryption"):
+        # The bot holds no key here, by design: encrypted commands are unreadable to it.
+        text += (
+            " This room is end-to-end encrypted and the bot cannot read it: type commands "
+            f"unencrypted, or use your management room (a direct chat with "
+            f"{bot.networks[task.network].bot_user_id})."
+        )
+    await bot.notice(task.network, task.room_id, text, about=task.about)
 
 
 async def removed(bot: Bot, task: BotTask) -> None:

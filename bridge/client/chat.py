@@ -3,7 +3,8 @@
 Log in, join the room, announce this device, then print every message as it arrives (decrypted
 here, on your machine) and send every line you type, encrypted. `/safety <user id>` prints the
 safety number with someone, `/quit` leaves. Warnings (an identity key that changed) are printed
-as they happen. Keys are kept in a 0600 file, so the next run is the same device.
+as they happen. Keys, sessions and what was already read are kept in a 0600 file (saved before
+each ciphertext leaves), so the next run is the same device and carries on where this one stopped.
 """
 
 from __future__ import annotations
@@ -54,16 +55,17 @@ async def chat(
 ) -> int:
     http, user_id = await login(homeserver, user, password)
     try:
-        client = E2EEClient(http, user_id, origin)
+        client = E2EEClient(http, user_id, origin, state_path=keys)
         if await trio.Path(keys).exists():
-            client.load_keys(keys)
+            client.load_state(keys)
         else:
-            client.save_keys(keys)
+            client.save_state(keys)
         join = await http.post(f"{V3}/join/{quote(room)}", json={})
         if join.status_code != 200:
             print(f"tribridge chat: cannot join {room}: {join.text}", file=out)
             return 1
         await client.enter(room)
+        client.save_state(keys)
         print(f"in {room} as {user_id} (device {client.device.device_id}); /quit to leave",
               file=out, flush=True)
         shown, warned = 0, 0

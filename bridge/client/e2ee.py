@@ -70,8 +70,9 @@ class _Room:
 
 class E2EEClient:
     def __init__(self, http: httpx.AsyncClient, user_id: str, origin: str,
-                 identity: IdentityKey | None = None) -> None:
+                 identity: IdentityKey | None = None, state_path: Path | None = None) -> None:
         self.http = http
+        self.state_path = state_path
         self.user_id = user_id
         self.identity = identity or IdentityKey.generate()
         self.device = Device.generate(self.identity, origin)
@@ -237,27 +238,36 @@ class E2EEClient:
         content = session.encrypt(
             {"type": "m.room.message", "content": {"msgtype": "m.text", "body": text}}
         )
+        if self.state_path is not None:
+            self.save_state(self.state_path)  # the ratchet moved: on disk before it leaves
         event_id = await self._send(room_id, "m.room.encrypted", content)
         room.mine[event_id] = text
         return event_id
 
-    # -- keys on disk -----------------------------------------------------------------------
+    # -- state on disk --------------------------------------------------------------------------
 
-    def save_keys(self, path: Path) -> None:
-        """Write the identity and device keys (mode 0600), so a restart is the same device and
-        the others see no key change."""
+    def save_state(self, path: Path) -> None:
+        """Write keys, pinned identities, sessions and the events already read (mode 0600,
+        replaced atomically). `send` calls it before a ciphertext leaves, when `state_path` is
+        set: a message key must never be used twice, even across a crash."""
         doc = {
             "identity": b64(bytes(self.identity.signing)),
             "origin": self.device.origin,
             "device_id": self.device.device_id,
             "signing": b64(bytes(self.device.signing)),
             "exchange": b64(bytes(self.device.exchange)),
+            "pinned": {user: b64(key) for user, key in self.pinned.items()},
+            "rooms": {room_id: _room_state(room) for room_id, room in self.rooms.items()},
         }
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        temporary = path.with_name(path.name + ".new")
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as out:
             json.dump(doc, out)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(temporary, path)
 
-    def load_keys(self, path: Path) -> None:
+    def load_state(self, path: Path) -> None:
         doc = json.loads(path.read_text())
         self.identity = IdentityKey.from_seed(unb64(doc["identity"], "identity key", 32))
         self.device = Device(
@@ -265,8 +275,59 @@ class E2EEClient:
             nacl.signing.SigningKey(unb64(doc["signing"], "device key", 32)),
             nacl.public.PrivateKey(unb64(doc["exchange"], "exchange key", 32)),
         )
+        self.pinned = {u: unb64(k, "pinned key", 32) for u, k in doc.get("pinned", {}).items()}
+        self.rooms = {
+            room_id: _room_from_state(self.device, state)
+            for room_id, state in doc.get("rooms", {}).items()
+        }
 
     def safety_number(self, user_id: str) -> str | None:
         """The safety number with the person `user_id` (as this network shows them)."""
         theirs = self.pinned.get(user_id)
         return safety_number(self.identity.public, theirs) if theirs else None
+
+
+def _room_state(room: _Room) -> dict[str, Any]:
+    out = room.outbound
+    return {
+        "portal": room.portal_id,
+        "seen": sorted(room.seen),
+        "shared_with": sorted(room.shared_with),
+        "outbound": None if out is None else {
+            "session": b64(out.session_id), "chain_key": b64(out.chain_key), "index": out.index,
+            "signing": b64(bytes(out.signing)),
+            "replaces": b64(out.replaces) if out.replaces else None,
+            "replaced_after": out.replaced_after,
+        },
+        "inbound": [
+            {"device": s.device_id, "session": b64(s.session_id), "signing": b64(s.signing_key),
+             "index": s.index, "chain_key": b64(s.chain_key),
+             "skipped": {str(i): b64(k) for i, k in s.skipped.items()},
+             "retired_after": s.retired_after}
+            for s in room.inbound.values()
+        ],
+    }
+
+
+def _room_from_state(device: Device, state: dict[str, Any]) -> _Room:
+    room = _Room(str(state["portal"]), seen=set(state.get("seen", [])),
+                 shared_with=set(state.get("shared_with", [])))
+    out = state.get("outbound")
+    if out:
+        room.outbound = OutboundSession(
+            device, room.portal_id, unb64(out["session"], "session", 16),
+            unb64(out["chain_key"], "chain key", 32), int(out["index"]),
+            nacl.signing.SigningKey(unb64(out["signing"], "session key", 32)),
+            unb64(out["replaces"], "session", 16) if out.get("replaces") else None,
+            int(out.get("replaced_after", 0)),
+        )
+    for s in state.get("inbound", []):
+        session = InboundSession(
+            room.portal_id, str(s["device"]), unb64(s["session"], "session", 16),
+            unb64(s["signing"], "session key", 32), int(s["index"]),
+            unb64(s["chain_key"], "chain key", 32),
+            {int(i): unb64(k, "message key", 32) for i, k in s.get("skipped", {}).items()},
+            s.get("retired_after"),
+        )
+        room.inbound[(session.device_id, session.session_id)] = session
+    return room

@@ -91,7 +91,8 @@ async def encrypted_room(person: Person, name: str) -> str:
         "power_level_content_override": {"users": users},
     }
     room = str((await person.call("POST", "/createRoom", body))["room_id"])
-    await person.wait_for(room, has_notice("to bridge this room"), WITHIN, "the bot's hello")
+    # The hello says the bot cannot read the room, and where commands go instead.
+    await person.wait_for(room, has_notice("the bot cannot read it"), WITHIN, "the bot's hello")
     return room
 
 
