@@ -226,18 +226,32 @@ class DeliveryWorker:
         log.debug("relayed %s from %s as %s", src.event_id, src.network, event_id)
 
     def _map_relation(self, action: SendMessage) -> Mapping[str, Any]:
-        """The content with `m.relates_to`'s event id mapped to this network's copy of it (the
-        relation is outside any ciphertext); dropped if that event never came here."""
+        """The content with `m.relates_to`'s event ids (a relation's, a reply's) mapped to this
+        network's copies of those events: they stand outside any ciphertext. A relation to an
+        event that never came here is dropped."""
         relates = action.content.get("m.relates_to")
-        if not isinstance(relates, Mapping) or not isinstance(relates.get("event_id"), str):
+        if not isinstance(relates, Mapping):
             return action.content
-        mapped = self.store.counterpart(action.source.network, relates["event_id"],
-                                        self.network.id)
+        mapped: dict[str, Any] = dict(relates)
+        src = action.source.network
+        if isinstance(relates.get("event_id"), str):
+            target = self.store.counterpart(src, relates["event_id"], self.network.id)
+            if target is None:
+                mapped = {k: v for k, v in mapped.items() if k not in ("event_id", "rel_type")}
+            else:
+                mapped["event_id"] = target
+        reply = relates.get("m.in_reply_to")
+        if isinstance(reply, Mapping) and isinstance(reply.get("event_id"), str):
+            target = self.store.counterpart(src, reply["event_id"], self.network.id)
+            if target is None:
+                del mapped["m.in_reply_to"]
+            else:
+                mapped["m.in_reply_to"] = {**reply, "event_id": target}
         content = dict(action.content)
-        if mapped is None:
-            del content["m.relates_to"]
+        if mapped:
+            content["m.relates_to"] = mapped
         else:
-            content["m.relates_to"] = {**relates, "event_id": mapped}
+            del content["m.relates_to"]
         return content
 
     async def _leave(self, action: LeaveRoom) -> None:

@@ -51,6 +51,11 @@ class Received:
     body: str | None
     message_id: str | None = None
     error: str | None = None  # the Rejected reason, or "no_key"
+    # A reply, edit or reaction: (rel_type, the related message's id), from inside the
+    # ciphertext; `relation_checked` says whether the event the bridge mapped outside is that
+    # very message (False: the outside relation points elsewhere, or at nothing known).
+    relates_to: tuple[str, str] | None = None
+    relation_checked: bool = False
 
 
 @dataclass
@@ -217,12 +222,31 @@ class E2EEClient:
         except Rejected as exc:
             return Received(event_id, sender, None, error=exc.reason)
         body = plaintext.get("content", {}).get("body")
-        return Received(event_id, sender, body if isinstance(body, str) else None, message_id)
+        relates_to, checked = None, False
+        inside = plaintext.get("relates_to")
+        if isinstance(inside, dict) and isinstance(inside.get("message_id"), str):
+            relates_to = (str(inside.get("rel_type", "m.reference")), inside["message_id"])
+            outside = content.get("m.relates_to")
+            target = None
+            if isinstance(outside, dict):
+                reply = outside.get("m.in_reply_to")
+                target = reply.get("event_id") if isinstance(reply, dict) else None
+                target = target or outside.get("event_id")
+            known = {r.event_id: r.message_id for r in room.received}
+            checked = target is not None and known.get(str(target)) == inside["message_id"]
+        return Received(event_id, sender, body if isinstance(body, str) else None, message_id,
+                        relates_to=relates_to, relation_checked=checked)
 
     # -- sending --------------------------------------------------------------------------------
 
-    async def send(self, room_id: str, text: str) -> str:
-        """Encrypt and send `text`; returns the event id."""
+    async def send(
+        self, room_id: str, text: str, reply_to: Received | None = None
+    ) -> str:
+        """Encrypt and send `text` (as a reply to `reply_to`, if given); returns the event id.
+
+        A reply names its target twice: by this network's event id outside the ciphertext (the
+        bridge maps it for the other networks) and by the content-hash message id inside, which
+        every reader checks against the event the outside one points to."""
         await self.read(room_id)  # the current devices and members
         room = self.rooms[room_id]
         current = room.outbound
@@ -235,9 +259,15 @@ class E2EEClient:
         if missing or session.index == 0:
             await self._send(room_id, KEYSHARE_EVENT, make_keyshare(session, missing))
             room.shared_with.update(c.device_id for c in missing)
-        content = session.encrypt(
-            {"type": "m.room.message", "content": {"msgtype": "m.text", "body": text}}
-        )
+        plaintext: dict[str, Any] = {
+            "type": "m.room.message", "content": {"msgtype": "m.text", "body": text}
+        }
+        if reply_to is not None and reply_to.message_id is not None:
+            plaintext["relates_to"] = {"rel_type": "m.in_reply_to",
+                                       "message_id": reply_to.message_id}
+        content = session.encrypt(plaintext)
+        if reply_to is not None:
+            content["m.relates_to"] = {"m.in_reply_to": {"event_id": reply_to.event_id}}
         if self.state_path is not None:
             self.save_state(self.state_path)  # the ratchet moved: on disk before it leaves
         event_id = await self._send(room_id, "m.room.encrypted", content)

@@ -305,6 +305,21 @@ async def test_an_encrypted_portal_across_three_networks_hides_everything_from_t
     for client in t.clients.values():
         assert client.warnings == []
 
+    # A reply names its target twice: outside by event id (which the bridge maps per network)
+    # and inside by message id; every reader finds the two agree.
+    first = t.canaries["wa"][0]
+    target = next(r for r in await t.clients["ig"].read(t.rooms["ig"]) if r.body == first)
+    await t.clients["ig"].send(t.rooms["ig"], "a reply", reply_to=target)
+    for net_id in ("wa", "fbm"):
+        client, room = t.clients[net_id], t.rooms[net_id]
+
+        async def replied(client: E2EEClient = client, room: str = room) -> Received | None:
+            return next((r for r in await client.read(room) if r.body == "a reply"), None)
+
+        reply = await wait_until(replied, WITHIN, f"{net_id} reading the reply")
+        assert reply.relates_to == ("m.in_reply_to", target.message_id), reply
+        assert reply.relation_checked, (net_id, reply)
+
 
 async def test_a_leaver_cannot_read_what_follows(cast: Cast, daemon: Daemon) -> None:
     await daemon.start([])
