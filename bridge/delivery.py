@@ -20,7 +20,7 @@ from typing import Any
 
 import trio
 
-from bridge.core.actions import BotTask, JoinRoom, LeaveRoom, SendMessage, SendNotice
+from bridge.core.actions import BotTask, JoinRoom, LeaveRoom, Redact, SendMessage, SendNotice
 from bridge.core.model import Network
 from bridge.core.notices import failure_notice
 from bridge.core.retry import Verdict, backoff, classify
@@ -205,6 +205,9 @@ class DeliveryWorker:
             await self._bot_task(item, action)
             return
         src = action.source
+        if isinstance(action, Redact):
+            await self._redact(item, action)
+            return
         portal_id = self.store.portal_id_of(self.network.id, action.room_id)
         if portal_id is None or portal_id != self.store.portal_id_of(src.network, src.room_id):
             # Queued before one of the rooms left the portal (unlink, the bot kicked): the
@@ -217,7 +220,14 @@ class DeliveryWorker:
             # The sender's own linked account is in this room: no mirror of them as a ghost.
             self.store.finish(item.id, "done", "not mirrored: the sender's own account is here")
             return
-        event_id = await self._send_as_ghost(action)
+        content = self._map_relation(action)
+        relates = content.get("m.relates_to")
+        if action.event_type == "m.reaction" and not (
+            isinstance(relates, Mapping) and "event_id" in relates
+        ):
+            self.store.finish(item.id, "done", "a reaction to an event never relayed here")
+            return
+        event_id = await self._send_as_ghost(action, content)
         with self.store.transaction():
             self.store.map_event(
                 src.network, src.room_id, src.event_id, self.network.id, action.room_id, event_id
@@ -234,6 +244,7 @@ class DeliveryWorker:
             return action.content
         mapped: dict[str, Any] = dict(relates)
         src = action.source.network
+        before = set(mapped)
         if isinstance(relates.get("event_id"), str):
             target = self.store.counterpart(src, relates["event_id"], self.network.id)
             if target is None:
@@ -247,12 +258,41 @@ class DeliveryWorker:
                 del mapped["m.in_reply_to"]
             else:
                 mapped["m.in_reply_to"] = {**reply, "event_id": target}
+        if set(mapped) != before:
+            # Sent without the relation rather than not at all.
+            log.info("%s refers to an event never relayed to %s: sent without the relation",
+                     action.source.event_id, self.network.id)
         content = dict(action.content)
+        if "rel_type" not in mapped and "m.new_content" in content:
+            # An edit whose original never came here arrives as a message of its own.
+            content = {k: v for k, v in content.items() if k != "m.new_content"}
         if mapped:
             content["m.relates_to"] = mapped
         else:
             del content["m.relates_to"]
         return content
+
+    async def _redact(self, item: OutboxItem, action: Redact) -> None:
+        src = action.source
+        target = self.store.counterpart(src.network, action.redacts, self.network.id)
+        if target is None:
+            # Never sent here (redacted while still queued, or from before the portal).
+            self.store.finish(item.id, "done", "nothing to redact on this network")
+            return
+        ghost = await self.ghosts.ensure(
+            self.network.id, action.ghost, src.network, src.sender, action.room_id,
+            room_hint=src.room_id,
+        )
+        try:
+            await self.hs.redact(action.room_id, target, action.txn_id, ghost, action.reason)
+        except MatrixError as exc:
+            if exc.errcode != "M_FORBIDDEN":
+                raise
+            # A moderator redacted someone else's message: their ghost has no power here;
+            # the bot may (a portal made by link gives it all).
+            await self.hs.redact(action.room_id, target, action.txn_id,
+                                 self.network.bot_user_id, action.reason)
+        self.store.finish(item.id, "done")
 
     async def _leave(self, action: LeaveRoom) -> None:
         if not self.store.ghost_in_room(self.network.id, action.ghost, action.room_id):
@@ -283,7 +323,7 @@ class DeliveryWorker:
         except HomeserverError as exc:
             log.warning("command on %s failed: %s", self.network.id, exc)
 
-    async def _send_as_ghost(self, action: SendMessage) -> str:
+    async def _send_as_ghost(self, action: SendMessage, content: Mapping[str, Any]) -> str:
         src = action.source
         for last_try in (False, True):
             ghost = await self.ghosts.ensure(
@@ -292,8 +332,7 @@ class DeliveryWorker:
             )
             try:
                 return await self.hs.send_event(
-                    action.room_id, action.event_type, self._map_relation(action), action.txn_id,
-                    ghost
+                    action.room_id, action.event_type, content, action.txn_id, ghost
                 )
             except MatrixError as exc:
                 # The ghost was kicked or left since we last saw it join: join again, once.

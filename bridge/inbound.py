@@ -104,6 +104,9 @@ class Inbound:
                 log.debug("%s from %s: %s", event_id, network_id, result.skipped)
             for profile in result.profiles:
                 self.store.set_profile(profile.network, profile.user_id, profile.display_name)
+            for network, redacted in result.cancel:
+                if self.store.cancel_pending(network, redacted, "redacted before delivery"):
+                    log.debug("%s from %s was redacted before it went out", redacted, network)
             self.store.enqueue(result.actions)
             self.store.mark_event_seen(network_id, event_id, room_id)
             targets.update(a.network for a in result.actions)

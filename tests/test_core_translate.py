@@ -10,7 +10,7 @@ import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from bridge.core.actions import BotTask, JoinRoom, ProfileSeen, SendMessage, from_payload
+from bridge.core.actions import BotTask, JoinRoom, ProfileSeen, Redact, SendMessage, from_payload
 from bridge.core.ghosts import derive_key, ghost_localpart, parse_ghost_localpart, pseudonym
 from bridge.core.ids import Identity, email_to_localpart
 from bridge.core.model import EventRef, Network, Portal
@@ -96,11 +96,14 @@ def test_content_is_rebuilt_from_known_fields_only() -> None:
         "extra": 1,
     }
     for action in sends(from_wa(message(content))).values():
+        # The reply relation crosses (its event id is mapped per network at delivery); the
+        # mentions, naming this network's ids, and unknown fields do not.
         assert action.content == {
             "msgtype": "m.text",
             "body": "*hi*",
             "format": "org.matrix.custom.html",
             "formatted_body": "<b>hi</b>",
+            "m.relates_to": {"m.in_reply_to": {"event_id": "$other"}},
         }
 
 
@@ -435,3 +438,41 @@ def test_a_reply_crosses_without_the_quote_of_what_it_answers() -> None:
         assert send.content["body"] == "ok, done"
         assert send.content["formatted_body"] == "ok, done"
         assert "5551234568" not in str(send.content)
+
+
+def test_an_edit_crosses_with_its_new_content_rebuilt_and_rewritten() -> None:
+    edit = {
+        "msgtype": "m.text", "body": "* hi @+15559876543:wa.localhost",
+        "m.new_content": {"msgtype": "m.text", "body": "hi @+15559876543:wa.localhost",
+                          "extra": True},
+        "m.relates_to": {"rel_type": "m.replace", "event_id": "$orig", "junk": 1},
+    }
+    for action in sends(from_wa(message(edit))).values():
+        assert action.content["m.relates_to"] == {"rel_type": "m.replace", "event_id": "$orig"}
+        new = action.content["m.new_content"]
+        assert set(new) == {"msgtype", "body"}
+        assert "+15559876543" not in new["body"] and "_tb_wa_" in new["body"]
+
+
+def test_a_reaction_crosses_as_a_reaction_by_the_ghost() -> None:
+    event = message({"m.relates_to": {"rel_type": "m.annotation", "event_id": "$m", "key": "+1"}})
+    event["type"] = "m.reaction"
+    out = from_wa(event).actions
+    assert {a.network for a in out} == {"ig", "fbm"}
+    for action in out:
+        assert isinstance(action, SendMessage) and action.event_type == "m.reaction"
+        assert action.content == {
+            "m.relates_to": {"rel_type": "m.annotation", "event_id": "$m", "key": "+1"}
+        }
+
+
+def test_a_redaction_redacts_the_copies_and_cancels_what_is_still_queued() -> None:
+    event = {"type": "m.room.redaction", "sender": ALICE_WA, "room_id": ROOMS["wa"],
+             "event_id": "$red", "redacts": "$m", "content": {"reason": "oops"}}
+    result = from_wa(event)
+    assert result.cancel == [("wa", "$m")]
+    assert {(a.network, a.redacts, a.reason) for a in result.actions
+            if isinstance(a, Redact)} == {("ig", "$m", "oops"), ("fbm", "$m", "oops")}
+    v11 = {**event, "content": {"redacts": "$m"}}
+    del v11["redacts"]
+    assert len(from_wa(v11).actions) == 2

@@ -149,7 +149,35 @@ class BotTask:
         return {"task": self.task, "data": dict(self.data), "about": self.about}
 
 
-Action = SendMessage | JoinRoom | SendNotice | LeaveRoom | BotTask
+@dataclass(frozen=True)
+class Redact:
+    """Redact, on `network`, the copy of the source event `redacts`, as the redactor's ghost."""
+
+    network: str
+    room_id: str
+    ghost: str
+    source: EventRef  # the redaction event
+    redacts: str  # the redacted event's id on the source network
+    reason: str | None
+    txn_id: str
+
+    kind = "redact"
+
+    @property
+    def origin(self) -> tuple[str, str]:
+        return (self.source.network, self.source.event_id)
+
+    def to_payload(self) -> dict[str, Any]:
+        return {
+            "ghost": self.ghost,
+            "source": {"network": self.source.network, "room_id": self.source.room_id,
+                       "event_id": self.source.event_id, "sender": self.source.sender},
+            "redacts": self.redacts,
+            "reason": self.reason,
+        }
+
+
+Action = SendMessage | JoinRoom | SendNotice | LeaveRoom | BotTask | Redact
 
 
 def from_payload(
@@ -171,6 +199,11 @@ def from_payload(
         return JoinRoom(network, room_id, txn, payload.get("invite_event", ""))
     if kind == SendNotice.kind:
         return SendNotice(network, room_id, payload["about"], payload["content"], txn)
+    if kind == Redact.kind:
+        src = payload["source"]
+        return Redact(network, room_id, payload["ghost"],
+                      EventRef(src["network"], src["room_id"], src["event_id"], src["sender"]),
+                      payload["redacts"], payload.get("reason"), txn)
     if kind == LeaveRoom.kind:
         return LeaveRoom(network, room_id, payload["ghost"], txn, payload.get("about", ""))
     if kind == BotTask.kind:

@@ -18,6 +18,7 @@ from bridge.core.actions import (
     JoinRoom,
     LeaveRoom,
     ProfileSeen,
+    Redact,
     SendMessage,
     txn_id,
 )
@@ -42,6 +43,9 @@ class Translation:
     actions: list[Action] = field(default_factory=list)
     profiles: list[ProfileSeen] = field(default_factory=list)
     skipped: str | None = None  # why nothing was done, for debug logs
+    # (network, event id) of source events whose still-queued sends are to be cancelled:
+    # redacted before they went out.
+    cancel: list[tuple[str, str]] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -119,6 +123,13 @@ def translate(
             return Translation(actions=[task])
     if portal is None:
         return _skip("room is not part of a portal")
+    if etype == "m.room.redaction" and "state_key" not in event:
+        return _redaction(event, content, source, networks, portal, key, linked)
+    if etype == "m.reaction" and "state_key" not in event:
+        reaction = _reaction_content(content)
+        if reaction is None:
+            return _skip("a reaction without an annotation of an event")
+        return _to_others(event, reaction, source, networks, portal, key, linked, etype)
     opaque = "state_key" not in event and etype in OPAQUE_TYPES
     if etype == "m.room.encrypted" and content.get("algorithm") != E2EE_ALGORITHM:
         return _skip("Matrix's own (Megolm) encryption is bound to one homeserver: not relayed")
@@ -266,6 +277,9 @@ def _for_target(
     for field_name in ("body", "formatted_body"):
         if field_name in out:
             out[field_name] = rewrite_user_ids(out[field_name], source, target, key)
+    new = out.get("m.new_content")
+    if isinstance(new, Mapping):  # an edit's new text names people too
+        out["m.new_content"] = _for_target(dict(new), source, target, key)
     return out
 
 
@@ -299,6 +313,117 @@ def _without_reply_fallback(content: Mapping[str, Any]) -> Mapping[str, Any]:
 
 
 def _text_content(content: Mapping[str, Any]) -> dict[str, Any] | None:
+    """A text message as it crosses: its body, formatting, and its relation (an edit's new
+    content, a reply, a thread) with the event ids to be mapped per target at delivery."""
+    out = _plain_text(content)
+    if out is None:
+        return None
+    relates = _relation(content.get("m.relates_to"))
+    if relates is not None:
+        out["m.relates_to"] = relates
+        if relates.get("rel_type") == "m.replace":
+            new = content.get("m.new_content")
+            new_text = _plain_text(new) if isinstance(new, Mapping) else None
+            if new_text is None:
+                return None  # an edit without a usable new content
+            out["m.new_content"] = new_text
+    return out
+
+
+RELATION_TYPES = frozenset({"m.replace", "m.thread", "m.reference"})
+
+
+def _relation(relates: object) -> dict[str, Any] | None:
+    """The parts of `m.relates_to` that cross: a known rel_type with its event id, a reply's
+    event id, a thread's fallback flag; nothing else from the source."""
+    if not isinstance(relates, Mapping):
+        return None
+    out: dict[str, Any] = {}
+    rel_type, event_id = relates.get("rel_type"), relates.get("event_id")
+    if rel_type in RELATION_TYPES and isinstance(event_id, str):
+        out["rel_type"], out["event_id"] = rel_type, event_id
+        if rel_type == "m.thread" and isinstance(relates.get("is_falling_back"), bool):
+            out["is_falling_back"] = relates["is_falling_back"]
+    reply = relates.get("m.in_reply_to")
+    if isinstance(reply, Mapping) and isinstance(reply.get("event_id"), str):
+        out["m.in_reply_to"] = {"event_id": reply["event_id"]}
+    return out or None
+
+
+def _reaction_content(content: Mapping[str, Any]) -> dict[str, Any] | None:
+    relates = content.get("m.relates_to")
+    if not isinstance(relates, Mapping) or relates.get("rel_type") != "m.annotation":
+        return None
+    event_id, reaction_key = relates.get("event_id"), relates.get("key")
+    if not isinstance(event_id, str) or not isinstance(reaction_key, str):
+        return None
+    if not reaction_key or len(reaction_key) > 256:
+        return None
+    return {"m.relates_to": {"rel_type": "m.annotation", "event_id": event_id,
+                             "key": reaction_key}}
+
+
+def _to_others(
+    event: Mapping[str, Any],
+    content: dict[str, Any],
+    source: Network,
+    networks: Mapping[str, Network],
+    portal: Portal,
+    key: bytes,
+    linked: Sequence[tuple[str, str]],
+    event_type: str,
+) -> Translation:
+    """`content` sent as `event_type` by the sender's ghost into every other room of the
+    portal (event ids inside `m.relates_to` are mapped per target at delivery)."""
+    sender, room_id, event_id = str(event["sender"]), str(event["room_id"]), str(event["event_id"])
+    ref = EventRef(source.id, room_id, event_id, sender)
+    actions: list[Action] = []
+    for target_id, target_room in portal.others(source.id):
+        target = networks.get(target_id)
+        ghost = ghost_for(sender, source, target, networks, key, linked) if target else None
+        if ghost is None:
+            continue
+        own = next((user for net, user in linked if net == target_id), None)
+        actions.append(SendMessage(
+            network=target_id, room_id=target_room, ghost=ghost, source=ref, content=content,
+            txn_id=txn_id(source.id, event_id, target_id, "message"), unless_member=own,
+            event_type=event_type,
+        ))
+    return Translation(actions=actions)
+
+
+def _redaction(
+    event: Mapping[str, Any],
+    content: Mapping[str, Any],
+    source: Network,
+    networks: Mapping[str, Network],
+    portal: Portal,
+    key: bytes,
+    linked: Sequence[tuple[str, str]],
+) -> Translation:
+    """A redaction: the copies of the redacted event are redacted on every other network, and
+    a copy still waiting in the outbox is not sent at all."""
+    redacts = event.get("redacts", content.get("redacts"))  # room v11 moved it into content
+    if not isinstance(redacts, str):
+        return _skip("a redaction without the event it redacts")
+    reason = content.get("reason")
+    sender, room_id, event_id = str(event["sender"]), str(event["room_id"]), str(event["event_id"])
+    ref = EventRef(source.id, room_id, event_id, sender)
+    actions: list[Action] = []
+    for target_id, target_room in portal.others(source.id):
+        target = networks.get(target_id)
+        ghost = ghost_for(sender, source, target, networks, key, linked) if target else None
+        if ghost is None:
+            continue
+        actions.append(Redact(
+            target_id, target_room, ghost, ref, redacts,
+            reason if isinstance(reason, str) else None,
+            txn_id(source.id, event_id, target_id, "redact"),
+        ))
+    return Translation(actions=actions, cancel=[(source.id, redacts)])
+
+
+def _plain_text(content: Mapping[str, Any]) -> dict[str, Any] | None:
     msgtype = content.get("msgtype")
     body = content.get("body")
     if not isinstance(msgtype, str) or msgtype not in TEXT_MSGTYPES or not isinstance(body, str):

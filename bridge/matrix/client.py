@@ -202,6 +202,16 @@ class Homeserver:
             raise MatrixError(502, "M_UNKNOWN", "the homeserver returned no event_id")
         return event_id
 
+    async def redact(
+        self, room_id: str, event_id: str, txn_id: str, as_user: str, reason: str | None = None
+    ) -> None:
+        await self.request(
+            "PUT",
+            f"{CLIENT_V3}/rooms/{_q(room_id)}/redact/{_q(event_id)}/{_q(txn_id)}",
+            body={"reason": reason} if reason else {},
+            as_user=as_user,
+        )
+
     async def put_state(self, room_id: str, event_type: str, state_key: str, content: Any) -> str:
         result = await self.request(
             "PUT",

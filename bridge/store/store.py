@@ -293,6 +293,15 @@ class Store(PeopleStore):
             for row_id, kind, txn, payload, attempts in rows
         ]
 
+    def cancel_pending(self, src_network: str, src_event: str, why: str) -> int:
+        """Mark the still-pending sends of one source event done without sending them."""
+        cursor = self.conn.execute(
+            "UPDATE outbox SET state = 'done', last_error = ?, updated_at = ? "
+            "WHERE src_network = ? AND src_event = ? AND state = 'pending' AND kind = 'message'",
+            (why, time.time(), src_network, src_event),
+        )
+        return cursor.rowcount
+
     def note_attempt(self, item_id: int, error: str) -> None:
         self.conn.execute(
             "UPDATE outbox SET attempts = attempts + 1, last_error = ?, updated_at = ? "
