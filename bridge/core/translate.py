@@ -8,7 +8,7 @@ knows rather than passing the source's through.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -139,29 +139,11 @@ def translate(
         relayed = dict(content) if opaque else _text_content(content)
         if relayed is None:
             return _skip("message type not relayed yet")
-        ref = EventRef(source.id, room_id, event_id, sender)
-        actions: list[Action] = []
-        for target_id, target_room in portal.others(source.id):
-            target = networks.get(target_id)
-            if target is None:
-                continue
-            ghost = ghost_for(sender, source, target, networks, key, linked)
-            if ghost is None:
-                return _skip("sender is not a valid user id")
-            own = next((user for net, user in linked if net == target_id), None)
-            actions.append(
-                SendMessage(
-                    network=target_id,
-                    room_id=target_room,
-                    ghost=ghost,
-                    source=ref,
-                    content=relayed if opaque else _for_target(relayed, source, target, key),
-                    txn_id=txn_id(source.id, event_id, target_id, "message"),
-                    unless_member=own,
-                    event_type=etype,
-                )
-            )
-        return Translation(actions=actions)
+        if opaque:
+            return _to_others(event, relayed, source, networks, portal, key, linked, etype)
+        plain = relayed
+        return _to_others(event, lambda target: _for_target(plain, source, target, key), source,
+                          networks, portal, key, linked, etype)
     return _skip(f"{etype} not relayed yet")
 
 
@@ -259,14 +241,10 @@ def _ghosts_leave(
     event_id: str,
 ) -> list[Action]:
     """A person left a portal room: their ghosts leave the portal's other rooms."""
-    actions: list[Action] = []
-    for target_id, target_room in portal.others(source.id):
-        target = networks.get(target_id)
-        ghost = ghost_for(user, source, target, networks, key, linked) if target else None
-        if ghost is not None:
-            txn = txn_id(source.id, event_id, target_id, "leave")
-            actions.append(LeaveRoom(target_id, target_room, ghost, txn, event_id))
-    return actions
+    return [
+        LeaveRoom(target.id, room, ghost, txn_id(source.id, event_id, target.id, "leave"), event_id)
+        for target, room, ghost in _ghost_targets(user, source, networks, portal, key, linked)
+    ]
 
 
 def _for_target(
@@ -363,9 +341,26 @@ def _reaction_content(content: Mapping[str, Any]) -> dict[str, Any] | None:
                              "key": reaction_key}}
 
 
+def _ghost_targets(
+    user: str,
+    source: Network,
+    networks: Mapping[str, Network],
+    portal: Portal,
+    key: bytes,
+    linked: Sequence[tuple[str, str]],
+) -> Iterator[tuple[Network, str, str]]:
+    """(target network, its room, the ghost standing for `user` there) for every other room of
+    the portal."""
+    for target_id, target_room in portal.others(source.id):
+        target = networks.get(target_id)
+        ghost = ghost_for(user, source, target, networks, key, linked) if target else None
+        if target is not None and ghost is not None:
+            yield target, target_room, ghost
+
+
 def _to_others(
     event: Mapping[str, Any],
-    content: dict[str, Any],
+    content: dict[str, Any] | Callable[[Network], dict[str, Any]],
     source: Network,
     networks: Mapping[str, Network],
     portal: Portal,
@@ -373,22 +368,22 @@ def _to_others(
     linked: Sequence[tuple[str, str]],
     event_type: str,
 ) -> Translation:
-    """`content` sent as `event_type` by the sender's ghost into every other room of the
-    portal (event ids inside `m.relates_to` are mapped per target at delivery)."""
+    """`content` (or `content(target)`, when it differs per target) sent as `event_type` by the
+    sender's ghost into every other room of the portal. Event ids inside `m.relates_to` are
+    mapped per target at delivery."""
     sender, room_id, event_id = str(event["sender"]), str(event["room_id"]), str(event["event_id"])
     ref = EventRef(source.id, room_id, event_id, sender)
     actions: list[Action] = []
-    for target_id, target_room in portal.others(source.id):
-        target = networks.get(target_id)
-        ghost = ghost_for(sender, source, target, networks, key, linked) if target else None
-        if ghost is None:
-            continue
-        own = next((user for net, user in linked if net == target_id), None)
+    for target, room, ghost in _ghost_targets(sender, source, networks, portal, key, linked):
+        own = next((user for net, user in linked if net == target.id), None)
         actions.append(SendMessage(
-            network=target_id, room_id=target_room, ghost=ghost, source=ref, content=content,
-            txn_id=txn_id(source.id, event_id, target_id, "message"), unless_member=own,
+            network=target.id, room_id=room, ghost=ghost, source=ref,
+            content=content(target) if callable(content) else content,
+            txn_id=txn_id(source.id, event_id, target.id, "message"), unless_member=own,
             event_type=event_type,
         ))
+    if not actions and portal.others(source.id):
+        return _skip("sender is not a valid user id")
     return Translation(actions=actions)
 
 
@@ -409,17 +404,11 @@ def _redaction(
     reason = content.get("reason")
     sender, room_id, event_id = str(event["sender"]), str(event["room_id"]), str(event["event_id"])
     ref = EventRef(source.id, room_id, event_id, sender)
-    actions: list[Action] = []
-    for target_id, target_room in portal.others(source.id):
-        target = networks.get(target_id)
-        ghost = ghost_for(sender, source, target, networks, key, linked) if target else None
-        if ghost is None:
-            continue
-        actions.append(Redact(
-            target_id, target_room, ghost, ref, redacts,
-            reason if isinstance(reason, str) else None,
-            txn_id(source.id, event_id, target_id, "redact"),
-        ))
+    actions: list[Action] = [
+        Redact(target.id, room, ghost, ref, redacts, reason if isinstance(reason, str) else None,
+               txn_id(source.id, event_id, target.id, "redact"))
+        for target, room, ghost in _ghost_targets(sender, source, networks, portal, key, linked)
+    ]
     return Translation(actions=actions, cancel=[(source.id, redacts)])
 
 
