@@ -56,3 +56,30 @@ async def test_keys_sessions_and_what_was_read_survive_a_restart(tmp_path: Path)
     assert replay.value.reason == "replay"
     assert bob2.rooms[ROOM].seen == {"$old"}
     assert bob2.pinned == {"@_tb_wa_x:ig.localhost": alice.identity.public}
+
+
+async def test_a_device_withdrawn_by_its_owner_gets_no_more_keys_and_a_forgery_is_refused() -> None:
+    async with httpx.AsyncClient() as http:
+        alice = E2EEClient(http, "@alice:wa.localhost", "WhatsApp")
+        bob = E2EEClient(http, "@bob:ig.localhost", "Instagram")
+        mallory = E2EEClient(http, "@mallory:ig.localhost", "Instagram")
+    room = _Room(PORTAL)
+    alice.rooms[ROOM] = room
+    ghost = "@_tb_ig_bob:wa.localhost"
+
+    def event(content: dict[str, object]) -> dict[str, object]:
+        return {"type": "org.tribridge.e2ee.device", "sender": ghost, "event_id": "$x",
+                "content": content}
+
+    alice._take(room, event(bob.device.announcement()))
+    assert bob.device.device_id in room.devices
+    # A revocation signed by another identity (say, the bridge's own) is refused.
+    forged = bob.device.revocation()
+    forged["sig"] = mallory.device.revocation()["sig"]
+    alice._take(room, event(forged))
+    assert bob.device.device_id in room.devices and not room.rotate
+    assert any("revocation" in w for w in alice.warnings)
+    # Bob's own identity key withdraws the device: no more shares, and the session rotates.
+    alice._take(room, event(bob.device.revocation()))
+    assert bob.device.device_id not in room.devices
+    assert room.rotate

@@ -37,6 +37,7 @@ from bridge.core.e2ee import (
     safety_number,
 )
 from bridge.core.e2ee.encoding import b64, unb64
+from bridge.core.e2ee.keys import revoked_device
 
 V3 = "/_matrix/client/v3"
 PORTAL_STATE = "org.tribridge.portal"
@@ -170,6 +171,9 @@ class E2EEClient:
                 room.rotate = True  # the leaver must not read what comes next
 
     def _announced(self, room: _Room, sender: str, content: dict[str, Any]) -> None:
+        if "revoke" in content:
+            self._revoked(room, sender, content)
+            return
         try:
             cert = DeviceCert.from_announcement(content)
         except Rejected as exc:
@@ -184,6 +188,25 @@ class E2EEClient:
             return
         if cert.device_id != self.device.device_id:
             room.devices[cert.device_id] = (sender, cert)
+
+    def _revoked(self, room: _Room, sender: str, content: dict[str, Any]) -> None:
+        """A device withdrawn by its owner's identity key: no more shares go to it, and the
+        session rotates so that it cannot read what follows."""
+        pinned = self.pinned.get(sender)
+        if pinned is None:
+            return
+        try:
+            device_id = revoked_device(content, pinned)
+        except Rejected as exc:
+            self.warnings.append(f"a device revocation from {sender} was refused: {exc}")
+            return
+        if device_id is not None and room.devices.get(device_id, ("", None))[0] == sender:
+            del room.devices[device_id]
+            room.rotate = True
+
+    async def revoke(self, room_id: str) -> None:
+        """Withdraw this device from the room (before it is retired or lost)."""
+        await self._send(room_id, DEVICE_EVENT, self.device.revocation())
 
     def _shared(self, room: _Room, content: dict[str, Any]) -> None:
         found = room.devices.get(str(content.get("device")))

@@ -84,6 +84,23 @@ class DeviceCert:
         return found
 
 
+def revoked_device(content: object, identity: bytes) -> str | None:
+    """The device id a revocation withdraws, if `content` is one signed by `identity`; None if
+    it is not a revocation; Rejected if it is a forged or malformed one."""
+    if not isinstance(content, dict) or "revoke" not in content:
+        return None
+    fields = content["revoke"]
+    if not isinstance(fields, dict) or fields.get("v") != 1 or type(fields.get("v")) is not int:
+        raise Rejected("malformed", "a revocation names its version")
+    device_id = fields.get("revoke")
+    if not isinstance(device_id, str) or unb64(fields.get("identity"), "identity key",
+                                               32) != identity:
+        raise Rejected("malformed", "a revocation names the device and the identity key")
+    verify(identity, canonical(fields), unb64(content.get("sig"), "revocation signature", 64),
+           "a device revocation")
+    return device_id
+
+
 @dataclass(frozen=True)
 class Device:
     """One device of a person: its private keys and its certificate."""
@@ -107,6 +124,13 @@ class Device:
             self.identity.public, self.origin, self.device_id,
             bytes(self.signing.verify_key), bytes(self.exchange.public_key),
         )
+
+    def revocation(self) -> dict[str, Any]:
+        """The content of the `org.tribridge.e2ee.device` event that withdraws this device: the
+        identity key signs it, so nobody else (the bridge included) can withdraw a device."""
+        fields = {"v": 1, "identity": b64(self.identity.public), "revoke": self.device_id}
+        return {"revoke": fields,
+                "sig": b64(self.identity.signing.sign(canonical(fields)).signature)}
 
     def announcement(self) -> dict[str, Any]:
         """The content of this device's `org.tribridge.e2ee.device` room event."""
