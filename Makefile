@@ -22,11 +22,12 @@ $(VENV)/.test-installed: pyproject.toml | $(VENV)/bin/python
 demo: $(VENV)/.demo-installed
 	$(VENV)/bin/tribridge demo
 
-# Three workers, each with its own three Synapses: the long fault tests (one xdist group) run on
-# one while the other two share everything else, and are done before the fault tests need the CPU
-# to catch up.
+# Three workers, each with its own three Synapses: the kill -9 test (one xdist group) on one, the
+# rest shared by the other two. Then the tests marked `alone` (30-second catch-up promises, which
+# are timings) by themselves, so that nothing competes with them for the CPU.
 test: $(VENV)/.test-installed
-	$(PY) -m pytest -n 3 --dist loadgroup
+	$(PY) -m pytest -n 3 --dist loadgroup -m "not alone"
+	$(PY) -m pytest -m alone
 
 check: $(VENV)/.test-installed
 	$(VENV)/bin/ruff check bridge tests bench

@@ -204,11 +204,16 @@ class Person:
         predicate: Callable[[list[dict[str, Any]]], bool],
         within: float = 20.0,
         what: str = "the expected events",
+        *,
+        limit: int = 200,
     ) -> list[dict[str, Any]]:
-        """Poll the room's timeline until `predicate` holds, or fail after `within` seconds."""
+        """Poll the room's timeline (its newest `limit` events) until `predicate` holds, or fail
+        after `within` seconds. A small `limit` keeps the polling cheap for the homeserver when
+        only the newest events matter (a catch-up being timed must not be slowed by the
+        watcher)."""
         deadline = trio.current_time() + within
         while True:
-            events = await self.messages(room_id)
+            events = await self.messages(room_id, limit)
             if predicate(events):
                 return events
             if trio.current_time() > deadline:
