@@ -96,15 +96,17 @@ def test_content_is_rebuilt_from_known_fields_only() -> None:
         "extra": 1,
     }
     for action in sends(from_wa(message(content))).values():
-        # The reply relation crosses (its event id is mapped per network at delivery); the
-        # mentions, naming this network's ids, and unknown fields do not.
-        assert action.content == {
+        # The reply relation crosses (its event id is mapped per network at delivery), the
+        # mentioned person as their ghost there; unknown fields do not cross.
+        assert {k: v for k, v in action.content.items() if k != "m.mentions"} == {
             "msgtype": "m.text",
             "body": "*hi*",
             "format": "org.matrix.custom.html",
             "formatted_body": "<b>hi</b>",
             "m.relates_to": {"m.in_reply_to": {"event_id": "$other"}},
         }
+        (mentioned,) = action.content["m.mentions"]["user_ids"]
+        assert mentioned.startswith("@_tb_wa_") and "5559876543" not in mentioned
 
 
 @pytest.mark.parametrize(
@@ -476,3 +478,19 @@ def test_a_redaction_redacts_the_copies_and_cancels_what_is_still_queued() -> No
     v11 = {**event, "content": {"redacts": "$m"}}
     del v11["redacts"]
     assert len(from_wa(v11).actions) == 2
+
+
+def test_mentions_name_ghosts_on_the_target_and_drop_what_means_nothing_there() -> None:
+    content = {
+        "msgtype": "m.text", "body": "hi all",
+        "m.mentions": {"room": True, "user_ids": [
+            "@+15559876543:wa.localhost",  # a WhatsApp person: their ghost on each target
+            "@_tb_ig_aaaaaaaaaaaaaaaa:wa.localhost",  # a ghost here: nothing on the others
+            "@someone:elsewhere.example", 42,
+        ]},
+    }
+    for target, action in sends(from_wa(message(content))).items():
+        mentions = action.content["m.mentions"]
+        assert mentions["room"] is True
+        (user,) = mentions["user_ids"]
+        assert re.fullmatch(rf"@_tb_wa_[a-z2-7]{{16}}:{target}\.localhost", user), user

@@ -258,6 +258,13 @@ def _for_target(
     new = out.get("m.new_content")
     if isinstance(new, Mapping):  # an edit's new text names people too
         out["m.new_content"] = _for_target(dict(new), source, target, key)
+    mentions = out.get("m.mentions")
+    if isinstance(mentions, Mapping):
+        # Source people become their ghosts; ids that mean nothing on the target (another
+        # server's, or this bridge's ghosts on the source) are left out, not carried along.
+        users = [rewrite_user_ids(u, source, target, key) for u in mentions.get("user_ids", [])]
+        suffix = ":" + target.server_name
+        out["m.mentions"] = {**mentions, "user_ids": [u for u in users if u.endswith(suffix)]}
     return out
 
 
@@ -291,11 +298,21 @@ def _without_reply_fallback(content: Mapping[str, Any]) -> Mapping[str, Any]:
 
 
 def _text_content(content: Mapping[str, Any]) -> dict[str, Any] | None:
-    """A text message as it crosses: its body, formatting, and its relation (an edit's new
-    content, a reply, a thread) with the event ids to be mapped per target at delivery."""
+    """A text message as it crosses: its body, formatting, mentions, and its relation (an
+    edit's new content, a reply, a thread) with the event ids to be mapped per target at
+    delivery."""
     out = _plain_text(content)
     if out is None:
         return None
+    mentions = content.get("m.mentions")
+    if isinstance(mentions, Mapping):
+        users = mentions.get("user_ids")
+        kept: dict[str, Any] = {}
+        if isinstance(users, list):
+            kept["user_ids"] = [u for u in users if isinstance(u, str)][:MAX_MENTIONS]
+        if mentions.get("room") is True:
+            kept["room"] = True
+        out["m.mentions"] = kept
     relates = _relation(content.get("m.relates_to"))
     if relates is not None:
         out["m.relates_to"] = relates
@@ -308,6 +325,7 @@ def _text_content(content: Mapping[str, Any]) -> dict[str, Any] | None:
     return out
 
 
+MAX_MENTIONS = 100  # user ids carried in one message's m.mentions
 RELATION_TYPES = frozenset({"m.replace", "m.thread", "m.reference"})
 
 

@@ -150,3 +150,18 @@ async def test_references_to_messages_from_before_a_restart_find_their_targets(
         await event_where(person, room, "the reaction", is_reaction(copy))
         await wait_until(lambda p=person, r=room, c=copy: redacted(p, r, c), WITHIN,
                          f"the redaction on {net_id}")
+
+
+async def test_mentions_cross_as_the_ghosts_of_the_people_named(cast: Cast, daemon: Daemon) -> None:
+    people, rooms = await three_way(cast, daemon, ("Alice", "Bob", "Carol"))
+    alice = people["wa"]
+    phone = alice.user_id[1:].split(":")[0]
+    await alice.send_text(rooms["wa"], "note to self", **{
+        "m.mentions": {"user_ids": [alice.user_id]}
+    })
+    for net_id in ("ig", "fbm"):
+        event = await event_where(people[net_id], rooms[net_id], "the mention",
+                                  lambda e: e.get("content", {}).get("body") == "note to self")
+        # The person named is Alice: on this network, that is her ghost, the event's sender.
+        assert event["content"]["m.mentions"] == {"user_ids": [event["sender"]]}
+        assert phone not in str(event["content"])
