@@ -892,6 +892,15 @@ def test_fuzz_decrypt_of_session_signed_content_raises_only_rejected(
     only_rejected(session.decrypt, content)
 
 
+@pytest.mark.parametrize("length", [0, 1, 15])
+def test_a_signed_ciphertext_shorter_than_its_tag_is_malformed(length: int) -> None:
+    # Found by the fuzz test above: pynacl raised ValueError for these.
+    content = resign_message({**FUZZ_MESSAGE, "ciphertext": b64(b"x" * length)}, FUZZ_OUT)
+    with pytest.raises(Rejected) as refused:
+        fuzz_inbound().decrypt(content)
+    assert refused.value.reason == "malformed"
+
+
 @settings(max_examples=300, deadline=None)
 @given(st.one_of(json_dicts, mutated(FUZZ_SHARE)))
 def test_fuzz_open_keyshare_raises_only_rejected(content: dict[str, Any]) -> None:

@@ -26,6 +26,7 @@ from bridge.core.e2ee.keys import Device, verify
 ALGORITHM = "org.tribridge.e2ee.v1"
 MAX_SKIP = 1000  # how far ahead of its chain a receiver follows an index
 ROTATE_AFTER = 100  # messages per session before a new one
+TAG_BYTES = 16  # Poly1305's tag ends every ciphertext
 
 
 def _blake(data: bytes, key: bytes, person: bytes, size: int = 32) -> bytes:
@@ -146,11 +147,13 @@ class InboundSession:
         verify(self.signing_key, ad + nonce + ciphertext, unb64(content.get("sig"), "signature",
                                                                  64), "a message")
         key, chain_key, skipped = self._key_for(index)
+        if len(ciphertext) < TAG_BYTES:
+            raise Rejected("malformed", "the ciphertext is shorter than its tag")
         try:
             body = nacl.bindings.crypto_aead_xchacha20poly1305_ietf_decrypt(
                 ciphertext, ad, nonce, key
             )
-        except nacl.exceptions.CryptoError:
+        except (nacl.exceptions.CryptoError, ValueError):
             raise Rejected("undecryptable", "the ciphertext does not decrypt") from None
         plaintext = parse_json(body, "the plaintext")
         if not isinstance(plaintext, dict) or plaintext.get("portal") != self.portal_id:
