@@ -56,12 +56,7 @@ class SendMessage:
     def to_payload(self) -> dict[str, Any]:
         return {
             "ghost": self.ghost,
-            "source": {
-                "network": self.source.network,
-                "room_id": self.source.room_id,
-                "event_id": self.source.event_id,
-                "sender": self.source.sender,
-            },
+            "source": _ref_payload(self.source),
             "content": dict(self.content),
             **({"unless_member": self.unless_member} if self.unless_member else {}),
             **({"type": self.event_type} if self.event_type != "m.room.message" else {}),
@@ -170,8 +165,7 @@ class Redact:
     def to_payload(self) -> dict[str, Any]:
         return {
             "ghost": self.ghost,
-            "source": {"network": self.source.network, "room_id": self.source.room_id,
-                       "event_id": self.source.event_id, "sender": self.source.sender},
+            "source": _ref_payload(self.source),
             "redacts": self.redacts,
             "reason": self.reason,
         }
@@ -180,16 +174,24 @@ class Redact:
 Action = SendMessage | JoinRoom | SendNotice | LeaveRoom | BotTask | Redact
 
 
+def _ref_payload(ref: EventRef) -> dict[str, str]:
+    return {"network": ref.network, "room_id": ref.room_id, "event_id": ref.event_id,
+            "sender": ref.sender}
+
+
+def _ref(src: Mapping[str, Any]) -> EventRef:
+    return EventRef(src["network"], src["room_id"], src["event_id"], src["sender"])
+
+
 def from_payload(
     kind: str, network: str, room_id: str, txn: str, payload: Mapping[str, Any]
 ) -> Action:
     if kind == SendMessage.kind:
-        src = payload["source"]
         return SendMessage(
             network=network,
             room_id=room_id,
             ghost=payload["ghost"],
-            source=EventRef(src["network"], src["room_id"], src["event_id"], src["sender"]),
+            source=_ref(payload["source"]),
             content=payload["content"],
             txn_id=txn,
             unless_member=payload.get("unless_member"),
@@ -200,9 +202,7 @@ def from_payload(
     if kind == SendNotice.kind:
         return SendNotice(network, room_id, payload["about"], payload["content"], txn)
     if kind == Redact.kind:
-        src = payload["source"]
-        return Redact(network, room_id, payload["ghost"],
-                      EventRef(src["network"], src["room_id"], src["event_id"], src["sender"]),
+        return Redact(network, room_id, payload["ghost"], _ref(payload["source"]),
                       payload["redacts"], payload.get("reason"), txn)
     if kind == LeaveRoom.kind:
         return LeaveRoom(network, room_id, payload["ghost"], txn, payload.get("about", ""))
