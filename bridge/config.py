@@ -54,6 +54,8 @@ class BridgeSettings:
     unhealthy_after: float = 300.0  # seconds a homeserver may be silent before /health says 503
     command_prefix: str = "!tb"  # starts a bot command outside a management room
     default_country_code: str = ""  # for phone numbers typed without one; "" = require +
+    max_media_bytes: int = 50 * 1024 * 1024  # files above this do not cross; the sender is told
+    mirror_room_state: bool = True  # name, topic, avatar changes cross (a portal may say no)
 
 
 @dataclass(frozen=True)
@@ -303,13 +305,31 @@ def _permissions(c: _Checker, t: Mapping[str, Any]) -> dict[str, Level]:
     return rules
 
 
+_SIZE_UNITS = {"": 1, "B": 1, "KB": 1024, "MB": 1024 ** 2, "GB": 1024 ** 3}
+
+
+def _size(c: _Checker, value: object, key: str) -> int | None:
+    """A size such as "50MB" or 1048576 (bytes); at least 1 kB, at most 4 GB."""
+    size: float | None = None
+    if isinstance(value, int) and not isinstance(value, bool):
+        size = value
+    elif isinstance(value, str):
+        match = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([KMG]?B?)\s*", value.upper())
+        if match:
+            size = float(match.group(1)) * _SIZE_UNITS[match.group(2)]
+    if size is None or not 1024 <= size <= 4 * 1024 ** 3:
+        c.error(key, 'must be a size between 1KB and 4GB, such as "50MB"')
+        return None
+    return int(size)
+
+
 def _bridge(c: _Checker, t: Mapping[str, Any]) -> BridgeSettings | None:
     p = "bridge."
     c.unknown(
         t,
         {"listen", "url", "database", "secret", "secret_file", "log_level", "log_format",
          "durability", "metrics_listen", "unhealthy_after", "command_prefix",
-         "default_country_code"},
+         "default_country_code", "max_media_size", "mirror_room_state"},
         p,
     )
     listen = c.string(t, "listen", p + "listen", check=_listen)
@@ -343,11 +363,16 @@ def _bridge(c: _Checker, t: Mapping[str, Any]) -> BridgeSettings | None:
                       check=_command_prefix)
     country = c.string(t, "default_country_code", p + "default_country_code", default="",
                        check=_country_code)
+    max_media = _size(c, t.get("max_media_size", "50MB"), p + "max_media_size")
+    mirror = t.get("mirror_room_state", True)
+    if not isinstance(mirror, bool):
+        c.error(p + "mirror_room_state", "must be true or false")
     database_path = c.path(database, p + "database") if database is not None else None
     if (
         listen is None or url is None or database_path is None or secret is None
         or level is None or durability is None or metrics_listen is None
         or unhealthy_after is None or log_format is None or prefix is None or country is None
+        or max_media is None or not isinstance(mirror, bool)
     ):
         return None
     host_port = _split_host_port(listen)
@@ -370,6 +395,8 @@ def _bridge(c: _Checker, t: Mapping[str, Any]) -> BridgeSettings | None:
         unhealthy_after=float(unhealthy_after),
         command_prefix=prefix,
         default_country_code=country.lstrip("+"),
+        max_media_bytes=max_media,
+        mirror_room_state=mirror,
     )
 
 

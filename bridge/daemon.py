@@ -33,6 +33,7 @@ from bridge.core.model import Portal
 from bridge.core.translate import Rules
 from bridge.delivery import DeliveryWorker
 from bridge.encryption import refuse_mixed_portals
+from bridge.ephemeral import Ephemeral
 from bridge.http.server import Limits, serve
 from bridge.inbound import Inbound
 from bridge.matrix.appservice import Appservice
@@ -109,14 +110,16 @@ class Bridge:
                     workers[net_id] = DeliveryWorker(
                         network, homeservers, networks, store, key,
                         wake=lambda n: workers[n].wake(), on_recovered=reconciler.suspect,
-                        metrics=metrics, bot=bot,
+                        metrics=metrics, bot=bot, max_media_bytes=config.bridge.max_media_bytes,
                     )
                 observer = Observer(store, workers, metrics, config.bridge.unhealthy_after)
                 separate = config.bridge.metrics_listen
                 public = None if separate else observer.router
-                app = Appservice(config.networks, reconciler, store, public)
+                ephemeral = Ephemeral(networks, homeservers, store, key)
+                app = Appservice(config.networks, reconciler, store, public, ephemeral.take)
                 async with trio.open_nursery() as nursery:
                     await nursery.start(reconciler.run)
+                    await nursery.start(ephemeral.run)
                     host, port = config.bridge.listen_host, config.bridge.listen_port
                     server = trio.CancelScope()
                     limits = _connection_limits()
@@ -219,7 +222,8 @@ def _with_reloadable(old: Config, new: Config) -> Config:
 
 
 def _rules(config: Config) -> Rules:
-    return Rules(config.permissions, config.bridge.command_prefix)
+    return Rules(config.permissions, config.bridge.command_prefix,
+                 config.bridge.max_media_bytes, config.bridge.mirror_room_state)
 
 
 async def _in_scope(

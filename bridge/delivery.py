@@ -20,17 +20,31 @@ from typing import Any
 
 import trio
 
-from bridge.core.actions import BotTask, JoinRoom, LeaveRoom, Redact, SendMessage, SendNotice
+from bridge.core.actions import (
+    BotTask,
+    GhostSync,
+    JoinRoom,
+    LeaveRoom,
+    Member,
+    Redact,
+    RoomState,
+    SendMessage,
+    SendNotice,
+    txn_id,
+)
+from bridge.core.media import DEFAULT_MAX_BYTES, STICKER, media_uris, with_uris
 from bridge.core.model import Network
 from bridge.core.notices import failure_notice
 from bridge.core.retry import Verdict, backoff, classify
 from bridge.ghostkeeper import GhostKeeper
 from bridge.matrix.client import Homeserver, HomeserverError, MatrixError, Unreachable
+from bridge.media import MediaCarrier
 from bridge.metrics import Metrics
 from bridge.store import OutboxItem, Store
 
 log = logging.getLogger(__name__)
 
+MEDIA_EVENT_TYPES = frozenset({"m.room.message", STICKER})
 PAGE = 50  # outbox rows read at once per room: memory stays flat whatever the backlog
 PROBE_MIN, PROBE_MAX = 0.5, 5.0  # seconds between "are you back?" probes of a silent homeserver
 
@@ -50,6 +64,7 @@ class DeliveryWorker:
         jitter: Callable[[], float] = random.random,
         metrics: Metrics | None = None,
         bot: Callable[[BotTask], Awaitable[None]] | None = None,
+        max_media_bytes: int = DEFAULT_MAX_BYTES,
     ) -> None:
         self.network = network
         self.bot = bot
@@ -59,6 +74,8 @@ class DeliveryWorker:
         self.store = store
         self.key = key
         self.ghosts = GhostKeeper(homeservers, networks, store, key)
+        self.media = MediaCarrier(homeservers, store, max_media_bytes)
+        self.ghosts.media = self.media
         self.wake_network = wake
         self.on_recovered = on_recovered
         self.jitter = jitter
@@ -208,11 +225,22 @@ class DeliveryWorker:
         if isinstance(action, Redact):
             await self._redact(item, action)
             return
+        if isinstance(action, GhostSync):
+            await self._ghost_sync(action)
+            self.store.finish(item.id, "done")
+            return
         portal_id = self.store.portal_id_of(self.network.id, action.room_id)
         if portal_id is None or portal_id != self.store.portal_id_of(src.network, src.room_id):
             # Queued before one of the rooms left the portal (unlink, the bot kicked): the
             # ghost must not come back into a room that is no longer bridged.
             self.store.finish(item.id, "done", "not sent: the room left its portal")
+            return
+        if isinstance(action, Member):
+            self.store.finish(item.id, "done", await self._member(action))
+            return
+        if isinstance(action, RoomState):
+            await self._room_state(action)
+            self.store.finish(item.id, "done")
             return
         if action.unless_member and (
             await self.hs.membership(action.room_id, action.unless_member) == "join"
@@ -294,6 +322,69 @@ class DeliveryWorker:
                                  self.network.bot_user_id, action.reason)
         self.store.finish(item.id, "done")
 
+    async def _member(self, action: Member) -> str | None:
+        """Do to the person's ghost what was done to them; a note if it could not be done (no
+        power to kick there, say): membership is mirrored as far as the room allows."""
+        src, net, hs = action.source, self.network.id, self.hs
+        ghost = await self.ghosts.ensure(
+            net, action.ghost, src.network, action.person,
+            action.room_id if action.op == "join" else None, room_hint=src.room_id,
+        )
+        if action.op == "join":
+            return None
+        actors = [self.network.bot_user_id]
+        if action.actor is not None:
+            actors.insert(0, await self.ghosts.ensure(
+                net, action.actor, src.network, src.sender, action.room_id,
+                room_hint=src.room_id))
+        for actor in actors:
+            try:
+                if action.op == "invite":
+                    await hs.invite(action.room_id, ghost, as_user=actor)
+                else:
+                    await hs.kick(action.room_id, ghost, actor, action.reason, action.op)
+            except MatrixError as exc:
+                if exc.status != 403:
+                    raise
+                last = str(exc)
+                continue
+            if action.op in ("kick", "ban"):
+                self.store.set_ghost_in_room(net, action.ghost, action.room_id, False)
+            return None
+        log.info("%s of a ghost on %s not mirrored: %s", action.op, net, last)
+        return f"not mirrored: {last}"
+
+    async def _ghost_sync(self, action: GhostSync) -> None:
+        registered, _ = self.store.ghost(self.network.id, action.ghost)
+        if registered:  # a ghost made later gets the new name and avatar then
+            await self.ghosts.ensure(self.network.id, action.ghost, action.source.network,
+                                     action.source.sender)
+
+    async def _room_state(self, action: RoomState) -> None:
+        content = dict(action.content)
+        if "url" in content:
+            content["url"] = await self.media.carry(
+                action.source.network, content["url"], self.network.id, self.network.bot_user_id)
+        try:
+            await self.hs.put_state(action.room_id, action.event_type, "", content)
+        except MatrixError as exc:
+            if exc.errcode != "M_FORBIDDEN":
+                raise
+            # The room's admins did not give the bot the power to change it: theirs to decide,
+            # but the person who changed it is told why the other rooms did not follow.
+            log.info("%s not mirrored to %s: %s", action.event_type, self.network.id, exc)
+            src = action.source
+            what = action.event_type.removeprefix("m.room.")
+            body = (f"The room's {what} was not copied to {self.network.label}: the bridge's "
+                    "bot there may not change it (give it the moderator level there, or say "
+                    "mirror off).")
+            notice = SendNotice(src.network, src.room_id, src.event_id,
+                                {"msgtype": "m.notice", "body": body},
+                                txn_id(src.network, src.event_id, self.network.id, "state-refused"))
+            with self.store.transaction():
+                self.store.enqueue([notice])
+            self.wake_network(src.network)
+
     async def _leave(self, action: LeaveRoom) -> None:
         if not self.store.ghost_in_room(self.network.id, action.ghost, action.room_id):
             return
@@ -330,6 +421,8 @@ class DeliveryWorker:
                 self.network.id, action.ghost, src.network, src.sender, action.room_id,
                 room_hint=src.room_id,
             )
+            if action.event_type in MEDIA_EVENT_TYPES and media_uris(content):
+                content = await self._carry_files(src.network, content, ghost)
             try:
                 return await self.hs.send_event(
                     action.room_id, action.event_type, content, action.txn_id, ghost
@@ -340,6 +433,20 @@ class DeliveryWorker:
                     raise
                 self.store.set_ghost_in_room(self.network.id, action.ghost, action.room_id, False)
         raise AssertionError("unreachable")
+
+    async def _carry_files(
+        self, src_network: str, content: Mapping[str, Any], ghost: str
+    ) -> Mapping[str, Any]:
+        """The content with its file (and thumbnail) carried here; a thumbnail that cannot be
+        carried is left out rather than holding the message back."""
+        uris = media_uris(content)
+        copies = {uris[0]: await self.media.carry(src_network, uris[0], self.network.id, ghost)}
+        for thumb in uris[1:]:
+            try:
+                copies[thumb] = await self.media.carry(src_network, thumb, self.network.id, ghost)
+            except MatrixError as exc:
+                log.info("a thumbnail was not carried to %s: %s", self.network.id, exc)
+        return with_uris(content, copies)
 
     # -- reachability --------------------------------------------------------------------------
 

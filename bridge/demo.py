@@ -10,15 +10,20 @@ everything it started.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import re
+import secrets
 import shutil
+import struct
 import sys
 import tempfile
 import time
+import zlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import trio
 
@@ -88,6 +93,7 @@ async def _scenario(net: LocalNet) -> None:
             for other, person in people.items():
                 if other != net_id:
                     await person.wait_for(rooms[other], has_body(text), what=repr(text))
+        await _actions(people, rooms)
         print()
         for net_id, person in people.items():
             await _show(net.server_name(net_id), person, rooms[net_id])
@@ -200,10 +206,104 @@ def has_body(text: str) -> Callable[[list[dict[str, Any]]], bool]:
     return check
 
 
+async def _send(person: Person, room_id: str, event_type: str, content: dict[str, Any]) -> str:
+    path = f"/rooms/{quote(room_id)}/send/{quote(event_type)}/demo{secrets.token_hex(6)}"
+    return str((await person.call("PUT", path, content))["event_id"])
+
+
+async def _actions(people: dict[str, Person], rooms: dict[str, str]) -> None:
+    """A reply, an edit, a reaction and a picture, each from one network to the two others."""
+    alice, bob, carol = people["wa"], people["ig"], people["fbm"]
+    first = next(e["event_id"] for e in await alice.messages(rooms["wa"])
+                 if e.get("content", {}).get("body") == SCRIPT[0][1])
+    await _send(alice, rooms["wa"], "m.room.message", {
+        "msgtype": "m.text", "body": "* Hi both! Alice here, on WhatsApp, with the snacks.",
+        "m.new_content": {"msgtype": "m.text",
+                          "body": "Hi both! Alice here, on WhatsApp, with the snacks."},
+        "m.relates_to": {"rel_type": "m.replace", "event_id": first},
+    })
+    asked = next(e["event_id"] for e in await carol.messages(rooms["fbm"])
+                 if e.get("content", {}).get("body") == SCRIPT[1][1])
+    await _send(carol, rooms["fbm"], "m.reaction", {
+        "m.relates_to": {"rel_type": "m.annotation", "event_id": asked, "key": "👍"}})
+    said = next(e["event_id"] for e in await bob.messages(rooms["ig"])
+                if e.get("content", {}).get("body") == SCRIPT[3][1])
+    await _send(bob, rooms["ig"], "m.room.message", {
+        "msgtype": "m.text", "body": "Works for me.",
+        "m.relates_to": {"m.in_reply_to": {"event_id": said}}})
+    picture = _png(48, 32)
+    url = await carol.upload(picture, "image/png", "cover.png")
+    await _send(carol, rooms["fbm"], "m.room.message", {
+        "msgtype": "m.image", "body": "cover.png", "url": url,
+        "info": {"mimetype": "image/png", "size": len(picture), "w": 48, "h": 32},
+    })
+    for net_id, person in people.items():
+        room = rooms[net_id]
+
+        async def arrived(person: Person = person, room: str = room) -> bool:
+            # Each one was sent on one network and relayed to the two others: every timeline
+            # ends up with all four.
+            kinds = {_kind(e) for e in await person.messages(room)}
+            return {"edit", "reaction", "reply", "image"} <= kinds
+
+        await wait_until(arrived, 30, f"the edit, reaction, reply and image on {net_id}")
+        for event in await person.messages(room):
+            if _kind(event) == "image" and person is not carol:
+                copy = await person.download(event["content"]["url"])
+                same = hashlib.sha256(copy).digest() == hashlib.sha256(picture).digest()
+                print(f"  {person.user_id} got cover.png as {event['content']['url']}: "
+                      f"{len(copy)} bytes, {'identical' if same else 'DIFFERENT'}")
+                if not same:
+                    raise RuntimeError("the picture changed on its way")
+
+
+def _kind(event: dict[str, Any]) -> str:
+    content = event.get("content") or {}
+    if event.get("type") == "m.reaction":
+        return "reaction"
+    relates = content.get("m.relates_to") or {}
+    if relates.get("rel_type") == "m.replace":
+        return "edit"
+    if "m.in_reply_to" in relates:
+        return "reply"
+    return "image" if content.get("msgtype") == "m.image" else "text"
+
+
+def _png(width: int, height: int) -> bytes:
+    """A small real PNG (a gradient), so any client can show it."""
+    rows = b"".join(b"\x00" + b"".join(bytes((x * 5 % 256, y * 8 % 256, 160))
+                                       for x in range(width)) for y in range(height))
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        body = kind + data
+        return struct.pack(">I", len(data)) + body + struct.pack(">I", zlib.crc32(body))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows))
+            + chunk(b"IEND", b""))
+
+
 async def _show(server_name: str, person: Person, room_id: str) -> None:
     names = await person.members(room_id)
+    events = await person.messages(room_id)
+    bodies = {e["event_id"]: (e.get("content") or {}).get("body", "") for e in events}
     print(f"What {person.user_id} sees on {server_name}:")
-    for sender, body in await person.texts(room_id):
-        shown = names.get(sender) or sender
-        print(f"  [{server_name}] {shown}: {body}")
+    for event in events:
+        kind, content = _kind(event), event.get("content") or {}
+        if event.get("type") not in ("m.room.message", "m.reaction"):
+            continue
+        shown = names.get(event["sender"]) or event["sender"]
+        relates = content.get("m.relates_to") or {}
+        if kind == "edit":
+            text = f"(edited) {content.get('m.new_content', {}).get('body')}"
+        elif kind == "reaction":
+            text = f"reacted {relates.get('key')} to {bodies.get(relates.get('event_id'))!r}"
+        elif kind == "reply":
+            target = bodies.get(relates["m.in_reply_to"].get("event_id"))
+            text = f"{content.get('body')} (a reply to {target!r})"
+        elif kind == "image":
+            text = f"[image {content.get('body')}, {content.get('info', {}).get('size')} bytes]"
+        else:
+            text = str(content.get("body"))
+        print(f"  [{server_name}] {shown}: {text}")
     sys.stdout.flush()

@@ -13,6 +13,7 @@ from bridge.core.model import Network
 from bridge.core.privacy import ghost_display_name
 from bridge.core.translate import ghost_for
 from bridge.matrix.client import Homeserver, HomeserverError, MatrixError
+from bridge.media import MediaCarrier
 from bridge.store import Store
 
 log = logging.getLogger(__name__)
@@ -30,6 +31,7 @@ class GhostKeeper:
         self.networks = networks
         self.store = store
         self.key = key
+        self.media: MediaCarrier | None = None  # set by delivery: ghosts get avatars then
 
     def exposed(self, network_id: str, user_id: str) -> bool:
         """Whether the person's phone number or email may show: their own choice, else the
@@ -46,15 +48,16 @@ class GhostKeeper:
         if not known:
             hs = self.homeservers[network_id]
             try:
-                name = await hs.display_name(room_hint, user_id) if room_hint else None
+                name, avatar = await hs.member_profile(room_hint, user_id) if room_hint else (
+                    None, None)
                 if name is None:
                     # No name in that room, or the bot cannot see the room (yet): the
                     # person's own profile is the answer, not "no name".
-                    name = await hs.profile_name(user_id)
+                    name, avatar = await hs.profile(user_id)
             except HomeserverError as exc:
                 log.info("could not read a display name on %s: %s", source.server_name, exc)
             else:
-                self.store.set_profile(network_id, user_id, name)
+                self.store.set_profile(network_id, user_id, name, avatar)
         identity = native_identity(user_id, source.identity, source.server_name)
         pseudo = localpart[-16:]
         return ghost_display_name(
@@ -87,7 +90,8 @@ class GhostKeeper:
             name = await self.name(localpart, *base)
         if not registered or current_name != name:
             await hs.set_display_name(ghost, name)
-            self.store.save_ghost(target_id, localpart, network_id, name)
+            self.store.save_ghost(target_id, localpart, network_id, name, user_id)
+        await self._avatar(target_id, localpart, ghost, *base)
         if room_id is not None and not self.store.ghost_in_room(target_id, localpart, room_id):
             try:
                 await hs.invite(room_id, ghost)
@@ -97,6 +101,25 @@ class GhostKeeper:
             await hs.join(room_id, as_user=ghost)
             self.store.set_ghost_in_room(target_id, localpart, room_id, True)
         return ghost
+
+    async def _avatar(self, target_id: str, localpart: str, ghost: str, network_id: str,
+                      user_id: str) -> None:
+        """Give the ghost the person's avatar if it changed since it last got one. Best effort:
+        a picture that cannot be carried never holds a message back."""
+        if self.media is None:
+            return  # the bot's own keeper: avatars are the delivery workers' business
+        wanted = self.store.avatar(network_id, user_id)
+        if wanted == self.store.ghost_avatar(target_id, localpart):
+            return
+        hs = self.homeservers[target_id]
+        try:
+            copy = "" if wanted is None else await self.media.carry(
+                network_id, wanted, target_id, ghost)
+            await hs.set_avatar_url(ghost, copy)
+        except HomeserverError as exc:
+            log.info("a ghost's avatar was not set on %s: %s", target_id, exc)
+            return
+        self.store.set_ghost_avatar(target_id, localpart, wanted)
 
     def base_account(self, target_id: str, network_id: str, user_id: str) -> tuple[str, str]:
         """The account whose identity gives the person's ghost on `target_id` (see
@@ -160,6 +183,7 @@ class GhostKeeper:
             hs = self.homeservers[target_id]
             try:
                 await hs.set_display_name(ghost, name)
+                await hs.set_avatar_url(ghost, "")  # their picture goes with their name
             except HomeserverError as exc:
                 log.warning("could not reset a ghost's name on %s: %s", target_id, exc)
             # The store forgets which rooms the ghost is in, so it leaves them now: nothing

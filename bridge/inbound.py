@@ -93,7 +93,8 @@ class Inbound:
             )
             try:
                 result = translate(event, source, self.networks, portal, self.key, room=room,
-                                   rules=self.rules, linked=linked)
+                                   rules=self.rules, linked=linked,
+                                   owner=lambda lp: self.store.ghost_owner(network_id, lp))
             except Exception:
                 # A bug of ours: failing the whole transaction would make the homeserver retry
                 # it forever and stall this network. Skip the one event, loudly.
@@ -103,7 +104,8 @@ class Inbound:
             if result.skipped:
                 log.debug("%s from %s: %s", event_id, network_id, result.skipped)
             for profile in result.profiles:
-                self.store.set_profile(profile.network, profile.user_id, profile.display_name)
+                self.store.set_profile(profile.network, profile.user_id, profile.display_name,
+                                       profile.avatar_url)
             for network, redacted in result.cancel:
                 if self.store.cancel_pending(network, redacted, "redacted before delivery"):
                     log.debug("%s from %s was redacted before it went out", redacted, network)

@@ -883,3 +883,37 @@ def test_any_permissions_table_gives_a_config_or_names_its_keys(rules: dict[str,
     else:
         for key in rules:
             assert config.permissions.rules[key] is Level.parse(rules[key])
+
+
+def test_media_limit_and_state_mirroring_defaults(tmp_path: Path) -> None:
+    bridge = load_config(write(tmp_path, good_doc())).bridge
+    assert bridge.max_media_bytes == 50 * 1024 * 1024
+    assert bridge.mirror_room_state is True
+
+
+@pytest.mark.parametrize(
+    ("size", "nbytes"),
+    [("50MB", 50 * 1024 ** 2), ("512KB", 512 * 1024), ("1.5 GB", int(1.5 * 1024 ** 3)),
+     ("2048", 2048), (1_000_000, 1_000_000), ("64kb", 64 * 1024)],
+)
+def test_a_media_size_limit_is_read(tmp_path: Path, size: object, nbytes: int) -> None:
+    doc = good_doc()
+    doc["bridge"]["max_media_size"] = size
+    assert load_config(write(tmp_path, doc)).bridge.max_media_bytes == nbytes
+
+
+@pytest.mark.parametrize("size", ["lots", "-5MB", "10", "5TB", "5GB", True, 1.5, "MB"])
+def test_a_bad_media_size_limit_is_named(tmp_path: Path, size: object) -> None:
+    doc = good_doc()
+    doc["bridge"]["max_media_size"] = size
+    assert errors_of(tmp_path, doc) == {
+        "bridge.max_media_size": 'must be a size between 1KB and 4GB, such as "50MB"'
+    }
+
+
+def test_state_mirroring_must_be_a_boolean(tmp_path: Path) -> None:
+    doc = good_doc()
+    doc["bridge"]["mirror_room_state"] = "yes"
+    assert errors_of(tmp_path, doc) == {"bridge.mirror_room_state": "must be true or false"}
+    doc["bridge"]["mirror_room_state"] = False
+    assert load_config(write(tmp_path, doc)).bridge.mirror_room_state is False

@@ -83,6 +83,7 @@ VALID: dict[str, tuple[str, dict[str, Any]]] = {
     "whoami": ("whoami", {}),
     "link": ("link ig !abc:ig.localhost", {"network": "ig", "room": "!abc:ig.localhost"}),
     "unlink": ("unlink", {}),
+    "mirror": ("mirror off", {"value": False}),
     "invite": ("invite ig:alice", {"target": ("ig", Identity("handle", "alice"))}),
     "dm": ("dm fbm:alice@example.com", {"target": ("fbm", Identity("email", "alice@example.com"))}),
     "privacy": ("privacy discoverable on", {"setting": "discoverable", "value": True}),

@@ -10,11 +10,22 @@ import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from bridge.core.actions import BotTask, JoinRoom, ProfileSeen, Redact, SendMessage, from_payload
+from bridge.core.actions import (
+    BotTask,
+    GhostSync,
+    JoinRoom,
+    Member,
+    ProfileSeen,
+    Redact,
+    RoomState,
+    SendMessage,
+    SendNotice,
+    from_payload,
+)
 from bridge.core.ghosts import derive_key, ghost_localpart, parse_ghost_localpart, pseudonym
 from bridge.core.ids import Identity, email_to_localpart
 from bridge.core.model import EventRef, Network, Portal
-from bridge.core.translate import Translation, translate
+from bridge.core.translate import Rules, Translation, translate
 
 WA = Network("wa", "WhatsApp", "wa.localhost", "phone", "tribridge", "_tb_", False)
 IG = Network("ig", "Instagram", "ig.localhost", "handle", "tribridge", "_tb_", True)
@@ -132,16 +143,73 @@ def test_notices_and_emotes_are_relayed(msgtype: str) -> None:
     assert set(out) == {"ig", "fbm"}
 
 
+IMAGE = {
+    "msgtype": "m.image", "body": "cat.png", "url": "mxc://wa.localhost/cat",
+    "info": {"mimetype": "image/png", "size": 2048, "w": 64, "h": 48,
+             "thumbnail_url": "mxc://wa.localhost/thumb",
+             "thumbnail_info": {"mimetype": "image/png", "w": 8, "h": 6, "size": 90},
+             "x-secret": "not carried"},
+    "x-extra": "not carried",
+}
+
+
+@pytest.mark.parametrize("msgtype", ["m.image", "m.file", "m.audio", "m.video"])
+def test_files_cross_with_their_info_and_nothing_unknown(msgtype: str) -> None:
+    out = sends(from_wa(message({**IMAGE, "msgtype": msgtype, "filename": "cat.png"})))
+    assert set(out) == {"ig", "fbm"}
+    for action in out.values():
+        # Source mxc URIs: delivery swaps in the copies it uploads to each target.
+        assert action.content == {
+            "msgtype": msgtype, "body": "cat.png", "filename": "cat.png",
+            "url": "mxc://wa.localhost/cat",
+            "info": {"mimetype": "image/png", "size": 2048, "w": 64, "h": 48,
+                     "thumbnail_url": "mxc://wa.localhost/thumb",
+                     "thumbnail_info": {"mimetype": "image/png", "w": 8, "h": 6, "size": 90}},
+        }
+
+
+def test_a_sticker_crosses_as_a_sticker() -> None:
+    event = message({"body": "wave", "url": "mxc://wa.localhost/st", "info": {"w": 1}})
+    event["type"] = "m.sticker"
+    out = sends(from_wa(event))
+    assert {a.event_type for a in out.values()} == {"m.sticker"}
+    assert all(a.content == {"body": "wave", "url": "mxc://wa.localhost/st", "info": {"w": 1}}
+               for a in out.values())
+
+
 @pytest.mark.parametrize(
     "content",
     [
-        {"msgtype": "m.image", "body": "cat.png", "url": "mxc://wa.localhost/cat"},
-        {"msgtype": "m.file", "body": "a.pdf", "url": "mxc://wa.localhost/a"},
+        # Only mxc URIs are carried: an http URL in content is never fetched (no SSRF).
+        {"msgtype": "m.image", "body": "a", "url": "http://169.254.169.254/latest"},
+        {"msgtype": "m.image", "body": "a", "url": "mxc://wa.localhost/../../etc"},
+        {"msgtype": "m.image", "body": "a", "url": "mxc://evil host/x"},
+        {"msgtype": "m.file", "body": "a.pdf"},
+        {"msgtype": "m.file", "url": "mxc://wa.localhost/a"},
         {"msgtype": "m.location", "body": "here", "geo_uri": "geo:0,0"},
     ],
 )
-def test_media_is_not_relayed(content: dict[str, Any]) -> None:
+def test_media_without_a_usable_file_is_not_relayed(content: dict[str, Any]) -> None:
     assert from_wa(message(content)).actions == []
+
+
+def test_a_bad_thumbnail_is_left_out_but_the_file_crosses() -> None:
+    content = {**IMAGE, "info": {"thumbnail_url": "https://example.com/t.png", "w": 3}}
+    for action in sends(from_wa(message(content))).values():
+        assert action.content["info"] == {"w": 3}
+
+
+def test_a_file_declared_over_the_limit_gets_one_notice_and_goes_nowhere() -> None:
+    big = {**IMAGE, "info": {"size": 60 * 1024 * 1024}}
+    (notice,) = from_wa(message(big)).actions
+    assert isinstance(notice, SendNotice)
+    assert (notice.network, notice.room_id) == ("wa", ROOMS["wa"])
+    assert notice.content["body"] == (
+        "Not delivered: the file is 60 MB, and this bridge carries files up to 50 MB.")
+    assert notice.content["m.relates_to"] == {"m.in_reply_to": {"event_id": "$ev1"}}
+    small_limit = translate(message(IMAGE), WA, NETWORKS, PORTAL, KEY,
+                            rules=Rules(max_media_bytes=1024))
+    assert [type(a) for a in small_limit.actions] == [SendNotice]
 
 
 def test_txn_ids_are_deterministic_per_event_and_target() -> None:
@@ -313,10 +381,15 @@ def test_events_close_to_valid_never_raise(event: dict[str, Any], portal: Portal
 # --- membership ------------------------------------------------------------------------------
 
 
-def test_a_join_reports_the_display_name() -> None:
-    result = from_wa(member(ALICE_WA, "join", displayname="Alice"))
-    assert result.actions == []
-    assert result.profiles == [ProfileSeen("wa", ALICE_WA, "Alice")]
+def test_a_join_reports_the_profile_and_the_ghosts_join_the_other_rooms() -> None:
+    result = from_wa(member(ALICE_WA, "join", displayname="Alice",
+                            avatar_url="mxc://wa.localhost/face"))
+    assert result.profiles == [ProfileSeen("wa", ALICE_WA, "Alice", "mxc://wa.localhost/face")]
+    joins = [a for a in result.actions if isinstance(a, Member)]
+    assert len(joins) == len(result.actions) == 2
+    assert {(a.network, a.room_id, a.op, a.actor) for a in joins} == {
+        ("ig", ROOMS["ig"], "join", None), ("fbm", ROOMS["fbm"], "join", None)}
+    assert all(a.ghost == f"_tb_wa_{ALICE_PSEUDO}" and a.person == ALICE_WA for a in joins)
 
 
 @pytest.mark.parametrize("content", [{}, {"displayname": None}, {"displayname": 42}])
@@ -325,9 +398,83 @@ def test_a_join_without_a_usable_display_name_reports_none(content: dict[str, An
     assert result.profiles == [ProfileSeen("wa", ALICE_WA, None)]
 
 
-@pytest.mark.parametrize("membership", ["invite", "knock"])
-def test_other_memberships_report_no_profile(membership: str) -> None:
-    result = from_wa(member(ALICE_WA, membership, displayname="Alice"))
+def test_a_join_outside_a_portal_only_reports_the_profile() -> None:
+    result = from_wa(member(ALICE_WA, "join", displayname="Alice"), portal=None)
+    assert result.profiles == [ProfileSeen("wa", ALICE_WA, "Alice")]
+    assert result.actions == []
+
+
+def _changed(membership: str, before: str, sender: str, **content: Any) -> dict[str, Any]:
+    event = member(ALICE_WA, membership, **content)
+    event["sender"] = sender
+    event["unsigned"] = {"prev_content": {"membership": before, "displayname": "Alice"}}
+    return event
+
+
+BOB_WA = "@+15559876543:wa.localhost"
+
+
+@pytest.mark.parametrize(
+    ("membership", "before", "op"),
+    [("invite", "leave", "invite"), ("leave", "join", "kick"), ("ban", "join", "ban"),
+     ("leave", "ban", "unban"), ("leave", "invite", "kick")],
+)
+def test_what_someone_does_to_a_person_their_ghost_does_to_the_ghost(
+    membership: str, before: str, op: str
+) -> None:
+    result = from_wa(_changed(membership, before, BOB_WA, reason="spam"))
+    assert len(result.actions) == 2
+    bob = pseudonym(KEY, "wa", Identity("phone", "+15559876543"))
+    for action in result.actions:
+        assert isinstance(action, Member)
+        assert (action.op, action.reason, action.person) == (op, "spam", ALICE_WA)
+        assert action.ghost == f"_tb_wa_{ALICE_PSEUDO}"
+        assert action.actor == f"_tb_wa_{bob}"
+
+
+def test_a_kick_by_the_bridge_itself_does_not_echo() -> None:
+    for sender in ("@tribridge:wa.localhost", f"@_tb_ig_{ALICE_PSEUDO}:wa.localhost"):
+        assert from_wa(_changed("leave", "join", sender)).actions == []
+
+
+def test_a_name_or_avatar_change_updates_the_ghosts_and_a_same_profile_join_does_not() -> None:
+    renamed = from_wa(_changed("join", "join", ALICE_WA, displayname="Alicia"))
+    assert renamed.profiles == [ProfileSeen("wa", ALICE_WA, "Alicia")]
+    assert {(a.network, a.ghost) for a in renamed.actions if isinstance(a, GhostSync)} == {
+        ("ig", f"_tb_wa_{ALICE_PSEUDO}"), ("fbm", f"_tb_wa_{ALICE_PSEUDO}")}
+    assert len(renamed.actions) == 2
+    same = from_wa(_changed("join", "join", ALICE_WA, displayname="Alice"))
+    assert same.actions == []
+
+
+@pytest.mark.parametrize(
+    ("etype", "content", "crossing"),
+    [("m.room.name", {"name": "Team"}, {"name": "Team"}),
+     ("m.room.topic", {"topic": "plans", "x": 1}, {"topic": "plans"}),
+     ("m.room.avatar", {"url": "mxc://wa.localhost/pic"}, {"url": "mxc://wa.localhost/pic"}),
+     ("m.room.avatar", {"url": "https://example.com/x.png"}, {}),
+     ("m.room.name", {}, {})],
+)
+def test_room_name_topic_and_avatar_cross_unless_the_portal_says_no(
+    etype: str, content: dict[str, Any], crossing: dict[str, Any]
+) -> None:
+    event = message(content, state_key="") | {"type": etype}
+    result = from_wa(event)
+    assert {(a.network, a.room_id) for a in result.actions} == set(PORTAL.others("wa"))
+    for action in result.actions:
+        assert isinstance(action, RoomState)
+        assert (action.event_type, dict(action.content)) == (etype, crossing)
+    quiet = Portal(PORTAL.portal_id, ROOMS, mirror_state=False)
+    assert from_wa(event, portal=quiet).actions == []
+    default_off = translate(event, WA, NETWORKS, PORTAL, KEY, rules=Rules(mirror_state=False))
+    assert default_off.actions == []
+    opted_in = Portal(PORTAL.portal_id, ROOMS, mirror_state=True)
+    assert len(translate(event, WA, NETWORKS, opted_in, KEY,
+                         rules=Rules(mirror_state=False)).actions) == 2
+
+
+def test_knocks_report_no_profile() -> None:
+    result = from_wa(member(ALICE_WA, "knock", displayname="Alice"))
     assert result.profiles == []
     assert result.actions == []
 
@@ -489,8 +636,32 @@ def test_mentions_name_ghosts_on_the_target_and_drop_what_means_nothing_there() 
             "@someone:elsewhere.example", 42,
         ]},
     }
-    for target, action in sends(from_wa(message(content))).items():
+    out = sends(from_wa(message(content)))
+    for target, action in out.items():
         mentions = action.content["m.mentions"]
         assert mentions["room"] is True
-        (user,) = mentions["user_ids"]
+        user = mentions["user_ids"][0]
         assert re.fullmatch(rf"@_tb_wa_[a-z2-7]{{16}}:{target}\.localhost", user), user
+    # The ghost of an Instagram person is that person's ghost on Messenger; on Instagram it
+    # would be the person themselves, whom this store does not know: left out.
+    assert out["fbm"].content["m.mentions"]["user_ids"][1:] == [
+        "@_tb_ig_aaaaaaaaaaaaaaaa:fbm.localhost"]
+    assert len(out["ig"].content["m.mentions"]["user_ids"]) == 1
+
+
+def test_a_ghost_mentioned_becomes_the_real_person_on_their_own_network() -> None:
+    bob_ig = "@bob:ig.localhost"
+    ghost = "_tb_ig_aaaaaaaaaaaaaaaa"
+    content = {
+        "msgtype": "m.text", "body": f"hi @{ghost}:wa.localhost",
+        "format": "org.matrix.custom.html",
+        "formatted_body": f'<a href="https://matrix.to/#/%40{ghost}%3Awa.localhost">Bob</a>',
+        "m.mentions": {"user_ids": [f"@{ghost}:wa.localhost"]},
+    }
+    owners = {ghost: ("ig", bob_ig)}
+    result = translate(message(content), WA, NETWORKS, PORTAL, KEY, owner=owners.get)
+    out = sends(result)
+    assert out["ig"].content["body"] == f"hi {bob_ig}"
+    assert out["ig"].content["m.mentions"] == {"user_ids": [bob_ig]}
+    assert "%40bob%3Aig.localhost" in out["ig"].content["formatted_body"]
+    assert out["fbm"].content["m.mentions"] == {"user_ids": [f"@{ghost}:fbm.localhost"]}

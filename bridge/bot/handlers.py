@@ -16,6 +16,7 @@ HANDLERS: Mapping[str, Handler] = {
     "status": info.status,
     "link": portals.link,
     "unlink": portals.unlink,
+    "mirror": portals.mirror,
     "invite": portals.invite,
     "dm": dms.dm,
     "privacy": people.privacy,

@@ -232,6 +232,25 @@ async def unlink(bot: Bot, call: Call) -> str:
     return "This room is no longer bridged; the ghosts have left."
 
 
+async def mirror(bot: Bot, call: Call) -> str:
+    portal = call.portal
+    assert portal is not None  # the parser only lets mirror through in a portal room
+    value = call.args.get("value")
+    default = bot.config().bridge.mirror_room_state
+    if value is None:
+        now = default if portal.mirror_state is None else portal.mirror_state
+        how = "are" if now else "are not"
+        origin = " (the bridge's default)" if portal.mirror_state is None else ""
+        return (f"Name, topic and avatar changes {how} mirrored across this portal{origin}. "
+                f"Say {call.say('mirror on')} or {call.say('mirror off')} to change it.")
+    await _require_manager(bot, call)
+    with bot.store.transaction():
+        bot.store.set_mirror_state(portal.portal_id, value)
+    if value:
+        return "Name, topic and avatar changes are now mirrored across this portal."
+    return "Name, topic and avatar changes are no longer mirrored across this portal."
+
+
 async def room_left(bot: Bot, before: Portal, network: str, why: str, about: str) -> None:
     """`network`'s room has left the portal `before`: the ghosts leave it, and every other
     room of the portal is told (`why` ends the notice's first sentence)."""

@@ -171,7 +171,79 @@ class Redact:
         }
 
 
-Action = SendMessage | JoinRoom | SendNotice | LeaveRoom | BotTask | Redact
+@dataclass(frozen=True)
+class Member:
+    """A membership change of a person, done to their ghost on `network`: `op` is join, invite,
+    kick, ban or unban. `actor` is the ghost of whoever invited, kicked or banned (None: the
+    person joined by themselves); the bot stands in when the actor's ghost may not."""
+
+    network: str
+    room_id: str
+    ghost: str  # the ghost of the person whose membership changes
+    person: str  # their user id on the source network
+    op: str
+    source: EventRef  # the member event; its sender is the actor
+    actor: str | None
+    reason: str | None
+    txn_id: str
+
+    kind = "member"
+    OPS = ("join", "invite", "kick", "ban", "unban")
+
+    @property
+    def origin(self) -> tuple[str, str]:
+        return (self.source.network, self.source.event_id)
+
+    def to_payload(self) -> dict[str, Any]:
+        return {"ghost": self.ghost, "person": self.person, "op": self.op,
+                "source": _ref_payload(self.source), "actor": self.actor, "reason": self.reason}
+
+
+@dataclass(frozen=True)
+class GhostSync:
+    """The person changed their name or avatar: their ghost on `network` follows, if it exists.
+    `room_id` is the room where the change was seen (the outbox orders per room)."""
+
+    network: str
+    room_id: str
+    ghost: str
+    source: EventRef  # the member event; its sender is the person
+    txn_id: str
+
+    kind = "profile"
+
+    @property
+    def origin(self) -> tuple[str, str]:
+        return (self.source.network, self.source.event_id)
+
+    def to_payload(self) -> dict[str, Any]:
+        return {"ghost": self.ghost, "source": _ref_payload(self.source)}
+
+
+@dataclass(frozen=True)
+class RoomState:
+    """A portal room's name, topic or avatar changed: the bot sets it on `room_id` too."""
+
+    network: str
+    room_id: str
+    event_type: str  # m.room.name, m.room.topic or m.room.avatar
+    content: Mapping[str, Any]  # an avatar's url is still the source's: delivery carries it
+    source: EventRef
+    txn_id: str
+
+    kind = "state"
+
+    @property
+    def origin(self) -> tuple[str, str]:
+        return (self.source.network, self.source.event_id)
+
+    def to_payload(self) -> dict[str, Any]:
+        return {"type": self.event_type, "content": dict(self.content),
+                "source": _ref_payload(self.source)}
+
+
+Action = (SendMessage | JoinRoom | SendNotice | LeaveRoom | BotTask | Redact | Member | GhostSync
+          | RoomState)
 
 
 def _ref_payload(ref: EventRef) -> dict[str, str]:
@@ -209,6 +281,14 @@ def from_payload(
     if kind == BotTask.kind:
         return BotTask(network, room_id, payload["task"], payload["data"], txn,
                        payload.get("about", ""))
+    if kind == Member.kind:
+        return Member(network, room_id, payload["ghost"], payload["person"], payload["op"],
+                      _ref(payload["source"]), payload.get("actor"), payload.get("reason"), txn)
+    if kind == GhostSync.kind:
+        return GhostSync(network, room_id, payload["ghost"], _ref(payload["source"]), txn)
+    if kind == RoomState.kind:
+        return RoomState(network, room_id, payload["type"], payload["content"],
+                         _ref(payload["source"]), txn)
     raise ValueError(f"unknown action kind {kind!r}")
 
 
@@ -219,3 +299,4 @@ class ProfileSeen:
     network: str
     user_id: str
     display_name: str | None
+    avatar_url: str | None = None

@@ -73,6 +73,12 @@ COMMANDS: tuple[Spec, ...] = (
          "portal: invite the bot there first; you must be allowed to manage both rooms."),
     Spec("unlink", "take this room out of its portal", Level.USER, (), Where.PORTAL,
          "The ghosts leave this room and the other rooms get a notice."),
+    Spec("mirror", "show or change whether this portal's rooms share their name, topic and "
+         "avatar", Level.USER, (("value", Arg.ON_OFF, False),), Where.PORTAL,
+         "mirror on: a new name, topic or avatar set in one room of the portal is set on the "
+         "others too. mirror off: each room keeps its own. Without on or off, says which it is "
+         "now. The default is the bridge's (bridge.mirror_room_state). Changing it needs the "
+         "power to change this room's settings."),
     Spec("invite", "invite a person of another network into this portal", Level.USER,
          (("target", Arg.TARGET, True),), Where.PORTAL,
          "They get an invite to the portal's room on their own network; nothing else about "

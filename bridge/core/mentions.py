@@ -10,6 +10,7 @@ other servers are left alone: they carry no private identity.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from urllib.parse import quote, unquote
 
 from bridge.core.ghosts import ghost_localpart, is_bridge_user, pseudonym
@@ -30,15 +31,26 @@ def _pattern(server_name: str) -> re.Pattern[str]:
     )
 
 
-def rewrite_user_ids(text: str, source: Network, target: Network, key: bytes) -> str:
-    """`text` with every real user of `source` named in it replaced by their ghost on `target`."""
+Owner = Callable[[str], "tuple[str, str] | None"]
+
+
+def no_owner(localpart: str) -> tuple[str, str] | None:
+    return None
+
+
+def rewrite_user_ids(
+    text: str, source: Network, target: Network, key: bytes, owner: Owner = no_owner
+) -> str:
+    """`text` with every real user of `source` named in it replaced by their ghost on `target`,
+    and every ghost on `source` by who it stands for on `target`: the real person if they are of
+    `target` (`owner` maps a ghost's localpart to their (network, user id)), else their ghost."""
     pattern = _pattern(source.server_name)
 
     def replace(match: re.Match[str]) -> str:
         found = match.group(0)
         encoded = found.startswith("%40")
         user_id = unquote(found) if encoded else found
-        ghost = _ghost_id(user_id, source, target, key)
+        ghost = _ghost_id(user_id, source, target, key, owner)
         if ghost is None:
             return found
         return quote(ghost, safe="") if encoded else ghost
@@ -46,9 +58,11 @@ def rewrite_user_ids(text: str, source: Network, target: Network, key: bytes) ->
     return pattern.sub(replace, text)
 
 
-def _ghost_id(user_id: str, source: Network, target: Network, key: bytes) -> str | None:
+def _ghost_id(
+    user_id: str, source: Network, target: Network, key: bytes, owner: Owner
+) -> str | None:
     if is_bridge_user(user_id, source):
-        return None
+        return _ghost_seen_elsewhere(user_id, source, target, owner)
     try:
         identity = native_identity(user_id, source.identity, source.server_name)
     except InvalidId:
@@ -56,3 +70,19 @@ def _ghost_id(user_id: str, source: Network, target: Network, key: bytes) -> str
     localpart = ghost_localpart(target, source.id, pseudonym(key, source.id, identity))
     return target.user_id(localpart)
 
+
+
+def _ghost_seen_elsewhere(
+    user_id: str, source: Network, target: Network, owner: Owner
+) -> str | None:
+    """Who the ghost `user_id` (on `source`) stands for, as `target` knows them."""
+    localpart = user_id[1:].partition(":")[0]
+    rest = localpart.removeprefix(source.ghost_prefix)
+    network, sep, pseudo = rest.partition("_")
+    if rest == localpart or not sep or not pseudo:
+        return None  # the bot, or not one of our ghosts
+    if network == target.id:
+        person = owner(localpart)
+        return person[1] if person is not None and person[0] == target.id else None
+    # A person of a third network: the same pseudonym names their ghost on `target`.
+    return target.user_id(ghost_localpart(target, network, pseudo))

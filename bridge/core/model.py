@@ -36,6 +36,8 @@ class Portal:
 
     portal_id: str
     rooms: Mapping[str, str] = field(default_factory=dict)  # network id -> room id
+    # Whether name, topic and avatar changes cross; None: the bridge's default.
+    mirror_state: bool | None = None
 
     def others(self, network_id: str) -> list[tuple[str, str]]:
         """The (network, room) pairs of the portal other than `network_id`'s, in a stable order."""

@@ -15,17 +15,29 @@ from typing import Any
 from bridge.core.actions import (
     Action,
     BotTask,
+    GhostSync,
     JoinRoom,
     LeaveRoom,
+    Member,
     ProfileSeen,
     Redact,
+    RoomState,
     SendMessage,
+    SendNotice,
     txn_id,
 )
 from bridge.core.commands import strip_prefix
 from bridge.core.ghosts import ghost_localpart, is_bridge_user, pseudonym
 from bridge.core.ids import InvalidId, native_identity
-from bridge.core.mentions import rewrite_user_ids
+from bridge.core.media import (
+    DEFAULT_MAX_BYTES,
+    MEDIA_MSGTYPES,
+    STICKER,
+    human_size,
+    media_content,
+    parse_mxc,
+)
+from bridge.core.mentions import Owner, no_owner, rewrite_user_ids
 from bridge.core.model import EventRef, Network, Portal
 from bridge.core.permissions import Level, Permissions
 
@@ -61,6 +73,8 @@ class RoomInfo:
 class Rules:
     permissions: Permissions = field(default_factory=lambda: Permissions({"*": Level.USER}))
     prefix: str = "!tb"
+    max_media_bytes: int = DEFAULT_MAX_BYTES
+    mirror_state: bool = True  # room name, topic and avatar, for portals that say nothing
 
 
 NO_ROOM_INFO = RoomInfo()
@@ -81,9 +95,11 @@ def translate(
     room: RoomInfo = NO_ROOM_INFO,
     rules: Rules = DEFAULT_RULES,
     linked: Sequence[tuple[str, str]] = (),
+    owner: Owner = no_owner,
 ) -> Translation:
     """Translate one event pushed by `source`'s homeserver; `portal` is its room's portal,
-    `linked` the sender's linked accounts (network, user id), the earliest linked first."""
+    `linked` the sender's linked accounts (network, user id), the earliest linked first, and
+    `owner` says whom a ghost of `source` stands for (its localpart to (network, user id))."""
     sender = event.get("sender")
     room_id = event.get("room_id")
     event_id = event.get("event_id")
@@ -123,6 +139,11 @@ def translate(
             return Translation(actions=[task])
     if portal is None:
         return _skip("room is not part of a portal")
+    if etype in MIRRORED_STATE and event.get("state_key") == "":
+        mirror = rules.mirror_state if portal.mirror_state is None else portal.mirror_state
+        if not mirror:
+            return _skip("this portal does not mirror room names, topics and avatars")
+        return _room_state(event, etype, content, source, portal)
     if etype == "m.room.redaction" and "state_key" not in event:
         return _redaction(event, content, source, networks, portal, key, linked)
     if etype == "m.reaction" and "state_key" not in event:
@@ -133,17 +154,21 @@ def translate(
     opaque = "state_key" not in event and etype in OPAQUE_TYPES
     if etype == "m.room.encrypted" and content.get("algorithm") != E2EE_ALGORITHM:
         return _skip("Matrix's own (Megolm) encryption is bound to one homeserver: not relayed")
-    if is_message or opaque:
+    sticker = etype == STICKER and "state_key" not in event
+    if is_message or opaque or sticker:
         # End-to-end encrypted content crosses as it is: the bridge cannot read it, and must
         # not change what the ciphertext and its signature cover.
-        relayed = dict(content) if opaque else _text_content(content)
+        relayed = dict(content) if opaque else _text_content(content, sticker)
         if relayed is None:
-            return _skip("message type not relayed yet")
+            return _skip("message type not relayed")
+        size = relayed.get("info", {}).get("size") if "url" in relayed else None
+        if isinstance(size, int) and size > rules.max_media_bytes:
+            return _too_big(event, source, size, rules.max_media_bytes)
         if opaque:
             return _to_others(event, relayed, source, networks, portal, key, linked, etype)
         plain = relayed
-        return _to_others(event, lambda target: _for_target(plain, source, target, key), source,
-                          networks, portal, key, linked, etype)
+        return _to_others(event, lambda target: _for_target(plain, source, target, key, owner),
+                          source, networks, portal, key, linked, etype)
     return _skip(f"{etype} not relayed yet")
 
 
@@ -211,24 +236,96 @@ def _membership(
         return _skip("bot membership needs nothing")
     if is_bridge_user(user, source):
         return _skip("ghost membership")
+    if any(user.endswith(":" + n.server_name) for n in networks.values() if n is not source):
+        # Someone of another bridged network, on this server by federation: the bridge
+        # reaches them through their own network, not through here.
+        return _skip("a member of another bridged network")
     if room.dm_request is not None and user == room.dm_target:
         if membership == "join":
             return task("dm_accepted", request=room.dm_request)
         if membership in ("leave", "ban"):
             return task("dm_declined", request=room.dm_request)
-    if membership in ("leave", "ban"):
-        if room.manager is not None and user == room.manager:
-            return task("removed", by=user)
-        if portal is None:
-            return _skip("left a room that is not a portal")
+    if membership in ("leave", "ban") and room.manager is not None and user == room.manager:
+        return task("removed", by=user)
+    name, avatar = _text(content.get("displayname")), content.get("avatar_url")
+    avatar = avatar if parse_mxc(avatar) else None
+    profile = ProfileSeen(source.id, user, name, avatar)
+    if portal is None:
+        if membership == "join":
+            return Translation(profiles=[profile])
+        return _skip("membership in a room that is not a portal")
+    before = _prev_membership(event)
+    by_other = sender != user
+    if by_other and (is_bridge_user(sender, source) or before == "knock"):
+        # The bridge's own doing (a mirrored kick, an invite by the bot) must not echo back.
+        return _skip("membership changed by the bridge")
+    if membership == "leave" and not by_other:
         return Translation(actions=_ghosts_leave(user, source, networks, portal, key, linked,
                                                  event_id))
+    if Level.NONE in (rules.permissions.level(user), rules.permissions.level(sender)):
+        return Translation(profiles=[profile] if membership == "join" else [],
+                           skipped="someone the bridge does not serve")
+    op = {"ban": "ban", "invite": "invite"}.get(membership)
+    if membership == "leave":
+        op = "unban" if before == "ban" else "kick"
+    if op is not None:
+        return Translation(actions=_members(event, user, op, source, networks, portal, key,
+                                            linked))
     if membership != "join":
-        return _skip("membership other than join or leave")
-    name = content.get("displayname")
-    return Translation(
-        profiles=[ProfileSeen(source.id, user, name if isinstance(name, str) else None)]
-    )
+        return _skip("membership other than join, leave, invite, kick or ban")
+    if before != "join":
+        actions = _members(event, user, "join", source, networks, portal, key, linked)
+        return Translation(actions=actions, profiles=[profile])
+    prev = _prev_content(event)
+    if (_text(prev.get("displayname")), prev.get("avatar_url")) == (name, content.get(
+            "avatar_url")):
+        return Translation(profiles=[profile])
+    ref = EventRef(source.id, room_id, event_id, sender)
+    syncs: list[Action] = [
+        GhostSync(target.id, target_room, ghost, ref, txn_id(source.id, event_id, target.id,
+                                                              "profile"))
+        for target, target_room, ghost in _ghost_targets(user, source, networks, portal, key,
+                                                        linked)
+    ]
+    return Translation(actions=syncs, profiles=[profile])
+
+
+def _text(value: object) -> str | None:
+    return value if isinstance(value, str) else None
+
+
+def _prev_content(event: Mapping[str, Any]) -> Mapping[str, Any]:
+    unsigned = event.get("unsigned")
+    prev = unsigned.get("prev_content") if isinstance(unsigned, Mapping) else None
+    return prev if isinstance(prev, Mapping) else {}
+
+
+def _prev_membership(event: Mapping[str, Any]) -> str | None:
+    return _text(_prev_content(event).get("membership"))
+
+
+def _members(
+    event: Mapping[str, Any],
+    user: str,
+    op: str,
+    source: Network,
+    networks: Mapping[str, Network],
+    portal: Portal,
+    key: bytes,
+    linked: Sequence[tuple[str, str]],
+) -> list[Action]:
+    """`user`'s ghost joins, is invited, kicked, banned or unbanned in the portal's other
+    rooms, by the ghost of whoever did it to them."""
+    sender, room_id, event_id = str(event["sender"]), str(event["room_id"]), str(event["event_id"])
+    reason = _text(event["content"].get("reason"))
+    ref = EventRef(source.id, room_id, event_id, sender)
+    actions: list[Action] = []
+    for target, target_room, ghost in _ghost_targets(user, source, networks, portal, key, linked):
+        actor = None if sender == user else ghost_for(sender, source, target, networks, key)
+        actions.append(Member(target.id, target_room, ghost, user, op, ref, actor,
+                              reason[:300] if reason else None,
+                              txn_id(source.id, event_id, target.id, "member")))
+    return actions
 
 
 def _ghosts_leave(
@@ -248,21 +345,23 @@ def _ghosts_leave(
 
 
 def _for_target(
-    content: dict[str, Any], source: Network, target: Network, key: bytes
+    content: dict[str, Any], source: Network, target: Network, key: bytes, owner: Owner
 ) -> dict[str, Any]:
-    """The content as `target` gets it: user ids of `source` people become their ghosts."""
+    """The content as `target` gets it: user ids of `source` people become their ghosts, and
+    ghosts the people they stand for."""
     out = dict(content)
     for field_name in ("body", "formatted_body"):
         if field_name in out:
-            out[field_name] = rewrite_user_ids(out[field_name], source, target, key)
+            out[field_name] = rewrite_user_ids(out[field_name], source, target, key, owner)
     new = out.get("m.new_content")
     if isinstance(new, Mapping):  # an edit's new text names people too
-        out["m.new_content"] = _for_target(dict(new), source, target, key)
+        out["m.new_content"] = _for_target(dict(new), source, target, key, owner)
     mentions = out.get("m.mentions")
     if isinstance(mentions, Mapping):
         # Source people become their ghosts; ids that mean nothing on the target (another
-        # server's, or this bridge's ghosts on the source) are left out, not carried along.
-        users = [rewrite_user_ids(u, source, target, key) for u in mentions.get("user_ids", [])]
+        # server's, or ghosts whose person the bridge does not know) are left out.
+        users = [rewrite_user_ids(u, source, target, key, owner)
+                 for u in mentions.get("user_ids", [])]
         suffix = ":" + target.server_name
         out["m.mentions"] = {**mentions, "user_ids": [u for u in users if u.endswith(suffix)]}
     return out
@@ -297,13 +396,21 @@ def _without_reply_fallback(content: Mapping[str, Any]) -> Mapping[str, Any]:
     return out
 
 
-def _text_content(content: Mapping[str, Any]) -> dict[str, Any] | None:
-    """A text message as it crosses: its body, formatting, mentions, and its relation (an
+def _text_content(content: Mapping[str, Any], sticker: bool = False) -> dict[str, Any] | None:
+    """A message as it crosses: its text or file, formatting, mentions, and its relation (an
     edit's new content, a reply, a thread) with the event ids to be mapped per target at
     delivery."""
-    out = _plain_text(content)
+    msgtype = content.get("msgtype")
+    if sticker or (isinstance(msgtype, str) and msgtype in MEDIA_MSGTYPES):
+        out = media_content(content, sticker)
+    else:
+        out = _plain_text(content)
     if out is None:
         return None
+    if "url" in out and content.get("format") == HTML_FORMAT:
+        caption = content.get("formatted_body")
+        if isinstance(caption, str):
+            out["format"], out["formatted_body"] = HTML_FORMAT, caption
     mentions = content.get("m.mentions")
     if isinstance(mentions, Mapping):
         users = mentions.get("user_ids")
@@ -428,6 +535,46 @@ def _redaction(
         for target, room, ghost in _ghost_targets(sender, source, networks, portal, key, linked)
     ]
     return Translation(actions=actions, cancel=[(source.id, redacts)])
+
+
+MIRRORED_STATE = frozenset({"m.room.name", "m.room.topic", "m.room.avatar"})
+MAX_NAME, MAX_TOPIC = 255, 4096
+
+
+def _room_state(
+    event: Mapping[str, Any], etype: str, content: Mapping[str, Any], source: Network,
+    portal: Portal,
+) -> Translation:
+    """A portal room's new name, topic or avatar, set by the bot on the portal's other rooms."""
+    out: dict[str, Any] = {}
+    if etype == "m.room.name" and isinstance(content.get("name"), str):
+        out["name"] = content["name"][:MAX_NAME]
+    elif etype == "m.room.topic" and isinstance(content.get("topic"), str):
+        out["topic"] = content["topic"][:MAX_TOPIC]
+    elif etype == "m.room.avatar" and parse_mxc(content.get("url")):
+        out["url"] = content["url"]
+    # Otherwise an empty content: the name, topic or avatar was removed.
+    room_id, event_id = str(event["room_id"]), str(event["event_id"])
+    ref = EventRef(source.id, room_id, event_id, str(event["sender"]))
+    return Translation(actions=[
+        RoomState(target_id, target_room, etype, out, ref,
+                  txn_id(source.id, event_id, target_id, "state"))
+        for target_id, target_room in portal.others(source.id)
+    ])
+
+
+def _too_big(event: Mapping[str, Any], source: Network, size: int, limit: int) -> Translation:
+    """A file over the limit crosses nowhere; its sender is told, once, in their room."""
+    event_id = str(event["event_id"])
+    body = (f"Not delivered: the file is {human_size(size)}, and this bridge carries files "
+            f"up to {human_size(limit)}.")
+    notice = SendNotice(
+        source.id, str(event["room_id"]), event_id,
+        {"msgtype": "m.notice", "body": body,
+         "m.relates_to": {"m.in_reply_to": {"event_id": event_id}}},
+        txn_id(source.id, event_id, source.id, "too-big"),
+    )
+    return Translation(actions=[notice])
 
 
 def _plain_text(content: Mapping[str, Any]) -> dict[str, Any] | None:

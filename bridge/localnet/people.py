@@ -138,6 +138,35 @@ class Person:
     async def join(self, room_id: str) -> None:
         await self.call("POST", f"/join/{quote(room_id)}", {})
 
+    async def upload(self, data: bytes, content_type: str, filename: str) -> str:
+        """Upload a file to this person's homeserver; its mxc URI."""
+        response = await self.http.post(
+            "/_matrix/media/v3/upload", params={"filename": filename}, content=data,
+            headers={"Content-Type": content_type},
+        )
+        if response.status_code >= 400:
+            raise RuntimeError(f"upload -> {response.status_code} {response.text}")
+        return str(response.json()["content_uri"])
+
+    async def download(self, mxc: str) -> bytes:
+        """A file from this person's homeserver (authenticated media)."""
+        server, _, media_id = mxc.removeprefix("mxc://").partition("/")
+        response = await self.http.get(
+            f"/_matrix/client/v1/media/download/{quote(server)}/{quote(media_id)}")
+        if response.status_code >= 400:
+            raise RuntimeError(f"download {mxc} -> {response.status_code} {response.text}")
+        return response.content
+
+    async def ephemeral(self, room_id: str) -> list[dict[str, Any]]:
+        """The room's typing and receipt events as an initial /sync shows them now."""
+        nonce = f"org.tribridge.nonce.{secrets.token_hex(6)}"  # see invites()
+        flt = quote(json.dumps({"room": {"rooms": [room_id], "timeline": {"limit": 0},
+                                         "state": {"types": []}},
+                                "presence": {"types": [nonce]}}))
+        batch = await self.call("GET", f"/sync?filter={flt}&timeout=0")
+        room = batch.get("rooms", {}).get("join", {}).get(room_id, {})
+        return list(room.get("ephemeral", {}).get("events", []))
+
     async def send_text(self, room_id: str, body: str, txn: str | None = None, **extra: Any) -> str:
         txn = txn or f"t{secrets.token_hex(8)}"
         content = {"msgtype": "m.text", "body": body, **extra}

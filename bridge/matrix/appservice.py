@@ -9,7 +9,7 @@ from __future__ import annotations
 import hmac
 import json
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
 from bridge.config import NetworkConfig
@@ -37,11 +37,13 @@ class Appservice:
         intake: Intake,
         store: Store,
         public: Router | None = None,
+        ephemeral: Callable[[str, list[Any]], None] | None = None,
     ) -> None:
         self.networks = networks
         self.intake = intake
         self.store = store
         self.public = public  # routes that need no token (/health, /metrics)
+        self.ephemeral = ephemeral  # where typing and receipts go (best effort, never blocks)
         self.router = Router()
         self.router.add("PUT", PREFIX + "/transactions/{txn_id}", self.transaction)
         self.router.add("GET", PREFIX + "/users/{user_id}", self.query_user)
@@ -86,6 +88,8 @@ class Appservice:
             return matrix_error(400, exc.errcode, str(exc))
         # Returns only after the outbox rows are committed: acknowledged means on disk.
         await self.intake.push(network, request.params["txn_id"], request.body, events)
+        if self.ephemeral is not None:
+            self.ephemeral(network, parse_ephemeral(request.body))
         return json_response(200, {})
 
     async def query_user(self, request: Request) -> Response:
@@ -135,6 +139,17 @@ def parse_transaction(body: bytes) -> list[Any]:
     if not isinstance(events, list):
         raise InputError("M_BAD_JSON", "'events' must be a list")
     return events
+
+
+def parse_ephemeral(body: bytes) -> list[Any]:
+    """The typing and receipt events of a transaction body parse_transaction accepted (the
+    spec's key, or the one of MSC2409 that Synapse sends)."""
+    doc = json.loads(body)
+    for key in ("ephemeral", "de.sorunome.msc2409.ephemeral"):
+        found = doc.get(key)
+        if isinstance(found, list):
+            return found
+    return []
 
 
 def _bearer(request: Request) -> str | None:

@@ -161,18 +161,26 @@ class Homeserver:
             as_user=user_id,
         )
 
-    async def display_name(self, room_id: str, user_id: str) -> str | None:
-        """`user_id`'s display name in `room_id` (read as the bot), or None if they set none."""
+    async def set_avatar_url(self, user_id: str, mxc: str) -> None:
+        await self.request(
+            "PUT",
+            f"{CLIENT_V3}/profile/{_q(user_id)}/avatar_url",
+            body={"avatar_url": mxc},
+            as_user=user_id,
+        )
+
+    async def member_profile(self, room_id: str, user_id: str) -> tuple[str | None, str | None]:
+        """(display name, avatar) of `user_id` in `room_id`, read as the bot; (None, None) if
+        they set none or the bot cannot see them."""
         try:
             member = await self.request(
                 "GET", f"{CLIENT_V3}/rooms/{_q(room_id)}/state/m.room.member/{_q(user_id)}"
             )
         except MatrixError as exc:
             if exc.errcode in ("M_NOT_FOUND", "M_FORBIDDEN"):
-                return None
+                return None, None
             raise
-        name = member.get("displayname")
-        return name if isinstance(name, str) else None
+        return _text(member.get("displayname")), _text(member.get("avatar_url"))
 
     async def join(self, room_id: str, as_user: str | None = None) -> str:
         result = await self.request(
@@ -285,13 +293,36 @@ class Homeserver:
         room_id = result.get("room_id")
         return room_id if isinstance(room_id, str) else None
 
-    async def profile_name(self, user_id: str) -> str | None:
-        """`user_id`'s own display name (not a room's), or None if they set none."""
+    async def profile(self, user_id: str) -> tuple[str | None, str | None]:
+        """`user_id`'s own (display name, avatar), not a room's; None for what they set not."""
         try:
-            result = await self.request("GET", f"{CLIENT_V3}/profile/{_q(user_id)}/displayname")
+            result = await self.request("GET", f"{CLIENT_V3}/profile/{_q(user_id)}")
         except MatrixError as exc:
             if exc.errcode in ("M_NOT_FOUND", "M_FORBIDDEN"):
-                return None
+                return None, None
             raise
-        name = result.get("displayname")
-        return name if isinstance(name, str) else None
+        return _text(result.get("displayname")), _text(result.get("avatar_url"))
+
+    async def kick(self, room_id: str, user_id: str, as_user: str, reason: str | None = None,
+                   action: str = "kick") -> None:
+        """Kick (or with `action` "ban" or "unban", ban or unban) `user_id`, as `as_user`."""
+        body = {"user_id": user_id, **({"reason": reason} if reason else {})}
+        await self.request("POST", f"{CLIENT_V3}/rooms/{_q(room_id)}/{action}", body=body,
+                           as_user=as_user)
+
+    async def typing(self, room_id: str, user_id: str, typing: bool, timeout_ms: int) -> None:
+        body: dict[str, Any] = {"typing": typing}
+        if typing:
+            body["timeout"] = timeout_ms
+        await self.request("PUT", f"{CLIENT_V3}/rooms/{_q(room_id)}/typing/{_q(user_id)}",
+                           body=body, as_user=user_id)
+
+    async def read_receipt(self, room_id: str, event_id: str, user_id: str) -> None:
+        await self.request(
+            "POST", f"{CLIENT_V3}/rooms/{_q(room_id)}/receipt/m.read/{_q(event_id)}",
+            body={}, as_user=user_id,
+        )
+
+
+def _text(value: object) -> str | None:
+    return value if isinstance(value, str) and value else None

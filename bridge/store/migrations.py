@@ -141,7 +141,26 @@ def _v2(db: sqlite_utils.Database) -> None:
     )
 
 
-MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_v1, _v2]
+def _v3(db: sqlite_utils.Database) -> None:
+    """Media, avatars, a ghost's person, and whether a portal mirrors room names and topics."""
+    # A file re-uploaded to another network, so a retry or a second message with the same file
+    # does not upload it again.
+    db.table("media_map").create(
+        {"src_network": str, "src_mxc": str, "dst_network": str, "dst_mxc": str,
+         "created_at": float},
+        pk=("src_network", "src_mxc", "dst_network"),
+    )
+    # The person's avatar as their own network shows it (an mxc URI there; NULL: none).
+    db.table("profiles").add_column("avatar_url", str)
+    # Whom a ghost stands for (NULL for ghosts made before v3), so a mention of the ghost can
+    # become the real person on their own network; and the source avatar it last got.
+    db.table("ghosts").add_column("source_user", str)
+    db.table("ghosts").add_column("avatar_source", str)
+    # NULL: the bridge's default (bridge.mirror_room_state).
+    db.table("portals").add_column("mirror_state", int)
+
+
+MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_v1, _v2, _v3]
 LATEST = len(MIGRATIONS)
 
 

@@ -153,7 +153,17 @@ class Store(PeopleStore):
         rows = self.conn.execute(
             "SELECT network, room_id FROM portal_rooms WHERE portal_id = ?", (portal_id,)
         ).fetchall()
-        return Portal(portal_id, {n: r for n, r in rows}) if rows else None
+        if not rows:
+            return None
+        mirror = self._one("SELECT mirror_state FROM portals WHERE portal_id = ?", (portal_id,))
+        mirror_state = None if mirror is None or mirror[0] is None else bool(mirror[0])
+        return Portal(portal_id, {n: r for n, r in rows}, mirror_state)
+
+    def set_mirror_state(self, portal_id: str, mirror: bool | None) -> None:
+        self.conn.execute(
+            "UPDATE portals SET mirror_state = ? WHERE portal_id = ?",
+            (None if mirror is None else int(mirror), portal_id),
+        )
 
     def portals(self) -> list[Portal]:
         ids = [r[0] for r in self.conn.execute("SELECT portal_id FROM portals ORDER BY rowid")]
@@ -213,10 +223,21 @@ class Store(PeopleStore):
         )
         return (row is not None, row[0] if row else None)
 
-    def set_profile(self, network: str, user_id: str, display_name: str | None) -> None:
+    def avatar(self, network: str, user_id: str) -> str | None:
+        """The person's avatar (an mxc URI on their own network), if the bridge saw one."""
+        row = self._one(
+            "SELECT avatar_url FROM profiles WHERE network = ? AND user_id = ?",
+            (network, user_id),
+        )
+        return row[0] if row else None
+
+    def set_profile(
+        self, network: str, user_id: str, display_name: str | None, avatar_url: str | None = None
+    ) -> None:
         self.conn.execute(
-            "INSERT OR REPLACE INTO profiles (network, user_id, display_name) VALUES (?, ?, ?)",
-            (network, user_id, display_name),
+            "INSERT OR REPLACE INTO profiles (network, user_id, display_name, avatar_url) "
+            "VALUES (?, ?, ?, ?)",
+            (network, user_id, display_name, avatar_url),
         )
 
     def ghost(self, network: str, localpart: str) -> tuple[bool, str | None]:
@@ -228,12 +249,60 @@ class Store(PeopleStore):
         return (row is not None, row[0] if row else None)
 
     def save_ghost(
-        self, network: str, localpart: str, source_network: str, display_name: str | None
+        self,
+        network: str,
+        localpart: str,
+        source_network: str,
+        display_name: str | None,
+        source_user: str | None = None,
     ) -> None:
         self.conn.execute(
-            "INSERT OR REPLACE INTO ghosts (network, localpart, source_network, display_name) "
-            "VALUES (?, ?, ?, ?)",
-            (network, localpart, source_network, display_name),
+            "INSERT INTO ghosts (network, localpart, source_network, display_name, source_user) "
+            "VALUES (?, ?, ?, ?, ?) ON CONFLICT (network, localpart) DO UPDATE SET "
+            "source_network = excluded.source_network, display_name = excluded.display_name, "
+            "source_user = COALESCE(excluded.source_user, source_user)",
+            (network, localpart, source_network, display_name, source_user),
+        )
+
+    def ghost_owner(self, network: str, localpart: str) -> tuple[str, str] | None:
+        """(network, user id) of the person a ghost stands for, if the store knows."""
+        row = self._one(
+            "SELECT source_network, source_user FROM ghosts WHERE network = ? AND localpart = ?",
+            (network, localpart),
+        )
+        return (row[0], row[1]) if row and row[1] else None
+
+    def ghost_avatar(self, network: str, localpart: str) -> str | None:
+        """The source avatar (mxc on the person's network) the ghost last got."""
+        row = self._one(
+            "SELECT avatar_source FROM ghosts WHERE network = ? AND localpart = ?",
+            (network, localpart),
+        )
+        return row[0] if row else None
+
+    def set_ghost_avatar(self, network: str, localpart: str, source_mxc: str | None) -> None:
+        self.conn.execute(
+            "UPDATE ghosts SET avatar_source = ? WHERE network = ? AND localpart = ?",
+            (source_mxc, network, localpart),
+        )
+
+    # -- media ---------------------------------------------------------------------------------
+
+    def media_copy(self, src_network: str, src_mxc: str, dst_network: str) -> str | None:
+        """The mxc URI on `dst_network` of a file already carried there."""
+        row = self._one(
+            "SELECT dst_mxc FROM media_map WHERE src_network = ? AND src_mxc = ? "
+            "AND dst_network = ?",
+            (src_network, src_mxc, dst_network),
+        )
+        return row[0] if row else None
+
+    def save_media_copy(self, src_network: str, src_mxc: str, dst_network: str,
+                        dst_mxc: str) -> None:
+        self.conn.execute(
+            "INSERT OR REPLACE INTO media_map (src_network, src_mxc, dst_network, dst_mxc, "
+            "created_at) VALUES (?, ?, ?, ?, ?)",
+            (src_network, src_mxc, dst_network, dst_mxc, time.time()),
         )
 
     def ghost_in_room(self, network: str, localpart: str, room_id: str) -> bool:
