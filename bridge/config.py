@@ -305,11 +305,13 @@ def _permissions(c: _Checker, t: Mapping[str, Any]) -> dict[str, Level]:
     return rules
 
 
-_SIZE_UNITS = {"": 1, "B": 1, "KB": 1024, "MB": 1024 ** 2, "GB": 1024 ** 3}
+_SIZE_UNITS = {"": 1, "B": 1, "K": 1024, "KB": 1024, "M": 1024 ** 2, "MB": 1024 ** 2,
+               "G": 1024 ** 3, "GB": 1024 ** 3}
 
 
 def _size(c: _Checker, value: object, key: str) -> int | None:
-    """A size such as "50MB" or 1048576 (bytes); at least 1 kB, at most 4 GB."""
+    """A size such as "50MB" or 1048576 (bytes); at least 1 kB, at most 1 GB (a file that
+    comes without a length is held in memory while it is carried)."""
     size: float | None = None
     if isinstance(value, int) and not isinstance(value, bool):
         size = value
@@ -317,8 +319,8 @@ def _size(c: _Checker, value: object, key: str) -> int | None:
         match = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([KMG]?B?)\s*", value.upper())
         if match:
             size = float(match.group(1)) * _SIZE_UNITS[match.group(2)]
-    if size is None or not 1024 <= size <= 4 * 1024 ** 3:
-        c.error(key, 'must be a size between 1KB and 4GB, such as "50MB"')
+    if size is None or not 1024 <= size <= 1024 ** 3:
+        c.error(key, 'must be a size between 1KB and 1GB, such as "50MB"')
         return None
     return int(size)
 

@@ -334,9 +334,15 @@ class DeliveryWorker:
             return None
         actors = [self.network.bot_user_id]
         if action.actor is not None:
-            actors.insert(0, await self.ghosts.ensure(
-                net, action.actor, src.network, src.sender, action.room_id,
-                room_hint=src.room_id))
+            try:
+                actors.insert(0, await self.ghosts.ensure(
+                    net, action.actor, src.network, src.sender, action.room_id,
+                    room_hint=src.room_id))
+            except MatrixError as exc:
+                if exc.status != 403:
+                    raise
+                # The actor's ghost may not come in (invite-only, banned): the bot acts.
+        last = "no one may"
         for actor in actors:
             try:
                 if action.op == "invite":

@@ -24,7 +24,9 @@ from bridge.store import Store
 log = logging.getLogger(__name__)
 
 CALL_SECONDS = 5.0  # a typing notice or receipt later than this is not worth sending
-TYPING_MS = 30_000  # how long a ghost shows as typing unless told to stop
+# How long a ghost shows as typing unless told to stop: homeservers push typing only when the
+# set of typists changes, so this outlasts a long message; a stop is pushed when they finish.
+TYPING_MS = 60_000
 MAX_IN_FLIGHT = 64  # beyond this, new ephemeral calls are dropped, not queued
 
 
@@ -51,7 +53,15 @@ class Ephemeral:
             await trio.sleep_forever()
 
     def take(self, network_id: str, events: list[Any]) -> None:
-        """Mirror the typing and receipt events of one pushed transaction (never blocks)."""
+        """Mirror the typing and receipt events of one pushed transaction (never blocks, never
+        raises: the transaction's events are committed already, and a fault here must not
+        make the homeserver push the transaction again and again)."""
+        try:
+            self._take(network_id, events)
+        except Exception:
+            log.exception("typing or receipts from %s not mirrored", network_id)
+
+    def _take(self, network_id: str, events: list[Any]) -> None:
         source = self.networks[network_id]
         for event in events:
             if not isinstance(event, dict) or not isinstance(event.get("room_id"), str):
@@ -125,5 +135,7 @@ class Ephemeral:
                 await call()
         except HomeserverError as exc:
             log.debug("a typing notice or receipt was dropped: %s", exc)
+        except Exception:
+            log.exception("a typing notice or receipt failed")
         finally:
             self._in_flight -= 1

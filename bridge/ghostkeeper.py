@@ -7,6 +7,8 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 
+import trio
+
 from bridge.core.ghosts import ghost_localpart, pseudonym
 from bridge.core.ids import InvalidId, native_identity
 from bridge.core.model import Network
@@ -17,6 +19,8 @@ from bridge.media import MediaCarrier
 from bridge.store import Store
 
 log = logging.getLogger(__name__)
+
+AVATAR_SECONDS = 30.0  # a ghost's picture is not worth holding a message back longer
 
 
 class GhostKeeper:
@@ -90,7 +94,8 @@ class GhostKeeper:
             name = await self.name(localpart, *base)
         if not registered or current_name != name:
             await hs.set_display_name(ghost, name)
-            self.store.save_ghost(target_id, localpart, network_id, name, user_id)
+            # The account the ghost is derived from (see base_account), not the one speaking.
+            self.store.save_ghost(target_id, localpart, base[0], name, base[1])
         await self._avatar(target_id, localpart, ghost, *base)
         if room_id is not None and not self.store.ghost_in_room(target_id, localpart, room_id):
             try:
@@ -112,13 +117,18 @@ class GhostKeeper:
         if wanted == self.store.ghost_avatar(target_id, localpart):
             return
         hs = self.homeservers[target_id]
-        try:
-            copy = "" if wanted is None else await self.media.carry(
-                network_id, wanted, target_id, ghost)
-            await hs.set_avatar_url(ghost, copy)
-        except HomeserverError as exc:
-            log.info("a ghost's avatar was not set on %s: %s", target_id, exc)
-            return
+        with trio.move_on_after(AVATAR_SECONDS) as scope:
+            try:
+                copy = "" if wanted is None else await self.media.carry(
+                    network_id, wanted, target_id, ghost)
+                await hs.set_avatar_url(ghost, copy)
+            except HomeserverError as exc:
+                log.info("a ghost's avatar was not set on %s: %s", target_id, exc)
+        if scope.cancelled_caught:
+            log.info("a ghost's avatar was not set on %s: it took over %g s", target_id,
+                     AVATAR_SECONDS)
+        # Noted even when it failed: a picture that cannot be carried is not tried again before
+        # every message, only when the person changes it.
         self.store.set_ghost_avatar(target_id, localpart, wanted)
 
     def base_account(self, target_id: str, network_id: str, user_id: str) -> tuple[str, str]:

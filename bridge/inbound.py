@@ -94,7 +94,7 @@ class Inbound:
             try:
                 result = translate(event, source, self.networks, portal, self.key, room=room,
                                    rules=self.rules, linked=linked,
-                                   owner=lambda lp: self.store.ghost_owner(network_id, lp))
+                                   owner=self._owner(network_id, room_id))
             except Exception:
                 # A bug of ours: failing the whole transaction would make the homeserver retry
                 # it forever and stall this network. Skip the one event, loudly.
@@ -116,6 +116,17 @@ class Inbound:
         if queued:
             log.debug("%s from %s: %d actions queued", where, network_id, queued)
         return queued, targets
+
+    def _owner(self, network_id: str, room_id: str) -> Callable[[str], tuple[str, str] | None]:
+        """Whom a ghost named in this room stands for, if the ghost takes part in the room: a
+        ghost id pasted from elsewhere must not tell this room whose number it hides."""
+
+        def owner(localpart: str) -> tuple[str, str] | None:
+            if not self.store.ghost_in_room(network_id, localpart, room_id):
+                return None
+            return self.store.ghost_owner(network_id, localpart)
+
+        return owner
 
     def _room_info(self, network_id: str, room_id: str) -> RoomInfo:
         manager = self.store.management_owner(network_id, room_id)

@@ -9,8 +9,10 @@ uploaded twice.
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import AsyncIterator, Mapping
+from contextlib import AsyncExitStack
 from urllib.parse import quote
 
 import httpx
@@ -33,8 +35,17 @@ class MediaTooLarge(MatrixError):
 
 
 class MediaGone(MatrixError):
+    """The sender's homeserver cannot give the file: a permanent failure."""
+
     def __init__(self, why: str) -> None:
         super().__init__(404, "TB_MEDIA_GONE", why)
+
+
+class SourceBusy(MatrixError):
+    """The sender's homeserver is away or busy: retried, without suspecting the target."""
+
+    def __init__(self, why: str) -> None:
+        super().__init__(503, "TB_SOURCE_BUSY", why)
 
 
 class MediaCarrier:
@@ -71,32 +82,49 @@ class MediaCarrier:
         self, source: Homeserver, target: Homeserver, server: str, media_id: str, as_user: str
     ) -> str:
         path = f"/_matrix/client/v1/media/download/{quote(server, safe='')}/{quote(media_id)}"
-        async with source.http.stream("GET", path, params={"allow_redirect": "false"}) as got:
+        async with AsyncExitStack() as stack:
+            try:
+                got = await stack.enter_async_context(
+                    source.http.stream("GET", path, params={"allow_redirect": "false"}))
+            except httpx.TransportError as exc:
+                # The sender's homeserver is away: try again later, but this says nothing
+                # about the target's homeserver (whose reachability probe must not start).
+                raise SourceBusy(f"{source.server_name} did not answer: {exc}") from exc
             if got.status_code >= 400:
-                await got.aread()
-                if got.status_code in (404, 410):
-                    raise MediaGone(f"{source.server_name} no longer has the file")
-                raise _error(got)
-            declared = got.headers.get("content-length", "")
-            plain = got.headers.get("content-encoding", "identity") == "identity"
-            length = int(declared) if declared.isdigit() and plain else None
-            if length is not None and length > self.max_bytes:
-                raise MediaTooLarge(length, self.max_bytes)
-            ctype = got.headers.get("content-type", "application/octet-stream")
-            if length is None:
-                # No usable length: read it whole (bounded by the limit); uploads need one.
-                body = b"".join([chunk async for chunk in self._bounded(got.aiter_bytes())])
-                length, content = len(body), _once(body)
-            else:
-                content = self._bounded(got.aiter_raw(CHUNK), length)
-            answer = await target.http.post(
-                "/_matrix/media/v3/upload",
-                params={"user_id": as_user},
-                headers={"Content-Type": ctype, "Content-Length": str(length)},
-                content=content,
-            )
+                error = _error(got, await _head_of(got))
+                if got.status_code in (429, 500, 503, 504):
+                    raise SourceBusy(f"{source.server_name}: {error}")
+                # Gone, refused, or a remote server it could not fetch it from (502): trying
+                # again for ever would hold back everything after it in the room.
+                raise MediaGone(f"{source.server_name} could not give the file: {error}")
+            return await self._upload(got, target, as_user)
+        raise AssertionError("unreachable")
+
+    async def _upload(self, got: httpx.Response, target: Homeserver, as_user: str) -> str:
+        """Stream the downloaded file `got` to the target's upload API as `as_user`."""
+        declared = got.headers.get("content-length", "")
+        plain = got.headers.get("content-encoding", "identity") == "identity"
+        length = int(declared) if declared.isdigit() and plain else None
+        if length is not None and length > self.max_bytes:
+            raise MediaTooLarge(length, self.max_bytes)
+        ctype = got.headers.get("content-type", "application/octet-stream")
+        if length is None:
+            # No usable length (Synapse always gives one): read it whole, bounded by the
+            # limit, since the upload needs a length.
+            buffer = bytearray()
+            async for chunk in self._bounded(got.aiter_bytes()):
+                buffer += chunk
+            length, content = len(buffer), _once(bytes(buffer))
+        else:
+            content = self._bounded(got.aiter_raw(CHUNK), length)
+        answer = await target.http.post(
+            "/_matrix/media/v3/upload",
+            params={"user_id": as_user},
+            headers={"Content-Type": ctype, "Content-Length": str(length)},
+            content=content,
+        )
         if answer.status_code >= 400:
-            raise _error(answer)
+            raise _error(answer, answer.content)
         uri = answer.json().get("content_uri") if _is_json(answer) else None
         if parse_mxc(uri) is None:
             raise MatrixError(502, "M_UNKNOWN", "the homeserver returned no content_uri")
@@ -113,7 +141,7 @@ class MediaCarrier:
             if total > self.max_bytes:
                 raise MediaTooLarge(total, self.max_bytes)
             if length is not None and total > length:
-                raise MatrixError(502, "M_UNKNOWN", "the file is longer than its length")
+                raise MediaGone("the file was longer than its server said")
             yield chunk
 
 
@@ -128,8 +156,22 @@ def _is_json(response: httpx.Response) -> bool:
         return False
 
 
-def _error(response: httpx.Response) -> MatrixError:
-    payload = response.json() if _is_json(response) else {}
+async def _head_of(response: httpx.Response, limit: int = 65_536) -> bytes:
+    """The start of an error answer's body: enough for its errcode, never all of it."""
+    head = bytearray()
+    async for chunk in response.aiter_bytes():
+        head += chunk
+        if len(head) >= limit:
+            break
+    return bytes(head[:limit])
+
+
+def _error(response: httpx.Response, body: bytes) -> MatrixError:
+    try:
+        payload = json.loads(body)
+    except ValueError:
+        payload = {}
+    payload = payload if isinstance(payload, dict) else {}
     return MatrixError(
         response.status_code, str(payload.get("errcode", "M_UNKNOWN")),
         str(payload.get("error", response.reason_phrase))[:300],

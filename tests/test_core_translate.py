@@ -452,7 +452,6 @@ def test_a_name_or_avatar_change_updates_the_ghosts_and_a_same_profile_join_does
     [("m.room.name", {"name": "Team"}, {"name": "Team"}),
      ("m.room.topic", {"topic": "plans", "x": 1}, {"topic": "plans"}),
      ("m.room.avatar", {"url": "mxc://wa.localhost/pic"}, {"url": "mxc://wa.localhost/pic"}),
-     ("m.room.avatar", {"url": "https://example.com/x.png"}, {}),
      ("m.room.name", {}, {})],
 )
 def test_room_name_topic_and_avatar_cross_unless_the_portal_says_no(
@@ -471,6 +470,30 @@ def test_room_name_topic_and_avatar_cross_unless_the_portal_says_no(
     opted_in = Portal(PORTAL.portal_id, ROOMS, mirror_state=True)
     assert len(translate(event, WA, NETWORKS, opted_in, KEY,
                          rules=Rules(mirror_state=False)).actions) == 2
+
+
+@pytest.mark.parametrize(
+    ("etype", "content"),
+    [("m.room.avatar", {"url": "https://example.com/x.png"}), ("m.room.name", {"name": 42}),
+     ("m.room.topic", {"topic": ["x"]})],
+)
+def test_unusable_room_state_changes_nothing_elsewhere(etype: str, content: dict[str, Any]
+                                                       ) -> None:
+    assert from_wa(message(content, state_key="") | {"type": etype}).actions == []
+
+
+def test_names_topics_and_reasons_name_ghosts_not_phone_numbers() -> None:
+    bob = "@+15559876543:wa.localhost"
+    topic = from_wa(message({"topic": f"ask {bob}"}, state_key="") | {"type": "m.room.topic"})
+    kick = from_wa(_changed("leave", "join", BOB_WA, reason=f"reported by {bob}"))
+    redaction = from_wa(message({"redacts": "$x", "reason": f"{bob} asked"})
+                        | {"type": "m.room.redaction"})
+    crossing = [a.content["topic"] for a in topic.actions if isinstance(a, RoomState)]
+    crossing += [a.reason for a in kick.actions if isinstance(a, Member) and a.reason]
+    crossing += [a.reason for a in redaction.actions if isinstance(a, Redact) and a.reason]
+    assert len(crossing) == 6
+    for text in crossing:
+        assert "15559876543" not in text and re.search(r"@_tb_wa_[a-z2-7]{16}:", text), text
 
 
 def test_knocks_report_no_profile() -> None:

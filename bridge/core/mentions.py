@@ -22,6 +22,10 @@ _PLAIN = r"@[a-z0-9._=\-/+]+:{server}"
 _ENCODED = r"%40(?:[a-z0-9._\-]|%2[bB]|%3[dD]|%2[fF]|=|\+|/)+%3[aA]{server}"
 
 
+# What follows the ghost prefix in a ghost's localpart: a network id and a 16-letter pseudonym.
+_GHOST_REST = re.compile(r"[a-z0-9]{1,16}_[a-z2-7]{16}")
+
+
 def _pattern(server_name: str) -> re.Pattern[str]:
     server = re.escape(server_name)
     # The server name must end there, not run on into a longer host name.
@@ -78,9 +82,11 @@ def _ghost_seen_elsewhere(
     """Who the ghost `user_id` (on `source`) stands for, as `target` knows them."""
     localpart = user_id[1:].partition(":")[0]
     rest = localpart.removeprefix(source.ghost_prefix)
-    network, sep, pseudo = rest.partition("_")
-    if rest == localpart or not sep or not pseudo:
+    if rest == localpart or _GHOST_REST.fullmatch(rest) is None:
         return None  # the bot, or not one of our ghosts
+    network, _, pseudo = rest.partition("_")
+    if network == source.id:
+        return None
     if network == target.id:
         person = owner(localpart)
         return person[1] if person is not None and person[0] == target.id else None

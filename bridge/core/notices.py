@@ -20,6 +20,7 @@ _REASONS = {
     "M_UNKNOWN_TOKEN": "the bridge is not allowed on that server",
     "M_BAD_JSON": "that server could not read it",
     "M_NOT_JSON": "that server could not read it",
+    "TB_MEDIA_GONE": "the file could not be fetched from your server",
 }
 
 

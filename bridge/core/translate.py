@@ -112,7 +112,8 @@ def translate(
     assert isinstance(sender, str) and isinstance(room_id, str)
     assert isinstance(event_id, str) and isinstance(etype, str)
     if etype == "m.room.member":
-        return _membership(event, content, source, networks, portal, key, room, rules, linked)
+        return _membership(event, content, source, networks, portal, key, room, rules, linked,
+                           owner)
     if is_bridge_user(sender, source):
         return _skip("sent by the bridge itself")
     if rules.permissions.level(sender) is Level.NONE:
@@ -143,9 +144,9 @@ def translate(
         mirror = rules.mirror_state if portal.mirror_state is None else portal.mirror_state
         if not mirror:
             return _skip("this portal does not mirror room names, topics and avatars")
-        return _room_state(event, etype, content, source, portal)
+        return _room_state(event, etype, content, source, networks, portal, key, owner)
     if etype == "m.room.redaction" and "state_key" not in event:
-        return _redaction(event, content, source, networks, portal, key, linked)
+        return _redaction(event, content, source, networks, portal, key, linked, owner)
     if etype == "m.reaction" and "state_key" not in event:
         reaction = _reaction_content(content)
         if reaction is None:
@@ -161,7 +162,8 @@ def translate(
         relayed = dict(content) if opaque else _text_content(content, sticker)
         if relayed is None:
             return _skip("message type not relayed")
-        size = relayed.get("info", {}).get("size") if "url" in relayed else None
+        info = relayed.get("info") if not opaque else None
+        size = info.get("size") if isinstance(info, Mapping) and "url" in relayed else None
         if isinstance(size, int) and size > rules.max_media_bytes:
             return _too_big(event, source, size, rules.max_media_bytes)
         if opaque:
@@ -208,6 +210,7 @@ def _membership(
     room: RoomInfo,
     rules: Rules,
     linked: Sequence[tuple[str, str]],
+    owner: Owner,
 ) -> Translation:
     user = event.get("state_key")
     membership = content.get("membership")
@@ -270,11 +273,11 @@ def _membership(
         op = "unban" if before == "ban" else "kick"
     if op is not None:
         return Translation(actions=_members(event, user, op, source, networks, portal, key,
-                                            linked))
+                                            linked, owner))
     if membership != "join":
         return _skip("membership other than join, leave, invite, kick or ban")
     if before != "join":
-        actions = _members(event, user, "join", source, networks, portal, key, linked)
+        actions = _members(event, user, "join", source, networks, portal, key, linked, owner)
         return Translation(actions=actions, profiles=[profile])
     prev = _prev_content(event)
     if (_text(prev.get("displayname")), prev.get("avatar_url")) == (name, content.get(
@@ -313,6 +316,7 @@ def _members(
     portal: Portal,
     key: bytes,
     linked: Sequence[tuple[str, str]],
+    owner: Owner,
 ) -> list[Action]:
     """`user`'s ghost joins, is invited, kicked, banned or unbanned in the portal's other
     rooms, by the ghost of whoever did it to them."""
@@ -322,8 +326,9 @@ def _members(
     actions: list[Action] = []
     for target, target_room, ghost in _ghost_targets(user, source, networks, portal, key, linked):
         actor = None if sender == user else ghost_for(sender, source, target, networks, key)
-        actions.append(Member(target.id, target_room, ghost, user, op, ref, actor,
-                              reason[:300] if reason else None,
+        # A reason can name people too: no phone number or email crosses in it.
+        said = rewrite_user_ids(reason[:300], source, target, key, owner) if reason else None
+        actions.append(Member(target.id, target_room, ghost, user, op, ref, actor, said,
                               txn_id(source.id, event_id, target.id, "member")))
     return actions
 
@@ -350,7 +355,7 @@ def _for_target(
     """The content as `target` gets it: user ids of `source` people become their ghosts, and
     ghosts the people they stand for."""
     out = dict(content)
-    for field_name in ("body", "formatted_body"):
+    for field_name in ("body", "formatted_body", "filename"):
         if field_name in out:
             out[field_name] = rewrite_user_ids(out[field_name], source, target, key, owner)
     new = out.get("m.new_content")
@@ -520,6 +525,7 @@ def _redaction(
     portal: Portal,
     key: bytes,
     linked: Sequence[tuple[str, str]],
+    owner: Owner,
 ) -> Translation:
     """A redaction: the copies of the redacted event are redacted on every other network, and
     a copy still waiting in the outbox is not sent at all."""
@@ -530,7 +536,9 @@ def _redaction(
     sender, room_id, event_id = str(event["sender"]), str(event["room_id"]), str(event["event_id"])
     ref = EventRef(source.id, room_id, event_id, sender)
     actions: list[Action] = [
-        Redact(target.id, room, ghost, ref, redacts, reason if isinstance(reason, str) else None,
+        Redact(target.id, room, ghost, ref, redacts,
+               rewrite_user_ids(reason[:300], source, target, key, owner)
+               if isinstance(reason, str) else None,
                txn_id(source.id, event_id, target.id, "redact"))
         for target, room, ghost in _ghost_targets(sender, source, networks, portal, key, linked)
     ]
@@ -543,24 +551,31 @@ MAX_NAME, MAX_TOPIC = 255, 4096
 
 def _room_state(
     event: Mapping[str, Any], etype: str, content: Mapping[str, Any], source: Network,
-    portal: Portal,
+    networks: Mapping[str, Network], portal: Portal, key: bytes, owner: Owner,
 ) -> Translation:
     """A portal room's new name, topic or avatar, set by the bot on the portal's other rooms."""
-    out: dict[str, Any] = {}
-    if etype == "m.room.name" and isinstance(content.get("name"), str):
-        out["name"] = content["name"][:MAX_NAME]
-    elif etype == "m.room.topic" and isinstance(content.get("topic"), str):
-        out["topic"] = content["topic"][:MAX_TOPIC]
-    elif etype == "m.room.avatar" and parse_mxc(content.get("url")):
-        out["url"] = content["url"]
-    # Otherwise an empty content: the name, topic or avatar was removed.
+    field_name = {"m.room.name": "name", "m.room.topic": "topic", "m.room.avatar": "url"}[etype]
+    value = content.get(field_name)
+    if value is not None and not (parse_mxc(value) if etype == "m.room.avatar" else
+                                  isinstance(value, str)):
+        return _skip(f"{etype} with an unusable {field_name}")
     room_id, event_id = str(event["room_id"]), str(event["event_id"])
     ref = EventRef(source.id, room_id, event_id, str(event["sender"]))
-    return Translation(actions=[
-        RoomState(target_id, target_room, etype, out, ref,
-                  txn_id(source.id, event_id, target_id, "state"))
-        for target_id, target_room in portal.others(source.id)
-    ])
+    actions: list[Action] = []
+    for target_id, target_room in portal.others(source.id):
+        target = networks.get(target_id)
+        if target is None:
+            continue
+        out: dict[str, Any] = {}  # empty: the name, topic or avatar was removed
+        if isinstance(value, str) and etype != "m.room.avatar":
+            limit = MAX_NAME if etype == "m.room.name" else MAX_TOPIC
+            # A name or topic can name people: no phone number or email crosses in it.
+            out[field_name] = rewrite_user_ids(value[:limit], source, target, key, owner)
+        elif isinstance(value, str):
+            out[field_name] = value
+        actions.append(RoomState(target_id, target_room, etype, out, ref,
+                                 txn_id(source.id, event_id, target_id, "state")))
+    return Translation(actions=actions)
 
 
 def _too_big(event: Mapping[str, Any], source: Network, size: int, limit: int) -> Translation:

@@ -374,6 +374,10 @@ class PeopleStore:
             ("UPDATE portals SET creator = NULL WHERE creator = ?", (user_id,)),
             ("DELETE FROM outbox WHERE state != 'pending' AND src_network = ? "
              "AND json_extract(payload, '$.source.sender') = ?", me),
+            ("DELETE FROM outbox WHERE state != 'pending' AND src_network = ? "
+             "AND json_extract(payload, '$.person') = ?", me),
+            ("UPDATE ghosts SET source_user = NULL WHERE source_network = ? AND source_user = ?",
+             me),
         ]
         for sql, params in statements:
             self.conn.execute(sql, params)
