@@ -34,6 +34,7 @@ from bridge.core.translate import Rules
 from bridge.delivery import DeliveryWorker
 from bridge.encryption import refuse_mixed_portals
 from bridge.ephemeral import Ephemeral
+from bridge.http.client import H11Client
 from bridge.http.server import Limits, serve
 from bridge.inbound import Inbound
 from bridge.matrix.appservice import Appservice
@@ -96,7 +97,10 @@ class Bridge:
                     http = await stack.enter_async_context(
                         make_http_client(net.homeserver, net.as_token)
                     )
-                    homeservers[net_id] = Homeserver(http, net.network.server_name)
+                    fast = await stack.enter_async_context(
+                        H11Client(net.homeserver, {"Authorization": f"Bearer {net.as_token}"})
+                    )
+                    homeservers[net_id] = Homeserver(http, net.network.server_name, fast=fast)
                 workers: dict[str, DeliveryWorker] = {}
                 metrics = Metrics()
                 inbound = Inbound(store, networks, key, wake=lambda n: workers[n].wake(),
@@ -200,9 +204,12 @@ def _connection_limits() -> Limits:
 def _needs_restart(old: Config, new: Config) -> list[str]:
     """The keys whose change only a restart applies."""
     changed = []
-    for key in ("listen_host", "listen_port", "database", "secret", "durability", "url"):
+    for key in ("listen_host", "listen_port", "database", "secret", "durability", "url",
+                "max_media_bytes"):
         if getattr(old.bridge, key) != getattr(new.bridge, key):
-            changed.append("bridge." + ("listen" if key.startswith("listen") else key))
+            name = {"listen_host": "listen", "listen_port": "listen",
+                    "max_media_bytes": "max_media_size"}.get(key, key)
+            changed.append("bridge." + name)
     if old.networks != new.networks:
         changed.append("networks")
     return sorted(set(changed))
@@ -210,12 +217,13 @@ def _needs_restart(old: Config, new: Config) -> list[str]:
 
 def _with_reloadable(old: Config, new: Config) -> Config:
     """The running config with what a reload applies (portals, permissions, log level, command
-    prefix, default country code) taken from `new`."""
+    prefix, default country code, room state mirroring) taken from `new`."""
     bridge = dataclasses.replace(
         old.bridge,
         log_level=new.bridge.log_level,
         command_prefix=new.bridge.command_prefix,
         default_country_code=new.bridge.default_country_code,
+        mirror_room_state=new.bridge.mirror_room_state,
     )
     return dataclasses.replace(old, bridge=bridge, portals=new.portals,
                                permissions=new.permissions)

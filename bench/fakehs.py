@@ -1,0 +1,208 @@
+"""A zero-cost fake homeserver, for measuring a relay's own cost (issue 7).
+
+Synapse spends 15-20 ms of CPU per message on these machines, so against it a bridge's figures
+mostly measure Synapse. This fake answers the client-server calls a relay makes with canned
+answers (one process, one trio task per connection, several server names on several ports), and
+pushes transactions to the relay the way Synapse does: one in flight, a chosen number of events
+each. It notes when each relayed send arrives, so a run yields the relay's CPU per send (from
+/proc), its throughput, the latency from push to send, and its RSS.
+
+Used by bench/perf.py (``make bench``) for both the floor relay (bench/floor.py) and tribridge.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import statistics
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote
+
+import trio
+
+from bridge.http.client import H11Client
+from bridge.http.server import Limits, serve
+from bridge.http.types import Request, Response, json_response, matrix_error
+
+NETWORKS = (  # id, label, server name, identity kind
+    ("wa", "WhatsApp", "wa.localhost", "phone"),
+    ("ig", "Instagram", "ig.localhost", "handle"),
+    ("fbm", "Messenger", "fbm.localhost", "email"),
+)
+SENDER = "+15550001111"  # the pushing network's real person (wa: a phone number)
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Fake:
+    """Three fake homeservers and the config of a relay bridging one room of each."""
+
+    bridge_port: int = field(default_factory=free_port)
+    ports: dict[str, int] = field(
+        default_factory=lambda: {n: free_port() for n, *_ in NETWORKS})
+    secret: str = field(default_factory=lambda: secrets.token_hex(24))
+    as_tokens: dict[str, str] = field(
+        default_factory=lambda: {n: secrets.token_hex(16) for n, *_ in NETWORKS})
+    hs_tokens: dict[str, str] = field(
+        default_factory=lambda: {n: secrets.token_hex(16) for n, *_ in NETWORKS})
+    rooms: dict[str, str] = field(
+        default_factory=lambda: {n: f"!bench{n}:{n}.localhost" for n, *_ in NETWORKS})
+    # (network, body) -> perf_counter() when the relayed send of that body arrived there
+    arrivals: dict[tuple[str, str], float] = field(default_factory=dict)
+    sends: int = 0
+    expected: int = 0  # sends to wait for
+    _all_in: trio.Event = field(default_factory=trio.Event)
+    _txn: dict[str, int] = field(default_factory=dict)
+
+    def url(self, net_id: str) -> str:
+        return f"http://127.0.0.1:{self.ports[net_id]}"
+
+    # -- the relay's config ------------------------------------------------------------------
+
+    def config_text(self, portals: Any = None, database: Path | str = "bench.db",
+                    log_level: str = "warning", extra: str = "", bridge_extra: str = "") -> str:
+        lines = ["[bridge]", f'listen = "127.0.0.1:{self.bridge_port}"',
+                 f'database = "{database}"', f'secret = "{self.secret}"',
+                 f'log_level = "{log_level}"', bridge_extra, ""]
+        for net_id, label, server_name, identity in NETWORKS:
+            lines += [f"[networks.{net_id}]", f'label = "{label}"',
+                      f'homeserver = "{self.url(net_id)}"', f'server_name = "{server_name}"',
+                      f'as_token = "{self.as_tokens[net_id]}"',
+                      f'hs_token = "{self.hs_tokens[net_id]}"', f'identity = "{identity}"', ""]
+        lines.append("[[portals]]")
+        lines += [f'{net_id} = "{room}"' for net_id, room in self.rooms.items()]
+        lines.append(extra)
+        return "\n".join(lines)
+
+    def write_config(self, path: Path, portals: Any = None, database: Path | str = "bench.db",
+                     log_level: str = "warning", extra: str = "", bridge_extra: str = "") -> Path:
+        """The interface of bridge.localnet.daemon.Daemon's `net`."""
+        path.write_text(self.config_text(portals, database, log_level, extra, bridge_extra))
+        return path
+
+    # -- serving -------------------------------------------------------------------------------
+
+    async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+                    ) -> None:
+        async with trio.open_nursery() as nursery:
+            for net_id, *_ in NETWORKS:
+                await nursery.start(serve, "127.0.0.1", self.ports[net_id],
+                                    self._handler(net_id), Limits())
+            task_status.started()
+
+    def _handler(self, net_id: str) -> Any:
+        async def handle(request: Request) -> Response:
+            return self.answer(net_id, request)
+
+        return handle
+
+    def answer(self, net_id: str, request: Request) -> Response:
+        path = request.path
+        if request.method == "PUT" and "/send/" in path:
+            self.sends += 1
+            try:
+                body = json.loads(request.body).get("body")
+            except ValueError:
+                body = None
+            if isinstance(body, str):
+                self.arrivals.setdefault((net_id, body), time.perf_counter())
+                if self.expected and len(self.arrivals) >= self.expected:
+                    self._all_in.set()
+            # Idempotent like Synapse: the same path gives the same event id.
+            return json_response(200, {"event_id": "$" + secrets.token_hex(8)})
+        if path == "/_matrix/client/versions":
+            return json_response(200, {"versions": ["v1.11"]})
+        if path.endswith("/messages"):
+            return json_response(200, {"chunk": [], "start": "s0"})
+        if path.endswith("/state") and request.method == "GET":
+            return json_response(200, [])
+        if path.startswith("/_matrix/client/v3/join/"):
+            return json_response(200, {"room_id": unquote(path.rsplit("/", 1)[1])})
+        if request.method == "GET":
+            return matrix_error(404, "M_NOT_FOUND", "nothing here")
+        if path.endswith("/ping"):
+            return json_response(200, {"duration_ms": 1})
+        return json_response(200, {"event_id": "$" + secrets.token_hex(8)})
+
+    # -- pushing -------------------------------------------------------------------------------
+
+    async def run(self, count: int, batch: int, pid: int, *, rate: float = 0.0,
+                  source: str = "wa", tag: str = "") -> dict[str, float]:
+        """Push `count` messages from `source` in transactions of `batch`, one in flight (or
+        paced at `rate` events/s); wait until each reached the two other networks. Figures:
+        CPU ms per relayed send, sends/s, latency p50/p99 ms (push sent -> send arrived), RSS."""
+        tag = tag or secrets.token_hex(3)
+        targets = [n for n, *_ in NETWORKS if n != source]
+        self.arrivals.clear()
+        self._all_in = trio.Event()
+        self.expected = count * len(targets)
+        pushed: dict[str, float] = {}
+        url = f"http://127.0.0.1:{self.bridge_port}"
+        token = self.hs_tokens[source]
+        async with H11Client(url, {"Authorization": f"Bearer {token}"}) as client:
+            cpu0, wall0 = cpu_seconds(pid), time.perf_counter()
+            for first in range(0, count, batch):
+                if rate:
+                    due = wall0 + first / rate
+                    await trio.sleep(max(0.0, due - time.perf_counter()))  # pacing, not waiting
+                last = min(count, first + batch)
+                events = [self._event(source, f"{tag}-{i}") for i in range(first, last)]
+                body = json.dumps({"events": events}).encode()
+                now = time.perf_counter()
+                for event in events:
+                    pushed[event["content"]["body"]] = now
+                # Numbered upwards as Synapse does: a gap would make the bridge read timelines.
+                self._txn[source] = self._txn.get(source, 0) + 1
+                status, answer, _ = await client.request(
+                    "PUT", f"/_matrix/app/v1/transactions/{self._txn[source]}", body)
+                if status != 200:
+                    raise RuntimeError(f"the relay answered {status}: {answer[:200]!r}")
+            with trio.fail_after(max(60.0, count / 50)):
+                await self._all_in.wait()
+            wall, cpu = time.perf_counter() - wall0, cpu_seconds(pid) - cpu0
+        latencies = sorted((self.arrivals[(n, b)] - t) * 1000 for b, t in pushed.items()
+                           for n in targets)
+        return {
+            "cpu_ms_per_send": cpu * 1000 / self.expected,
+            "sends_per_s": self.expected / wall,
+            "p50_ms": statistics.median(latencies),
+            "p99_ms": latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))],
+            "rss_mb": rss_mb(pid),
+        }
+
+    def _event(self, source: str, body: str) -> dict[str, Any]:
+        return {
+            "type": "m.room.message", "room_id": self.rooms[source],
+            "sender": f"@{SENDER}:{source}.localhost", "event_id": f"${body}",
+            "origin_server_ts": int(time.time() * 1000), "unsigned": {"age": 1},
+            "content": {"msgtype": "m.text", "body": body},
+        }
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def routes(fake: Fake) -> Mapping[str, str]:
+    """network id -> the fake homeserver's URL, for the floor relay's command line."""
+    return {n: fake.url(n) for n, *_ in NETWORKS}

@@ -1,0 +1,69 @@
+"""The floor: a relay with no logic, to put every tribridge figure beside (issue 7).
+
+trio + our h11 server + the lean pooled h11 client, nothing else: no store, no translation, no
+ghosts. Each pushed event is sent, as is, into the portal room of every other network; the
+transaction is answered once the sends are done. What tribridge costs above this is the price
+of its guarantees and its logic.
+
+    python bench/floor.py --listen 29399 --hs wa=<token>=<url>=<room> --hs ig=... --hs fbm=...
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from urllib.parse import quote
+
+import trio
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bridge.http.client import H11Client
+from bridge.http.server import Limits, serve
+from bridge.http.types import Request, Response, json_response
+
+
+class Floor:
+    def __init__(self, networks: dict[str, tuple[str, str, str]]) -> None:
+        # network -> (hs_token, homeserver URL, room)
+        self.networks = networks
+        self.by_token = {token: net for net, (token, _, _) in networks.items()}
+        self.clients = {net: H11Client(url, {"Authorization": f"Bearer {token}"})
+                        for net, (token, url, _) in networks.items()}
+        self.count = 0
+
+    async def handle(self, request: Request) -> Response:
+        token = request.headers.get("authorization", "").removeprefix("Bearer ")
+        source = self.by_token.get(token)
+        if source is None:
+            return json_response(403, {"errcode": "M_FORBIDDEN"})
+        for event in json.loads(request.body).get("events", []):
+            for net, (_, _, room) in self.networks.items():
+                if net == source:
+                    continue
+                self.count += 1
+                target = (f"/_matrix/client/v3/rooms/{quote(room, safe='')}/send/m.room.message/"
+                          f"f{self.count}?user_id=%40floor%3A{net}.localhost")
+                await self.clients[net].request(
+                    "PUT", target, json.dumps(event["content"]).encode())
+        return json_response(200, {})
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--listen", type=int, required=True)
+    parser.add_argument("--hs", action="append", required=True,
+                        help="network=hs_token=url=room, once per network")
+    args = parser.parse_args()
+    networks = {}
+    for item in args.hs:
+        net, token, url, room = item.split("=", 3)
+        networks[net] = (token, url, room)
+    floor = Floor(networks)
+    await serve("127.0.0.1", args.listen, floor.handle, Limits())
+
+
+if __name__ == "__main__":
+    trio.run(main)

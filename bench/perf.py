@@ -1,0 +1,180 @@
+"""make bench, part 1: tribridge's own cost beside the no-logic floor, on the fake homeserver.
+
+Both relays run in turn against bench/fakehs.py in the same call, with the same pushes:
+
+- batch 1 and batch 50: N messages pushed from wa, one transaction in flight, each relayed to ig
+  and fbm. CPU per relayed send (from /proc), sends/s, RSS.
+- paced: messages pushed one per transaction at 200/s, no backlog: latency from push to the
+  relayed send's arrival, p50 and p99.
+
+tribridge runs with its default settings (durability full: a transaction is answered only after
+its commit is on disk). The ratio column is tribridge / floor.
+
+    .venv/bin/python bench/perf.py [--messages 10000] [--paced 2000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import trio
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from fakehs import NETWORKS, Fake  # noqa: E402
+
+from bridge.localnet.daemon import Daemon  # noqa: E402
+from bridge.reconcile import SUSPECT_SECONDS  # noqa: E402
+
+WARM_UP = 50  # messages before measuring: ghosts registered and joined, caches warm
+
+
+@asynccontextmanager
+async def floor(fake: Fake) -> AsyncIterator[int]:
+    args = [sys.executable, str(ROOT / "bench" / "floor.py"), "--listen", str(fake.bridge_port)]
+    for net_id, *_ in NETWORKS:
+        args += ["--hs", f"{net_id}={fake.hs_tokens[net_id]}={fake.url(net_id)}="
+                         f"{fake.rooms[net_id]}"]
+    process = await trio.lowlevel.open_process(args)
+    try:
+        with trio.fail_after(10):
+            while True:
+                try:
+                    stream = await trio.open_tcp_stream("127.0.0.1", fake.bridge_port)
+                except OSError:
+                    await trio.sleep(0.05)  # polling for the port under a deadline
+                    continue
+                await stream.aclose()
+                break
+        yield process.pid
+    finally:
+        process.kill()
+        await process.wait()
+
+
+@asynccontextmanager
+async def tribridge(fake: Fake, workdir: Path, bridge_extra: str = "") -> AsyncIterator[int]:
+    daemon = Daemon(fake, workdir)  # type: ignore[arg-type]  # the fake has the net interface
+    daemon.bridge_extra = bridge_extra
+    await daemon.start([fake.rooms])
+    try:
+        assert daemon.process is not None
+        yield daemon.process.pid
+    finally:
+        code = await daemon.stop()
+        if code != 0:
+            print(daemon.log()[-3000:], file=sys.stderr)
+
+
+async def measure(fake: Fake, pid: int, messages: int, paced: int,
+                  profile: Path | None = None) -> dict[str, dict[str, float]]:
+    # Warm up (ghosts registered and joined, caches filled), and outlast the window after a
+    # start in which tribridge reads timelines before each push (bridge/reconcile.py).
+    started, rounds = trio.current_time(), 0
+    while trio.current_time() - started < SUSPECT_SECONDS + 1:
+        rounds += 1
+        await fake.run(WARM_UP, 1, pid, rate=100.0, tag=f"warm{rounds}")
+    spy = None
+    if profile is not None:
+        # py-spy samples the relay while it works batch 1; its CPU is not the relay's.
+        spy = await trio.lowlevel.open_process(
+            [str(Path(sys.executable).parent / "py-spy"), "record", "-p", str(pid), "-f", "raw",
+             "-r", "250", "-o", str(profile)], stdout=subprocess.DEVNULL)
+        await trio.sleep(1.0)  # py-spy attaches
+    one = await fake.run(messages, 1, pid)
+    if spy is not None:
+        spy.send_signal(signal.SIGINT)
+        await spy.wait()
+    return {
+        "batch 1": one,
+        "batch 50": await fake.run(messages, 50, pid),
+        "paced 200/s": await fake.run(paced, 1, pid, rate=200.0),
+    }
+
+
+def hot_spots(profile: Path, top: int = 25) -> str:
+    """The functions py-spy saw most, by own time and by time including callees."""
+    own: dict[str, int] = {}
+    total: dict[str, int] = {}
+    samples = 0
+    for line in profile.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not count.isdigit():
+            continue
+        n = int(count)
+        samples += n
+        frames = [f.split(" (")[0] + " (" + f.split(" (")[1].split(":")[0].rsplit("/", 1)[-1]
+                  + ")" if " (" in f else f for f in stack.split(";")]
+        own[frames[-1]] = own.get(frames[-1], 0) + n
+        for frame in set(frames):
+            total[frame] = total.get(frame, 0) + n
+    lines = [f"{samples} samples. Own time:"]
+    for name, n in sorted(own.items(), key=lambda kv: -kv[1])[:top]:
+        lines.append(f"  {100 * n / samples:5.1f}%  {name}")
+    lines.append("Including callees:")
+    for name, n in sorted(total.items(), key=lambda kv: -kv[1])[:top]:
+        lines.append(f"  {100 * n / samples:5.1f}%  {name}")
+    return "\n".join(lines)
+
+
+def table(results: dict[str, dict[str, dict[str, float]]]) -> str:
+    rows = ["| run | relay | CPU ms/send | sends/s | p50 ms | p99 ms | RSS MB |",
+            "|---|---|---|---|---|---|---|"]
+    for run in results["floor"]:
+        for relay in ("floor", "tribridge"):
+            r = results[relay][run]
+            rows.append(f"| {run} | {relay} | {r['cpu_ms_per_send']:.3f} | "
+                        f"{r['sends_per_s']:,.0f} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | "
+                        f"{r['rss_mb']:.0f} |")
+        f, t = results["floor"][run], results["tribridge"][run]
+        rows.append(f"| {run} | ratio | {t['cpu_ms_per_send'] / f['cpu_ms_per_send']:.1f}x | "
+                    f"{t['sends_per_s'] / f['sends_per_s']:.2f}x | "
+                    f"{t['p50_ms'] / f['p50_ms']:.1f}x | {t['p99_ms'] / f['p99_ms']:.1f}x | |")
+    return "\n".join(rows)
+
+
+async def main(args: Any) -> None:
+    workdir = Path(tempfile.mkdtemp(prefix="tribridge-perf-"))
+    results: dict[str, dict[str, dict[str, float]]] = {}
+    report = ""
+    try:
+        fake = Fake()
+        async with trio.open_nursery() as nursery:
+            await nursery.start(fake.serve)
+            async with floor(fake) as pid:
+                results["floor"] = await measure(fake, pid, args.messages, args.paced)
+            profile = Path(args.profile) if args.profile else None
+            async with tribridge(fake, workdir, args.bridge_extra) as pid:
+                results["tribridge"] = await measure(fake, pid, args.messages, args.paced,
+                                                     profile)
+            if profile is not None and profile.exists():
+                report = hot_spots(profile)
+            nursery.cancel_scope.cancel()
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    print(f"\n{args.messages:,} messages per batch run from wa, each relayed to ig and fbm "
+          f"(two sends); {args.paced:,} paced at 200/s.\n")
+    print(table(results))
+    if report:
+        print("\npy-spy, tribridge during batch 1:\n" + report)
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--messages", type=int, default=5000)
+    parser.add_argument("--paced", type=int, default=1000)
+    parser.add_argument("--profile", metavar="FILE", default="",
+                        help="py-spy tribridge's batch 1 into FILE (raw stacks) and summarise")
+    parser.add_argument("--bridge-extra", default="", help="lines for tribridge's [bridge]")
+    trio.run(main, parser.parse_args())

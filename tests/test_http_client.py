@@ -1,0 +1,124 @@
+"""The lean h11 client of the hot send path (bridge/http/client.py), against real sockets."""
+
+from __future__ import annotations
+
+from functools import partial
+
+import h11
+import pytest
+import trio
+
+from bridge.http.client import MAX_RESPONSE, ConnectionFailed, H11Client
+from bridge.http.server import Limits, serve
+from bridge.http.types import Request, Response, json_response
+
+
+class RawServer:
+    """An h11 server that counts connections and can close each after one answer without
+    saying so (as a server closing an idle kept-alive connection does)."""
+
+    def __init__(self, *, close_after_one: bool = False, body: bytes = b'{"ok":true}') -> None:
+        self.close_after_one = close_after_one
+        self.body = body
+        self.connections = 0
+        self.requests: list[tuple[str, str, bytes, dict[str, str]]] = []
+
+    async def handle(self, stream: trio.SocketStream) -> None:
+        self.connections += 1
+        conn = h11.Connection(h11.SERVER)
+        while True:
+            event = conn.next_event()
+            if event is h11.NEED_DATA:
+                data = await stream.receive_some(65536)
+                if not data:
+                    return
+                conn.receive_data(data)
+                continue
+            if isinstance(event, h11.Request):
+                request, body = event, b""
+            elif isinstance(event, h11.Data):
+                body += event.data
+            elif isinstance(event, h11.EndOfMessage):
+                headers = {k.decode(): v.decode() for k, v in request.headers}
+                self.requests.append((request.method.decode(), request.target.decode(), body,
+                                      headers))
+                out = conn.send(h11.Response(status_code=200, headers=[
+                    ("content-length", str(len(self.body))),
+                    ("content-type", "application/json")]))
+                out += conn.send(h11.Data(data=self.body)) + conn.send(h11.EndOfMessage())
+                await stream.send_all(out)
+                if self.close_after_one:
+                    await stream.aclose()
+                    return
+                conn.start_next_cycle()
+            else:
+                return
+
+
+async def start(nursery: trio.Nursery, server: RawServer) -> int:
+    listeners = await nursery.start(partial(trio.serve_tcp, server.handle, 0, host="127.0.0.1"))
+    return int(listeners[0].socket.getsockname()[1])
+
+
+async def test_requests_share_one_kept_alive_connection(nursery: trio.Nursery) -> None:
+    server = RawServer()
+    port = await start(nursery, server)
+    async with H11Client(f"http://127.0.0.1:{port}/base", {"Authorization": "Bearer t"}) as c:
+        for i in range(5):
+            status, body, _ = await c.request("PUT", f"/send/{i}?user_id=%40a", b'{"n":1}')
+            assert (status, body) == (200, b'{"ok":true}')
+    assert server.connections == 1
+    method, target, body, headers = server.requests[0]
+    assert (method, target, body) == ("PUT", "/base/send/0?user_id=%40a", b'{"n":1}')
+    assert headers["authorization"] == "Bearer t"
+    assert headers["host"] == f"127.0.0.1:{port}"
+    assert headers["content-type"] == "application/json"
+
+
+async def test_a_connection_closed_while_idle_is_replaced_and_the_request_goes_through(
+    nursery: trio.Nursery,
+) -> None:
+    server = RawServer(close_after_one=True)
+    port = await start(nursery, server)
+    async with H11Client(f"http://127.0.0.1:{port}", {}) as client:
+        for _ in range(3):
+            status, _, _ = await client.request("PUT", "/x", b"{}")
+            assert status == 200
+    assert server.connections == 3
+    assert len(server.requests) == 3  # each sent once: no request was lost or doubled
+
+
+async def test_nobody_listening_is_a_clear_connection_failure() -> None:
+    with trio.socket.socket() as sock:
+        await sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]  # bound, never listening: connections are refused
+        async with H11Client(f"http://127.0.0.1:{port}", {}) as client:
+            with pytest.raises(ConnectionFailed, match=f"cannot connect to 127.0.0.1:{port}"):
+                await client.request("GET", "/")
+
+
+async def test_an_oversized_answer_is_refused(nursery: trio.Nursery) -> None:
+    server = RawServer(body=b"x" * (MAX_RESPONSE + 1))
+    port = await start(nursery, server)
+    async with H11Client(f"http://127.0.0.1:{port}", {}) as client:
+        with pytest.raises(ConnectionFailed, match="an answer of over"):
+            await client.request("GET", "/")
+
+
+async def test_it_talks_to_the_bridges_own_server_and_reads_errors(nursery: trio.Nursery) -> None:
+    async def handler(request: Request) -> Response:
+        if request.path == "/missing":
+            return json_response(404, {"errcode": "M_NOT_FOUND"})
+        return json_response(200, {"echo": request.body.decode()})
+
+    listeners = await nursery.start(serve, "127.0.0.1", 0, handler, Limits())
+    port = listeners[0].socket.getsockname()[1]
+    async with H11Client(f"http://127.0.0.1:{port}", {}) as client:
+        assert (await client.request("PUT", "/x", b"hi"))[:2] == (200, b'{"echo":"hi"}')
+        status, body, _ = await client.request("GET", "/missing")
+        assert (status, body) == (404, b'{"errcode":"M_NOT_FOUND"}')
+
+
+def test_only_http_urls_are_accepted() -> None:
+    with pytest.raises(ValueError, match="not an http"):
+        H11Client("ftp://example.com", {})
