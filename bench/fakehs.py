@@ -149,6 +149,7 @@ class Fake:
         self._all_in = trio.Event()
         self.expected = count * len(targets)
         pushed: dict[str, float] = {}
+        acks: list[float] = []  # ms from a push sent to its answer
         url = f"http://127.0.0.1:{self.bridge_port}"
         token = self.hs_tokens[source]
         async with H11Client(url, {"Authorization": f"Bearer {token}"}) as client:
@@ -167,6 +168,7 @@ class Fake:
                 self._txn[source] = self._txn.get(source, 0) + 1
                 status, answer, _ = await client.request(
                     "PUT", f"/_matrix/app/v1/transactions/{self._txn[source]}", body)
+                acks.append((time.perf_counter() - now) * 1000)
                 if status != 200:
                     raise RuntimeError(f"the relay answered {status}: {answer[:200]!r}")
             with trio.fail_after(max(60.0, count / 50)):
@@ -180,6 +182,7 @@ class Fake:
             "p50_ms": statistics.median(latencies),
             "p99_ms": latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))],
             "rss_mb": rss_mb(pid),
+            "ack_p50_ms": statistics.median(acks),
         }
 
     def _event(self, source: str, body: str) -> dict[str, Any]:

@@ -90,7 +90,7 @@ async def measure(fake: Fake, pid: int, messages: int, paced: int,
         # py-spy samples the relay while it works batch 1; its CPU is not the relay's.
         spy = await trio.lowlevel.open_process(
             [str(Path(sys.executable).parent / "py-spy"), "record", "-p", str(pid), "-f", "raw",
-             "-r", "250", "-o", str(profile)], stdout=subprocess.DEVNULL)
+             "-r", "250", "--gil", "-o", str(profile)], stdout=subprocess.DEVNULL)
         await trio.sleep(1.0)  # py-spy attaches
     one = await fake.run(messages, 1, pid)
     if spy is not None:
@@ -129,18 +129,19 @@ def hot_spots(profile: Path, top: int = 25) -> str:
 
 
 def table(results: dict[str, dict[str, dict[str, float]]]) -> str:
-    rows = ["| run | relay | CPU ms/send | sends/s | p50 ms | p99 ms | RSS MB |",
-            "|---|---|---|---|---|---|---|"]
+    rows = ["| run | relay | CPU ms/send | sends/s | p50 ms | p99 ms | push answered p50 ms "
+            "| RSS MB |",
+            "|---|---|---|---|---|---|---|---|"]
     for run in results["floor"]:
         for relay in ("floor", "tribridge"):
             r = results[relay][run]
             rows.append(f"| {run} | {relay} | {r['cpu_ms_per_send']:.3f} | "
                         f"{r['sends_per_s']:,.0f} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | "
-                        f"{r['rss_mb']:.0f} |")
+                        f"{r['ack_p50_ms']:.2f} | {r['rss_mb']:.0f} |")
         f, t = results["floor"][run], results["tribridge"][run]
         rows.append(f"| {run} | ratio | {t['cpu_ms_per_send'] / f['cpu_ms_per_send']:.1f}x | "
                     f"{t['sends_per_s'] / f['sends_per_s']:.2f}x | "
-                    f"{t['p50_ms'] / f['p50_ms']:.1f}x | {t['p99_ms'] / f['p99_ms']:.1f}x | |")
+                    f"{t['p50_ms'] / f['p50_ms']:.1f}x | {t['p99_ms'] / f['p99_ms']:.1f}x | | |")
     return "\n".join(rows)
 
 

@@ -45,6 +45,7 @@ from bridge.store import OutboxItem, Store
 log = logging.getLogger(__name__)
 
 MEDIA_EVENT_TYPES = frozenset({"m.room.message", STICKER})
+GROUP_COMMIT_SECONDS = 0.005  # how long a delivery record may wait for the fsync it shares
 PAGE = 50  # outbox rows read at once per room: memory stays flat whatever the backlog
 PROBE_MIN, PROBE_MAX = 0.5, 5.0  # seconds between "are you back?" probes of a silent homeserver
 
@@ -75,6 +76,8 @@ class DeliveryWorker:
         self.key = key
         self.ghosts = GhostKeeper(homeservers, networks, store, key)
         self.media = MediaCarrier(homeservers, store, max_media_bytes)
+        self._commit_due = trio.Event()
+        store.on_deferred(self._deferred_waiting)
         self.ghosts.media = self.media
         self.wake_network = wake
         self.on_recovered = on_recovered
@@ -89,6 +92,8 @@ class DeliveryWorker:
         self.metrics = metrics or Metrics()
         self.unreachable_since: float | None = None  # trio time of the first silent answer
         self.metrics.reachable.labels(network.id).set(1)
+        self._send_seconds = self.metrics.send_seconds.labels(network.id)
+        self._relayed: dict[str, Any] = {}
 
     # -- control -------------------------------------------------------------------------------
 
@@ -112,6 +117,14 @@ class DeliveryWorker:
         return trio.current_time() - self.unreachable_since
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        committer = trio.CancelScope()
+        async with trio.open_nursery() as outer:
+            outer.start_soon(self._committer, committer)
+            await self._run(task_status)
+            committer.cancel()
+        self.store.commit_deferred()
+
+    async def _run(self, task_status: trio.TaskStatus[None]) -> None:
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             task_status.started()
@@ -122,6 +135,19 @@ class DeliveryWorker:
                         self._active.add(room_id)
                         nursery.start_soon(self._drain, room_id)
                 await self._wakeup.wait()
+
+    async def _committer(self, scope: trio.CancelScope) -> None:
+        """Commit deferred delivery records a moment after the first of them, so that the sends
+        finishing meanwhile (in every room, for every network) share one fsync."""
+        with scope:
+            while True:
+                await self._commit_due.wait()
+                self._commit_due = trio.Event()
+                await trio.sleep(GROUP_COMMIT_SECONDS)  # the moment records may wait, by design
+                self.store.commit_deferred()
+
+    def _deferred_waiting(self) -> None:
+        self._commit_due.set()
 
     # -- the work ------------------------------------------------------------------------------
 
@@ -146,10 +172,12 @@ class DeliveryWorker:
                 async with self._slots:
                     started = trio.current_time()
                     await self._perform(item)
-                    self.metrics.send_seconds.labels(self.network.id).observe(
-                        trio.current_time() - started
-                    )
-                    self.metrics.relayed.labels(self.network.id, item.action.kind).inc()
+                    self._send_seconds.observe(trio.current_time() - started)
+                    relayed = self._relayed.get(item.action.kind)
+                    if relayed is None:  # looked up once per kind: labels() is not free
+                        relayed = self.metrics.relayed.labels(self.network.id, item.action.kind)
+                        self._relayed[item.action.kind] = relayed
+                    relayed.inc()
                 return True
             except HomeserverError as exc:
                 attempt += 1
@@ -239,8 +267,7 @@ class DeliveryWorker:
             self.store.finish(item.id, "done", await self._member(action))
             return
         if isinstance(action, RoomState):
-            await self._room_state(action)
-            self.store.finish(item.id, "done")
+            self.store.finish(item.id, "done", await self._room_state(action))
             return
         if action.unless_member and (
             await self.hs.membership(action.room_id, action.unless_member) == "join"
@@ -256,7 +283,7 @@ class DeliveryWorker:
             self.store.finish(item.id, "done", "a reaction to an event never relayed here")
             return
         event_id = await self._send_as_ghost(action, content)
-        with self.store.transaction():
+        with self.store.deferred():  # committed with the next ones: see Store.deferred
             self.store.map_event(
                 src.network, src.room_id, src.event_id, self.network.id, action.room_id, event_id
             )
@@ -326,6 +353,8 @@ class DeliveryWorker:
         """Do to the person's ghost what was done to them; a note if it could not be done (no
         power to kick there, say): membership is mirrored as far as the room allows."""
         src, net, hs = action.source, self.network.id, self.hs
+        if action.op in ("kick", "unban") and not self.store.ghost(net, action.ghost)[0]:
+            return "not mirrored: the person has no ghost here"  # nobody to kick or unban
         ghost = await self.ghosts.ensure(
             net, action.ghost, src.network, action.person,
             action.room_id if action.op == "join" else None, room_hint=src.room_id,
@@ -366,7 +395,8 @@ class DeliveryWorker:
             await self.ghosts.ensure(self.network.id, action.ghost, action.source.network,
                                      action.source.sender)
 
-    async def _room_state(self, action: RoomState) -> None:
+    async def _room_state(self, action: RoomState) -> str | None:
+        """Set the name, topic or avatar here; a note if the room does not let the bot."""
         content = dict(action.content)
         if "url" in content:
             content["url"] = await self.media.carry(
@@ -390,6 +420,8 @@ class DeliveryWorker:
             with self.store.transaction():
                 self.store.enqueue([notice])
             self.wake_network(src.network)
+            return f"not mirrored: {exc}"
+        return None
 
     async def _leave(self, action: LeaveRoom) -> None:
         if not self.store.ghost_in_room(self.network.id, action.ghost, action.room_id):

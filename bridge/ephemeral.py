@@ -126,8 +126,8 @@ class Ephemeral:
     def _spawn(self, call: Callable[[], Awaitable[None]]) -> None:
         if self.nursery is None or self._in_flight >= MAX_IN_FLIGHT:
             return
-        self._in_flight += 1
         self.nursery.start_soon(self._call, call)
+        self._in_flight += 1
 
     async def _call(self, call: Callable[[], Awaitable[None]]) -> None:
         try:

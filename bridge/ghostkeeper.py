@@ -13,6 +13,7 @@ from bridge.core.ghosts import ghost_localpart, pseudonym
 from bridge.core.ids import InvalidId, native_identity
 from bridge.core.model import Network
 from bridge.core.privacy import ghost_display_name
+from bridge.core.retry import Verdict, classify
 from bridge.core.translate import ghost_for
 from bridge.matrix.client import Homeserver, HomeserverError, MatrixError
 from bridge.media import MediaCarrier
@@ -21,6 +22,7 @@ from bridge.store import Store
 log = logging.getLogger(__name__)
 
 AVATAR_SECONDS = 30.0  # a ghost's picture is not worth holding a message back longer
+AVATAR_RETRY_SECONDS = 300.0  # after a passing failure, the next try waits this long
 
 
 class GhostKeeper:
@@ -36,6 +38,7 @@ class GhostKeeper:
         self.store = store
         self.key = key
         self.media: MediaCarrier | None = None  # set by delivery: ghosts get avatars then
+        self._avatar_retry: dict[tuple[str, str, str | None], float] = {}
 
     def exposed(self, network_id: str, user_id: str) -> bool:
         """Whether the person's phone number or email may show: their own choice, else the
@@ -116,20 +119,29 @@ class GhostKeeper:
         wanted = self.store.avatar(network_id, user_id)
         if wanted == self.store.ghost_avatar(target_id, localpart):
             return
+        key = (target_id, localpart, wanted)
+        if trio.current_time() < self._avatar_retry.get(key, 0.0):
+            return  # failed a moment ago for a passing reason: not before every message
         hs = self.homeservers[target_id]
-        with trio.move_on_after(AVATAR_SECONDS) as scope:
+        done = False
+        with trio.move_on_after(AVATAR_SECONDS):
             try:
                 copy = "" if wanted is None else await self.media.carry(
                     network_id, wanted, target_id, ghost)
                 await hs.set_avatar_url(ghost, copy)
+                done = True
             except HomeserverError as exc:
                 log.info("a ghost's avatar was not set on %s: %s", target_id, exc)
-        if scope.cancelled_caught:
-            log.info("a ghost's avatar was not set on %s: it took over %g s", target_id,
-                     AVATAR_SECONDS)
-        # Noted even when it failed: a picture that cannot be carried is not tried again before
-        # every message, only when the person changes it.
-        self.store.set_ghost_avatar(target_id, localpart, wanted)
+                # A picture that can never be carried (gone, too big) is noted as done: it is
+                # tried again only when the person changes it.
+                done = classify(exc.status, exc.errcode) is Verdict.PERMANENT
+        if done:
+            self.store.set_ghost_avatar(target_id, localpart, wanted)
+            self._avatar_retry.pop(key, None)
+        else:
+            log.info("a ghost's avatar on %s waits %g s before another try", target_id,
+                     AVATAR_RETRY_SECONDS)
+            self._avatar_retry[key] = trio.current_time() + AVATAR_RETRY_SECONDS
 
     def base_account(self, target_id: str, network_id: str, user_id: str) -> tuple[str, str]:
         """The account whose identity gives the person's ghost on `target_id` (see

@@ -9,6 +9,7 @@ or email it stands for. The same person has the same pseudonym on every other ne
 from __future__ import annotations
 
 import base64
+import functools
 
 import nacl.encoding
 import nacl.hash
@@ -28,7 +29,10 @@ def derive_key(secret: bytes) -> bytes:
     )
 
 
+@functools.lru_cache(maxsize=65_536)
 def pseudonym(key: bytes, source_network: str, identity: Identity) -> str:
+    """The person's pseudonym (pure, so remembered: every relayed message asks for it once per
+    target network)."""
     message = b"\x00".join(
         (source_network.encode(), identity.kind.encode(), identity.value.encode("utf-8"))
     )

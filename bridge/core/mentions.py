@@ -9,6 +9,7 @@ other servers are left alone: they carry no private identity.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Callable
 from urllib.parse import quote, unquote
@@ -26,6 +27,7 @@ _ENCODED = r"%40(?:[a-z0-9._\-]|%2[bB]|%3[dD]|%2[fF]|=|\+|/)+%3[aA]{server}"
 _GHOST_REST = re.compile(r"[a-z0-9]{1,16}_[a-z2-7]{16}")
 
 
+@functools.lru_cache(maxsize=64)
 def _pattern(server_name: str) -> re.Pattern[str]:
     server = re.escape(server_name)
     # The server name must end there, not run on into a longer host name.

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from bridge.core.model import Portal
+from bridge.store.cache import invalidates, memoised
 
 
 @dataclass(frozen=True)
@@ -46,6 +47,7 @@ _DM_COLUMNS = (
 
 class PeopleStore:
     conn: sqlite3.Connection
+    _memo: dict[tuple[Any, ...], Any]
 
     def _one(self, sql: str, params: Iterable[Any] = ()) -> tuple[Any, ...] | None:
         raise NotImplementedError  # provided by Store
@@ -55,6 +57,7 @@ class PeopleStore:
 
     # -- management rooms ----------------------------------------------------------------------
 
+    @memoised
     def management_owner(self, network: str, room_id: str) -> str | None:
         row = self._one(
             "SELECT user_id FROM management_rooms WHERE network = ? AND room_id = ?",
@@ -79,6 +82,7 @@ class PeopleStore:
             )
         ]
 
+    @invalidates
     def add_management_room(self, network: str, room_id: str, user_id: str) -> None:
         self.conn.execute(
             "INSERT OR REPLACE INTO management_rooms (network, room_id, user_id, created_at) "
@@ -86,6 +90,7 @@ class PeopleStore:
             (network, room_id, user_id, time.time()),
         )
 
+    @invalidates
     def drop_management_room(self, network: str, room_id: str) -> None:
         self.conn.execute(
             "DELETE FROM management_rooms WHERE network = ? AND room_id = ?", (network, room_id)
@@ -93,6 +98,7 @@ class PeopleStore:
 
     # -- privacy settings ----------------------------------------------------------------------
 
+    @memoised
     def settings(self, network: str, user_id: str) -> tuple[bool | None, bool | None]:
         """(discoverable, show_identity) as the person set them; None where they did not."""
         row = self._one(
@@ -104,6 +110,7 @@ class PeopleStore:
             return None, None
         return tuple(None if v is None else bool(v) for v in row)  # type: ignore[return-value]
 
+    @invalidates
     def set_setting(self, network: str, user_id: str, name: str, value: bool) -> None:
         column = {"discoverable": "discoverable", "show-identity": "show_identity"}[name]
         self.conn.execute(
@@ -117,6 +124,7 @@ class PeopleStore:
 
     # -- identity links ------------------------------------------------------------------------
 
+    @memoised
     def linked_accounts(self, network: str, user_id: str) -> list[tuple[str, str]]:
         """Every account linked with this one, itself included, the earliest linked first;
         [] when it is linked with none."""
@@ -133,6 +141,7 @@ class PeopleStore:
         ).fetchall()
         return [(n, u) for n, u in rows]
 
+    @invalidates
     def link_accounts(self, first: tuple[str, str], second: tuple[str, str]) -> None:
         """Put `second` in `first`'s group (made if needed); `second` leaves any other group."""
         if second in self.linked_accounts(*first):
@@ -155,6 +164,7 @@ class PeopleStore:
             (*second, group, now + 1e-6),
         )
 
+    @invalidates
     def unlink_account(self, network: str, user_id: str) -> list[tuple[str, str]]:
         """Take the account out of its group; a group left with one account is dissolved.
         Returns the accounts it was linked with."""
@@ -231,6 +241,7 @@ class PeopleStore:
 
     # -- DM requests ---------------------------------------------------------------------------
 
+    @invalidates
     def add_dm_request(
         self, from_: tuple[str, str], to: tuple[str, str], to_shown: str
     ) -> int:
@@ -241,6 +252,7 @@ class PeopleStore:
         )
         return int(cursor.lastrowid or 0)
 
+    @invalidates
     def update_dm_request(self, request_id: int, **fields: Any) -> None:
         allowed = {"room_id", "home_room", "portal_id", "state"}
         assert set(fields) <= allowed, fields
@@ -253,6 +265,7 @@ class PeopleStore:
         row = self._one(f"SELECT {_DM_COLUMNS} FROM dm_requests WHERE id = ?", (request_id,))
         return DmRequest(*row) if row else None
 
+    @memoised
     def dm_request_in_room(self, network: str, room_id: str) -> DmRequest | None:
         """The request whose room on the target's network is `room_id`."""
         row = self._one(
@@ -273,6 +286,7 @@ class PeopleStore:
 
     # -- portals made at run time --------------------------------------------------------------
 
+    @invalidates
     def create_portal(
         self, rooms: dict[str, str], origin: str, creator: str | None, portal_id: str = ""
     ) -> Portal:
@@ -285,12 +299,14 @@ class PeopleStore:
             self.add_portal_room(portal_id, network, room_id)
         return Portal(portal_id, dict(rooms))
 
+    @invalidates
     def add_portal_room(self, portal_id: str, network: str, room_id: str) -> None:
         self.conn.execute(
             "INSERT INTO portal_rooms (network, room_id, portal_id) VALUES (?, ?, ?)",
             (network, room_id, portal_id),
         )
 
+    @invalidates
     def remove_portal_room(self, network: str, room_id: str) -> Portal | None:
         """Take a room out of its portal; a portal left with fewer than two rooms is dissolved.
         Returns the portal as it was before."""
@@ -311,6 +327,7 @@ class PeopleStore:
             self.delete_portal(portal_id)
         return Portal(portal_id, {n: r for n, r in rows})
 
+    @invalidates
     def delete_portal(self, portal_id: str) -> None:
         self.conn.execute("DELETE FROM portal_rooms WHERE portal_id = ?", (portal_id,))
         self.conn.execute("DELETE FROM portals WHERE portal_id = ?", (portal_id,))
@@ -356,6 +373,7 @@ class PeopleStore:
 
     # -- forgetting ----------------------------------------------------------------------------
 
+    @invalidates
     def forget_person(self, network: str, user_id: str, ghosts: Iterable[tuple[str, str]]) -> None:
         """Erase every row about one person: their settings, links, codes, requests, management
         rooms, profile, the ghosts standing for them (network, localpart), and the finished

@@ -13,7 +13,7 @@ import os
 import sqlite3
 import time
 import uuid
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +23,7 @@ import sqlite_utils
 
 from bridge.core.actions import Action, from_payload
 from bridge.core.model import Portal
+from bridge.store.cache import invalidates, memoised
 from bridge.store.errors import StoreError
 from bridge.store.migrations import migrate
 from bridge.store.people import PeopleStore
@@ -63,8 +64,12 @@ class Store(PeopleStore):
         except (sqlite3.Error, OSError) as exc:
             raise StoreError(f"cannot open the database {path}: {exc}") from exc
         self.conn = conn
+        self._memo: dict[tuple[Any, ...], Any] = {}  # see bridge/store/cache.py
+        self._deferred_open = False  # a write transaction holds deferred writes
+        self._deferred_listeners: list[Callable[[], None]] = []
 
     def close(self) -> None:
+        self.commit_deferred()
         self.conn.close()
 
     def backup(self, destination: Path) -> None:
@@ -82,13 +87,60 @@ class Store(PeopleStore):
 
     @contextmanager
     def transaction(self) -> Iterator[None]:
+        """Writes that are on disk when the block ends, or not written at all.
+
+        Deferred writes waiting for their commit (see `deferred`) are committed with them:
+        one fsync serves both."""
+        if self._deferred_open:
+            with self._savepoint("tx"):
+                yield
+            self.commit_deferred()
+            return
         self.conn.execute("BEGIN IMMEDIATE")
         try:
             yield
         except BaseException:
+            self._memo.clear()  # it may hold what this transaction wrote and now never was
             self.conn.execute("ROLLBACK")
             raise
         self.conn.execute("COMMIT")
+
+    @contextmanager
+    def deferred(self) -> Iterator[None]:
+        """Writes that land together or not at all, and may wait a moment for their commit:
+        the record that an action was delivered. Losing it to a crash only means the action
+        goes again with the same transaction id, which the homeserver recognises. Deferred
+        writes are committed by the next `transaction`, by `commit_deferred` (the delivery
+        workers call it a moment after they appear), or at close: many sends share one fsync.
+        Reads on this connection see them at once."""
+        if not self._deferred_open:
+            self.conn.execute("BEGIN IMMEDIATE")
+            self._deferred_open = True
+            for listener in self._deferred_listeners:
+                listener()
+        with self._savepoint("deferred"):
+            yield
+
+    def commit_deferred(self) -> None:
+        if self._deferred_open:
+            self._deferred_open = False
+            self.conn.execute("COMMIT")
+
+    def on_deferred(self, listener: Callable[[], None]) -> None:
+        """Call `listener` whenever deferred writes start waiting for a commit."""
+        self._deferred_listeners.append(listener)
+
+    @contextmanager
+    def _savepoint(self, name: str) -> Iterator[None]:
+        self.conn.execute(f"SAVEPOINT {name}")
+        try:
+            yield
+        except BaseException:
+            self._memo.clear()
+            self.conn.execute(f"ROLLBACK TO {name}")
+            self.conn.execute(f"RELEASE {name}")
+            raise
+        self.conn.execute(f"RELEASE {name}")
 
     def _one(self, sql: str, params: Iterable[Any] = ()) -> tuple[Any, ...] | None:
         row = self.conn.execute(sql, tuple(params)).fetchone()
@@ -135,6 +187,7 @@ class Store(PeopleStore):
 
     # -- portals -------------------------------------------------------------------------------
 
+    @memoised
     def portal_for_room(self, network: str, room_id: str) -> Portal | None:
         row = self._one(
             "SELECT portal_id FROM portal_rooms WHERE network = ? AND room_id = ?",
@@ -142,6 +195,7 @@ class Store(PeopleStore):
         )
         return self.portal(row[0]) if row else None
 
+    @memoised
     def portal_id_of(self, network: str, room_id: str) -> str | None:
         row = self._one(
             "SELECT portal_id FROM portal_rooms WHERE network = ? AND room_id = ?",
@@ -159,6 +213,7 @@ class Store(PeopleStore):
         mirror_state = None if mirror is None or mirror[0] is None else bool(mirror[0])
         return Portal(portal_id, {n: r for n, r in rows}, mirror_state)
 
+    @invalidates
     def set_mirror_state(self, portal_id: str, mirror: bool | None) -> None:
         self.conn.execute(
             "UPDATE portals SET mirror_state = ? WHERE portal_id = ?",
@@ -169,6 +224,7 @@ class Store(PeopleStore):
         ids = [r[0] for r in self.conn.execute("SELECT portal_id FROM portals ORDER BY rowid")]
         return [p for p in (self.portal(i) for i in ids) if p is not None]
 
+    @invalidates
     def sync_config_portals(self, declared: Iterable[Mapping[str, str]]) -> list[Portal]:
         """Make the store's config portals exactly the config's ``[[portals]]``.
 
@@ -215,6 +271,7 @@ class Store(PeopleStore):
 
     # -- profiles and ghosts -------------------------------------------------------------------
 
+    @memoised
     def profile(self, network: str, user_id: str) -> tuple[bool, str | None]:
         """(known, display name) of a real person as their own network shows them."""
         row = self._one(
@@ -223,6 +280,7 @@ class Store(PeopleStore):
         )
         return (row is not None, row[0] if row else None)
 
+    @memoised
     def avatar(self, network: str, user_id: str) -> str | None:
         """The person's avatar (an mxc URI on their own network), if the bridge saw one."""
         row = self._one(
@@ -231,6 +289,7 @@ class Store(PeopleStore):
         )
         return row[0] if row else None
 
+    @invalidates
     def set_profile(
         self, network: str, user_id: str, display_name: str | None, avatar_url: str | None = None
     ) -> None:
@@ -240,6 +299,7 @@ class Store(PeopleStore):
             (network, user_id, display_name, avatar_url),
         )
 
+    @memoised
     def ghost(self, network: str, localpart: str) -> tuple[bool, str | None]:
         """(registered, display name last set) of a ghost."""
         row = self._one(
@@ -248,6 +308,7 @@ class Store(PeopleStore):
         )
         return (row is not None, row[0] if row else None)
 
+    @invalidates
     def save_ghost(
         self,
         network: str,
@@ -264,6 +325,7 @@ class Store(PeopleStore):
             (network, localpart, source_network, display_name, source_user),
         )
 
+    @memoised
     def ghost_owner(self, network: str, localpart: str) -> tuple[str, str] | None:
         """(network, user id) of the person a ghost stands for, if the store knows."""
         row = self._one(
@@ -272,6 +334,7 @@ class Store(PeopleStore):
         )
         return (row[0], row[1]) if row and row[1] else None
 
+    @memoised
     def ghost_avatar(self, network: str, localpart: str) -> str | None:
         """The source avatar (mxc on the person's network) the ghost last got."""
         row = self._one(
@@ -280,6 +343,7 @@ class Store(PeopleStore):
         )
         return row[0] if row else None
 
+    @invalidates
     def set_ghost_avatar(self, network: str, localpart: str, source_mxc: str | None) -> None:
         self.conn.execute(
             "UPDATE ghosts SET avatar_source = ? WHERE network = ? AND localpart = ?",
@@ -305,6 +369,7 @@ class Store(PeopleStore):
             (src_network, src_mxc, dst_network, dst_mxc, time.time()),
         )
 
+    @memoised
     def ghost_in_room(self, network: str, localpart: str, room_id: str) -> bool:
         return (
             self._one(
@@ -314,6 +379,7 @@ class Store(PeopleStore):
             is not None
         )
 
+    @invalidates
     def set_ghost_in_room(self, network: str, localpart: str, room_id: str, inside: bool) -> None:
         if inside:
             sql = "INSERT OR IGNORE INTO ghost_rooms (network, localpart, room_id) VALUES (?, ?, ?)"
