@@ -33,7 +33,15 @@ check: $(VENV)/.test-installed
 	$(VENV)/bin/ruff check bridge tests bench
 	$(VENV)/bin/mypy
 
-bench: $(VENV)/.test-installed
+$(VENV)/.bench-installed: pyproject.toml $(VENV)/.test-installed
+	$(PY) -m pip install --quiet -e '.[test,bench]'
+	touch $@
+
+# docs/performance.md: the bridge beside a no-logic floor on a fake homeserver (with py-spy's
+# hot spots), a big store and a big backlog, then the CPU ratio against three real Synapses.
+bench: $(VENV)/.bench-installed
+	$(PY) bench/perf.py --messages 10000 --paced 2000 --profile $(VENV)/perf-profile.txt
+	$(PY) bench/scale.py
 	$(PY) bench/relay.py
 
 clean:

@@ -62,6 +62,7 @@ class Fake:
     # (network, body) -> perf_counter() when the relayed send of that body arrived there
     arrivals: dict[tuple[str, str], float] = field(default_factory=dict)
     sends: int = 0
+    reads: int = 0  # timeline reads (/messages): the relay's reconciliation
     expected: int = 0  # sends to wait for
     _all_in: trio.Event = field(default_factory=trio.Event)
     _txn: dict[str, int] = field(default_factory=dict)
@@ -125,6 +126,7 @@ class Fake:
         if path == "/_matrix/client/versions":
             return json_response(200, {"versions": ["v1.11"]})
         if path.endswith("/messages"):
+            self.reads += 1
             return json_response(200, {"chunk": [], "start": "s0"})
         if path.endswith("/state") and request.method == "GET":
             return json_response(200, [])

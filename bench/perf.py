@@ -64,8 +64,9 @@ async def floor(fake: Fake) -> AsyncIterator[int]:
 
 
 @asynccontextmanager
-async def tribridge(fake: Fake, workdir: Path, bridge_extra: str = "") -> AsyncIterator[int]:
-    daemon = Daemon(fake, workdir)  # type: ignore[arg-type]  # the fake has the net interface
+async def tribridge(fake: Fake, workdir: Path, bridge_extra: str = "",
+                    tree: Path = ROOT) -> AsyncIterator[int]:
+    daemon = Daemon(fake, workdir, tree)  # type: ignore[arg-type]  # the fake is a `net`
     daemon.bridge_extra = bridge_extra
     await daemon.start([fake.rooms])
     try:
@@ -133,7 +134,7 @@ def table(results: dict[str, dict[str, dict[str, float]]]) -> str:
             "| RSS MB |",
             "|---|---|---|---|---|---|---|---|"]
     for run in results["floor"]:
-        for relay in ("floor", "tribridge"):
+        for relay in [r for r in ("floor", "baseline", "tribridge") if r in results]:
             r = results[relay][run]
             rows.append(f"| {run} | {relay} | {r['cpu_ms_per_send']:.3f} | "
                         f"{r['sends_per_s']:,.0f} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | "
@@ -161,6 +162,15 @@ async def main(args: Any) -> None:
                                                      profile)
             if profile is not None and profile.exists():
                 report = hot_spots(profile)
+            if args.baseline:
+                before = Path(str(profile) + ".baseline") if profile else None
+                (workdir / "baseline").mkdir()
+                async with tribridge(fake, workdir / "baseline", args.bridge_extra,
+                                     Path(args.baseline)) as pid:
+                    results["baseline"] = await measure(fake, pid, args.messages, args.paced,
+                                                        before)
+                if before is not None and before.exists():
+                    report += "\n\npy-spy, the baseline tree during batch 1:\n" + hot_spots(before)
             nursery.cancel_scope.cancel()
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
@@ -177,5 +187,8 @@ if __name__ == "__main__":
     parser.add_argument("--paced", type=int, default=1000)
     parser.add_argument("--profile", metavar="FILE", default="",
                         help="py-spy tribridge's batch 1 into FILE (raw stacks) and summarise")
+    parser.add_argument("--baseline", metavar="TREE", default="",
+                        help="also run the tribridge of another checkout (e.g. a git worktree "
+                             "of an older commit), for a before/after in the same call")
     parser.add_argument("--bridge-extra", default="", help="lines for tribridge's [bridge]")
     trio.run(main, parser.parse_args())

@@ -136,6 +136,8 @@ class Bridge:
                         log.info("/health and /metrics on %s:%d", *separate)
                     workers_done = await nursery.start(_run_workers, list(workers.values()))
                     await self._setup(homeservers, portals, reconciler)
+                    for net in config.networks.values():
+                        nursery.start_soon(_catch_up, net, reconciler)
                     nursery.start_soon(_watchdog, self.notifier, store)
                     nursery.start_soon(self._reloader, store, homeservers, reconciler)
                     self.notifier.send("READY=1", "STATUS=bridging")
@@ -306,9 +308,9 @@ async def _setup_network(
                 await hs.put_state(room_id, PORTAL_STATE, "", {"portal_id": portal.portal_id})
             except HomeserverError as exc:
                 log.info("portal id not published in %s on %s: %s", room_id, where, exc)
-        taken = await reconciler.reconcile_network(net.id)
-        if taken:
-            log.info("%s: took in %d event(s) from room timelines", where, taken)
+        # The backlog is pushed now; while the network is suspect, each pushed transaction
+        # first reads its rooms back to their marks, so order holds before the catch-up below
+        # has reached those rooms.
         try:
             took = await hs.ping_appservice(net.appservice_id, f"tribridge-start-{uuid.uuid4()}")
             log.info("%s answered the start-up ping (%d ms round trip)", where, took)
@@ -316,6 +318,14 @@ async def _setup_network(
             log.warning("start-up ping of %s failed: %s", where, exc)
     if scope.cancelled_caught:
         log.warning("%s did not finish the start-up calls in %.0f s", where, SETUP_TIMEOUT)
+
+
+async def _catch_up(net: NetworkConfig, reconciler: Reconciler) -> None:
+    """Read every portal room of `net` back to its mark, after READY: with thousands of
+    portals that is thousands of reads, which must not hold the start (or pushes) back."""
+    taken = await reconciler.reconcile_network(net.id)
+    if taken:
+        log.info("%s: took in %d event(s) from room timelines", net.network.label, taken)
 
 
 async def run(

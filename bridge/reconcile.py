@@ -14,7 +14,8 @@ the mark, all in one commit. A room seen for the first time gets a mark at its n
 no backfill: linking a room does not replay its history.
 
 When it runs:
-- at start, for every portal room, before the start-up ping (pushes from that network wait);
+- at start, for every portal room, after READY and the start-up ping (a network is suspect
+  then, so the pushes that come meanwhile read their own rooms first);
 - while a network is *suspect* (for a while after start, after its homeserver came back from an
   outage, and after a gap in its transaction ids), before taking in each pushed transaction, for
   the rooms it touches: a push that overtook an earlier event thus brings the earlier one in

@@ -27,8 +27,9 @@ ROOT = Path(__file__).resolve().parents[2]
 class Daemon:
     """`tribridge run` in a subprocess, with a fake systemd notify socket."""
 
-    def __init__(self, net: LocalNet, workdir: Path) -> None:
+    def __init__(self, net: LocalNet, workdir: Path, tree: Path = ROOT) -> None:
         self.net = net
+        self.tree = tree  # the checkout whose bridge/ runs (a bench may compare two)
         self.workdir = workdir
         self.config_path = workdir / "tribridge.toml"
         self.log_path = workdir / "tribridge.log"
@@ -63,7 +64,7 @@ class Daemon:
         with self.log_path.open("ab") as log:
             self.process = await trio.lowlevel.open_process(
                 [sys.executable, "-m", "bridge", "run", "-c", str(self.config_path)],
-                cwd=ROOT,
+                cwd=self.tree,
                 env=env,
                 stdin=subprocess.DEVNULL,
                 stdout=log,

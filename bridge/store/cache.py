@@ -15,7 +15,9 @@ from collections.abc import Callable
 from typing import Any, TypeVar, cast
 
 F = TypeVar("F", bound=Callable[..., Any])
-MAX_ENTRIES = 200_000  # then it starts over: memory stays bounded whatever the store's size
+# Then it starts over: memory stays bounded (a few MB) whatever the store's size. A sweep of
+# every room may pass it; the answers the sends need come back after one read each.
+MAX_ENTRIES = 20_000
 
 
 def memoised(fn: F) -> F:

@@ -59,6 +59,9 @@ class Store(PeopleStore):
             conn.execute(f"PRAGMA synchronous = {SYNCHRONOUS[durability]}")
             conn.execute("PRAGMA foreign_keys = ON")
             conn.execute("PRAGMA busy_timeout = 5000")
+            # 8 MB of pages (the default is 2): the indexes' upper levels stay in memory when
+            # the event map and outbox hold millions of rows (bench/scale.py).
+            conn.execute("PRAGMA cache_size = -8192")
             self.db = sqlite_utils.Database(conn)
             self.schema_before = migrate(self.db)
         except (sqlite3.Error, OSError) as exc:

@@ -1,0 +1,139 @@
+"""The store's shortcuts for speed keep its promises: deferred delivery records share a commit
+without ever being half-written, and remembered answers never outlive a write (or a rollback)."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from bridge.store import Store
+
+from .test_store import message
+
+
+def other_connection(path: Path) -> sqlite3.Connection:
+    """What another process (or the store after a crash) would read: committed rows only."""
+    return sqlite3.connect(str(path))
+
+
+def done_ids(conn: sqlite3.Connection) -> set[int]:
+    return {r[0] for r in conn.execute("SELECT id FROM outbox WHERE state = 'done'")}
+
+
+def test_deferred_records_are_seen_at_once_here_and_on_disk_after_a_commit(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "t.db"
+    store = Store(path)
+    waiting: list[int] = []
+    store.on_deferred(lambda: waiting.append(1))
+    with store.transaction():
+        store.enqueue([message(1), message(2)])
+    first, second = (item.id for item in store.pending_actions("ig", "!r:ig"))
+    with store.deferred():
+        store.map_event("wa", "!src", "$e1", "ig", "!r:ig", "$copy1")
+        store.finish(first, "done")
+    with store.deferred():
+        store.finish(second, "done")
+    assert waiting == [1]  # told once, when the first record began to wait
+    assert store.mapped_event("wa", "$e1", "ig") == "$copy1"  # this connection sees them
+    assert store.pending_actions("ig", "!r:ig") == []
+    assert done_ids(other_connection(path)) == set()  # not yet on disk
+    store.commit_deferred()
+    assert done_ids(other_connection(path)) == {first, second}
+    store.close()
+
+
+def test_a_transaction_commits_the_waiting_records_with_its_own(tmp_path: Path) -> None:
+    path = tmp_path / "t.db"
+    store = Store(path)
+    with store.transaction():
+        store.enqueue([message(1)])
+    (item,) = store.pending_actions("ig", "!r:ig")
+    with store.deferred():
+        store.finish(item.id, "done")
+    with store.transaction():
+        store.enqueue([message(2)])
+    seen = other_connection(path)
+    assert done_ids(seen) == {item.id}
+    assert seen.execute("SELECT COUNT(*) FROM outbox").fetchone()[0] == 2
+
+
+def test_a_failed_transaction_keeps_the_waiting_records_and_loses_only_its_own(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "t.db"
+    store = Store(path)
+    with store.transaction():
+        store.enqueue([message(1)])
+    (item,) = store.pending_actions("ig", "!r:ig")
+    with store.deferred():
+        store.finish(item.id, "done")
+    with pytest.raises(RuntimeError), store.transaction():
+        store.enqueue([message(2)])
+        raise RuntimeError("half-way")
+    store.commit_deferred()
+    seen = other_connection(path)
+    assert done_ids(seen) == {item.id}
+    assert seen.execute("SELECT COUNT(*) FROM outbox").fetchone()[0] == 1
+
+
+def test_a_failed_deferred_write_leaves_no_half_of_it(tmp_path: Path) -> None:
+    path = tmp_path / "t.db"
+    store = Store(path)
+    with store.transaction():
+        store.enqueue([message(1)])
+    (item,) = store.pending_actions("ig", "!r:ig")
+    with pytest.raises(RuntimeError), store.deferred():
+        store.map_event("wa", "!src", "$e1", "ig", "!r:ig", "$copy1")
+        raise RuntimeError("the send's record failed half-way")
+    assert store.mapped_event("wa", "$e1", "ig") is None
+    store.close()  # commits what waits: nothing of the failed record
+    again = Store(path)
+    assert again.mapped_event("wa", "$e1", "ig") is None
+    assert [i.id for i in again.pending_actions("ig", "!r:ig")] == [item.id]
+
+
+def test_closing_commits_what_waits(tmp_path: Path) -> None:
+    path = tmp_path / "t.db"
+    store = Store(path)
+    with store.transaction():
+        store.enqueue([message(1)])
+    (item,) = store.pending_actions("ig", "!r:ig")
+    with store.deferred():
+        store.finish(item.id, "done")
+    store.close()
+    assert done_ids(other_connection(path)) == {item.id}
+
+
+def test_remembered_answers_follow_every_write(tmp_path: Path) -> None:
+    store = Store(tmp_path / "t.db")
+    assert store.portal_for_room("wa", "!a") is None
+    (portal,) = store.sync_config_portals([{"wa": "!a", "ig": "!b"}])
+    assert store.portal_for_room("wa", "!a") == portal
+    assert store.portal_id_of("ig", "!b") == portal.portal_id
+    with store.transaction():
+        store.remove_portal_room("ig", "!b")
+    assert store.portal_id_of("ig", "!b") is None
+    assert store.profile("wa", "@p:wa") == (False, None)
+    with store.transaction():
+        store.set_profile("wa", "@p:wa", "Pat")
+    assert store.profile("wa", "@p:wa") == (True, "Pat")
+    assert store.ghost_in_room("ig", "_tb_wa_x", "!b") is False
+    store.set_ghost_in_room("ig", "_tb_wa_x", "!b", True)
+    assert store.ghost_in_room("ig", "_tb_wa_x", "!b") is True
+    assert store.linked_accounts("wa", "@p:wa") == []
+    with store.transaction():
+        store.link_accounts(("wa", "@p:wa"), ("ig", "@pat:ig"))
+    assert ("ig", "@pat:ig") in store.linked_accounts("wa", "@p:wa")
+
+
+def test_an_answer_read_inside_a_rolled_back_transaction_is_forgotten(tmp_path: Path) -> None:
+    store = Store(tmp_path / "t.db")
+    with pytest.raises(RuntimeError), store.transaction():
+        store.add_management_room("wa", "!dm", "@p:wa")
+        assert store.management_owner("wa", "!dm") == "@p:wa"  # remembered inside
+        raise RuntimeError("rolled back")
+    assert store.management_owner("wa", "!dm") is None
