@@ -16,6 +16,7 @@ from typing import Any
 import nacl.encoding
 import nacl.hash
 
+from bridge.core.ghosts import is_bridge_user
 from bridge.core.model import Network
 from bridge.core.translate import DEFAULT_RULES, RoomInfo, Rules, translate
 from bridge.store import Store
@@ -40,6 +41,12 @@ class Inbound:
 
     def take_transaction(self, network_id: str, txn_id: str, body: bytes, events: list[Any]) -> int:
         """Queue what a pushed transaction asks for; return how many actions were queued."""
+        source = self.networks[network_id]
+        if events and all(_echo(event, source) for event in events):
+            # Only what the bridge itself just sent (its ghosts' messages, their joins): the
+            # homeserver pushes those back, one transaction each. Nothing is to be done about
+            # them, so nothing is written and no fsync is spent (a third of all pushes).
+            return 0
         digest = nacl.hash.blake2b(body, digest_size=16, encoder=nacl.encoding.HexEncoder).decode()
         if self.store.transaction_seen(network_id, txn_id, digest):
             log.debug("transaction %s from %s already taken in", txn_id, network_id)
@@ -134,3 +141,17 @@ class Inbound:
         if request is not None and request.state == "pending":
             return RoomInfo(manager, request.id, request.to_user)
         return RoomInfo(manager)
+
+
+def _echo(event: Any, source: Network) -> bool:
+    """An event by the bridge's own bot or ghosts that asks nothing of the bridge (translate
+    skips these too); a membership counts only when it is the bridge's own as well."""
+    if not isinstance(event, dict):
+        return False
+    sender = event.get("sender")
+    if not isinstance(sender, str) or not is_bridge_user(sender, source):
+        return False
+    if event.get("type") == "m.room.member":
+        user = event.get("state_key")
+        return isinstance(user, str) and is_bridge_user(user, source)
+    return True

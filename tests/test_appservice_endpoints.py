@@ -332,6 +332,24 @@ async def test_events_from_the_bridge_itself_are_not_relayed(bridge: Bridge) -> 
     assert bridge.woken == []
 
 
+async def test_echoes_of_the_bridges_own_sends_cost_no_write(bridge: Bridge) -> None:
+    ghost = ghost_of(bridge.config, "wa", "ig", Identity("handle", "alice"))
+    echoes = [
+        text_event("$echo:wa.localhost", sender=f"@{ghost}:wa.localhost"),
+        {"type": "m.room.member", "event_id": "$join:wa.localhost", "room_id": ROOMS["wa"],
+         "sender": f"@{ghost}:wa.localhost", "state_key": f"@{ghost}:wa.localhost",
+         "content": {"membership": "join"}},
+    ]
+    before = bridge.store.conn.total_changes
+    assert (await bridge.push("7", echoes)).status_code == 200
+    assert bridge.store.conn.total_changes == before  # nothing written, so no fsync
+    assert not bridge.store.event_seen("wa", "$echo:wa.localhost")
+    # With a real person's message beside them, the transaction is taken in as always.
+    assert (await bridge.push("8", [*echoes, text_event()])).status_code == 200
+    assert bridge.store.event_seen("wa", "$echo:wa.localhost")
+    assert {n for n, *_ in bridge.outbox()} == {"ig", "fbm"}
+
+
 async def test_the_hs_token_tells_which_network_pushes(bridge: Bridge) -> None:
     event = text_event("$fromig:ig.localhost", sender=IG_USER, room_id=ROOMS["ig"], body="hi")
     reply = await bridge.push("1", [event], network="ig")
