@@ -168,7 +168,7 @@ class Fake:
                     pushed[event["content"]["body"]] = now
                 # Numbered upwards as Synapse does: a gap would make the bridge read timelines.
                 self._txn[source] = self._txn.get(source, 0) + 1
-                status, answer, _ = await client.request(
+                status, answer, *_ = await client.request(
                     "PUT", f"/_matrix/app/v1/transactions/{self._txn[source]}", body)
                 acks.append((time.perf_counter() - now) * 1000)
                 if status != 200:

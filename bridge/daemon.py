@@ -308,9 +308,9 @@ async def _setup_network(
                 await hs.put_state(room_id, PORTAL_STATE, "", {"portal_id": portal.portal_id})
             except HomeserverError as exc:
                 log.info("portal id not published in %s on %s: %s", room_id, where, exc)
-        # The backlog is pushed now; while the network is suspect, each pushed transaction
-        # first reads its rooms back to their marks, so order holds before the catch-up below
-        # has reached those rooms.
+        # The backlog is pushed now; while the network is suspect (until the catch-up after
+        # READY has read every room), each pushed transaction first reads its rooms back to
+        # their marks, so order holds in rooms the catch-up has not reached yet.
         try:
             took = await hs.ping_appservice(net.appservice_id, f"tribridge-start-{uuid.uuid4()}")
             log.info("%s answered the start-up ping (%d ms round trip)", where, took)
@@ -323,7 +323,7 @@ async def _setup_network(
 async def _catch_up(net: NetworkConfig, reconciler: Reconciler) -> None:
     """Read every portal room of `net` back to its mark, after READY: with thousands of
     portals that is thousands of reads, which must not hold the start (or pushes) back."""
-    taken = await reconciler.reconcile_network(net.id)
+    taken = await reconciler.catch_up(net.id)
     if taken:
         log.info("%s: took in %d event(s) from room timelines", net.network.label, taken)
 

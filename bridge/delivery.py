@@ -446,7 +446,8 @@ class DeliveryWorker:
             await self.bot(action)
             self.store.finish(item.id, "done", scrub=True)
             return
-        self.store.finish(item.id, "done", scrub=True)
+        with self.store.transaction():  # on disk before it runs (with any records waiting)
+            self.store.finish(item.id, "done", scrub=True)
         try:
             await self.bot(action)
         except HomeserverError as exc:

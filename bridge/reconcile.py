@@ -69,6 +69,7 @@ class Reconciler:
         self.portals = portals
         self._locks = {net: trio.Lock() for net in homeservers}
         self._suspect_until = {net: 0.0 for net in homeservers}
+        self._catching_up: set[str] = set()  # networks whose rooms are being read after a start
         self._active: dict[str, set[str]] = {net: set() for net in homeservers}
         # The last transaction id per network, remembered across restarts, so that even the first
         # push after a start can show a gap.
@@ -112,7 +113,17 @@ class Reconciler:
             self.suspect(network, GAP_SUSPECT_SECONDS)
 
     def is_suspect(self, network: str) -> bool:
-        return trio.current_time() < self._suspect_until[network]
+        return network in self._catching_up or trio.current_time() < self._suspect_until[network]
+
+    async def catch_up(self, network: str) -> int:
+        """Read every room of `network` back to its mark (after a start). The network stays
+        suspect until the last room is done: a push into a room not yet read back must read
+        it first, however long the whole takes with thousands of rooms."""
+        self._catching_up.add(network)
+        try:
+            return await self.reconcile_network(network)
+        finally:
+            self._catching_up.discard(network)
 
     def suspect(self, network: str, seconds: float = SUSPECT_SECONDS) -> None:
         """Distrust `network`'s pushes for a while; then sweep all its rooms once."""
@@ -156,7 +167,8 @@ class Reconciler:
 
     async def _sweep_after(self, network: str, seconds: float) -> None:
         await trio.sleep(seconds)  # the end of the suspect window
-        if not self.is_suspect(network):  # a later suspicion owns the final sweep
+        # A later suspicion owns the final sweep; a catch-up under way reads every room anyway.
+        if not self.is_suspect(network):
             taken = await self.reconcile_network(network)
             if taken:
                 log.warning("reconciliation found %d event(s) %s never pushed", taken, network)

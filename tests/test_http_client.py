@@ -17,9 +17,12 @@ class RawServer:
     """An h11 server that counts connections and can close each after one answer without
     saying so (as a server closing an idle kept-alive connection does)."""
 
-    def __init__(self, *, close_after_one: bool = False, body: bytes = b'{"ok":true}') -> None:
+    def __init__(self, *, close_after_one: bool = False, body: bytes = b'{"ok":true}',
+                 status: int = 200, extra: list[tuple[str, str]] | None = None) -> None:
         self.close_after_one = close_after_one
         self.body = body
+        self.status = status
+        self.extra = extra or []
         self.connections = 0
         self.requests: list[tuple[str, str, bytes, dict[str, str]]] = []
 
@@ -42,9 +45,9 @@ class RawServer:
                 headers = {k.decode(): v.decode() for k, v in request.headers}
                 self.requests.append((request.method.decode(), request.target.decode(), body,
                                       headers))
-                out = conn.send(h11.Response(status_code=200, headers=[
+                out = conn.send(h11.Response(status_code=self.status, headers=[
                     ("content-length", str(len(self.body))),
-                    ("content-type", "application/json")]))
+                    ("content-type", "application/json"), *self.extra]))
                 out += conn.send(h11.Data(data=self.body)) + conn.send(h11.EndOfMessage())
                 await stream.send_all(out)
                 if self.close_after_one:
@@ -65,7 +68,7 @@ async def test_requests_share_one_kept_alive_connection(nursery: trio.Nursery) -
     port = await start(nursery, server)
     async with H11Client(f"http://127.0.0.1:{port}/base", {"Authorization": "Bearer t"}) as c:
         for i in range(5):
-            status, body, _ = await c.request("PUT", f"/send/{i}?user_id=%40a", b'{"n":1}')
+            status, body, *_ = await c.request("PUT", f"/send/{i}?user_id=%40a", b'{"n":1}')
             assert (status, body) == (200, b'{"ok":true}')
     assert server.connections == 1
     method, target, body, headers = server.requests[0]
@@ -82,7 +85,7 @@ async def test_a_connection_closed_while_idle_is_replaced_and_the_request_goes_t
     port = await start(nursery, server)
     async with H11Client(f"http://127.0.0.1:{port}", {}) as client:
         for _ in range(3):
-            status, _, _ = await client.request("PUT", "/x", b"{}")
+            status, *_ = await client.request("PUT", "/x", b"{}")
             assert status == 200
     assert server.connections == 3
     assert len(server.requests) == 3  # each sent once: no request was lost or doubled
@@ -115,10 +118,20 @@ async def test_it_talks_to_the_bridges_own_server_and_reads_errors(nursery: trio
     port = listeners[0].socket.getsockname()[1]
     async with H11Client(f"http://127.0.0.1:{port}", {}) as client:
         assert (await client.request("PUT", "/x", b"hi"))[:2] == (200, b'{"echo":"hi"}')
-        status, body, _ = await client.request("GET", "/missing")
+        status, body, *_ = await client.request("GET", "/missing")
         assert (status, body) == (404, b'{"errcode":"M_NOT_FOUND"}')
 
 
 def test_only_http_urls_are_accepted() -> None:
     with pytest.raises(ValueError, match="not an http"):
         H11Client("ftp://example.com", {})
+
+
+async def test_retry_after_is_read_from_the_answer(nursery: trio.Nursery) -> None:
+    server = RawServer(status=429, extra=[("retry-after", "7")],
+                       body=b'{"errcode":"M_LIMIT_EXCEEDED"}')
+    port = await start(nursery, server)
+    async with H11Client(f"http://127.0.0.1:{port}", {}) as client:
+        answer = await client.request("PUT", "/x", b"{}")
+    assert (answer.status, answer.retry_after) == (429, "7")
+    assert answer.body == b'{"errcode":"M_LIMIT_EXCEEDED"}'

@@ -123,3 +123,35 @@ async def test_the_last_transaction_id_survives_a_restart(
     rig.say(2)  # transaction 42, stranded while the daemon was away
     await restarted.push("wa", "43", b"c", [rig.say(3)])
     assert rig.queued() == ["m2", "m3"]
+
+
+async def test_pushes_read_their_room_first_until_the_start_up_catch_up_is_done(
+    rig: Rig, autojump_clock: trio.testing.MockClock
+) -> None:
+    rig.say(1)
+    await rig.reconciler.reconcile_network("wa")
+    await trio.sleep(SUSPECT_SECONDS * 3)  # the start's suspect window is long over
+    rig.say(2)  # sent while the bridge was down, never pushed
+    gate = trio.Event()
+    reads_before = rig.fake.reads
+
+    async def slow_catch_up() -> None:
+        rig.reconciler._catching_up.add("wa")  # as catch_up() does, held open by the gate
+        try:
+            await gate.wait()
+        finally:
+            rig.reconciler._catching_up.discard("wa")
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(slow_catch_up)
+        await trio.testing.wait_all_tasks_blocked()
+        assert rig.reconciler.is_suspect("wa")
+        # A new message is pushed before the catch-up reached its room: the missed one comes
+        # first, read from the timeline.
+        await rig.reconciler.push("wa", "77", b"x", [rig.say(3)])
+        assert rig.queued() == ["m2", "m3"]
+        assert rig.fake.reads > reads_before
+        gate.set()
+    assert not rig.reconciler.is_suspect("wa")
+    assert await rig.reconciler.catch_up("wa") == 0  # nothing left: every event taken once
+    assert rig.queued() == ["m2", "m3"]

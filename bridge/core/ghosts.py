@@ -29,7 +29,7 @@ def derive_key(secret: bytes) -> bytes:
     )
 
 
-@functools.lru_cache(maxsize=65_536)
+@functools.lru_cache(maxsize=4096)
 def pseudonym(key: bytes, source_network: str, identity: Identity) -> str:
     """The person's pseudonym (pure, so remembered: every relayed message asks for it once per
     target network)."""

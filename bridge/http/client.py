@@ -15,13 +15,22 @@ from __future__ import annotations
 
 import ssl
 from collections.abc import Mapping
+from typing import NamedTuple
 from urllib.parse import urlsplit
 
+import certifi
 import h11
 import trio
 
 READ_SIZE = 65_536
 MAX_RESPONSE = 1_048_576  # bytes: an answer to a send is tiny; anything this big is refused
+
+
+class Answer(NamedTuple):
+    status: int
+    body: bytes
+    reason: str
+    retry_after: str  # the Retry-After header ("" if none)
 
 
 class ConnectionFailed(Exception):
@@ -55,7 +64,9 @@ class H11Client:
         self.host = parts.hostname
         self.port = parts.port or (443 if self.https else 80)
         self.prefix = parts.path.rstrip("/")
-        self.ssl_context = ssl_context or (ssl.create_default_context() if self.https else None)
+        # The same certificate authorities as httpx (certifi's), so both clients agree.
+        self.ssl_context = ssl_context or (
+            ssl.create_default_context(cafile=certifi.where()) if self.https else None)
         host_header = parts.netloc.rsplit("@", 1)[-1]
         # Built once: every request carries the same Host and Authorization.
         self.base_headers = [(b"host", host_header.encode("ascii"))] + [
@@ -68,19 +79,23 @@ class H11Client:
     async def request(
         self, method: str, target: str, body: bytes | None = None,
         content_type: bytes = b"application/json",
-    ) -> tuple[int, bytes, str]:
-        """(status, body, reason) of one request; raises ConnectionFailed."""
+    ) -> Answer:
+        """The answer to one request; raises ConnectionFailed."""
         headers = list(self.base_headers)
         if body is not None:
             headers.append((b"content-type", content_type))
             headers.append((b"content-length", str(len(body)).encode("ascii")))
         head = h11.Request(method=method, target=self.prefix + target, headers=headers)
-        while self._idle:
+        if self._idle:
             conn = self._idle.pop()
             try:
                 return await self._exchange(conn, head, body)
             except _Stale:
-                await conn.aclose()  # closed by the server while idle: try another
+                # Closed by the server while idle: the others idled as long, so they go too,
+                # and the request goes once more, on a fresh connection.
+                stale, self._idle = self._idle, []
+                for old in stale:
+                    await old.aclose()
         conn = await self._connect()
         try:
             return await self._exchange(conn, head, body)
@@ -118,7 +133,7 @@ class H11Client:
 
     async def _exchange(
         self, conn: _Connection, head: h11.Request, body: bytes | None
-    ) -> tuple[int, bytes, str]:
+    ) -> Answer:
         answered = False
         try:
             data = conn.h11.send(head) or b""
@@ -126,7 +141,7 @@ class H11Client:
                 data += conn.h11.send(h11.Data(data=body)) or b""
             data += conn.h11.send(h11.EndOfMessage()) or b""
             await conn.stream.send_all(data)
-            status, reason, chunks, size = 0, "", [], 0
+            status, reason, chunks, size, retry_after = 0, "", [], 0, ""
             while True:
                 event = conn.h11.next_event()
                 if event is h11.NEED_DATA:
@@ -138,6 +153,8 @@ class H11Client:
                 if isinstance(event, h11.Response):
                     answered = True
                     status, reason = event.status_code, event.reason.decode("latin-1")
+                    retry_after = next(
+                        (v.decode("latin-1") for k, v in event.headers if k == b"retry-after"), "")
                 elif isinstance(event, h11.Data):
                     size += len(event.data)
                     if size > MAX_RESPONSE:
@@ -164,7 +181,7 @@ class H11Client:
             await conn.aclose()
             raise
         await self._release(conn)
-        return status, b"".join(chunks), reason
+        return Answer(status, b"".join(chunks), reason, retry_after)
 
     async def _release(self, conn: _Connection) -> None:
         if (conn.h11.our_state is h11.DONE and conn.h11.their_state is h11.DONE

@@ -119,13 +119,13 @@ class Homeserver:
         assert self.fast is not None
         try:
             with trio.fail_after(self.deadline):
-                status, content, reason = await self.fast.request(
+                answer = await self.fast.request(
                     method, target, json.dumps(body, separators=(",", ":")).encode())
         except ConnectionFailed as exc:
             raise Unreachable(f"{self.server_name}: {exc}") from exc
         except trio.TooSlowError as exc:
             raise Unreachable(f"{self.server_name}: no answer in {self.deadline:g} s") from exc
-        return _answer(status, content, reason, "")
+        return _answer(answer.status, answer.body, answer.reason, answer.retry_after)
 
     # -- the calls the bridge makes ------------------------------------------------------------
 

@@ -94,6 +94,8 @@ class Store(PeopleStore):
 
         Deferred writes waiting for their commit (see `deferred`) are committed with them:
         one fsync serves both."""
+        if self.conn.in_transaction and not self._deferred_open:
+            raise RuntimeError("Store.transaction() does not nest")
         if self._deferred_open:
             with self._savepoint("tx"):
                 yield
@@ -127,7 +129,15 @@ class Store(PeopleStore):
     def commit_deferred(self) -> None:
         if self._deferred_open:
             self._deferred_open = False
-            self.conn.execute("COMMIT")
+            try:
+                self.conn.execute("COMMIT")
+            except BaseException:
+                # A full or failing disk: what waited is lost (its actions go again, with the
+                # same transaction ids), and the connection must not stay inside a transaction.
+                self._memo.clear()
+                if self.conn.in_transaction:
+                    self.conn.execute("ROLLBACK")
+                raise
 
     def on_deferred(self, listener: Callable[[], None]) -> None:
         """Call `listener` whenever deferred writes start waiting for a commit."""
