@@ -42,8 +42,15 @@ from bridge.localnet.people import Person  # noqa: E402
 
 
 def cpu_seconds(pid: int) -> float:
+    user, system = cpu_split(pid)
+    return user + system
+
+
+def cpu_split(pid: int) -> tuple[float, float]:
+    """(user, system) CPU seconds of a process so far."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    tick = os.sysconf("SC_CLK_TCK")
+    return int(fields[11]) / tick, int(fields[12]) / tick
 
 
 async def phase(sender: Person, room: str, readers: dict[str, tuple[Person, str]], prefix: str,
@@ -101,10 +108,13 @@ async def bench(net: LocalNet, messages: int, paced: int, rate: float) -> dict[s
         bridged = await phase(alice, rooms["wa"], readers, "paced ", paced, interval)
         synapse_pids = [s.process.pid for s in net.servers.values() if s.process]
         cpu0 = (cpu_seconds(pid), sum(cpu_seconds(p) for p in synapse_pids))
+        split0 = cpu_split(pid)
         flood = await phase(alice, rooms["wa"], readers, "flood ", messages, 0)
         cpu1 = (cpu_seconds(pid), sum(cpu_seconds(p) for p in synapse_pids))
+        split1 = cpu_split(pid)
         return {"native": native, "bridged": bridged, "flood": flood,
-                "bridge_cpu": cpu1[0] - cpu0[0], "synapse_cpu": cpu1[1] - cpu0[1]}
+                "bridge_cpu": cpu1[0] - cpu0[0], "synapse_cpu": cpu1[1] - cpu0[1],
+                "bridge_user": split1[0] - split0[0], "bridge_system": split1[1] - split0[1]}
     finally:
         await daemon.stop()
         for p in (alice, bob, dave, carol):
@@ -142,6 +152,8 @@ def main() -> int:
     print(f"flood CPU: bridge {r['bridge_cpu']:.2f} s ({1000 * r['bridge_cpu'] / relayed:.2f} ms "
           f"per relayed event), three Synapses {r['synapse_cpu']:.2f} s; "
           f"bridge = {100 * r['bridge_cpu'] / max(r['synapse_cpu'], 1e-9):.1f}% of Synapse")
+    print(f"bridge CPU split: user {r['bridge_user']:.2f} s, system (kernel: sockets, epoll, "
+          f"fsync) {r['bridge_system']:.2f} s")
     return 0
 
 
