@@ -32,12 +32,13 @@ class GhostKeeper:
         networks: Mapping[str, Network],
         store: Store,
         key: bytes,
+        media: MediaCarrier | None = None,
     ) -> None:
         self.homeservers = homeservers
         self.networks = networks
         self.store = store
         self.key = key
-        self.media: MediaCarrier | None = None  # set by delivery: ghosts get avatars then
+        self.media = media  # delivery's: without it (the bot's keeper) ghosts get no avatars
         self._avatar_retry: dict[tuple[str, str, str | None], float] = {}
 
     def exposed(self, network_id: str, user_id: str) -> bool:

@@ -13,6 +13,7 @@ import json
 import logging
 from collections.abc import AsyncIterator, Mapping
 from contextlib import AsyncExitStack
+from typing import Any
 from urllib.parse import quote
 
 import httpx
@@ -125,7 +126,7 @@ class MediaCarrier:
         )
         if answer.status_code >= 400:
             raise _error(answer, answer.content)
-        uri = answer.json().get("content_uri") if _is_json(answer) else None
+        uri = _json_object(answer.content).get("content_uri")
         if parse_mxc(uri) is None:
             raise MatrixError(502, "M_UNKNOWN", "the homeserver returned no content_uri")
         assert isinstance(uri, str)
@@ -149,11 +150,13 @@ async def _once(body: bytes) -> AsyncIterator[bytes]:
     yield body
 
 
-def _is_json(response: httpx.Response) -> bool:
+def _json_object(body: bytes) -> dict[str, Any]:
+    """The JSON object in `body`, or {} if it holds anything else."""
     try:
-        return isinstance(response.json(), dict)
+        payload = json.loads(body)
     except ValueError:
-        return False
+        return {}
+    return payload if isinstance(payload, dict) else {}
 
 
 async def _head_of(response: httpx.Response, limit: int = 65_536) -> bytes:
@@ -167,11 +170,7 @@ async def _head_of(response: httpx.Response, limit: int = 65_536) -> bytes:
 
 
 def _error(response: httpx.Response, body: bytes) -> MatrixError:
-    try:
-        payload = json.loads(body)
-    except ValueError:
-        payload = {}
-    payload = payload if isinstance(payload, dict) else {}
+    payload = _json_object(body)
     return MatrixError(
         response.status_code, str(payload.get("errcode", "M_UNKNOWN")),
         str(payload.get("error", response.reason_phrase))[:300],

@@ -61,13 +61,17 @@ def is_bridge_user(user_id: str, network: Network) -> bool:
     return parsed.localpart == network.bot or parsed.localpart.startswith(network.ghost_prefix)
 
 
-def parse_ghost_localpart(localpart: str, target: Network, networks: set[str]) -> str | None:
-    """The source network of a ghost localpart on `target`, or None if it is not one of ours."""
+def parse_ghost_localpart(
+    localpart: str, target: Network, networks: set[str] | None
+) -> str | None:
+    """The source network of a ghost localpart on `target`, or None if it is not one of ours
+    (with `networks` None, any well-formed network id other than `target`'s is taken)."""
     if not localpart.startswith(target.ghost_prefix):
         return None
     rest = localpart[len(target.ghost_prefix) :]
     source, sep, pseudo = rest.partition("_")
-    if not sep or source not in networks or source == target.id:
+    known = source in networks if networks is not None else source.isalnum() and source.islower()
+    if not sep or not known or source == target.id:
         return None
     if len(pseudo) != 16 or not all(c in "abcdefghijklmnopqrstuvwxyz234567" for c in pseudo):
         return None

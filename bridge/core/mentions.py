@@ -14,17 +14,13 @@ import re
 from collections.abc import Callable
 from urllib.parse import quote, unquote
 
-from bridge.core.ghosts import ghost_localpart, is_bridge_user, pseudonym
+from bridge.core.ghosts import ghost_localpart, is_bridge_user, parse_ghost_localpart, pseudonym
 from bridge.core.ids import InvalidId, native_identity
 from bridge.core.model import Network
 
 # A user id as plain text, or percent-encoded as in https://matrix.to/#/%40alice%3Aserver links.
 _PLAIN = r"@[a-z0-9._=\-/+]+:{server}"
 _ENCODED = r"%40(?:[a-z0-9._\-]|%2[bB]|%3[dD]|%2[fF]|=|\+|/)+%3[aA]{server}"
-
-
-# What follows the ghost prefix in a ghost's localpart: a network id and a 16-letter pseudonym.
-_GHOST_REST = re.compile(r"[a-z0-9]{1,16}_[a-z2-7]{16}")
 
 
 @functools.lru_cache(maxsize=64)
@@ -83,12 +79,10 @@ def _ghost_seen_elsewhere(
 ) -> str | None:
     """Who the ghost `user_id` (on `source`) stands for, as `target` knows them."""
     localpart = user_id[1:].partition(":")[0]
-    rest = localpart.removeprefix(source.ghost_prefix)
-    if rest == localpart or _GHOST_REST.fullmatch(rest) is None:
+    network = parse_ghost_localpart(localpart, source, None)
+    if network is None:
         return None  # the bot, or not one of our ghosts
-    network, _, pseudo = rest.partition("_")
-    if network == source.id:
-        return None
+    pseudo = localpart[-16:]
     if network == target.id:
         person = owner(localpart)
         return person[1] if person is not None and person[0] == target.id else None
