@@ -17,7 +17,6 @@ import os
 import secrets
 import statistics
 import time
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -207,7 +206,3 @@ def rss_mb(pid: int) -> float:
             return int(line.split()[1]) / 1024
     return 0.0
 
-
-def routes(fake: Fake) -> Mapping[str, str]:
-    """network id -> the fake homeserver's URL, for the floor relay's command line."""
-    return {n: fake.url(n) for n, *_ in NETWORKS}

@@ -89,10 +89,11 @@ async def measure(fake: Fake, pid: int, messages: int, paced: int,
     spy = None
     if profile is not None:
         # py-spy samples the relay while it works batch 1; its CPU is not the relay's.
+        # Not waited for: it attaches in milliseconds, and the hot spots are shares of a run
+        # that lasts seconds.
         spy = await trio.lowlevel.open_process(
             [str(Path(sys.executable).parent / "py-spy"), "record", "-p", str(pid), "-f", "raw",
              "-r", "250", "--gil", "-o", str(profile)], stdout=subprocess.DEVNULL)
-        await trio.sleep(1.0)  # py-spy attaches
     one = await fake.run(messages, 1, pid)
     if spy is not None:
         spy.send_signal(signal.SIGINT)
