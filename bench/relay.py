@@ -23,7 +23,9 @@ import argparse
 import os
 import secrets
 import shutil
+import signal
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -34,6 +36,9 @@ import trio
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from perf import hot_spots  # noqa: E402
 
 from bridge.demo import has_body  # noqa: E402
 from bridge.localnet.cluster import LocalNet  # noqa: E402
@@ -79,7 +84,8 @@ async def phase(sender: Person, room: str, readers: dict[str, tuple[Person, str]
     }
 
 
-async def bench(net: LocalNet, messages: int, paced: int, rate: float) -> dict[str, Any]:
+async def bench(net: LocalNet, messages: int, paced: int, rate: float,
+                profile: Path | None = None, log_copy: Path | None = None) -> dict[str, Any]:
     phone = "+1555" + str(secrets.randbelow(10**7)).zfill(7)
     alice = await Person.register(net.url("wa"), phone, "Alice")
     bob = await Person.register(net.url("ig"), f"bob{secrets.token_hex(3)}", "Bob")
@@ -92,7 +98,7 @@ async def bench(net: LocalNet, messages: int, paced: int, rate: float) -> dict[s
     }
     await dave.join(rooms["ig"])
     daemon = Daemon(net, net.root)
-    daemon.write_config([rooms], log_level="warning")
+    daemon.write_config([rooms], log_level="info" if log_copy else "warning")
     await daemon.start()
     assert daemon.process is not None
     pid = daemon.process.pid
@@ -109,7 +115,18 @@ async def bench(net: LocalNet, messages: int, paced: int, rate: float) -> dict[s
         synapse_pids = [s.process.pid for s in net.servers.values() if s.process]
         cpu0 = (cpu_seconds(pid), sum(cpu_seconds(p) for p in synapse_pids))
         split0 = cpu_split(pid)
+        spy = None
+        if profile is not None:
+            # py-spy samples the bridge while it holds the GIL (its CPU, not its waits) during
+            # the flood; py-spy's own CPU is not the bridge's.
+            spy = await trio.lowlevel.open_process(
+                [str(Path(sys.executable).parent / "py-spy"), "record", "-p", str(pid), "-f",
+                 "raw", "-r", "250", "--gil", "-o", str(profile)], stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL)
         flood = await phase(alice, rooms["wa"], readers, "flood ", messages, 0)
+        if spy is not None:
+            spy.send_signal(signal.SIGINT)
+            await spy.wait()
         cpu1 = (cpu_seconds(pid), sum(cpu_seconds(p) for p in synapse_pids))
         split1 = cpu_split(pid)
         return {"native": native, "bridged": bridged, "flood": flood,
@@ -117,6 +134,8 @@ async def bench(net: LocalNet, messages: int, paced: int, rate: float) -> dict[s
                 "bridge_user": split1[0] - split0[0], "bridge_system": split1[1] - split0[1]}
     finally:
         await daemon.stop()
+        if log_copy is not None:
+            await trio.Path(log_copy).write_text(daemon.log())
         for p in (alice, bob, dave, carol):
             await p.aclose()
 
@@ -126,12 +145,18 @@ def main() -> int:
     parser.add_argument("--messages", type=int, default=300, help="messages in the flood phase")
     parser.add_argument("--paced", type=int, default=60, help="messages in each paced phase")
     parser.add_argument("--rate", type=float, default=5.0, help="paced messages per second")
+    parser.add_argument("--profile", metavar="FILE", default="",
+                        help="py-spy the bridge during the flood into FILE (raw stacks)")
+    parser.add_argument("--log", metavar="FILE", default="",
+                        help="run the bridge at log level info and keep its log in FILE")
     args = parser.parse_args()
     root = Path(tempfile.mkdtemp(prefix="tribridge-bench-"))
     net = LocalNet.create(root)
     try:
         net.start()
-        r = trio.run(bench, net, args.messages, args.paced, args.rate)
+        profile = Path(args.profile) if args.profile else None
+        r = trio.run(bench, net, args.messages, args.paced, args.rate, profile,
+                     Path(args.log) if args.log else None)
     finally:
         net.stop()
         shutil.rmtree(root, ignore_errors=True)
@@ -154,6 +179,8 @@ def main() -> int:
           f"bridge = {100 * r['bridge_cpu'] / max(r['synapse_cpu'], 1e-9):.1f}% of Synapse")
     print(f"bridge CPU split: user {r['bridge_user']:.2f} s, system (kernel: sockets, epoll, "
           f"fsync) {r['bridge_system']:.2f} s")
+    if profile is not None and profile.exists():
+        print("\npy-spy, the bridge during the flood:\n" + hot_spots(profile))
     return 0
 
 

@@ -27,6 +27,7 @@ from pathlib import Path
 import trio
 
 from bridge.bot import Bot
+from bridge.commits import GroupCommit
 from bridge.config import Config, ConfigError, NetworkConfig, load_config
 from bridge.core.ghosts import derive_key
 from bridge.core.model import Portal
@@ -106,7 +107,9 @@ class Bridge:
                 inbound = Inbound(store, networks, key, wake=lambda n: workers[n].wake(),
                                   rules=_rules(config))
                 self.inbound = inbound
-                reconciler = Reconciler(store, homeservers, inbound, store.portals, metrics)
+                commits = GroupCommit(store)
+                reconciler = Reconciler(store, homeservers, inbound, store.portals, metrics,
+                                        commits)
                 bot = Bot(lambda: self.config, homeservers, store, key,
                           reachable=lambda n: workers[n].reachable, reload=self.reload_from_bot,
                           wake=lambda n: workers[n].wake())
@@ -122,6 +125,7 @@ class Bridge:
                 ephemeral = Ephemeral(networks, homeservers, store, key)
                 app = Appservice(config.networks, reconciler, store, public, ephemeral.take)
                 async with trio.open_nursery() as nursery:
+                    await nursery.start(commits.run)
                     await nursery.start(reconciler.run)
                     await nursery.start(ephemeral.run)
                     host, port = config.bridge.listen_host, config.bridge.listen_port

@@ -45,7 +45,6 @@ from bridge.store import OutboxItem, Store
 log = logging.getLogger(__name__)
 
 MEDIA_EVENT_TYPES = frozenset({"m.room.message", STICKER})
-GROUP_COMMIT_SECONDS = 0.005  # how long a delivery record may wait for the fsync it shares
 PAGE = 50  # outbox rows read at once per room: memory stays flat whatever the backlog
 PROBE_MIN, PROBE_MAX = 0.5, 5.0  # seconds between "are you back?" probes of a silent homeserver
 
@@ -76,8 +75,6 @@ class DeliveryWorker:
         self.key = key
         self.ghosts = GhostKeeper(homeservers, networks, store, key)
         self.media = MediaCarrier(homeservers, store, max_media_bytes)
-        self._commit_due = trio.Event()
-        store.on_deferred(self._deferred_waiting)
         self.ghosts.media = self.media
         self.wake_network = wake
         self.on_recovered = on_recovered
@@ -117,11 +114,7 @@ class DeliveryWorker:
         return trio.current_time() - self.unreachable_since
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        committer = trio.CancelScope()
-        async with trio.open_nursery() as outer:
-            outer.start_soon(self._committer, committer)
-            await self._run(task_status)
-            committer.cancel()
+        await self._run(task_status)
         self.store.commit_deferred()
 
     async def _run(self, task_status: trio.TaskStatus[None]) -> None:
@@ -135,19 +128,6 @@ class DeliveryWorker:
                         self._active.add(room_id)
                         nursery.start_soon(self._drain, room_id)
                 await self._wakeup.wait()
-
-    async def _committer(self, scope: trio.CancelScope) -> None:
-        """Commit deferred delivery records a moment after the first of them, so that the sends
-        finishing meanwhile (in every room, for every network) share one fsync."""
-        with scope:
-            while True:
-                await self._commit_due.wait()
-                self._commit_due = trio.Event()
-                await trio.sleep(GROUP_COMMIT_SECONDS)  # the moment records may wait, by design
-                self.store.commit_deferred()
-
-    def _deferred_waiting(self) -> None:
-        self._commit_due.set()
 
     # -- the work ------------------------------------------------------------------------------
 

@@ -1,8 +1,10 @@
 """Taking in events: dedupe, translate, queue, commit, in one SQLite transaction.
 
 This is invariant 1 of ../shared/design.md in code: the caller answers the homeserver only after
-``take_transaction`` returned, and it returns only after the commit. Dedupe is by event id, since
-Synapse reuses transaction ids after it restarts; the transaction id is only a quick hint.
+what ``take_transaction`` wrote is committed: at once, or (``defer=True``, the daemon's way) a
+moment later through bridge/commits.py, after the sends it asks for went out. Dedupe is by
+event id, since Synapse reuses transaction ids after it restarts; the transaction id is only a
+quick hint.
 Reconciliation (bridge/reconcile.py) feeds events read from a room's timeline through the same
 ``take_events``, so a pushed event and a reconciled one are one and the same to the bridge.
 """
@@ -39,23 +41,30 @@ class Inbound:
         self.wake = wake
         self.rules = rules  # replaced on reload
 
-    def take_transaction(self, network_id: str, txn_id: str, body: bytes, events: list[Any]) -> int:
-        """Queue what a pushed transaction asks for; return how many actions were queued."""
-        source = self.networks[network_id]
-        if events and all(_echo(event, source) for event in events):
+    def take_transaction(
+        self, network_id: str, txn_id: str, body: bytes, events: list[Any], *, defer: bool = False
+    ) -> bool:
+        """Queue what a pushed transaction asks for and wake the workers; return whether
+        anything was written. Committed before this returns, or with `defer` left to the
+        caller (GroupCommit.durable) so that the sends need not wait for the fsync."""
+        if events and all(self.is_echo(event, network_id) for event in events):
             # Only what the bridge itself just sent (its ghosts' messages, their joins): the
             # homeserver pushes those back, one transaction each. Nothing is to be done about
             # them, so nothing is written and no fsync is spent (a third of all pushes).
-            return 0
+            return False
         digest = nacl.hash.blake2b(body, digest_size=16, encoder=nacl.encoding.HexEncoder).decode()
         if self.store.transaction_seen(network_id, txn_id, digest):
             log.debug("transaction %s from %s already taken in", txn_id, network_id)
-            return 0
-        with self.store.transaction():
-            queued, targets = self._take(network_id, events, f"transaction {txn_id}")
+            return False
+        with self.store.deferred() if defer else self.store.transaction():
+            _, targets = self._take(network_id, events, f"transaction {txn_id}")
             self.store.record_transaction(network_id, txn_id, digest)
         self._wake(targets)
-        return queued
+        return True
+
+    def is_echo(self, event: Any, network_id: str) -> bool:
+        """An event by the bridge's own bot or ghosts that asks nothing of the bridge."""
+        return _echo(event, self.networks[network_id])
 
     async def push(self, network_id: str, txn_id: str, body: bytes, events: list[Any]) -> None:
         """The `Intake` interface (bridge/matrix/appservice.py) without reconciliation."""

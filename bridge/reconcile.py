@@ -36,6 +36,7 @@ from typing import Any
 
 import trio
 
+from bridge.commits import GroupCommit
 from bridge.core.model import Portal
 from bridge.inbound import Inbound
 from bridge.matrix.client import Homeserver, HomeserverError
@@ -61,8 +62,12 @@ class Reconciler:
         inbound: Inbound,
         portals: Callable[[], Iterable[Portal]],
         metrics: Metrics | None = None,
+        commits: GroupCommit | None = None,
     ) -> None:
         self.metrics = metrics or Metrics()
+        # With a group commit, a push's writes reach the disk after its sends went out (see
+        # bridge/commits.py); without one, before (tests that drive a Reconciler alone).
+        self.commits = commits
         self.store = store
         self.homeservers = homeservers
         self.inbound = inbound
@@ -94,7 +99,10 @@ class Reconciler:
                 for room_id in rooms:
                     if self._watched(network, room_id):
                         await self._reconcile_room(network, room_id, pushed)
-            self.inbound.take_transaction(network, txn_id, body, events)
+            wrote = self.inbound.take_transaction(network, txn_id, body, events,
+                                                  defer=self.commits is not None)
+            if wrote and self.commits is not None:
+                await self.commits.durable()  # answered only once on disk
         self.metrics.received.labels(network).inc(len(events))
         self.metrics.transaction_seconds.labels(network).observe(trio.current_time() - started)
 
@@ -210,9 +218,11 @@ class Reconciler:
                 "%s on %s: more than %d events since the last check; took in the newest only",
                 room_id, network, PAGE * MAX_PAGES,
             )
+        # The bridge's own events (its ghosts' sends, pushed back as echoes) are never recorded
+        # as seen, and there is nothing to take in from them.
         unseen = [
             e for e in reversed(newest_first)
-            if isinstance(e.get("event_id"), str)
+            if isinstance(e.get("event_id"), str) and not self.inbound.is_echo(e, network)
             and not self.store.event_seen(network, e["event_id"])
         ]
         missed = [e for e in unseen if e["event_id"] not in (pushed or ())]

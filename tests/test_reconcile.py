@@ -155,3 +155,18 @@ async def test_pushes_read_their_room_first_until_the_start_up_catch_up_is_done(
     assert not rig.reconciler.is_suspect("wa")
     assert await rig.reconciler.catch_up("wa") == 0  # nothing left: every event taken once
     assert rig.queued() == ["m2", "m3"]
+
+
+async def test_the_bridges_own_events_in_a_timeline_are_not_counted_as_missed(
+    rig: Rig, autojump_clock: trio.testing.MockClock
+) -> None:
+    rig.say(1)
+    await rig.reconciler.reconcile_network("wa")
+    for n in range(2, 6):  # what ghosts sent here: pushed back as echoes, never recorded
+        echo = text(n) | {"sender": "@_tb_ig_aaaaaaaaaaaaaaaa:wa.test"}
+        rig.fake.timelines[ROOM].append(echo)
+    rig.say(6)  # and one message a person sent that no push brought
+    assert await rig.reconciler.reconcile_network("wa") == 1
+    assert rig.queued() == ["m6"]
+    assert rig.store.room_mark("wa", ROOM) == "$e6"
+    assert not rig.store.event_seen("wa", "$e2")  # echoes still cost no write

@@ -29,6 +29,9 @@ from bridge.store.migrations import migrate
 from bridge.store.people import PeopleStore
 
 SYNCHRONOUS = {"full": "FULL", "process": "NORMAL"}
+# Deferred blocks that may wait for one commit: what a crash could take back at most (those
+# actions go again, with their transaction ids) and how far the WAL grows meanwhile.
+MAX_DEFERRED = 256
 
 
 @dataclass(frozen=True)
@@ -70,6 +73,11 @@ class Store(PeopleStore):
         self._memo: dict[tuple[Any, ...], Any] = {}  # see bridge/store/cache.py
         self._deferred_open = False  # a write transaction holds deferred writes
         self._deferred_listeners: list[Callable[[], None]] = []
+        self._deferred_writes = 0  # deferred blocks in the open transaction
+        # Each deferred transaction is numbered, so that a writer can learn later whether its
+        # writes reached the disk (committed) or not (rolled back with the others).
+        self._epoch = 0
+        self._lost: set[int] = set()
 
     def close(self) -> None:
         self.commit_deferred()
@@ -113,18 +121,37 @@ class Store(PeopleStore):
     @contextmanager
     def deferred(self) -> Iterator[None]:
         """Writes that land together or not at all, and may wait a moment for their commit:
-        the record that an action was delivered. Losing it to a crash only means the action
-        goes again with the same transaction id, which the homeserver recognises. Deferred
-        writes are committed by the next `transaction`, by `commit_deferred` (the delivery
-        workers call it a moment after they appear), or at close: many sends share one fsync.
-        Reads on this connection see them at once."""
+        the record that an action was delivered, and a pushed transaction whose answer waits
+        for that commit (bridge/commits.py). Losing them to a crash only means that actions go
+        again with the same transaction ids, which the homeserver recognises. Deferred writes
+        are committed by the next `transaction`, by `commit_deferred` (bridge/commits.py calls
+        it when the bridge is idle), after MAX_DEFERRED of them, or at close: many writes
+        share one fsync. Reads on this connection see them at once."""
         if not self._deferred_open:
+            if self.conn.in_transaction:
+                raise RuntimeError("Store.deferred() inside Store.transaction()")
             self.conn.execute("BEGIN IMMEDIATE")
             self._deferred_open = True
+            self._deferred_writes = 0
+            self._epoch += 1
             for listener in self._deferred_listeners:
                 listener()
         with self._savepoint("deferred"):
             yield
+        self._deferred_writes += 1
+        if self._deferred_writes >= MAX_DEFERRED:
+            # Under a load that never leaves the loop idle nobody else would commit them: bound
+            # what a crash can take back (and the WAL's growth) by a count instead of a timer.
+            self.commit_deferred()
+
+    @property
+    def deferred_epoch(self) -> int | None:
+        """The number of the deferred transaction now open (None if none is)."""
+        return self._epoch if self._deferred_open else None
+
+    def deferred_lost(self, epoch: int) -> bool:
+        """Whether the deferred transaction numbered `epoch` was rolled back, not committed."""
+        return epoch in self._lost
 
     def commit_deferred(self) -> None:
         if self._deferred_open:
@@ -134,6 +161,7 @@ class Store(PeopleStore):
             except BaseException:
                 # A full or failing disk: what waited is lost (its actions go again, with the
                 # same transaction ids), and the connection must not stay inside a transaction.
+                self._lost.add(self._epoch)
                 self._memo.clear()
                 if self.conn.in_transaction:
                     self.conn.execute("ROLLBACK")

@@ -1,0 +1,181 @@
+"""Group commit (bridge/commits.py): a push is answered only once its writes are on disk, its
+sends may leave before that fsync, and nothing waits on a timer or starves."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+
+from bridge.commits import MAX_WAIT, GroupCommit
+from bridge.store import Store, StoreError
+from bridge.store.store import MAX_DEFERRED
+
+from .test_store import message
+
+
+def rows_on_disk(path: Path) -> int:
+    """What another process (or the store after a crash) would read: committed rows only."""
+    with sqlite3.connect(str(path)) as conn:
+        return int(conn.execute("SELECT COUNT(*) FROM outbox").fetchone()[0])
+
+
+async def test_the_sends_leave_before_the_fsync_and_the_answer_after_it(tmp_path: Path) -> None:
+    path = tmp_path / "t.db"
+    store = Store(path)
+    commits = GroupCommit(store)
+    woken = trio.Event()
+    on_disk_when_sent: list[int] = []
+
+    async def worker() -> None:
+        await woken.wait()
+        assert len(store.pending_actions("ig", "!r:ig")) == 1  # this connection sees the row
+        on_disk_when_sent.append(rows_on_disk(path))  # the send goes out now
+        await trio.sleep_forever()  # waiting for the homeserver's answer
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(worker)
+        with store.deferred():
+            store.enqueue([message(1)])
+        woken.set()
+        await commits.durable()
+        assert rows_on_disk(path) == 1  # answered only now, and it is on disk
+        assert on_disk_when_sent == [0]  # the send did not wait for the fsync
+        nursery.cancel_scope.cancel()
+    store.close()
+
+
+async def test_nothing_waiting_returns_at_once(tmp_path: Path) -> None:
+    store = Store(tmp_path / "t.db")
+    commits = GroupCommit(store)
+    with trio.fail_after(1):
+        await commits.durable()
+    store.close()
+
+
+class FailingCommits:
+    """A connection whose COMMIT fails, as on a full or failing disk."""
+
+    def __init__(self, real: sqlite3.Connection) -> None:
+        self.real = real
+
+    def execute(self, sql: str, *args: Any) -> sqlite3.Cursor:
+        if sql == "COMMIT":
+            raise sqlite3.OperationalError("database or disk is full")
+        return self.real.execute(sql, *args)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.real, name)
+
+
+async def test_a_failed_commit_is_an_error_and_leaves_nothing_half_written(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "t.db"
+    store = Store(path)
+    commits = GroupCommit(store)
+    real = store.conn
+    store.conn = FailingCommits(real)  # type: ignore[assignment]
+    with store.deferred():
+        store.enqueue([message(1)])
+    with pytest.raises(StoreError, match="could not commit a pushed transaction"):
+        await commits.durable()
+    store.conn = real
+    assert rows_on_disk(path) == 0
+    assert store.pending_actions("ig", "!r:ig") == []  # rolled back here too, not half-kept
+    # The store goes on: the homeserver retries the push, and this time it lands.
+    with store.deferred():
+        store.enqueue([message(1)])
+    await commits.durable()
+    assert rows_on_disk(path) == 1
+    store.close()
+
+
+async def test_a_push_whose_writes_another_commit_lost_is_not_acknowledged(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "t.db"
+    store = Store(path)
+    commits = GroupCommit(store)
+    real = store.conn
+    failed: list[str] = []
+
+    async def another_task_commits() -> None:
+        # Runs while the push waits for its commit: its own commit fails, taking the push's
+        # writes down with it (they were in the same SQLite transaction).
+        store.conn = FailingCommits(real)  # type: ignore[assignment]
+        try:
+            store.commit_deferred()
+        except sqlite3.OperationalError as exc:
+            failed.append(str(exc))
+        store.conn = real
+
+    async with trio.open_nursery() as nursery:
+        with store.deferred():
+            store.enqueue([message(1)])  # a push's writes, waiting for their commit
+        nursery.start_soon(another_task_commits)
+        with pytest.raises(StoreError, match="rolled back"):
+            await commits.durable()
+    assert failed == ["database or disk is full"]
+    assert rows_on_disk(path) == 0
+    store.close()
+
+
+async def test_delivery_records_alone_are_committed_once_the_bridge_is_idle(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "t.db"
+    store = Store(path)
+    commits = GroupCommit(store)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(commits.run)
+        with store.deferred():
+            store.enqueue([message(1)])
+        with trio.fail_after(5):
+            while True:
+                if rows_on_disk(path) == 1:
+                    break
+                await trio.sleep(0.01)  # polling the disk under a deadline
+        nursery.cancel_scope.cancel()
+    store.close()
+
+
+async def test_a_loop_that_is_never_idle_cannot_hold_back_an_answer(tmp_path: Path) -> None:
+    path = tmp_path / "t.db"
+    store = Store(path)
+    commits = GroupCommit(store)
+
+    async def busy() -> None:
+        while True:
+            await trio.lowlevel.checkpoint()  # always runnable: the loop is never idle
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(busy)
+        with store.deferred():
+            store.enqueue([message(1)])
+        started = trio.current_time()
+        with trio.fail_after(5):
+            await commits.durable()
+        assert trio.current_time() - started < MAX_WAIT + 0.5
+        assert rows_on_disk(path) == 1
+        nursery.cancel_scope.cancel()
+    store.close()
+
+
+def test_records_are_committed_after_a_bounded_number_even_without_a_committer(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "t.db"
+    store = Store(path)
+    for n in range(MAX_DEFERRED - 1):
+        with store.deferred():
+            store.enqueue([message(n)])
+    assert rows_on_disk(path) == 0
+    with store.deferred():
+        store.enqueue([message(MAX_DEFERRED)])
+    assert rows_on_disk(path) == MAX_DEFERRED  # a crash now could take back none of them
+    assert store.deferred_epoch is None
+    store.close()
