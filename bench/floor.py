@@ -6,12 +6,17 @@ transaction is answered once the sends are done. What tribridge costs above this
 of its guarantees and its logic.
 
     python bench/floor.py --listen 29399 --hs wa=<token>=<url>=<room> --hs ig=... --hs fbm=...
+
+Against real homeservers (bench/relay.py) it sends with each network's as_token as a user the
+appservice owns (`--as net=as_token=user_id`), and skips the events of senders starting with an
+`--own` prefix: the homeserver pushes back what the relay sent, which must not go round again.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import secrets
 import sys
 from pathlib import Path
 from urllib.parse import quote
@@ -26,12 +31,19 @@ from bridge.http.types import Request, Response, json_response
 
 
 class Floor:
-    def __init__(self, networks: dict[str, tuple[str, str, str]]) -> None:
-        # network -> (hs_token, homeserver URL, room)
+    def __init__(self, networks: dict[str, tuple[str, str, str]],
+                 senders: dict[str, tuple[str, str]] | None = None,
+                 own: tuple[str, ...] = ()) -> None:
+        # network -> (hs_token, homeserver URL, room); network -> (as_token, user id to send as)
         self.networks = networks
         self.by_token = {token: net for net, (token, _, _) in networks.items()}
-        self.clients = {net: H11Client(url, {"Authorization": f"Bearer {token}"})
-                        for net, (token, url, _) in networks.items()}
+        senders = senders or {net: (token, f"@floor:{net}.localhost")
+                              for net, (token, _, _) in networks.items()}
+        self.clients = {net: H11Client(url, {"Authorization": f"Bearer {senders[net][0]}"})
+                        for net, (_, url, _) in networks.items()}
+        self.users = {net: quote(user, safe="") for net, (_, user) in senders.items()}
+        self.own = own
+        self.run = secrets.token_hex(4)  # transaction ids unique across runs
         self.count = 0
 
     async def handle(self, request: Request) -> Response:
@@ -40,12 +52,15 @@ class Floor:
         if source is None:
             return json_response(403, {"errcode": "M_FORBIDDEN"})
         for event in json.loads(request.body).get("events", []):
+            if (event.get("type") != "m.room.message"
+                    or str(event.get("sender", "")).startswith(self.own)):
+                continue  # not a message, or the relay's own, pushed back
             for net, (_, _, room) in self.networks.items():
                 if net == source:
                     continue
                 self.count += 1
                 target = (f"/_matrix/client/v3/rooms/{quote(room, safe='')}/send/m.room.message/"
-                          f"f{self.count}?user_id=%40floor%3A{net}.localhost")
+                          f"f{self.run}.{self.count}?user_id={self.users[net]}")
                 await self.clients[net].request(
                     "PUT", target, json.dumps(event["content"]).encode())
         return json_response(200, {})
@@ -56,12 +71,20 @@ async def main() -> None:
     parser.add_argument("--listen", type=int, required=True)
     parser.add_argument("--hs", action="append", required=True,
                         help="network=hs_token=url=room, once per network")
+    parser.add_argument("--as", dest="senders", action="append", default=[],
+                        help="network=as_token=user_id: send as this user (real homeservers)")
+    parser.add_argument("--own", action="append", default=[],
+                        help="skip events of senders starting with this (the relay's echoes)")
     args = parser.parse_args()
     networks = {}
     for item in args.hs:
         net, token, url, room = item.split("=", 3)
         networks[net] = (token, url, room)
-    floor = Floor(networks)
+    senders = {}
+    for item in args.senders:
+        net, token, user = item.split("=", 2)
+        senders[net] = (token, user)
+    floor = Floor(networks, senders or None, tuple(args.own))
     await serve("127.0.0.1", args.listen, floor.handle, Limits())
 
 

@@ -29,9 +29,12 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import httpx
 import trio
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -40,10 +43,27 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from perf import hot_spots  # noqa: E402
 
+from bridge.config import load_config  # noqa: E402
 from bridge.demo import has_body  # noqa: E402
 from bridge.localnet.cluster import LocalNet  # noqa: E402
 from bridge.localnet.daemon import Daemon  # noqa: E402
 from bridge.localnet.people import Person  # noqa: E402
+
+
+async def counters(port: int) -> dict[str, float]:
+    """The daemon's own counts (its /metrics): pushes, events pushed, sends, reconciled."""
+    async with httpx.AsyncClient() as client:
+        text = (await client.get(f"http://127.0.0.1:{port}/metrics")).text
+    totals = {"pushes": 0.0, "events pushed": 0.0, "sends": 0.0, "reconciled": 0.0}
+    names = {"tribridge_transaction_seconds_count": "pushes",
+             "tribridge_events_received_total": "events pushed",
+             "tribridge_events_relayed_total": "sends",
+             "tribridge_events_reconciled_total": "reconciled"}
+    for line in text.splitlines():
+        name = line.split("{", 1)[0]
+        if name in names:
+            totals[names[name]] += float(line.rsplit(" ", 1)[1])
+    return totals
 
 
 def cpu_seconds(pid: int) -> float:
@@ -84,6 +104,40 @@ async def phase(sender: Person, room: str, readers: dict[str, tuple[Person, str]
     }
 
 
+@asynccontextmanager
+async def floor_relay(net: LocalNet, config_path: Path, rooms: dict[str, str]
+                      ) -> AsyncIterator[int]:
+    """bench/floor.py in the bridge's place: same port, tokens and rooms; it sends as the bot."""
+    config = load_config(config_path)
+    args = [sys.executable, str(ROOT / "bench" / "floor.py"), "--listen", str(net.bridge_port),
+            "--own", "@tribridge:", "--own", "@_tb_"]
+    for net_id, nc in config.networks.items():
+        args += ["--hs", f"{net_id}={nc.hs_token}={net.url(net_id)}={rooms[net_id]}",
+                 "--as", f"{net_id}={nc.as_token}={nc.network.bot_user_id}"]
+    process = await trio.lowlevel.open_process(args)
+    try:
+        async with httpx.AsyncClient() as client:
+            with trio.fail_after(10):
+                while True:
+                    try:
+                        await client.get(f"http://127.0.0.1:{net.bridge_port}/")
+                        break
+                    except httpx.TransportError:
+                        await trio.sleep(0.05)  # polling for the port under a deadline
+            for net_id, nc in config.networks.items():
+                # Synapse marked the appservice down while nothing listened: a ping brings
+                # its pushes back at once instead of after its back-off.
+                answer = await client.post(
+                    f"{net.url(net_id)}/_matrix/client/v1/appservice/{nc.appservice_id}/ping",
+                    json={"transaction_id": secrets.token_hex(4)},
+                    headers={"Authorization": f"Bearer {nc.as_token}"})
+                answer.raise_for_status()
+        yield process.pid
+    finally:
+        process.kill()
+        await process.wait()
+
+
 async def bench(net: LocalNet, messages: int, paced: int, rate: float,
                 profile: Path | None = None, log_copy: Path | None = None) -> dict[str, Any]:
     phone = "+1555" + str(secrets.randbelow(10**7)).zfill(7)
@@ -115,6 +169,7 @@ async def bench(net: LocalNet, messages: int, paced: int, rate: float,
         synapse_pids = [s.process.pid for s in net.servers.values() if s.process]
         cpu0 = (cpu_seconds(pid), sum(cpu_seconds(p) for p in synapse_pids))
         split0 = cpu_split(pid)
+        counts0 = await counters(net.bridge_port)
         spy = None
         if profile is not None:
             # py-spy samples the bridge while it holds the GIL (its CPU, not its waits) during
@@ -129,9 +184,21 @@ async def bench(net: LocalNet, messages: int, paced: int, rate: float,
             await spy.wait()
         cpu1 = (cpu_seconds(pid), sum(cpu_seconds(p) for p in synapse_pids))
         split1 = cpu_split(pid)
-        return {"native": native, "bridged": bridged, "flood": flood,
-                "bridge_cpu": cpu1[0] - cpu0[0], "synapse_cpu": cpu1[1] - cpu0[1],
-                "bridge_user": split1[0] - split0[0], "bridge_system": split1[1] - split0[1]}
+        counts1 = await counters(net.bridge_port)
+        result = {"counts": {k: counts1[k] - counts0[k] for k in counts0},
+                  "native": native, "bridged": bridged, "flood": flood,
+                  "bridge_cpu": cpu1[0] - cpu0[0], "synapse_cpu": cpu1[1] - cpu0[1],
+                  "bridge_user": split1[0] - split0[0], "bridge_system": split1[1] - split0[1]}
+        await daemon.stop()
+        # The same flood through the no-logic floor relay, with the same Synapses and rooms:
+        # what any relay on this stack costs here, beside what tribridge costs.
+        async with floor_relay(net, daemon.config_path, rooms) as floor_pid:
+            cpu0 = (cpu_seconds(floor_pid), sum(cpu_seconds(p) for p in synapse_pids))
+            result["floor_flood"] = await phase(alice, rooms["wa"], readers, "floor ", messages,
+                                                0)
+            cpu1 = (cpu_seconds(floor_pid), sum(cpu_seconds(p) for p in synapse_pids))
+        result["floor_cpu"], result["floor_synapse_cpu"] = cpu1[0] - cpu0[0], cpu1[1] - cpu0[1]
+        return result
     finally:
         await daemon.stop()
         if log_copy is not None:
@@ -177,6 +244,15 @@ def main() -> int:
     print(f"flood CPU: bridge {r['bridge_cpu']:.2f} s ({1000 * r['bridge_cpu'] / relayed:.2f} ms "
           f"per relayed event), three Synapses {r['synapse_cpu']:.2f} s; "
           f"bridge = {100 * r['bridge_cpu'] / max(r['synapse_cpu'], 1e-9):.1f}% of Synapse")
+    ff = r["floor_flood"]
+    print(f"floor relay, same flood: {ff['events'] / ff['seconds']:.1f} events/s, CPU "
+          f"{r['floor_cpu']:.2f} s ({1000 * r['floor_cpu'] / ff['events']:.2f} ms per relayed "
+          f"event), three Synapses {r['floor_synapse_cpu']:.2f} s; floor = "
+          f"{100 * r['floor_cpu'] / max(r['floor_synapse_cpu'], 1e-9):.1f}% of Synapse; "
+          f"tribridge / floor, CPU per relayed event: "
+          f"{(r['bridge_cpu'] / f['events']) / max(r['floor_cpu'] / ff['events'], 1e-9):.1f}x")
+    print("during the flood, the bridge took " + ", ".join(
+        f"{v:.0f} {k}" for k, v in r["counts"].items()))
     print(f"bridge CPU split: user {r['bridge_user']:.2f} s, system (kernel: sockets, epoll, "
           f"fsync) {r['bridge_system']:.2f} s")
     if profile is not None and profile.exists():
