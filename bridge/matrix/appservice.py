@@ -83,13 +83,13 @@ class Appservice:
     async def transaction(self, request: Request) -> Response:
         network = request.params["network"]
         try:
-            events = parse_transaction(request.body)
+            events, ephemeral = parse_pushed(request.body)
         except InputError as exc:
             return matrix_error(400, exc.errcode, str(exc))
         # Returns only after the outbox rows are committed: acknowledged means on disk.
         await self.intake.push(network, request.params["txn_id"], request.body, events)
         if self.ephemeral is not None:
-            self.ephemeral(network, parse_ephemeral(request.body))
+            self.ephemeral(network, ephemeral)
         return json_response(200, {})
 
     async def query_user(self, request: Request) -> Response:
@@ -122,7 +122,14 @@ class InputError(ValueError):
 
 
 def parse_transaction(body: bytes) -> list[Any]:
-    """The events of a pushed transaction body; raises InputError and nothing else.
+    """The events of a pushed transaction body; raises InputError and nothing else."""
+    return parse_pushed(body)[0]
+
+
+def parse_pushed(body: bytes) -> tuple[list[Any], list[Any]]:
+    """The events and the ephemeral events (typing, receipts: under the spec's key, or the one
+    of MSC2409 that Synapse sends) of a pushed transaction body, from one JSON parse; raises
+    InputError and nothing else.
 
     Events are not checked one by one here: a bad event is skipped on its own later, so one
     malformed event never makes the homeserver retry (and block) a whole transaction.
@@ -138,18 +145,11 @@ def parse_transaction(body: bytes) -> list[Any]:
     events = doc.get("events", [])
     if not isinstance(events, list):
         raise InputError("M_BAD_JSON", "'events' must be a list")
-    return events
-
-
-def parse_ephemeral(body: bytes) -> list[Any]:
-    """The typing and receipt events of a transaction body parse_transaction accepted (the
-    spec's key, or the one of MSC2409 that Synapse sends)."""
-    doc = json.loads(body)
     for key in ("ephemeral", "de.sorunome.msc2409.ephemeral"):
         found = doc.get(key)
         if isinstance(found, list):
-            return found
-    return []
+            return events, found
+    return events, []
 
 
 def _bearer(request: Request) -> str | None:
