@@ -40,7 +40,7 @@ $(VENV)/.bench-installed: pyproject.toml $(VENV)/.test-installed
 # docs/performance.md: the bridge beside a no-logic floor on a fake homeserver (with py-spy's
 # hot spots), a big store and a big backlog, then the CPU ratio against three real Synapses.
 bench: $(VENV)/.bench-installed
-	$(PY) bench/perf.py --messages 10000 --paced 2000 --profile $(VENV)/perf-profile.txt
+	$(PY) bench/perf.py --messages 5000 --paced 1000 --rounds 3 --profile $(VENV)/perf-profile.txt
 	$(PY) bench/scale.py
 	$(PY) bench/relay.py
 

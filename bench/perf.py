@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -147,39 +148,53 @@ def table(results: dict[str, dict[str, dict[str, float]]]) -> str:
     return "\n".join(rows)
 
 
+async def one_round(fake: Fake, relay: str, workdir: Path, args: Any,
+                    profile: Path | None) -> dict[str, dict[str, float]]:
+    if relay == "floor":
+        async with floor(fake) as pid:
+            return await measure(fake, pid, args.messages, args.paced)
+    tree = Path(args.baseline) if relay == "baseline" else ROOT
+    await trio.Path(workdir).mkdir()
+    async with tribridge(fake, workdir, args.bridge_extra, tree) as pid:
+        return await measure(fake, pid, args.messages, args.paced, profile)
+
+
+def medians(rounds: list[dict[str, dict[str, float]]]) -> dict[str, dict[str, float]]:
+    return {run: {key: statistics.median(r[run][key] for r in rounds) for key in rounds[0][run]}
+            for run in rounds[0]}
+
+
 async def main(args: Any) -> None:
     workdir = Path(tempfile.mkdtemp(prefix="tribridge-perf-"))
-    results: dict[str, dict[str, dict[str, float]]] = {}
+    relays = ["floor", "tribridge"] + (["baseline"] if args.baseline else [])
+    rounds: dict[str, list[dict[str, dict[str, float]]]] = {relay: [] for relay in relays}
     report = ""
     try:
         fake = Fake()
         async with trio.open_nursery() as nursery:
             await nursery.start(fake.serve)
-            async with floor(fake) as pid:
-                results["floor"] = await measure(fake, pid, args.messages, args.paced)
-            profile = Path(args.profile) if args.profile else None
-            async with tribridge(fake, workdir, args.bridge_extra) as pid:
-                results["tribridge"] = await measure(fake, pid, args.messages, args.paced,
-                                                     profile)
-            if profile is not None and profile.exists():
-                report = hot_spots(profile)
-            if args.baseline:
-                before = Path(str(profile) + ".baseline") if profile else None
-                (workdir / "baseline").mkdir()
-                async with tribridge(fake, workdir / "baseline", args.bridge_extra,
-                                     Path(args.baseline)) as pid:
-                    results["baseline"] = await measure(fake, pid, args.messages, args.paced,
-                                                        before)
-                if before is not None and before.exists():
-                    report += "\n\npy-spy, the baseline tree during batch 1:\n" + hot_spots(before)
+            for n in range(args.rounds):
+                # The order turns each round, so that no relay always runs first or last on a
+                # machine whose load drifts.
+                for relay in relays[n % len(relays):] + relays[:n % len(relays)]:
+                    profile = None
+                    if args.profile and n == 0 and relay != "floor":
+                        profile = Path(args.profile + (".baseline" if relay == "baseline" else ""))
+                    rounds[relay].append(await one_round(
+                        fake, relay, workdir / f"{relay}{n}", args, profile))
+                    if profile is not None and profile.exists():
+                        title = "tribridge" if relay == "tribridge" else "the baseline tree"
+                        report += f"\n\npy-spy, {title} during batch 1:\n" + hot_spots(profile)
             nursery.cancel_scope.cancel()
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
+    results = {relay: medians(rounds[relay]) for relay in relays}
     print(f"\n{args.messages:,} messages per batch run from wa, each relayed to ig and fbm "
-          f"(two sends); {args.paced:,} paced at 200/s.\n")
+          f"(two sends); {args.paced:,} paced at 200/s. Medians of {args.rounds} round(s), "
+          f"the relays' order turning each round.\n")
     print(table(results))
     if report:
-        print("\npy-spy, tribridge during batch 1:\n" + report)
+        print(report)
 
 
 if __name__ == "__main__":
@@ -192,4 +207,6 @@ if __name__ == "__main__":
                         help="also run the tribridge of another checkout (e.g. a git worktree "
                              "of an older commit), for a before/after in the same call")
     parser.add_argument("--bridge-extra", default="", help="lines for tribridge's [bridge]")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="measure every relay this many times, interleaved; print medians")
     trio.run(main, parser.parse_args())

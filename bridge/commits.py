@@ -58,14 +58,17 @@ class GroupCommit:
                 log.error("could not commit delivery records (%s); their actions will be sent "
                           "again, with the same transaction ids", exc)
 
-    async def durable(self) -> None:
+    async def durable(self, *, after_sends: bool = True) -> None:
         """Return once every deferred write made so far is on disk; raise StoreError if it was
-        rolled back instead (a failing disk), so that the push is not acknowledged."""
+        rolled back instead (a failing disk), so that the push is not acknowledged. With
+        `after_sends`, the commit waits for the moment no task can run (the sends are out);
+        without, it is taken at once."""
         epoch = self.store.deferred_epoch
         if epoch is None:
             return  # nothing is waiting: what was written is committed already (or lost, below)
-        with trio.move_on_after(MAX_WAIT):
-            await wait_all_tasks_blocked()
+        if after_sends:
+            with trio.move_on_after(MAX_WAIT):
+                await wait_all_tasks_blocked()
         if self.store.deferred_epoch == epoch:
             try:
                 self.store.commit_deferred()

@@ -104,6 +104,10 @@ class Bridge:
                     homeservers[net_id] = Homeserver(http, net.network.server_name, fast=fast)
                 workers: dict[str, DeliveryWorker] = {}
                 metrics = Metrics()
+
+                def wake(network_id: str) -> None:
+                    workers[network_id].wake()
+
                 inbound = Inbound(store, networks, key, wake=lambda n: workers[n].wake(),
                                   rules=_rules(config))
                 self.inbound = inbound
@@ -112,11 +116,11 @@ class Bridge:
                                         commits)
                 bot = Bot(lambda: self.config, homeservers, store, key,
                           reachable=lambda n: workers[n].reachable, reload=self.reload_from_bot,
-                          wake=lambda n: workers[n].wake())
+                          wake=wake)
                 for net_id, network in networks.items():
                     workers[net_id] = DeliveryWorker(
                         network, homeservers, networks, store, key,
-                        wake=lambda n: workers[n].wake(), on_recovered=reconciler.suspect,
+                        wake=wake, on_recovered=reconciler.suspect,
                         metrics=metrics, bot=bot, max_media_bytes=config.bridge.max_media_bytes,
                     )
                 observer = Observer(store, workers, metrics, config.bridge.unhealthy_after)

@@ -94,9 +94,11 @@ class DeliveryWorker:
 
     # -- control -------------------------------------------------------------------------------
 
-    def wake(self) -> None:
-        """New actions were committed for this network: look for them."""
+    def wake(self) -> bool:
+        """New actions were written for this network: look for them. Return whether sends
+        were under way already (the new ones may queue behind them)."""
         self._wakeup.set()
+        return bool(self._active)
 
     def stop(self) -> None:
         """Finish the actions in flight, start no new one; `run` then returns."""

@@ -11,6 +11,7 @@ Reconciliation (bridge/reconcile.py) feeds events read from a room's timeline th
 
 from __future__ import annotations
 
+import enum
 import logging
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
@@ -26,13 +27,21 @@ from bridge.store import Store
 log = logging.getLogger(__name__)
 
 
+class Taken(enum.Enum):
+    """What taking in a pushed transaction did."""
+
+    NOTHING = "nothing written"  # echoes only, or a transaction taken in before
+    SENDING = "written; sends leave now"  # a woken worker was idle: its sends start at once
+    QUEUED = "written; sends queue"  # every worker woken was busy (or none was woken)
+
+
 class Inbound:
     def __init__(
         self,
         store: Store,
         networks: Mapping[str, Network],
         key: bytes,
-        wake: Callable[[str], None],
+        wake: Callable[[str], bool | None],
         rules: Rules = DEFAULT_RULES,
     ) -> None:
         self.store = store
@@ -43,24 +52,23 @@ class Inbound:
 
     def take_transaction(
         self, network_id: str, txn_id: str, body: bytes, events: list[Any], *, defer: bool = False
-    ) -> bool:
-        """Queue what a pushed transaction asks for and wake the workers; return whether
-        anything was written. Committed before this returns, or with `defer` left to the
-        caller (GroupCommit.durable) so that the sends need not wait for the fsync."""
+    ) -> Taken:
+        """Queue what a pushed transaction asks for and wake the workers. Committed before this
+        returns, or with `defer` left to the caller (GroupCommit.durable), so that the sends
+        need not wait for the fsync."""
         if events and all(self.is_echo(event, network_id) for event in events):
             # Only what the bridge itself just sent (its ghosts' messages, their joins): the
             # homeserver pushes those back, one transaction each. Nothing is to be done about
             # them, so nothing is written and no fsync is spent (a third of all pushes).
-            return False
+            return Taken.NOTHING
         digest = nacl.hash.blake2b(body, digest_size=16, encoder=nacl.encoding.HexEncoder).decode()
         if self.store.transaction_seen(network_id, txn_id, digest):
             log.debug("transaction %s from %s already taken in", txn_id, network_id)
-            return False
+            return Taken.NOTHING
         with self.store.deferred() if defer else self.store.transaction():
             _, targets = self._take(network_id, events, f"transaction {txn_id}")
             self.store.record_transaction(network_id, txn_id, digest)
-        self._wake(targets)
-        return True
+        return Taken.QUEUED if self._wake(targets) else Taken.SENDING
 
     def is_echo(self, event: Any, network_id: str) -> bool:
         """An event by the bridge's own bot or ghosts that asks nothing of the bridge."""
@@ -82,9 +90,12 @@ class Inbound:
         self._wake(targets)
         return queued
 
-    def _wake(self, targets: set[str]) -> None:
+    def _wake(self, targets: set[str]) -> bool:
+        """Wake the targets' workers; whether every one of them was busy already."""
+        busy = True
         for target in targets:
-            self.wake(target)
+            busy = bool(self.wake(target)) and busy
+        return busy
 
     def _take(self, network_id: str, events: Iterable[Any], where: str) -> tuple[int, set[str]]:
         source = self.networks[network_id]

@@ -38,7 +38,7 @@ import trio
 
 from bridge.commits import GroupCommit
 from bridge.core.model import Portal
-from bridge.inbound import Inbound
+from bridge.inbound import Inbound, Taken
 from bridge.matrix.client import Homeserver, HomeserverError
 from bridge.metrics import Metrics
 from bridge.store import Store
@@ -102,10 +102,13 @@ class Reconciler:
                 for room_id in rooms:
                     if self._watched(network, room_id):
                         await self._reconcile_room(network, room_id, pushed)
-            wrote = self.inbound.take_transaction(network, txn_id, body, events,
+            taken = self.inbound.take_transaction(network, txn_id, body, events,
                                                   defer=self.commits is not None)
-            if wrote and self.commits is not None:
-                await self.commits.durable()  # answered only once on disk
+            if taken is not Taken.NOTHING and self.commits is not None:
+                # Answered only once on disk. If sends are leaving now, the commit waits for
+                # them to be on the wire; if they queue behind others, it has nothing to wait
+                # for, and an early answer lets the homeserver push the next transaction.
+                await self.commits.durable(after_sends=taken is Taken.SENDING)
         self._received[network].inc(len(events))
         self._took[network].observe(trio.current_time() - started)
 

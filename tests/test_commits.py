@@ -11,9 +11,12 @@ import pytest
 import trio
 
 from bridge.commits import MAX_WAIT, GroupCommit
+from bridge.core.ghosts import derive_key
+from bridge.inbound import Inbound, Taken
 from bridge.store import Store, StoreError
 from bridge.store.store import MAX_DEFERRED
 
+from .test_reconcile import IG, ROOM, WA, text
 from .test_store import message
 
 
@@ -45,6 +48,48 @@ async def test_the_sends_leave_before_the_fsync_and_the_answer_after_it(tmp_path
         assert rows_on_disk(path) == 1  # answered only now, and it is on disk
         assert on_disk_when_sent == [0]  # the send did not wait for the fsync
         nursery.cancel_scope.cancel()
+    store.close()
+
+
+async def test_sends_that_queue_behind_others_do_not_hold_back_the_commit(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "t.db"
+    store = Store(path)
+    commits = GroupCommit(store)
+    on_disk_when_run: list[int] = []
+
+    async def worker() -> None:
+        on_disk_when_run.append(rows_on_disk(path))
+
+    async with trio.open_nursery() as nursery:
+        with store.deferred():
+            store.enqueue([message(1)])
+        nursery.start_soon(worker)
+        await commits.durable(after_sends=False)
+        assert rows_on_disk(path) == 1
+    assert on_disk_when_run == [1]  # committed before anything else ran
+    store.close()
+
+
+def test_a_push_says_whether_its_sends_leave_now_or_queue_behind_others(
+    tmp_path: Path,
+) -> None:
+    store = Store(tmp_path / "t.db")
+    store.sync_config_portals([{"wa": ROOM, "ig": "!ig-room"}])
+    busy = {"ig": False}
+    inbound = Inbound(store, {"wa": WA, "ig": IG}, derive_key(b"k" * 32),
+                      wake=lambda network: busy[network])
+    body = b'{"events": []}'
+    assert inbound.take_transaction("wa", "1", body, [text(1)], defer=True) is Taken.SENDING
+    busy["ig"] = True  # the ig worker is still sending the first one
+    assert inbound.take_transaction("wa", "2", body + b" ", [text(2)], defer=True) is Taken.QUEUED
+    assert inbound.take_transaction("wa", "2", body + b" ", [text(2)], defer=True) is Taken.NOTHING
+    echo = text(3) | {"sender": "@_tb_ig_aaaaaaaaaaaaaaaa:wa.test"}
+    assert inbound.take_transaction("wa", "3", b"{}", [echo], defer=True) is Taken.NOTHING
+    store.commit_deferred()
+    assert [i.action.content["body"] for i in store.pending_actions("ig", "!ig-room")] == [
+        "m1", "m2"]
     store.close()
 
 
