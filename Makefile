@@ -37,9 +37,11 @@ $(VENV)/.bench-installed: pyproject.toml $(VENV)/.test-installed
 	$(PY) -m pip install --quiet -e '.[test,bench]'
 	touch $@
 
-# docs/performance.md: the bridge beside a no-logic floor on a fake homeserver (with py-spy's
-# hot spots), a big store and a big backlog, then the CPU ratio against three real Synapses.
+# docs/performance.md: what one HTTP request costs on this stack, the bridge beside a no-logic
+# floor on a fake homeserver (with py-spy's hot spots), a big store and a big backlog, then the
+# CPU ratio against three real Synapses, beside the floor relay's.
 bench: $(VENV)/.bench-installed
+	$(PY) bench/stack.py
 	$(PY) bench/perf.py --messages 5000 --paced 1000 --rounds 3 --profile $(VENV)/perf-profile.txt
 	$(PY) bench/scale.py
 	$(PY) bench/relay.py

@@ -4,6 +4,7 @@ sends may leave before that fsync, and nothing waits on a timer or starves."""
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,17 @@ from bridge.store.store import MAX_DEFERRED
 from .test_reconcile import IG, ROOM, WA, text
 from .test_store import message
 
+Db = tuple[Path, Store, GroupCommit]
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> Iterator[Db]:
+    """A store on disk and its group commit."""
+    path = tmp_path / "t.db"
+    store = Store(path)
+    yield path, store, GroupCommit(store)
+    store.close()
+
 
 def rows_on_disk(path: Path) -> int:
     """What another process (or the store after a crash) would read: committed rows only."""
@@ -26,10 +38,8 @@ def rows_on_disk(path: Path) -> int:
         return int(conn.execute("SELECT COUNT(*) FROM outbox").fetchone()[0])
 
 
-async def test_the_sends_leave_before_the_fsync_and_the_answer_after_it(tmp_path: Path) -> None:
-    path = tmp_path / "t.db"
-    store = Store(path)
-    commits = GroupCommit(store)
+async def test_the_sends_leave_before_the_fsync_and_the_answer_after_it(db: Db) -> None:
+    path, store, commits = db
     woken = trio.Event()
     on_disk_when_sent: list[int] = []
 
@@ -48,15 +58,10 @@ async def test_the_sends_leave_before_the_fsync_and_the_answer_after_it(tmp_path
         assert rows_on_disk(path) == 1  # answered only now, and it is on disk
         assert on_disk_when_sent == [0]  # the send did not wait for the fsync
         nursery.cancel_scope.cancel()
-    store.close()
 
 
-async def test_sends_that_queue_behind_others_do_not_hold_back_the_commit(
-    tmp_path: Path,
-) -> None:
-    path = tmp_path / "t.db"
-    store = Store(path)
-    commits = GroupCommit(store)
+async def test_sends_that_queue_behind_others_do_not_hold_back_the_commit(db: Db) -> None:
+    path, store, commits = db
     on_disk_when_run: list[int] = []
 
     async def worker() -> None:
@@ -69,7 +74,6 @@ async def test_sends_that_queue_behind_others_do_not_hold_back_the_commit(
         await commits.durable(after_sends=False)
         assert rows_on_disk(path) == 1
     assert on_disk_when_run == [1]  # committed before anything else ran
-    store.close()
 
 
 def test_a_push_says_whether_its_sends_leave_now_or_queue_behind_others(
@@ -93,12 +97,10 @@ def test_a_push_says_whether_its_sends_leave_now_or_queue_behind_others(
     store.close()
 
 
-async def test_nothing_waiting_returns_at_once(tmp_path: Path) -> None:
-    store = Store(tmp_path / "t.db")
-    commits = GroupCommit(store)
+async def test_nothing_waiting_returns_at_once(db: Db) -> None:
+    _, _, commits = db
     with trio.fail_after(1):
         await commits.durable()
-    store.close()
 
 
 class FailingCommits:
@@ -116,12 +118,8 @@ class FailingCommits:
         return getattr(self.real, name)
 
 
-async def test_a_failed_commit_is_an_error_and_leaves_nothing_half_written(
-    tmp_path: Path,
-) -> None:
-    path = tmp_path / "t.db"
-    store = Store(path)
-    commits = GroupCommit(store)
+async def test_a_failed_commit_is_an_error_and_leaves_nothing_half_written(db: Db) -> None:
+    path, store, commits = db
     real = store.conn
     store.conn = FailingCommits(real)  # type: ignore[assignment]
     with store.deferred():
@@ -136,15 +134,10 @@ async def test_a_failed_commit_is_an_error_and_leaves_nothing_half_written(
         store.enqueue([message(1)])
     await commits.durable()
     assert rows_on_disk(path) == 1
-    store.close()
 
 
-async def test_a_push_whose_writes_another_commit_lost_is_not_acknowledged(
-    tmp_path: Path,
-) -> None:
-    path = tmp_path / "t.db"
-    store = Store(path)
-    commits = GroupCommit(store)
+async def test_a_push_whose_writes_another_commit_lost_is_not_acknowledged(db: Db) -> None:
+    path, store, commits = db
     real = store.conn
     failed: list[str] = []
 
@@ -166,15 +159,10 @@ async def test_a_push_whose_writes_another_commit_lost_is_not_acknowledged(
             await commits.durable()
     assert failed == ["database or disk is full"]
     assert rows_on_disk(path) == 0
-    store.close()
 
 
-async def test_delivery_records_alone_are_committed_once_the_bridge_is_idle(
-    tmp_path: Path,
-) -> None:
-    path = tmp_path / "t.db"
-    store = Store(path)
-    commits = GroupCommit(store)
+async def test_delivery_records_alone_are_committed_once_the_bridge_is_idle(db: Db) -> None:
+    path, store, commits = db
     async with trio.open_nursery() as nursery:
         await nursery.start(commits.run)
         with store.deferred():
@@ -185,13 +173,10 @@ async def test_delivery_records_alone_are_committed_once_the_bridge_is_idle(
                     break
                 await trio.sleep(0.01)  # polling the disk under a deadline
         nursery.cancel_scope.cancel()
-    store.close()
 
 
-async def test_a_loop_that_is_never_idle_cannot_hold_back_an_answer(tmp_path: Path) -> None:
-    path = tmp_path / "t.db"
-    store = Store(path)
-    commits = GroupCommit(store)
+async def test_a_loop_that_is_never_idle_cannot_hold_back_an_answer(db: Db) -> None:
+    path, store, commits = db
 
     async def busy() -> None:
         while True:
@@ -207,7 +192,6 @@ async def test_a_loop_that_is_never_idle_cannot_hold_back_an_answer(tmp_path: Pa
         assert trio.current_time() - started < MAX_WAIT + 0.5
         assert rows_on_disk(path) == 1
         nursery.cancel_scope.cancel()
-    store.close()
 
 
 def test_records_are_committed_after_a_bounded_number_even_without_a_committer(
@@ -223,4 +207,16 @@ def test_records_are_committed_after_a_bounded_number_even_without_a_committer(
         store.enqueue([message(MAX_DEFERRED)])
     assert rows_on_disk(path) == MAX_DEFERRED  # a crash now could take back none of them
     assert store.deferred_epoch is None
+    store.close()
+
+
+def test_the_bound_never_commits_inside_an_open_deferred_block(tmp_path: Path) -> None:
+    path = tmp_path / "t.db"
+    store = Store(path)
+    with store.deferred():
+        for n in range(MAX_DEFERRED + 1):
+            with store.deferred():
+                store.enqueue([message(n)])
+        assert rows_on_disk(path) == 0  # the outer block is not done: nothing half-written
+    assert rows_on_disk(path) == MAX_DEFERRED + 1  # done, and over the bound: committed
     store.close()

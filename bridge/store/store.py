@@ -74,6 +74,7 @@ class Store(PeopleStore):
         self._deferred_open = False  # a write transaction holds deferred writes
         self._deferred_listeners: list[Callable[[], None]] = []
         self._deferred_writes = 0  # deferred blocks in the open transaction
+        self._deferred_depth = 0  # deferred blocks open now (one may hold another)
         # Each deferred transaction is numbered, so that a writer can learn later whether its
         # writes reached the disk (committed) or not (rolled back with the others).
         self._epoch = 0
@@ -136,10 +137,14 @@ class Store(PeopleStore):
             self._epoch += 1
             for listener in self._deferred_listeners:
                 listener()
-        with self._savepoint("deferred"):
-            yield
+        self._deferred_depth += 1
+        try:
+            with self._savepoint("deferred"):
+                yield
+        finally:
+            self._deferred_depth -= 1
         self._deferred_writes += 1
-        if self._deferred_writes >= MAX_DEFERRED:
+        if self._deferred_writes >= MAX_DEFERRED and not self._deferred_depth:
             # Under a load that never leaves the loop idle nobody else would commit them: bound
             # what a crash can take back (and the WAL's growth) by a count instead of a timer.
             self.commit_deferred()
