@@ -59,20 +59,22 @@ class GroupCommit:
                           "again, with the same transaction ids", exc)
 
     async def durable(self, *, after_sends: bool = True) -> None:
-        """Return once every deferred write made so far is on disk; raise StoreError if it was
-        rolled back instead (a failing disk), so that the push is not acknowledged. With
+        """Return once the caller's deferred writes, made just before, are on disk; raise
+        StoreError if they were rolled back instead (a failing disk), so that the push is not
+        acknowledged. With
         `after_sends`, the commit waits for the moment no task can run (the sends are out);
         without, it is taken at once."""
-        epoch = self.store.deferred_epoch
-        if epoch is None:
-            return  # nothing is waiting: what was written is committed already (or lost, below)
-        if after_sends:
-            with trio.move_on_after(MAX_WAIT):
-                await wait_all_tasks_blocked()
+        # Called with no await since the caller's writes: the latest deferred transaction is
+        # theirs, whether it is still open, committed already, or lost.
+        epoch = self.store.latest_deferred
         if self.store.deferred_epoch == epoch:
-            try:
-                self.store.commit_deferred()
-            except sqlite3.Error as exc:
-                raise StoreError(f"could not commit a pushed transaction: {exc}") from exc
+            if after_sends:
+                with trio.move_on_after(MAX_WAIT):
+                    await wait_all_tasks_blocked()
+            if self.store.deferred_epoch == epoch:
+                try:
+                    self.store.commit_deferred()
+                except sqlite3.Error as exc:
+                    raise StoreError(f"could not commit a pushed transaction: {exc}") from exc
         if self.store.deferred_lost(epoch):
             raise StoreError("a pushed transaction was rolled back with a failed commit")

@@ -168,7 +168,7 @@ class DeliveryWorker:
                 if verdict is Verdict.PERMANENT:
                     self._fail(item, exc)
                     return True
-                self.store.note_attempt(item.id, str(exc))
+                self.store.note_attempt(item, str(exc))
                 if isinstance(exc, Unreachable):
                     self._start_probe()
                 delay = backoff(attempt, self.jitter(), exc.retry_after_ms)
@@ -181,7 +181,7 @@ class DeliveryWorker:
             except Exception as exc:
                 # A bug of ours must not wedge the room behind one poisoned action.
                 log.exception("action %d for %s failed unexpectedly", item.id, self.network.id)
-                self.store.finish(item.id, "failed", f"internal error: {type(exc).__name__}",
+                self.store.finish(item, "failed", f"internal error: {type(exc).__name__}",
                                   scrub=isinstance(item.action, BotTask))
                 return True
 
@@ -201,7 +201,7 @@ class DeliveryWorker:
             self.network.label, self.network.server_name, action.kind, item.id, exc,
         )
         with self.store.transaction():
-            self.store.finish(item.id, "failed", str(exc), scrub=isinstance(action, BotTask))
+            self.store.finish(item, "failed", str(exc), scrub=isinstance(action, BotTask))
             if isinstance(action, SendMessage):
                 notice = failure_notice(
                     action.source, self.network.id, self.network.label, exc.errcode
@@ -214,7 +214,7 @@ class DeliveryWorker:
         action = item.action
         if isinstance(action, JoinRoom):
             await self.hs.join(action.room_id)
-            self.store.finish(item.id, "done")
+            self.store.finish(item, "done")
             log.info("joined %s on %s", action.room_id, self.network.server_name)
             return
         if isinstance(action, SendNotice):
@@ -222,11 +222,11 @@ class DeliveryWorker:
                 action.room_id, "m.room.message", action.content, action.txn_id,
                 self.network.bot_user_id,
             )
-            self.store.finish(item.id, "done")
+            self.store.finish(item, "done")
             return
         if isinstance(action, LeaveRoom):
             await self._leave(action)
-            self.store.finish(item.id, "done")
+            self.store.finish(item, "done")
             return
         if isinstance(action, BotTask):
             await self._bot_task(item, action)
@@ -237,39 +237,39 @@ class DeliveryWorker:
             return
         if isinstance(action, GhostSync):
             await self._ghost_sync(action)
-            self.store.finish(item.id, "done")
+            self.store.finish(item, "done")
             return
         portal_id = self.store.portal_id_of(self.network.id, action.room_id)
         if portal_id is None or portal_id != self.store.portal_id_of(src.network, src.room_id):
             # Queued before one of the rooms left the portal (unlink, the bot kicked): the
             # ghost must not come back into a room that is no longer bridged.
-            self.store.finish(item.id, "done", "not sent: the room left its portal")
+            self.store.finish(item, "done", "not sent: the room left its portal")
             return
         if isinstance(action, Member):
-            self.store.finish(item.id, "done", await self._member(action))
+            self.store.finish(item, "done", await self._member(action))
             return
         if isinstance(action, RoomState):
-            self.store.finish(item.id, "done", await self._room_state(action))
+            self.store.finish(item, "done", await self._room_state(action))
             return
         if action.unless_member and (
             await self.hs.membership(action.room_id, action.unless_member) == "join"
         ):
             # The sender's own linked account is in this room: no mirror of them as a ghost.
-            self.store.finish(item.id, "done", "not mirrored: the sender's own account is here")
+            self.store.finish(item, "done", "not mirrored: the sender's own account is here")
             return
         content = self._map_relation(action)
         relates = content.get("m.relates_to")
         if action.event_type == "m.reaction" and not (
             isinstance(relates, Mapping) and "event_id" in relates
         ):
-            self.store.finish(item.id, "done", "a reaction to an event never relayed here")
+            self.store.finish(item, "done", "a reaction to an event never relayed here")
             return
         event_id = await self._send_as_ghost(action, content)
         with self.store.deferred():  # committed with the next ones: see Store.deferred
             self.store.map_event(
                 src.network, src.room_id, src.event_id, self.network.id, action.room_id, event_id
             )
-            self.store.finish(item.id, "done")
+            self.store.finish(item, "done")
         log.debug("relayed %s from %s as %s", src.event_id, src.network, event_id)
 
     def _map_relation(self, action: SendMessage) -> Mapping[str, Any]:
@@ -314,7 +314,7 @@ class DeliveryWorker:
         target = self.store.counterpart(src.network, action.redacts, self.network.id)
         if target is None:
             # Never sent here (redacted while still queued, or from before the portal).
-            self.store.finish(item.id, "done", "nothing to redact on this network")
+            self.store.finish(item, "done", "nothing to redact on this network")
             return
         ghost = await self.ghosts.ensure(
             self.network.id, action.ghost, src.network, src.sender, action.room_id,
@@ -329,7 +329,7 @@ class DeliveryWorker:
             # the bot may (a portal made by link gives it all).
             await self.hs.redact(action.room_id, target, action.txn_id,
                                  self.network.bot_user_id, action.reason)
-        self.store.finish(item.id, "done")
+        self.store.finish(item, "done")
 
     async def _member(self, action: Member) -> str | None:
         """Do to the person's ghost what was done to them; a note if it could not be done (no
@@ -422,14 +422,14 @@ class DeliveryWorker:
         (answering an invite, a DM request and its answer) are safe to repeat, and retry with
         backoff like any action."""
         if self.bot is None:
-            self.store.finish(item.id, "failed", "no bot in this process", scrub=True)
+            self.store.finish(item, "failed", "no bot in this process", scrub=True)
             return
         if action.task != "command":
             await self.bot(action)
-            self.store.finish(item.id, "done", scrub=True)
+            self.store.finish(item, "done", scrub=True)
             return
         with self.store.transaction():  # on disk before it runs (with any records waiting)
-            self.store.finish(item.id, "done", scrub=True)
+            self.store.finish(item, "done", scrub=True)
         try:
             await self.bot(action)
         except HomeserverError as exc:

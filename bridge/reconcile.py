@@ -107,7 +107,9 @@ class Reconciler:
             if taken is not Taken.NOTHING and self.commits is not None:
                 # Answered only once on disk. If sends are leaving now, the commit waits for
                 # them to be on the wire; if they queue behind others, it has nothing to wait
-                # for, and an early answer lets the homeserver push the next transaction.
+                # for, and an early answer lets the homeserver push the next transaction. The
+                # lock is held until then, so that a retry of this transaction cannot be taken
+                # for one already seen on the strength of writes not yet on disk.
                 await self.commits.durable(after_sends=taken is Taken.SENDING)
         self._received[network].inc(len(events))
         self._took[network].observe(trio.current_time() - started)

@@ -14,6 +14,7 @@ import trio
 from bridge.commits import MAX_WAIT, GroupCommit
 from bridge.core.ghosts import derive_key
 from bridge.inbound import Inbound, Taken
+from bridge.reconcile import Reconciler
 from bridge.store import Store, StoreError
 from bridge.store.store import MAX_DEFERRED
 
@@ -219,4 +220,79 @@ def test_the_bound_never_commits_inside_an_open_deferred_block(tmp_path: Path) -
                 store.enqueue([message(n)])
         assert rows_on_disk(path) == 0  # the outer block is not done: nothing half-written
     assert rows_on_disk(path) == MAX_DEFERRED + 1  # done, and over the bound: committed
+    store.close()
+
+
+async def test_a_failed_commit_at_the_bound_loses_the_batch_but_raises_into_no_writer(
+    db: Db,
+) -> None:
+    path, store, commits = db
+    real = store.conn
+    store.conn = FailingCommits(real)  # type: ignore[assignment]
+    for n in range(MAX_DEFERRED):  # the last block's exit commits, and the commit fails
+        with store.deferred():
+            store.enqueue([message(n)])
+    store.conn = real
+    assert rows_on_disk(path) == 0
+    assert store.pending_actions("ig", "!r:ig") == []  # rolled back here too
+    with pytest.raises(StoreError, match="rolled back"):
+        await commits.durable()  # a push whose writes were in that batch is refused
+
+
+async def test_another_commit_that_carries_the_push_along_is_enough(db: Db) -> None:
+    path, store, commits = db
+
+    async def another_task_commits() -> None:
+        with store.transaction():
+            store.enqueue([message(2)])
+
+    async with trio.open_nursery() as nursery:
+        with store.deferred():
+            store.enqueue([message(1)])
+        nursery.start_soon(another_task_commits)
+        await commits.durable()
+    assert rows_on_disk(path) == 2
+
+
+async def test_a_late_done_mark_after_a_failed_commit_leaves_the_next_action_alone(
+    db: Db,
+) -> None:
+    _, store, commits = db
+    with store.deferred():
+        store.enqueue([message(1)])
+    (sent,) = store.pending_actions("ig", "!r:ig")  # a worker takes it and sends it
+    real = store.conn
+    store.conn = FailingCommits(real)  # type: ignore[assignment]
+    with pytest.raises(StoreError):
+        await commits.durable()  # the push's commit fails: its row is gone
+    store.conn = real
+    with store.transaction():
+        store.enqueue([message(2)])  # the next action may get the same row id
+    (queued,) = store.pending_actions("ig", "!r:ig")
+    assert queued.id == sent.id  # SQLite reuses it, which is the hazard
+    with store.deferred():
+        store.finish(sent, "done")  # the worker's answer came back late
+    assert [i.action.content["body"] for i in store.pending_actions("ig", "!r:ig")] == ["m2"]
+
+
+async def test_a_push_through_the_reconciler_is_on_disk_when_it_is_answered(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "t.db"
+    store = Store(path)
+    store.sync_config_portals([{"wa": ROOM, "ig": "!ig-room"}])
+    inbound = Inbound(store, {"wa": WA, "ig": IG}, derive_key(b"k" * 32), wake=lambda n: None)
+    commits = GroupCommit(store)
+    # Not suspect, so no timeline is read: no homeserver is needed.
+    no_homeservers: Any = dict.fromkeys(("wa", "ig"))
+    reconciler = Reconciler(store, no_homeservers, inbound, store.portals, commits=commits)
+    await reconciler.push("wa", "1", b'{"events": [1]}', [text(1)])
+    assert rows_on_disk(path) == 1  # answered now: on disk
+    real = store.conn
+    store.conn = FailingCommits(real)  # type: ignore[assignment]
+    with pytest.raises(StoreError):  # the appservice answers 500, and Synapse retries
+        await reconciler.push("wa", "2", b'{"events": [2]}', [text(2)])
+    store.conn = real
+    await reconciler.push("wa", "2", b'{"events": [2]}', [text(2)])  # the retry lands
+    assert rows_on_disk(path) == 2
     store.close()

@@ -9,6 +9,7 @@ means a COMMIT that returned is on disk, so the HTTP 200 that follows it is hone
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sqlite3
 import time
@@ -27,6 +28,8 @@ from bridge.store.cache import invalidates, memoised
 from bridge.store.errors import StoreError
 from bridge.store.migrations import migrate
 from bridge.store.people import PeopleStore
+
+log = logging.getLogger(__name__)
 
 SYNCHRONOUS = {"full": "FULL", "process": "NORMAL"}
 # Deferred blocks that may wait for one commit: what a crash could take back at most (those
@@ -48,6 +51,18 @@ class OutboxItem:
     id: int
     attempts: int
     action: Action
+
+
+def _outbox_row(item: OutboxItem | int) -> tuple[str, tuple[Any, ...]]:
+    """The WHERE clause for one outbox row. Given the item a worker read, it names the row by
+    its transaction id as well: a worker may send an action whose row is not committed yet
+    (bridge/commits.py), and if that commit fails SQLite hands the same id to the next row
+    written, which the late "done" of the first must not touch. The same transaction id is the
+    same action, whatever its id."""
+    if isinstance(item, int):
+        return "WHERE id = ?", (item,)
+    return ("WHERE id = ? AND network = ? AND txn_id = ?",
+            (item.id, item.action.network, item.action.txn_id))
 
 
 class Store(PeopleStore):
@@ -113,11 +128,12 @@ class Store(PeopleStore):
         self.conn.execute("BEGIN IMMEDIATE")
         try:
             yield
+            self.conn.execute("COMMIT")
         except BaseException:
             self._memo.clear()  # it may hold what this transaction wrote and now never was
-            self.conn.execute("ROLLBACK")
+            if self.conn.in_transaction:  # a failed COMMIT may leave it open
+                self.conn.execute("ROLLBACK")
             raise
-        self.conn.execute("COMMIT")
 
     @contextmanager
     def deferred(self) -> Iterator[None]:
@@ -147,12 +163,24 @@ class Store(PeopleStore):
         if self._deferred_writes >= MAX_DEFERRED and not self._deferred_depth:
             # Under a load that never leaves the loop idle nobody else would commit them: bound
             # what a crash can take back (and the WAL's growth) by a count instead of a timer.
-            self.commit_deferred()
+            try:
+                self.commit_deferred()
+            except sqlite3.Error as exc:
+                # Not this block's failure: its writes are lost with the others, as in a crash
+                # (their actions go again; a push waiting on them learns it from
+                # deferred_lost and is not acknowledged).
+                log.error("could not commit %d deferred writes (%s)", MAX_DEFERRED, exc)
 
     @property
     def deferred_epoch(self) -> int | None:
         """The number of the deferred transaction now open (None if none is)."""
         return self._epoch if self._deferred_open else None
+
+    @property
+    def latest_deferred(self) -> int:
+        """The number of the deferred transaction the latest deferred writes went into, open
+        or not (0 before any)."""
+        return self._epoch
 
     def deferred_lost(self, epoch: int) -> bool:
         """Whether the deferred transaction numbered `epoch` was rolled back, not committed."""
@@ -483,23 +511,25 @@ class Store(PeopleStore):
         )
         return cursor.rowcount
 
-    def note_attempt(self, item_id: int, error: str) -> None:
+    def note_attempt(self, item: OutboxItem | int, error: str) -> None:
+        where, key = _outbox_row(item)
         self.conn.execute(
-            "UPDATE outbox SET attempts = attempts + 1, last_error = ?, updated_at = ? "
-            "WHERE id = ?",
-            (error[:500], time.time(), item_id),
+            "UPDATE outbox SET attempts = attempts + 1, last_error = ?, updated_at = ? " + where,
+            (error[:500], time.time(), *key),
         )
 
     def finish(
-        self, item_id: int, state: str, error: str | None = None, *, scrub: bool = False
+        self, item: OutboxItem | int, state: str, error: str | None = None, *,
+        scrub: bool = False,
     ) -> None:
         """Mark an action done or failed; `scrub` empties its payload (a command's text may
         hold a phone number: it is not kept once carried out)."""
         assert state in ("done", "failed")
+        where, key = _outbox_row(item)
         self.conn.execute(
             "UPDATE outbox SET state = ?, last_error = ?, updated_at = ?"
-            + (", payload = '{}'" if scrub else "") + " WHERE id = ?",
-            (state, error[:500] if error else None, time.time(), item_id),
+            + (", payload = '{}'" if scrub else "") + " " + where,
+            (state, error[:500] if error else None, time.time(), *key),
         )
 
     def map_event(
