@@ -429,7 +429,12 @@ class DeliveryWorker:
             self.store.finish(item, "done", scrub=True)
             return
         with self.store.transaction():  # on disk before it runs (with any records waiting)
-            self.store.finish(item, "done", scrub=True)
+            marked = self.store.finish(item, "done", scrub=True)
+        if not marked:
+            # Read before its push was committed, and that commit failed: the homeserver pushes
+            # the command again, and it runs then, once.
+            log.info("a command on %s not run: its transaction was not stored", self.network.id)
+            return
         try:
             await self.bot(action)
         except HomeserverError as exc:

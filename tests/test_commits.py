@@ -12,7 +12,9 @@ import pytest
 import trio
 
 from bridge.commits import MAX_WAIT, GroupCommit
+from bridge.core.actions import BotTask
 from bridge.core.ghosts import derive_key
+from bridge.delivery import DeliveryWorker
 from bridge.inbound import Inbound, Taken
 from bridge.reconcile import Reconciler
 from bridge.store import Store, StoreError
@@ -271,7 +273,7 @@ async def test_a_late_done_mark_after_a_failed_commit_leaves_the_next_action_alo
     (queued,) = store.pending_actions("ig", "!r:ig")
     assert queued.id == sent.id  # SQLite reuses it, which is the hazard
     with store.deferred():
-        store.finish(sent, "done")  # the worker's answer came back late
+        assert not store.finish(sent, "done")  # the worker's answer came back late
     assert [i.action.content["body"] for i in store.pending_actions("ig", "!r:ig")] == ["m2"]
 
 
@@ -296,3 +298,31 @@ async def test_a_push_through_the_reconciler_is_on_disk_when_it_is_answered(
     await reconciler.push("wa", "2", b'{"events": [2]}', [text(2)])  # the retry lands
     assert rows_on_disk(path) == 2
     store.close()
+
+
+async def test_a_command_whose_push_was_lost_runs_once_when_pushed_again(db: Db) -> None:
+    _, store, commits = db
+    ran: list[str] = []
+
+    async def bot(task: BotTask) -> None:
+        ran.append(task.data["body"])
+
+    no_homeservers: Any = {"ig": None}
+    worker = DeliveryWorker(IG, no_homeservers, {"ig": IG}, store, derive_key(b"k" * 32),
+                            bot=bot)
+    command = BotTask("ig", "!dm", "command", {"body": "!tb help"}, "tb1command", "$c")
+    with store.deferred():
+        store.enqueue([command])  # a pushed command, not committed yet
+    (item,) = store.pending_actions("ig", "!dm")  # the worker reads it at once
+    real = store.conn
+    store.conn = FailingCommits(real)  # type: ignore[assignment]
+    with pytest.raises(StoreError):
+        await commits.durable()  # the push's commit fails: answered 500
+    store.conn = real
+    await worker._deliver(item)  # the worker gets to it after the failure
+    assert ran == []  # not run: the homeserver will push it again
+    with store.transaction():
+        store.enqueue([command])  # the homeserver's retry
+    (again,) = store.pending_actions("ig", "!dm")
+    await worker._deliver(again)
+    assert ran == ["!tb help"]  # once

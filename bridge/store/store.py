@@ -521,16 +521,18 @@ class Store(PeopleStore):
     def finish(
         self, item: OutboxItem | int, state: str, error: str | None = None, *,
         scrub: bool = False,
-    ) -> None:
+    ) -> bool:
         """Mark an action done or failed; `scrub` empties its payload (a command's text may
-        hold a phone number: it is not kept once carried out)."""
+        hold a phone number: it is not kept once carried out). False if the row is not there
+        any more: its push's commit failed, and the homeserver will push it again."""
         assert state in ("done", "failed")
         where, key = _outbox_row(item)
-        self.conn.execute(
+        cursor = self.conn.execute(
             "UPDATE outbox SET state = ?, last_error = ?, updated_at = ?"
             + (", payload = '{}'" if scrub else "") + " " + where,
             (state, error[:500] if error else None, time.time(), *key),
         )
+        return cursor.rowcount > 0
 
     def map_event(
         self,
