@@ -6,6 +6,8 @@ push's writes are deferred (`Store.deferred`), the delivery workers are woken an
 sends on the wire, and the commit is taken at the first moment at which no task can run: the
 sends are out, waiting for answers, while the disk syncs. Whatever else was written by then
 (other networks' pushes, delivery records) shares that fsync. Only then is the push answered.
+When every worker the push woke was busy already, its sends cannot leave sooner, and the commit
+is taken at once: answered sooner, the homeserver pushes its next transaction sooner.
 
 Why not wait a fixed few milliseconds for company, as group commit often does: a trio timer that
 fires costs about 0.1 ms of CPU on these machines, as much as the fsync it would save, and it
@@ -61,9 +63,8 @@ class GroupCommit:
     async def durable(self, *, after_sends: bool = True) -> None:
         """Return once the caller's deferred writes, made just before, are on disk; raise
         StoreError if they were rolled back instead (a failing disk), so that the push is not
-        acknowledged. With
-        `after_sends`, the commit waits for the moment no task can run (the sends are out);
-        without, it is taken at once."""
+        acknowledged. With `after_sends`, the commit waits for the moment no task can run (the
+        sends are out); without (they queue behind others anyway), it is taken at once."""
         # Called with no await since the caller's writes: the latest deferred transaction is
         # theirs, whether it is still open, committed already, or lost.
         epoch = self.store.latest_deferred

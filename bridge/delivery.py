@@ -201,7 +201,8 @@ class DeliveryWorker:
             self.network.label, self.network.server_name, action.kind, item.id, exc,
         )
         with self.store.transaction():
-            self.store.finish(item, "failed", str(exc), scrub=isinstance(action, BotTask))
+            if not self.store.finish(item, "failed", str(exc), scrub=isinstance(action, BotTask)):
+                return  # its push's commit failed: it comes again, and so may this refusal
             if isinstance(action, SendMessage):
                 notice = failure_notice(
                     action.source, self.network.id, self.network.label, exc.errcode

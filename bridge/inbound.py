@@ -47,7 +47,7 @@ class Inbound:
         self.store = store
         self.networks = networks
         self.key = key
-        self.wake = wake
+        self.wake = wake  # wakes a network's worker; True if it was sending already
         self.rules = rules  # replaced on reload
 
     def take_transaction(
