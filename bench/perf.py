@@ -41,6 +41,19 @@ from bridge.reconcile import SUSPECT_SECONDS  # noqa: E402
 WARM_UP = 50  # messages before measuring: ghosts registered and joined, caches warm
 
 
+async def wait_for_port(port: int, within: float = 10.0) -> None:
+    """Until something listens on 127.0.0.1:`port` (a relay just started)."""
+    with trio.fail_after(within):
+        while True:
+            try:
+                stream = await trio.open_tcp_stream("127.0.0.1", port)
+            except OSError:
+                await trio.sleep(0.05)  # polling for the port under a deadline
+                continue
+            await stream.aclose()
+            return
+
+
 @asynccontextmanager
 async def floor(fake: Fake) -> AsyncIterator[int]:
     args = [sys.executable, str(ROOT / "bench" / "floor.py"), "--listen", str(fake.bridge_port)]
@@ -49,15 +62,7 @@ async def floor(fake: Fake) -> AsyncIterator[int]:
                          f"{fake.rooms[net_id]}"]
     process = await trio.lowlevel.open_process(args)
     try:
-        with trio.fail_after(10):
-            while True:
-                try:
-                    stream = await trio.open_tcp_stream("127.0.0.1", fake.bridge_port)
-                except OSError:
-                    await trio.sleep(0.05)  # polling for the port under a deadline
-                    continue
-                await stream.aclose()
-                break
+        await wait_for_port(fake.bridge_port)
         yield process.pid
     finally:
         process.kill()

@@ -41,7 +41,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from perf import hot_spots  # noqa: E402
+from perf import hot_spots, wait_for_port  # noqa: E402
 
 from bridge.config import load_config  # noqa: E402
 from bridge.demo import has_body  # noqa: E402
@@ -116,14 +116,8 @@ async def floor_relay(net: LocalNet, config_path: Path, rooms: dict[str, str]
                  "--as", f"{net_id}={nc.as_token}={nc.network.bot_user_id}"]
     process = await trio.lowlevel.open_process(args)
     try:
+        await wait_for_port(net.bridge_port)
         async with httpx.AsyncClient() as client:
-            with trio.fail_after(10):
-                while True:
-                    try:
-                        await client.get(f"http://127.0.0.1:{net.bridge_port}/")
-                        break
-                    except httpx.TransportError:
-                        await trio.sleep(0.05)  # polling for the port under a deadline
             for net_id, nc in config.networks.items():
                 # Synapse marked the appservice down while nothing listened: a ping brings
                 # its pushes back at once instead of after its back-off.

@@ -20,6 +20,7 @@ from bridge.reconcile import Reconciler
 from bridge.store import Store, StoreError
 from bridge.store.store import MAX_DEFERRED
 
+from .rigs import until
 from .test_reconcile import IG, ROOM, WA, text
 from .test_store import message
 
@@ -170,11 +171,7 @@ async def test_delivery_records_alone_are_committed_once_the_bridge_is_idle(db: 
         await nursery.start(commits.run)
         with store.deferred():
             store.enqueue([message(1)])
-        with trio.fail_after(5):
-            while True:
-                if rows_on_disk(path) == 1:
-                    break
-                await trio.sleep(0.01)  # polling the disk under a deadline
+        await until(lambda: rows_on_disk(path) == 1, within=5)
         nursery.cancel_scope.cancel()
 
 

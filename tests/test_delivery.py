@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import itertools
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,6 +26,7 @@ from bridge.metrics import Metrics
 from bridge.store import Store
 
 from .fakehs import FakeHomeserver, error
+from .rigs import start_workers, until
 
 KEY = derive_key(b"s" * 32)
 WA = Network("wa", "WhatsApp", "wa.test", "phone", "tribridge", "_tb_", False)
@@ -44,11 +45,8 @@ class Rig:
             self.store.enqueue([message(b, room, src_room) for b in bodies])
         self.workers["ig"].wake()
 
-    async def until(self, check: object, within: float = 3600) -> None:
-        """Poll (in virtual time) until check() is true."""
-        with trio.fail_after(within):
-            while not check():  # type: ignore[operator]  # noqa: ASYNC110 (state in a store)
-                await trio.sleep(min(1.0, within / 500))
+    async def until(self, check: Callable[[], object], within: float = 3600) -> None:
+        await until(check, within)
 
 
 def message(body: str, room: str = "!ig-room", src_room: str = "!wa-room") -> SendMessage:
@@ -82,14 +80,8 @@ async def rig(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterator[R
             "wa": Homeserver(wa_http, "wa.test", deadline=30),
             "ig": Homeserver(ig_http, "ig.test", deadline=30),
         }
-        workers: dict[str, DeliveryWorker] = {}
-        metrics = Metrics()
-        for net_id, net in NETWORKS.items():
-            workers[net_id] = DeliveryWorker(
-                net, homeservers, NETWORKS, store, KEY,
-                wake=lambda n: workers[n].wake(), jitter=lambda: 0.999, metrics=metrics,
-            )
-            await nursery.start(workers[net_id].run)
+        workers = await start_workers(nursery, homeservers, NETWORKS, store, KEY,
+                                      metrics=Metrics())
         yield Rig(store, fakes, workers)
         nursery.cancel_scope.cancel()
     store.close()

@@ -37,6 +37,7 @@ from bridge.matrix.client import Homeserver
 from bridge.store import Store
 
 from .fakehs import FakeHomeserver, error
+from .rigs import start_workers, until
 
 KEY = derive_key(b"m" * 32)
 WA = Network("wa", "WhatsApp", "wa.test", "phone", "tribridge", "_tb_", False)
@@ -157,12 +158,6 @@ class Rig:
         await until(lambda: not self.store.outbox_depth(), within)
 
 
-async def until(check: Callable[[], object], within: float = 3600) -> None:
-    with trio.fail_after(within):
-        while not check():  # noqa: ASYNC110 (the state is in a store and a fake)
-            await trio.sleep(min(1.0, within / 500))
-
-
 @pytest.fixture
 async def rig(tmp_path: Path) -> AsyncIterator[Rig]:
     fakes = {"wa": Hs("wa.test"), "ig": Hs("ig.test")}
@@ -177,13 +172,7 @@ async def rig(tmp_path: Path) -> AsyncIterator[Rig]:
             "wa": Homeserver(wa_http, "wa.test", deadline=30),
             "ig": Homeserver(ig_http, "ig.test", deadline=30),
         }
-        workers: dict[str, DeliveryWorker] = {}
-        for net_id, net in NETWORKS.items():
-            workers[net_id] = DeliveryWorker(
-                net, homeservers, NETWORKS, store, KEY,
-                wake=lambda n: workers[n].wake(), jitter=lambda: 0.999,
-            )
-            await nursery.start(workers[net_id].run)
+        workers = await start_workers(nursery, homeservers, NETWORKS, store, KEY)
         yield Rig(store, fakes, workers)
         nursery.cancel_scope.cancel()
     store.close()

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import sqlite3
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,6 +28,8 @@ from bridge.core.translate import ghost_for
 from bridge.ephemeral import CALL_SECONDS, MAX_IN_FLIGHT, TYPING_MS, Ephemeral
 from bridge.matrix.client import Homeserver
 from bridge.store import Store
+
+from .rigs import until
 
 KEY = derive_key(b"e" * 32)
 WA = Network("wa", "WhatsApp", "wa.test", "phone", "tribridge", "_tb_", False)
@@ -388,10 +390,3 @@ async def test_a_call_the_homeserver_sits_on_is_given_up_and_frees_its_place(
     rig.take(typing(*people, ALICE))
     await until(lambda: len(ig.calls) == MAX_IN_FLIGHT + 1, within=1)
     assert ig.typing()[-1] == ("!ig-room", late, True)
-
-
-async def until(check: Callable[[], bool], within: float) -> None:
-    """Poll (in virtual time) until check() is true."""
-    with trio.fail_after(within):
-        while not check():  # noqa: ASYNC110 (the state is the fake homeserver's)
-            await trio.sleep(within / 100)

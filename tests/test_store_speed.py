@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from bridge.store import Store
+from bridge.store import OutboxItem, Store
 
 from .test_store import message
 
@@ -16,6 +16,15 @@ from .test_store import message
 def other_connection(path: Path) -> sqlite3.Connection:
     """What another process (or the store after a crash) would read: committed rows only."""
     return sqlite3.connect(str(path))
+
+
+def one_queued(path: Path) -> tuple[Store, OutboxItem]:
+    """A store on disk with one action queued and committed."""
+    store = Store(path)
+    with store.transaction():
+        store.enqueue([message(1)])
+    (item,) = store.pending_actions("ig", "!r:ig")
+    return store, item
 
 
 def done_ids(conn: sqlite3.Connection) -> set[int]:
@@ -48,10 +57,7 @@ def test_deferred_records_are_seen_at_once_here_and_on_disk_after_a_commit(
 
 def test_a_transaction_commits_the_waiting_records_with_its_own(tmp_path: Path) -> None:
     path = tmp_path / "t.db"
-    store = Store(path)
-    with store.transaction():
-        store.enqueue([message(1)])
-    (item,) = store.pending_actions("ig", "!r:ig")
+    store, item = one_queued(path)
     with store.deferred():
         store.finish(item.id, "done")
     with store.transaction():
@@ -65,10 +71,7 @@ def test_a_failed_transaction_keeps_the_waiting_records_and_loses_only_its_own(
     tmp_path: Path,
 ) -> None:
     path = tmp_path / "t.db"
-    store = Store(path)
-    with store.transaction():
-        store.enqueue([message(1)])
-    (item,) = store.pending_actions("ig", "!r:ig")
+    store, item = one_queued(path)
     with store.deferred():
         store.finish(item.id, "done")
     with pytest.raises(RuntimeError), store.transaction():
@@ -82,10 +85,7 @@ def test_a_failed_transaction_keeps_the_waiting_records_and_loses_only_its_own(
 
 def test_a_failed_deferred_write_leaves_no_half_of_it(tmp_path: Path) -> None:
     path = tmp_path / "t.db"
-    store = Store(path)
-    with store.transaction():
-        store.enqueue([message(1)])
-    (item,) = store.pending_actions("ig", "!r:ig")
+    store, item = one_queued(path)
     with pytest.raises(RuntimeError), store.deferred():
         store.map_event("wa", "!src", "$e1", "ig", "!r:ig", "$copy1")
         raise RuntimeError("the send's record failed half-way")
@@ -98,10 +98,7 @@ def test_a_failed_deferred_write_leaves_no_half_of_it(tmp_path: Path) -> None:
 
 def test_closing_commits_what_waits(tmp_path: Path) -> None:
     path = tmp_path / "t.db"
-    store = Store(path)
-    with store.transaction():
-        store.enqueue([message(1)])
-    (item,) = store.pending_actions("ig", "!r:ig")
+    store, item = one_queued(path)
     with store.deferred():
         store.finish(item.id, "done")
     store.close()
