@@ -19,15 +19,21 @@ import json
 import secrets
 import sys
 from pathlib import Path
+from typing import Protocol
 from urllib.parse import quote
 
 import trio
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bridge.http.client import H11Client
+from bridge.http.client import Answer, H11Client
 from bridge.http.server import Limits, serve
 from bridge.http.types import Request, Response, json_response
+
+
+class Sender(Protocol):
+    async def request(self, method: str, target: str, body: bytes | None = None,
+                      content_type: bytes = b"application/json") -> Answer: ...
 
 
 class Floor:
@@ -39,12 +45,15 @@ class Floor:
         self.by_token = {token: net for net, (token, _, _) in networks.items()}
         senders = senders or {net: (token, f"@floor:{net}.localhost")
                               for net, (token, _, _) in networks.items()}
-        self.clients = {net: H11Client(url, {"Authorization": f"Bearer {senders[net][0]}"})
+        self.clients: dict[str, Sender] = {net: self.client(url, senders[net][0])
                         for net, (_, url, _) in networks.items()}
         self.users = {net: quote(user, safe="") for net, (_, user) in senders.items()}
         self.own = own
         self.run = secrets.token_hex(4)  # transaction ids unique across runs
         self.count = 0
+
+    def client(self, url: str, token: str) -> Sender:
+        return H11Client(url, {"Authorization": f"Bearer {token}"})
 
     async def handle(self, request: Request) -> Response:
         token = request.headers.get("authorization", "").removeprefix("Bearer ")
@@ -66,8 +75,10 @@ class Floor:
         return json_response(200, {})
 
 
-async def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
+def command_line(doc: str | None) -> tuple[int, dict[str, tuple[str, str, str]],
+                                             dict[str, tuple[str, str]] | None, tuple[str, ...]]:
+    """The relays' shared command line: (port, networks, senders or None, own prefixes)."""
+    parser = argparse.ArgumentParser(description=doc)
     parser.add_argument("--listen", type=int, required=True)
     parser.add_argument("--hs", action="append", required=True,
                         help="network=hs_token=url=room, once per network")
@@ -84,8 +95,12 @@ async def main() -> None:
     for item in args.senders:
         net, token, user = item.split("=", 2)
         senders[net] = (token, user)
-    floor = Floor(networks, senders or None, tuple(args.own))
-    await serve("127.0.0.1", args.listen, floor.handle, Limits())
+    return args.listen, networks, senders or None, tuple(args.own)
+
+
+async def main(relay: type[Floor] = Floor, doc: str | None = __doc__) -> None:
+    port, networks, senders, own = command_line(doc)
+    await serve("127.0.0.1", port, relay(networks, senders, own).handle, Limits())
 
 
 if __name__ == "__main__":

@@ -8,9 +8,15 @@ Both relays run in turn against bench/fakehs.py in the same call, with the same 
   relayed send's arrival, p50 and p99.
 
 tribridge runs with its default settings (durability full: a transaction is answered only after
-its commit is on disk). The ratio column is tribridge / floor.
+its commit is on disk). The ratio rows are tribridge / floor and, with --calibrate, tribridge /
+mautrix.
 
-    .venv/bin/python bench/perf.py [--messages 10000] [--paced 2000]
+--calibrate also runs issue 7's two calibration relays (bench/httpx_relay.py: the floor with
+httpx as its client; bench/mautrix_relay.py: a minimal mautrix-python relay) in the same call,
+prints the issue's calibration table beside the figures measured here, and carries the issue's
+CPU targets to this machine by each relay's factor.
+
+    .venv/bin/python bench/perf.py [--messages 10000] [--paced 2000] [--rounds 3] [--calibrate]
 """
 
 from __future__ import annotations
@@ -54,9 +60,17 @@ async def wait_for_port(port: int, within: float = 10.0) -> None:
             return
 
 
+# The relays without logic, run as they are (bench/floor.py and the two calibration relays of
+# issue 7's table, re-measured here: the table's absolute figures come from another machine).
+PLAIN = {"floor": "floor.py", "httpx": "httpx_relay.py", "mautrix": "mautrix_relay.py"}
+# Issue 7's calibration, CPU ms per relayed send at batch 1 and batch 50, and its targets.
+CALIBRATION = {"mautrix": (0.59, 0.42), "httpx": (1.01, 1.04), "floor": (0.17, 0.06)}
+TARGETS = (0.45, 0.20)
+
+
 @asynccontextmanager
-async def floor(fake: Fake) -> AsyncIterator[int]:
-    args = [sys.executable, str(ROOT / "bench" / "floor.py"), "--listen", str(fake.bridge_port)]
+async def plain(fake: Fake, relay: str) -> AsyncIterator[int]:
+    args = [sys.executable, str(ROOT / "bench" / PLAIN[relay]), "--listen", str(fake.bridge_port)]
     for net_id, *_ in NETWORKS:
         args += ["--hs", f"{net_id}={fake.hs_tokens[net_id]}={fake.url(net_id)}="
                          f"{fake.rooms[net_id]}"]
@@ -140,23 +154,51 @@ def table(results: dict[str, dict[str, dict[str, float]]]) -> str:
     rows = ["| run | relay | CPU ms/send | sends/s | p50 ms | p99 ms | push answered p50 ms "
             "| RSS MB |",
             "|---|---|---|---|---|---|---|---|"]
+    order = ("floor", "httpx", "mautrix", "baseline", "tribridge")
     for run in results["floor"]:
-        for relay in [r for r in ("floor", "baseline", "tribridge") if r in results]:
+        for relay in [r for r in order if r in results]:
             r = results[relay][run]
             rows.append(f"| {run} | {relay} | {r['cpu_ms_per_send']:.3f} | "
                         f"{r['sends_per_s']:,.0f} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | "
                         f"{r['ack_p50_ms']:.2f} | {r['rss_mb']:.0f} |")
-        f, t = results["floor"][run], results["tribridge"][run]
-        rows.append(f"| {run} | ratio | {t['cpu_ms_per_send'] / f['cpu_ms_per_send']:.1f}x | "
-                    f"{t['sends_per_s'] / f['sends_per_s']:.2f}x | "
-                    f"{t['p50_ms'] / f['p50_ms']:.1f}x | {t['p99_ms'] / f['p99_ms']:.1f}x | | |")
+        t = results["tribridge"][run]
+        for base in [b for b in ("floor", "mautrix") if b in results]:
+            f = results[base][run]
+            rows.append(f"| {run} | tribridge / {base} | "
+                        f"{t['cpu_ms_per_send'] / f['cpu_ms_per_send']:.2f}x | "
+                        f"{t['sends_per_s'] / f['sends_per_s']:.2f}x | "
+                        f"{t['p50_ms'] / f['p50_ms']:.1f}x | {t['p99_ms'] / f['p99_ms']:.1f}x "
+                        "| | |")
     return "\n".join(rows)
+
+
+def calibration(results: dict[str, dict[str, dict[str, float]]]) -> str:
+    """Issue 7's calibration table beside the same relays measured here, and its CPU targets
+    carried over by each relay's factor (here / there)."""
+    runs = ("batch 1", "batch 50")
+    rows = ["| relay | issue's ms/send (1 / 50) | here (1 / 50) | factor (1 / 50) |",
+            "|---|---|---|---|"]
+    carried = []
+    for relay, there in CALIBRATION.items():
+        if relay not in results:
+            continue
+        here = [results[relay][run]["cpu_ms_per_send"] for run in runs]
+        factor = [h / t for h, t in zip(here, there, strict=True)]
+        rows.append(f"| {relay} | {there[0]:.2f} / {there[1]:.2f} | {here[0]:.3f} / "
+                    f"{here[1]:.3f} | {factor[0]:.2f}x / {factor[1]:.2f}x |")
+        targets = [t * f for t, f in zip(TARGETS, factor, strict=True)]
+        carried.append(f"- by the {relay} relay's factor: {targets[0]:.3f} / {targets[1]:.3f} "
+                       "ms per send")
+    mine = [results["tribridge"][run]["cpu_ms_per_send"] for run in runs]
+    return ("\n".join(rows) + f"\n\nThe targets ({TARGETS[0]} / {TARGETS[1]} ms per send) carried "
+            "to this machine:\n" + "\n".join(carried)
+            + f"\n- tribridge here: {mine[0]:.3f} / {mine[1]:.3f} ms per send")
 
 
 async def one_round(fake: Fake, relay: str, workdir: Path, args: Any,
                     profile: Path | None) -> dict[str, dict[str, float]]:
-    if relay == "floor":
-        async with floor(fake) as pid:
+    if relay in PLAIN:
+        async with plain(fake, relay) as pid:
             return await measure(fake, pid, args.messages, args.paced)
     tree = Path(args.baseline) if relay == "baseline" else ROOT
     await trio.Path(workdir).mkdir()
@@ -171,7 +213,8 @@ def medians(rounds: list[dict[str, dict[str, float]]]) -> dict[str, dict[str, fl
 
 async def main(args: Any) -> None:
     workdir = Path(tempfile.mkdtemp(prefix="tribridge-perf-"))
-    relays = ["floor", "tribridge"] + (["baseline"] if args.baseline else [])
+    relays = (["floor"] + (["httpx", "mautrix"] if args.calibrate else []) + ["tribridge"]
+              + (["baseline"] if args.baseline else []))
     rounds: dict[str, list[dict[str, dict[str, float]]]] = {relay: [] for relay in relays}
     report = ""
     try:
@@ -183,7 +226,7 @@ async def main(args: Any) -> None:
                 # machine whose load drifts.
                 for relay in relays[n % len(relays):] + relays[:n % len(relays)]:
                     profile = None
-                    if args.profile and n == 0 and relay != "floor":
+                    if args.profile and n == 0 and relay not in PLAIN:
                         profile = Path(args.profile + (".baseline" if relay == "baseline" else ""))
                     rounds[relay].append(await one_round(
                         fake, relay, workdir / f"{relay}{n}", args, profile))
@@ -198,6 +241,9 @@ async def main(args: Any) -> None:
           f"(two sends); {args.paced:,} paced at 200/s. Medians of {args.rounds} round(s), "
           f"the relays' order turning each round.\n")
     print(table(results))
+    if args.calibrate:
+        print("\nIssue 7's calibration relays, measured in this call:\n")
+        print(calibration(results))
     if report:
         print(report)
 
@@ -212,6 +258,9 @@ if __name__ == "__main__":
                         help="also run the tribridge of another checkout (e.g. a git worktree "
                              "of an older commit), for a before/after in the same call")
     parser.add_argument("--bridge-extra", default="", help="lines for tribridge's [bridge]")
+    parser.add_argument("--calibrate", action="store_true",
+                        help="also run issue 7's calibration relays (httpx, mautrix-python: "
+                             "pip install -e '.[bench]') and carry its targets to this machine")
     parser.add_argument("--rounds", type=int, default=1,
                         help="measure every relay this many times, interleaved; print medians")
     trio.run(main, parser.parse_args())
