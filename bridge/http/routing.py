@@ -30,18 +30,25 @@ class Router:
         self._routes.append(Route(method, tuple(pattern.strip("/").split("/")), handler))
 
     def match(self, method: str, path: str) -> tuple[Handler, dict[str, str]] | Response:
-        parts = path.strip("/").split("/")
-        allowed: set[str] = set()
-        for route in self._routes:
-            params = _match(route.segments, parts)
-            if params is None:
-                continue
-            if route.method == method:
-                return route.handler, params
-            allowed.add(route.method)
-        if allowed:
+        found = self.find(method, path)
+        if found is not None:
+            return found
+        if any(_match(route.segments, path.strip("/").split("/")) is not None
+               for route in self._routes):
             return matrix_error(405, "M_UNRECOGNIZED", f"method {method} not allowed here")
         return matrix_error(404, "M_UNRECOGNIZED", "unrecognized request")
+
+    def find(self, method: str, path: str) -> tuple[Handler, dict[str, str]] | None:
+        """The handler for (method, path), or None. Builds no error answer: a miss here is the
+        common case for a router tried before another (every pushed transaction passes the
+        public routes first)."""
+        parts = path.strip("/").split("/")
+        for route in self._routes:
+            if route.method == method:
+                params = _match(route.segments, parts)
+                if params is not None:
+                    return route.handler, params
+        return None
 
 
 def _match(pattern: tuple[str, ...], parts: list[str]) -> dict[str, str] | None:

@@ -52,8 +52,8 @@ class Appservice:
 
     async def handle(self, request: Request) -> Response:
         if self.public is not None:
-            public = self.public.match(request.method, request.path)
-            if not isinstance(public, Response):
+            public = self.public.find(request.method, request.path)
+            if public is not None:
                 return await public[0](request)
         try:
             matched = self.router.match(request.method, request.path)
