@@ -24,7 +24,7 @@ from urllib.parse import unquote
 
 import trio
 
-from bridge.http.client import H11Client
+from bridge.http.client import LeanClient
 from bridge.http.server import Limits, serve
 from bridge.http.types import Request, Response, json_response, matrix_error
 
@@ -153,7 +153,7 @@ class Fake:
         acks: list[float] = []  # ms from a push sent to its answer
         url = f"http://127.0.0.1:{self.bridge_port}"
         token = self.hs_tokens[source]
-        async with H11Client(url, {"Authorization": f"Bearer {token}"}) as client:
+        async with LeanClient(url, {"Authorization": f"Bearer {token}"}) as client:
             cpu0, wall0 = cpu_seconds(pid), time.perf_counter()
             for first in range(0, count, batch):
                 if rate:

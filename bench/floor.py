@@ -26,7 +26,7 @@ import trio
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bridge.http.client import Answer, H11Client
+from bridge.http.client import Answer, LeanClient
 from bridge.http.server import Limits, serve
 from bridge.http.types import Request, Response, json_response
 
@@ -53,7 +53,7 @@ class Floor:
         self.count = 0
 
     def client(self, url: str, token: str) -> Sender:
-        return H11Client(url, {"Authorization": f"Bearer {token}"})
+        return LeanClient(url, {"Authorization": f"Bearer {token}"})
 
     async def handle(self, request: Request) -> Response:
         token = request.headers.get("authorization", "").removeprefix("Bearer ")

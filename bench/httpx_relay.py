@@ -1,4 +1,4 @@
-"""A calibration relay for issue 7: the floor relay, with httpx where the floor has H11Client.
+"""A calibration relay for issue 7: the floor relay, with httpx where the floor has LeanClient.
 
 Issue 7's calibration table has "trio + h11 server, two httpx PUTs per event, no logic, no DB".
 This is that relay: bench/floor.py's Floor unchanged (our h11 server, the same sends in the same

@@ -7,7 +7,7 @@ our own h11 server (in another process), with four clients in turn, several roun
 - raw socket, blocking: the kernel's loopback cost and Python's least;
 - raw socket, trio: what trio's scheduling and I/O waiting add;
 - h11, blocking socket: what h11's request building and response parsing add;
-- bridge.http.client.H11Client on trio: the hot path as tribridge runs it.
+- bridge.http.client.LeanClient on trio: the hot path as tribridge runs it.
 
     .venv/bin/python bench/stack.py [--requests 3000] [--rounds 3]
 """
@@ -30,7 +30,7 @@ import trio
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bridge.http.client import H11Client
+from bridge.http.client import LeanClient
 from bridge.http.server import Limits, serve
 from bridge.http.types import Request, Response, json_response
 
@@ -118,7 +118,7 @@ def h11_blocking(port: int, n: int) -> float:
 
 def ours(port: int, n: int) -> float:
     async def run() -> float:
-        async with H11Client(f"http://127.0.0.1:{port}", {"Authorization": "Bearer x"}) as c:
+        async with LeanClient(f"http://127.0.0.1:{port}", {"Authorization": "Bearer x"}) as c:
             await c.request("PUT", TARGET.format("warm"), BODY)
             start = cpu()
             for i in range(n):
@@ -132,7 +132,7 @@ CLIENTS: dict[str, Callable[[int, int], float]] = {
     "raw socket, blocking": blocking_socket,
     "raw socket, trio": trio_socket,
     "h11, blocking socket": h11_blocking,
-    "H11Client on trio (the hot path)": ours,
+    "LeanClient on trio (the hot path)": ours,
 }
 
 

@@ -35,7 +35,7 @@ from bridge.core.translate import Rules
 from bridge.delivery import DeliveryWorker
 from bridge.encryption import refuse_mixed_portals
 from bridge.ephemeral import Ephemeral
-from bridge.http.client import H11Client
+from bridge.http.client import LeanClient
 from bridge.http.server import Limits, serve
 from bridge.inbound import Inbound
 from bridge.matrix.appservice import Appservice
@@ -99,7 +99,7 @@ class Bridge:
                         make_http_client(net.homeserver, net.as_token)
                     )
                     fast = await stack.enter_async_context(
-                        H11Client(net.homeserver, {"Authorization": f"Bearer {net.as_token}"})
+                        LeanClient(net.homeserver, {"Authorization": f"Bearer {net.as_token}"})
                     )
                     homeservers[net_id] = Homeserver(http, net.network.server_name, fast=fast)
                 workers: dict[str, DeliveryWorker] = {}

@@ -8,7 +8,7 @@ import h11
 import pytest
 import trio
 
-from bridge.http.client import MAX_RESPONSE, ConnectionFailed, H11Client
+from bridge.http.client import MAX_RESPONSE, ConnectionFailed, LeanClient
 from bridge.http.server import Limits, serve
 from bridge.http.types import Request, Response, json_response
 
@@ -66,7 +66,7 @@ async def start(nursery: trio.Nursery, server: RawServer) -> int:
 async def test_requests_share_one_kept_alive_connection(nursery: trio.Nursery) -> None:
     server = RawServer()
     port = await start(nursery, server)
-    async with H11Client(f"http://127.0.0.1:{port}/base", {"Authorization": "Bearer t"}) as c:
+    async with LeanClient(f"http://127.0.0.1:{port}/base", {"Authorization": "Bearer t"}) as c:
         for i in range(5):
             status, body, *_ = await c.request("PUT", f"/send/{i}?user_id=%40a", b'{"n":1}')
             assert (status, body) == (200, b'{"ok":true}')
@@ -83,7 +83,7 @@ async def test_a_connection_closed_while_idle_is_replaced_and_the_request_goes_t
 ) -> None:
     server = RawServer(close_after_one=True)
     port = await start(nursery, server)
-    async with H11Client(f"http://127.0.0.1:{port}", {}) as client:
+    async with LeanClient(f"http://127.0.0.1:{port}", {}) as client:
         for _ in range(3):
             status, *_ = await client.request("PUT", "/x", b"{}")
             assert status == 200
@@ -95,7 +95,7 @@ async def test_nobody_listening_is_a_clear_connection_failure() -> None:
     with trio.socket.socket() as sock:
         await sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]  # bound, never listening: connections are refused
-        async with H11Client(f"http://127.0.0.1:{port}", {}) as client:
+        async with LeanClient(f"http://127.0.0.1:{port}", {}) as client:
             with pytest.raises(ConnectionFailed, match=f"cannot connect to 127.0.0.1:{port}"):
                 await client.request("GET", "/")
 
@@ -103,7 +103,7 @@ async def test_nobody_listening_is_a_clear_connection_failure() -> None:
 async def test_an_oversized_answer_is_refused(nursery: trio.Nursery) -> None:
     server = RawServer(body=b"x" * (MAX_RESPONSE + 1))
     port = await start(nursery, server)
-    async with H11Client(f"http://127.0.0.1:{port}", {}) as client:
+    async with LeanClient(f"http://127.0.0.1:{port}", {}) as client:
         with pytest.raises(ConnectionFailed, match="an answer of over"):
             await client.request("GET", "/")
 
@@ -116,7 +116,7 @@ async def test_it_talks_to_the_bridges_own_server_and_reads_errors(nursery: trio
 
     listeners = await nursery.start(serve, "127.0.0.1", 0, handler, Limits())
     port = listeners[0].socket.getsockname()[1]
-    async with H11Client(f"http://127.0.0.1:{port}", {}) as client:
+    async with LeanClient(f"http://127.0.0.1:{port}", {}) as client:
         assert (await client.request("PUT", "/x", b"hi"))[:2] == (200, b'{"echo":"hi"}')
         status, body, *_ = await client.request("GET", "/missing")
         assert (status, body) == (404, b'{"errcode":"M_NOT_FOUND"}')
@@ -124,14 +124,14 @@ async def test_it_talks_to_the_bridges_own_server_and_reads_errors(nursery: trio
 
 def test_only_http_urls_are_accepted() -> None:
     with pytest.raises(ValueError, match="not an http"):
-        H11Client("ftp://example.com", {})
+        LeanClient("ftp://example.com", {})
 
 
 async def test_retry_after_is_read_from_the_answer(nursery: trio.Nursery) -> None:
     server = RawServer(status=429, extra=[("retry-after", "7")],
                        body=b'{"errcode":"M_LIMIT_EXCEEDED"}')
     port = await start(nursery, server)
-    async with H11Client(f"http://127.0.0.1:{port}", {}) as client:
+    async with LeanClient(f"http://127.0.0.1:{port}", {}) as client:
         answer = await client.request("PUT", "/x", b"{}")
     assert (answer.status, answer.retry_after) == (429, "7")
     assert answer.body == b'{"errcode":"M_LIMIT_EXCEEDED"}'

@@ -19,7 +19,7 @@ from urllib.parse import quote
 import httpx
 import trio
 
-from bridge.http.client import ConnectionFailed, H11Client
+from bridge.http.client import ConnectionFailed, LeanClient
 
 CLIENT_V3 = "/_matrix/client/v3"
 
@@ -62,7 +62,7 @@ def make_http_client(homeserver: str, as_token: str, timeout: float = 30.0) -> h
 class Homeserver:
     def __init__(
         self, http: httpx.AsyncClient, server_name: str, deadline: float = 60.0,
-        fast: H11Client | None = None,
+        fast: LeanClient | None = None,
     ) -> None:
         self.http = http
         # The lean client for the hot path (send_event), when given; httpx for the rest.
