@@ -22,6 +22,7 @@ from urllib.parse import urlsplit
 import certifi
 import trio
 
+from bridge.http.rawsocket import RawStream
 from bridge.http.wire import BadResponse, ResponseReader, fixed_fields, request_head
 
 READ_SIZE = 65_536
@@ -39,12 +40,23 @@ class ConnectionFailed(Exception):
     """No usable answer: the connection could not be made, broke, or spoke bad HTTP."""
 
 
-class _Connection:
+class _TLSConnection:
+    """A kept-alive TLS connection: a trio stream (plain ones are RawStreams)."""
+
     def __init__(self, stream: trio.abc.Stream) -> None:
         self.stream = stream
 
+    async def send_all(self, data: bytes) -> None:
+        await self.stream.send_all(data)
+
+    async def receive_some(self, size: int) -> bytes:
+        return bytes(await self.stream.receive_some(size))
+
     async def aclose(self) -> None:
         await trio.aclose_forcefully(self.stream)
+
+
+_Connection = _TLSConnection | RawStream
 
 
 class LeanClient:
@@ -127,18 +139,18 @@ class LeanClient:
             else:
                 tcp = await trio.open_tcp_stream(self.host, self.port)
                 tcp.setsockopt(trio.socket.IPPROTO_TCP, trio.socket.TCP_NODELAY, 1)
-                stream = tcp
+                return RawStream.take(tcp)
         except (OSError, trio.BrokenResourceError) as exc:
             raise ConnectionFailed(f"cannot connect to {self.host}:{self.port}: {exc}") from exc
-        return _Connection(stream)
+        return _TLSConnection(stream)
 
     async def _exchange(self, conn: _Connection, data: bytes, head_only: bool) -> Answer:
         reader = ResponseReader(MAX_RESPONSE, head_only)
         try:
-            await conn.stream.send_all(data)
+            await conn.send_all(data)
             answer = None
             while answer is None:
-                got = await conn.stream.receive_some(READ_SIZE)
+                got = await conn.receive_some(READ_SIZE)
                 if not got:
                     if not reader.received:
                         raise _Stale()

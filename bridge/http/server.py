@@ -16,6 +16,7 @@ from urllib.parse import parse_qs
 import h11
 import trio
 
+from bridge.http.rawsocket import RawStream
 from bridge.http.types import Request, Response, matrix_error
 
 log = logging.getLogger(__name__)
@@ -83,9 +84,9 @@ async def _connection(
     stream: trio.SocketStream, handler: Handler, limits: Limits, slots: trio.Semaphore
 ) -> None:
     try:
-        async with stream:
-            await _serve_connection(stream, handler, limits)
-    except (trio.BrokenResourceError, trio.ClosedResourceError, _Closed):
+        async with RawStream.take(stream) as raw:
+            await _serve_connection(raw, handler, limits)
+    except (OSError, _Closed):
         pass  # the client went away: nothing to answer
     except Exception:
         # Whatever one connection does must never reach the server's nursery: log our bug and
@@ -95,7 +96,7 @@ async def _connection(
         slots.release()
 
 
-async def _serve_connection(stream: trio.SocketStream, handler: Handler, limits: Limits) -> None:
+async def _serve_connection(stream: RawStream, handler: Handler, limits: Limits) -> None:
     conn = h11.Connection(h11.SERVER, max_incomplete_event_size=limits.max_head)
     first = True
     while True:
@@ -124,7 +125,7 @@ async def _serve_connection(stream: trio.SocketStream, handler: Handler, limits:
 
 
 async def _read_request(
-    conn: h11.Connection, stream: trio.SocketStream, limits: Limits, first: bool
+    conn: h11.Connection, stream: RawStream, limits: Limits, first: bool
 ) -> Request:
     # A kept-alive connection may wait idle_timeout for its next request; a new one only
     # head_timeout. Once a request's first byte is in, its head must follow within head_timeout
@@ -199,7 +200,7 @@ def _next(conn: h11.Connection) -> object:
 
 async def _send(
     conn: h11.Connection,
-    stream: trio.SocketStream,
+    stream: RawStream,
     response: Response,
     *,
     close: bool,

@@ -1,0 +1,63 @@
+"""A plain TCP connection driven on its non-blocking socket, for the hot HTTP paths.
+
+trio's SocketStream passes through the scheduler two or three times per request and answer (a
+checkpoint around each send and each receive). Here a send that the kernel takes at once (every
+small request and answer) does not wait at all, and a receive waits only when nothing has come
+yet: once per request, which is where it can be cancelled. On these machines the checkpoints were
+most of what one request cost in trio (docs/performance.md, bench/stack.py).
+
+The connection is made (or accepted) by trio, which keeps doing the address resolution and the
+happy eyeballs; only the connected socket is taken over. TLS stays on trio's streams.
+"""
+
+from __future__ import annotations
+
+import socket
+
+import trio
+
+
+class RawStream:
+    """send_all / receive_some / aclose over a connected non-blocking socket. A broken
+    connection raises OSError (ConnectionResetError, BrokenPipeError, ...)."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        sock.setblocking(False)
+        self.sock = sock
+
+    @classmethod
+    def take(cls, stream: trio.SocketStream) -> RawStream:
+        """Take over the socket of a connected trio stream (which is left closed)."""
+        trio_sock = stream.socket
+        family, kind, proto = trio_sock.family, trio_sock.type, trio_sock.proto
+        return cls(socket.socket(family, kind, proto, fileno=trio_sock.detach()))
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        view = memoryview(data)
+        while view:
+            try:
+                sent = self.sock.send(view)
+            except BlockingIOError:
+                await trio.lowlevel.wait_writable(self.sock)
+                continue
+            view = view[sent:]
+
+    async def receive_some(self, size: int) -> bytes:
+        """Up to `size` bytes; b"" once the peer has closed."""
+        while True:
+            try:
+                return self.sock.recv(size)
+            except BlockingIOError:
+                await trio.lowlevel.wait_readable(self.sock)
+
+    async def aclose(self) -> None:
+        # No checkpoint: closing never waits, and it runs in handlers of cancellation too.
+        if self.sock.fileno() >= 0:
+            trio.lowlevel.notify_closing(self.sock)
+            self.sock.close()
+
+    async def __aenter__(self) -> RawStream:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
