@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import socket
+import threading
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -513,3 +515,56 @@ async def test_max_connections_bounds_concurrent_connections(start: Start) -> No
     finally:
         for raw in (first, second, third):
             await raw.aclose()
+
+
+# -- fairness --------------------------------------------------------------------------------------
+
+
+def _pipeline(port: int, requests: int) -> int:
+    """In threads of its own: write `requests` pipelined requests in one go while reading the
+    answers (so the server never waits to send them); the number of answers that came."""
+    data = b"GET /nowhere HTTP/1.1\r\nHost: a\r\n\r\n" * requests
+    received = bytearray()
+    answers = position = 0
+    with socket.create_connection(("127.0.0.1", port), timeout=DEADLINE) as sock:
+        writer = threading.Thread(target=sock.sendall, args=(data,), daemon=True)
+        writer.start()
+        while answers < requests:
+            got = sock.recv(65_536)
+            if not got:
+                break
+            received += got
+            while (found := received.find(b"HTTP/1.1 404 ", position)) >= 0:
+                answers += 1
+                position = found + 1
+        writer.join(DEADLINE)
+    return answers
+
+
+async def test_a_client_pipelining_many_requests_does_not_stall_the_other_tasks(
+    start: Start, nursery: trio.Nursery
+) -> None:
+    # The 404 is answered without the handler ever waiting, and the requests are all there to
+    # read: only the server's own pass through the scheduler lets anything else run meanwhile.
+    port = await start()
+    requests = 3000
+    gaps: list[float] = []
+    done = trio.Event()
+
+    async def ticker() -> None:
+        last = trio.current_time()
+        while not done.is_set():
+            await trio.sleep(0.005)
+            now = trio.current_time()
+            gaps.append(now - last)
+            last = now
+
+    with trio.fail_after(30):
+        nursery.start_soon(ticker)
+        try:
+            answered = await trio.to_thread.run_sync(_pipeline, port, requests)
+        finally:
+            done.set()
+    assert answered == requests
+    assert gaps, "the ticker never ran"
+    assert max(gaps) < 0.25, f"another task waited {max(gaps):.3f} s for the loop"

@@ -16,6 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bridge.http.client import ConnectionFailed, LeanClient
+from bridge.http.rawsocket import RawStream
 from bridge.http.wire import (
     MAX_CHUNK_LINE,
     MAX_HEAD,
@@ -579,13 +580,21 @@ def test_a_field_that_would_break_the_head_is_a_value_error(field: tuple[str, st
 class ScriptedServer:
     """Reads each request with h11 and answers it with the next of `answers`, sent as they are
     in one write. The connection stays open whatever the answer said (so a client that wrongly
-    reused it would be seen here), unless the request's index is in `close_after`."""
+    reused it would be seen here), unless the request's index is in `close_after`; for an index
+    in `hang_up` it closes without answering. After answering the request of an index in
+    `unasked`, it waits for that event and then writes its bytes, which nobody asked for."""
 
-    def __init__(self, answers: list[bytes], close_after: frozenset[int] = frozenset()) -> None:
+    def __init__(self, answers: list[bytes], close_after: frozenset[int] = frozenset(),
+                 hang_up: frozenset[int] = frozenset(),
+                 unasked: dict[int, tuple[trio.Event, bytes]] | None = None) -> None:
         self.answers = answers
         self.close_after = close_after
+        self.hang_up = hang_up
+        self.unasked = unasked or {}
+        self.unasked_sent = trio.Event()
         self.connections = 0  # accepted
         self.requests: list[tuple[int, str, str]] = []  # (connection, method, target)
+        self.arrived = trio.Event()  # set by the next request read, then replaced by a new one
 
     async def handle(self, stream: trio.SocketStream) -> None:
         connection = self.connections
@@ -610,9 +619,18 @@ class ScriptedServer:
                 index = len(self.requests)
                 self.requests.append((connection, request.method.decode(),
                                       request.target.decode()))
+                self.arrived.set()
+                self.arrived = trio.Event()
+                if index in self.hang_up:
+                    return
                 await stream.send_all(self.answers[min(index, len(self.answers) - 1)])
                 if index in self.close_after:
                     return
+                if index in self.unasked:
+                    go, data = self.unasked[index]
+                    await go.wait()
+                    await stream.send_all(data)
+                    self.unasked_sent.set()
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             return
 
@@ -735,3 +753,68 @@ async def test_a_bad_target_is_refused_before_anything_is_sent(nursery: trio.Nur
         with trio.fail_after(10):
             assert (await client.request("GET", "/ok")).status == 200
     assert [target for _, _, target in server.requests] == ["/ok"]
+
+
+async def test_an_answer_sent_unasked_to_an_idle_connection_is_not_taken_for_the_next(
+    nursery: trio.Nursery,
+) -> None:
+    got_first = trio.Event()
+    server = ScriptedServer([answer(b"first"), answer(b"second")],
+                            unasked={0: (got_first, answer(b"late"))})
+    url = await start(nursery, server)
+    async with LeanClient(url, {}) as client:
+        with trio.fail_after(10):
+            assert (await client.request("GET", "/1")).body == b"first"
+            got_first.set()  # only now does the server write its late answer
+            await server.unasked_sent.wait()
+            # And until it has reached the client's end of the kept-alive connection (on loopback
+            # it has, almost always, once the server's write returned).
+            [idle] = client._idle
+            assert isinstance(idle, RawStream)
+            await trio.lowlevel.wait_readable(idle.sock)
+            assert (await client.request("GET", "/2")).body == b"second"  # never "late"
+    assert server.connections == 2
+    assert server.requests == [(0, "GET", "/1"), (1, "GET", "/2")]
+
+
+@pytest.mark.parametrize("method", ["POST", "PUT"])
+async def test_a_request_lost_on_a_kept_alive_connection_is_sent_again_only_if_idempotent(
+    nursery: trio.Nursery, method: str
+) -> None:
+    # The server reads the second request, then closes without answering: it may have been
+    # carried out. A PUT may go again on a fresh connection; a POST must not.
+    server = ScriptedServer([OK], hang_up=frozenset({1}))
+    url = await start(nursery, server)
+    async with LeanClient(url, {}) as client:
+        with trio.fail_after(10):
+            assert (await client.request(method, "/first", b"{}")).status == 200
+            if method == "POST":
+                with pytest.raises(ConnectionFailed, match="closed the connection"):
+                    await client.request(method, "/lost", b"{}")
+                sent = [(0, "/first"), (0, "/lost")]  # once: not repeated
+            else:
+                got = await client.request(method, "/lost", b"{}")
+                assert (got.status, got.body) == (200, b'{"ok":true}')
+                sent = [(0, "/first"), (0, "/lost"), (1, "/lost")]
+    assert [(c, t) for c, _, t in server.requests] == sent
+    assert {m for _, m, _ in server.requests} == {method}
+
+
+async def test_a_caller_cancelled_before_the_request_sends_nothing(nursery: trio.Nursery) -> None:
+    server = ScriptedServer([OK])
+    url = await start(nursery, server)
+    async with LeanClient(url, {}) as client:
+        with trio.fail_after(10):
+            assert (await client.request("PUT", "/first", b"{}")).status == 200
+            arrived = server.arrived  # set once the server reads one more request
+            with trio.CancelScope() as scope:
+                scope.cancel()
+                await client.request("PUT", "/cancelled", b"{}")
+            assert scope.cancelled_caught
+            # Nothing may reach the server: wait a bounded time for a request that must not come.
+            with trio.move_on_after(0.5) as quiet:
+                await arrived.wait()
+            assert quiet.cancelled_caught, f"the server got {server.requests[-1]}"
+            # The kept-alive connection is still there for the next request, which comes alone.
+            assert (await client.request("PUT", "/next", b"{}")).status == 200
+    assert server.requests == [(0, "PUT", "/first"), (0, "PUT", "/next")]

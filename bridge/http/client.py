@@ -27,6 +27,8 @@ from bridge.http.wire import BadResponse, ResponseReader, fixed_fields, request_
 
 READ_SIZE = 65_536
 MAX_RESPONSE = 1_048_576  # bytes: an answer to a send is tiny; anything this big is refused
+# Sent again on a fresh connection when a kept-alive one died before any answer (RFC 9110 9.2.2).
+IDEMPOTENT = frozenset({"GET", "HEAD", "PUT", "DELETE", "OPTIONS"})
 
 
 class Answer(NamedTuple):
@@ -99,11 +101,19 @@ class LeanClient:
         if body:
             data += body
         head_only = method == "HEAD"
-        if self._idle:
+        await trio.lowlevel.checkpoint_if_cancelled()  # a caller cancelled already sends nothing
+        while self._idle:
             conn = self._idle.pop()
+            if isinstance(conn, RawStream) and not conn.idle_and_open():
+                await conn.aclose()  # closed by the server, or it said something unasked
+                continue
             try:
                 return await self._exchange(conn, data, head_only)
-            except _Stale:
+            except _Stale as exc:
+                if method not in IDEMPOTENT:
+                    # It may have been carried out with its answer lost: not ours to repeat.
+                    raise ConnectionFailed(
+                        f"{self.host}:{self.port} closed the connection") from exc
                 # Closed by the server while idle: the others idled as long, so they go too,
                 # and the request goes once more, on a fresh connection.
                 stale, self._idle = self._idle, []

@@ -4,7 +4,8 @@ trio's SocketStream passes through the scheduler two or three times per request 
 checkpoint around each send and each receive). Here a send that the kernel takes at once (every
 small request and answer) does not wait at all, and a receive waits only when nothing has come
 yet: once per request, which is where it can be cancelled. On these machines the checkpoints were
-most of what one request cost in trio (docs/performance.md, bench/stack.py).
+most of what one request cost in trio (docs/performance.md, bench/stack.py). Whoever loops on
+these must pass through the scheduler somewhere themselves (the server does, once per request).
 
 The connection is made (or accepted) by trio, which keeps doing the address resolution and the
 happy eyeballs; only the connected socket is taken over. TLS stays on trio's streams.
@@ -49,6 +50,17 @@ class RawStream:
                 return self.sock.recv(size)
             except BlockingIOError:
                 await trio.lowlevel.wait_readable(self.sock)
+
+    def idle_and_open(self) -> bool:
+        """For a kept-alive connection between requests: True if the peer has neither closed
+        it nor sent anything unasked (a late or extra answer, which the next request would
+        otherwise take for its own)."""
+        try:
+            return not self.sock.recv(1, socket.MSG_PEEK)  # b"": closed; bytes: unasked
+        except BlockingIOError:
+            return True
+        except OSError:
+            return False
 
     async def aclose(self) -> None:
         # No checkpoint: closing never waits, and it runs in handlers of cancellation too.

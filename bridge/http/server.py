@@ -106,6 +106,11 @@ async def _serve_connection(stream: RawStream, handler: Handler, limits: Limits)
         except _Reject as reject:
             await _send(conn, stream, reject.response, close=True)
             return
+        # One pass through the scheduler per request, as trio's own streams made after every
+        # receive (RawStream makes none when the bytes are there already): tasks that became
+        # ready meanwhile (a delivery worker whose answer came in the same poll) run before the
+        # handler, and a client pipelining requests from a full buffer cannot starve the loop.
+        await trio.lowlevel.checkpoint()
         if request.method == "CONNECT":
             # h11 treats a 2xx answer to CONNECT as a protocol switch; we never tunnel.
             await _send(conn, stream, matrix_error(405, "M_UNRECOGNIZED", "no CONNECT"), close=True)
