@@ -42,7 +42,7 @@ $(VENV)/.bench-installed: pyproject.toml $(VENV)/.test-installed
 # CPU ratio against three real Synapses, beside the floor relay's.
 bench: $(VENV)/.bench-installed
 	$(PY) bench/stack.py
-	$(PY) bench/perf.py --messages 5000 --paced 1000 --rounds 3 --profile $(VENV)/perf-profile.txt
+	$(PY) bench/perf.py --messages 5000 --paced 1000 --rounds 3 --calibrate --profile $(VENV)/perf-profile.txt
 	$(PY) bench/scale.py
 	$(PY) bench/relay.py
 

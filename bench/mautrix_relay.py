@@ -92,10 +92,12 @@ class MautrixRelay:
         app = web.Application()
         for path in TRANSACTION_PATHS:
             app.router.add_route("PUT", path, self.dispatch)
+        # Synapse pings the appservice when asked to (bench/relay.py does, after a start).
+        app.router.add_route("POST", "/_matrix/app/v1/ping", self.ping)
         return app
 
-    async def dispatch(self, request: web.Request) -> web.Response:
-        """Hand a push to the server of the network whose hs_token it carries."""
+    def _server(self, request: web.Request) -> AppServiceServerMixin:
+        """The server of the network whose hs_token the request carries."""
         # Read where mautrix's own check reads it (which then checks it once more).
         token = request.rel_url.query.get("access_token") or request.headers.get(
             "Authorization", "").removeprefix("Bearer ")
@@ -103,7 +105,14 @@ class MautrixRelay:
         if server is None:
             raise web.HTTPUnauthorized(content_type="application/json", text=json.dumps(
                 {"error": "Invalid auth token", "errcode": "M_UNKNOWN_TOKEN"}))
-        return await server._http_handle_transaction(request)
+        return server
+
+    async def ping(self, request: web.Request) -> web.Response:
+        return await self._server(request)._http_ping(request)
+
+    async def dispatch(self, request: web.Request) -> web.Response:
+        """Hand a push to the server of the network whose hs_token it carries."""
+        return await self._server(request)._http_handle_transaction(request)
 
     async def relay(self, source: str, event: Event) -> None:
         """One event's handler, run by mautrix as a background task."""

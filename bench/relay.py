@@ -10,6 +10,11 @@ time (these machines are shared and noisy):
 3. bridged, flood: the wa person sends N messages as fast as Synapse takes them: relayed events/s,
    and latency under load (queueing behind Synapse, which is the bottleneck here).
 
+Then the daemon stops and the same flood goes through two relays without logic in its place
+(same port, tokens, rooms and Synapses): bench/floor.py (trio, our HTTP code, no store) and
+bench/mautrix_relay.py (a minimal mautrix-python relay): their shares of Synapse's CPU are the
+calibration for the bridge's.
+
 Readers long-poll /sync (Person.watch, filtered to their room's timeline) and note when each
 message becomes visible. CPU seconds of the bridge and of the three Synapses come from /proc over
 phase 3.
@@ -41,7 +46,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from perf import hot_spots, wait_for_port  # noqa: E402
+from perf import PLAIN, hot_spots, wait_for_port  # noqa: E402
 
 from bridge.config import load_config  # noqa: E402
 from bridge.demo import has_body  # noqa: E402
@@ -104,12 +109,17 @@ async def phase(sender: Person, room: str, readers: dict[str, tuple[Person, str]
     }
 
 
+# The relays without logic run after tribridge over the same Synapses (bench/perf.py's PLAIN).
+PLAIN_RELAYS = ("floor", "mautrix")
+
+
 @asynccontextmanager
-async def floor_relay(net: LocalNet, config_path: Path, rooms: dict[str, str]
+async def plain_relay(net: LocalNet, config_path: Path, rooms: dict[str, str], relay: str
                       ) -> AsyncIterator[int]:
-    """bench/floor.py in the bridge's place: same port, tokens and rooms; it sends as the bot."""
+    """A relay of bench/perf.py's PLAIN (floor.py, mautrix_relay.py) in the bridge's place: same
+    port, tokens and rooms; it sends as the bot."""
     config = load_config(config_path)
-    args = [sys.executable, str(ROOT / "bench" / "floor.py"), "--listen", str(net.bridge_port),
+    args = [sys.executable, str(ROOT / "bench" / PLAIN[relay]), "--listen", str(net.bridge_port),
             "--own", "@tribridge:", "--own", "@_tb_"]
     for net_id, nc in config.networks.items():
         args += ["--hs", f"{net_id}={nc.hs_token}={net.url(net_id)}={rooms[net_id]}",
@@ -184,14 +194,16 @@ async def bench(net: LocalNet, messages: int, paced: int, rate: float,
                   "bridge_cpu": cpu1[0] - cpu0[0], "synapse_cpu": cpu1[1] - cpu0[1],
                   "bridge_user": split1[0] - split0[0], "bridge_system": split1[1] - split0[1]}
         await daemon.stop()
-        # The same flood through the no-logic floor relay, with the same Synapses and rooms:
-        # what any relay on this stack costs here, beside what tribridge costs.
-        async with floor_relay(net, daemon.config_path, rooms) as floor_pid:
-            cpu0 = (cpu_seconds(floor_pid), sum(cpu_seconds(p) for p in synapse_pids))
-            result["floor_flood"] = await phase(alice, rooms["wa"], readers, "floor ", messages,
-                                                0)
-            cpu1 = (cpu_seconds(floor_pid), sum(cpu_seconds(p) for p in synapse_pids))
-        result["floor_cpu"], result["floor_synapse_cpu"] = cpu1[0] - cpu0[0], cpu1[1] - cpu0[1]
+        # The same flood through the no-logic floor relay and the minimal mautrix-python relay,
+        # with the same Synapses and rooms: what any relay on this stack, and one on the Python
+        # bridge framework, costs here, beside what tribridge costs.
+        for relay in PLAIN_RELAYS:
+            async with plain_relay(net, daemon.config_path, rooms, relay) as relay_pid:
+                cpu0 = (cpu_seconds(relay_pid), sum(cpu_seconds(p) for p in synapse_pids))
+                flooded = await phase(alice, rooms["wa"], readers, f"{relay} ", messages, 0)
+                cpu1 = (cpu_seconds(relay_pid), sum(cpu_seconds(p) for p in synapse_pids))
+            result[relay] = {"flood": flooded, "cpu": cpu1[0] - cpu0[0],
+                             "synapse_cpu": cpu1[1] - cpu0[1]}
         return result
     finally:
         await daemon.stop()
@@ -238,13 +250,15 @@ def main() -> int:
     print(f"flood CPU: bridge {r['bridge_cpu']:.2f} s ({1000 * r['bridge_cpu'] / relayed:.2f} ms "
           f"per relayed event), three Synapses {r['synapse_cpu']:.2f} s; "
           f"bridge = {100 * r['bridge_cpu'] / max(r['synapse_cpu'], 1e-9):.1f}% of Synapse")
-    ff = r["floor_flood"]
-    print(f"floor relay, same flood: {ff['events'] / ff['seconds']:.1f} events/s, CPU "
-          f"{r['floor_cpu']:.2f} s ({1000 * r['floor_cpu'] / ff['events']:.2f} ms per relayed "
-          f"event), three Synapses {r['floor_synapse_cpu']:.2f} s; floor = "
-          f"{100 * r['floor_cpu'] / max(r['floor_synapse_cpu'], 1e-9):.1f}% of Synapse; "
-          f"tribridge / floor, CPU per relayed event: "
-          f"{(r['bridge_cpu'] / f['events']) / max(r['floor_cpu'] / ff['events'], 1e-9):.1f}x")
+    for relay in PLAIN_RELAYS:
+        x = r[relay]
+        events = x["flood"]["events"]
+        print(f"{relay} relay, same flood: {events / x['flood']['seconds']:.1f} events/s, CPU "
+              f"{x['cpu']:.2f} s ({1000 * x['cpu'] / events:.2f} ms per relayed event), three "
+              f"Synapses {x['synapse_cpu']:.2f} s; {relay} = "
+              f"{100 * x['cpu'] / max(x['synapse_cpu'], 1e-9):.1f}% of Synapse; tribridge / "
+              f"{relay}, CPU per relayed event: "
+              f"{(r['bridge_cpu'] / relayed) / max(x['cpu'] / events, 1e-9):.2f}x")
     print("during the flood, the bridge took " + ", ".join(
         f"{v:.0f} {k}" for k, v in r["counts"].items()))
     print(f"bridge CPU split: user {r['bridge_user']:.2f} s, system (kernel: sockets, epoll, "
