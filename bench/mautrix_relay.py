@@ -126,6 +126,8 @@ class MautrixRelay:
 
 async def main() -> None:
     port, networks, senders, own = command_line(__doc__)
+    # A send mautrix gave up on is logged, not raised (handlers are background tasks).
+    logging.basicConfig(level=logging.WARNING, format="mautrix relay: %(name)s: %(message)s")
     # As AppService.start makes its session: 100 connections at most, mautrix's User-Agent.
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=100),
                                      headers={"User-Agent": HTTPAPI.default_ua}) as session:

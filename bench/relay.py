@@ -200,7 +200,12 @@ async def bench(net: LocalNet, messages: int, paced: int, rate: float,
         for relay in PLAIN_RELAYS:
             async with plain_relay(net, daemon.config_path, rooms, relay) as relay_pid:
                 cpu0 = (cpu_seconds(relay_pid), sum(cpu_seconds(p) for p in synapse_pids))
-                flooded = await phase(alice, rooms["wa"], readers, f"{relay} ", messages, 0)
+                try:
+                    flooded = await phase(alice, rooms["wa"], readers, f"{relay} ", messages, 0)
+                except trio.TooSlowError:
+                    # A relay without retries or order may lose messages: say so, and go on.
+                    result[relay] = None
+                    continue
                 cpu1 = (cpu_seconds(relay_pid), sum(cpu_seconds(p) for p in synapse_pids))
             result[relay] = {"flood": flooded, "cpu": cpu1[0] - cpu0[0],
                              "synapse_cpu": cpu1[1] - cpu0[1]}
@@ -252,6 +257,10 @@ def main() -> int:
           f"bridge = {100 * r['bridge_cpu'] / max(r['synapse_cpu'], 1e-9):.1f}% of Synapse")
     for relay in PLAIN_RELAYS:
         x = r[relay]
+        if x is None:
+            print(f"{relay} relay, same flood: not every message reached the readers within "
+                  "300 s (its log above says why)")
+            continue
         events = x["flood"]["events"]
         print(f"{relay} relay, same flood: {events / x['flood']['seconds']:.1f} events/s, CPU "
               f"{x['cpu']:.2f} s ({1000 * x['cpu'] / events:.2f} ms per relayed event), three "
