@@ -38,8 +38,9 @@ $(VENV)/.bench-installed: pyproject.toml $(VENV)/.test-installed
 	touch $@
 
 # docs/performance.md: what one HTTP request costs on this stack, the bridge beside a no-logic
-# floor on a fake homeserver (with py-spy's hot spots), a big store and a big backlog, then the
-# CPU ratio against three real Synapses, beside the floor relay's.
+# floor and issue 7's calibration relays (httpx, mautrix-python) on a fake homeserver (with
+# py-spy's hot spots), a big store and a big backlog, then the CPU ratio against three real
+# Synapses, beside the floor's and the mautrix relay's.
 bench: $(VENV)/.bench-installed
 	$(PY) bench/stack.py
 	$(PY) bench/perf.py --messages 5000 --paced 1000 --rounds 3 --calibrate --profile $(VENV)/perf-profile.txt

@@ -554,7 +554,7 @@ async def test_a_client_pipelining_many_requests_does_not_stall_the_other_tasks(
     async def ticker() -> None:
         last = trio.current_time()
         while not done.is_set():
-            await trio.sleep(0.005)
+            await trio.sleep(0.005)  # a probe of the loop: how long until it runs again
             now = trio.current_time()
             gaps.append(now - last)
             last = now
