@@ -21,7 +21,6 @@ import os
 import socket
 import statistics
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -29,6 +28,8 @@ import h11
 import trio
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from perf import wait_for_port
 
 from bridge.http.client import LeanClient
 from bridge.http.server import Limits, serve
@@ -136,19 +137,6 @@ CLIENTS: dict[str, Callable[[int, int], float]] = {
 }
 
 
-def _wait_for_port(port: int, deadline: float = 10.0) -> None:
-    """Poll until the server process listens, under a deadline."""
-    until = time.monotonic() + deadline
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port)).close()
-            return
-        except OSError:
-            if time.monotonic() > until:
-                raise
-            time.sleep(0.05)  # polling for the port, not waiting for an event
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--requests", type=int, default=3000)
@@ -160,7 +148,7 @@ def main() -> None:
     process = multiprocessing.Process(target=server, args=(port,), daemon=True)
     process.start()
     try:
-        _wait_for_port(port)
+        trio.run(wait_for_port, port)
         figures: dict[str, list[float]] = {name: [] for name in CLIENTS}
         for _ in range(args.rounds):  # interleaved, so drifting load hits every client alike
             for name, client in CLIENTS.items():

@@ -105,11 +105,11 @@ class Bridge:
                 workers: dict[str, DeliveryWorker] = {}
                 metrics = Metrics()
 
-                def wake(network_id: str) -> None:
-                    workers[network_id].wake()
+                def wake(network_id: str) -> bool:
+                    """Wake a network's worker; True if it was sending already."""
+                    return workers[network_id].wake()
 
-                inbound = Inbound(store, networks, key, wake=lambda n: workers[n].wake(),
-                                  rules=_rules(config))
+                inbound = Inbound(store, networks, key, wake=wake, rules=_rules(config))
                 self.inbound = inbound
                 commits = GroupCommit(store)
                 reconciler = Reconciler(store, homeservers, inbound, store.portals, metrics,

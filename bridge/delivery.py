@@ -58,7 +58,7 @@ class DeliveryWorker:
         store: Store,
         key: bytes,
         *,
-        wake: Callable[[str], None] = lambda network: None,
+        wake: Callable[[str], object] = lambda network: None,  # its answer is not used
         on_recovered: Callable[[str], None] = lambda network: None,
         concurrency: int = 8,
         jitter: Callable[[], float] = random.random,

@@ -37,7 +37,7 @@ class Bot:
         *,
         reachable: Callable[[str], bool] = lambda network: True,
         reload: Callable[[], str] = lambda: "reload is not available here",
-        wake: Callable[[str], None] = lambda network: None,
+        wake: Callable[[str], object] = lambda network: None,  # its answer is not used
     ) -> None:
         self.config = config
         self.homeservers = homeservers
