@@ -326,6 +326,38 @@ async def test_a_chunked_body_under_max_body_is_read_whole(start: Start) -> None
         assert reply.json()["body"] == "hello world"
 
 
+async def test_a_client_expecting_100_continue_is_told_to_send_its_body(start: Start) -> None:
+    port = await start()
+    raw = await Raw.open(port)
+    async with raw.stream:
+        await raw.send(request_bytes("POST", "/echo", None, "Expect: 100-continue",
+                                     "Content-Length: 5"))
+        interim = await raw.response()
+        assert interim.status == 100
+        await raw.send(b"hello")
+        reply = await raw.response()
+        assert reply.status == 200
+        assert reply.json()["body"] == "hello"
+        # The connection goes on: a stray CRLF between requests is skipped.
+        await raw.send(b"\r\n" + request_bytes("POST", "/echo", b"again"))
+        assert (await raw.response()).json()["body"] == "again"
+
+
+async def test_a_chunk_ended_by_a_bare_lf_gets_400_and_the_connection_is_closed(
+    start: Start,
+) -> None:
+    port = await start()
+    raw = await Raw.open(port)
+    async with raw.stream:
+        # Read differently by different parsers, this is how requests are smuggled past proxies.
+        await raw.send(b"POST /echo HTTP/1.1\r\nHost: 127.0.0.1\r\nTransfer-Encoding: chunked\r\n"
+                       b"\r\n5\nhello\r\n0\r\n\r\n")
+        reply = await raw.response()
+        assert reply.status == 400
+        assert "CRLF" in reply.json()["error"]
+        await raw.wait_closed()
+
+
 async def test_a_chunked_body_growing_past_max_body_gets_413(start: Start) -> None:
     port = await start(Limits(max_body=100))
     raw = await Raw.open(port)

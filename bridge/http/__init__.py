@@ -1,1 +1,2 @@
-"""Our small HTTP/1.1 server: h11 over trio, with limits, timeouts, keep-alive and routing."""
+"""Our small HTTP/1.1 server and the hot path's client, on trio: limits, timeouts, keep-alive,
+routing; strict readers of what comes off the wire."""

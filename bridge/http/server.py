@@ -1,7 +1,8 @@
-"""The h11 + trio server loop: one task per connection, nothing a client sends can crash it.
+"""The server loop on trio: one task per connection, nothing a client sends can crash it.
 
-The loop is a thin adapter over h11's state machine (h11's own trio example is the model): read
-bytes, feed h11, act on its events. Limits bound what one connection can cost: the number of
+Each connection reads requests with bridge/http/reader.py (a strict HTTP/1.1 reader that took
+h11's place, for the CPU: docs/performance.md), hands them to the handler and writes the answers
+in order. Limits bound what one connection can cost: the number of
 connections, header size, body size (413 before reading past it), and deadlines for an idle
 keep-alive connection, a request's head once it began, and its body.
 """
@@ -11,17 +12,20 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import TypeVar
 from urllib.parse import parse_qs
 
-import h11
 import trio
 
 from bridge.http.rawsocket import RawStream
+from bridge.http.reader import CONTINUE, BadRequest, RequestReader, response_bytes
 from bridge.http.types import Request, Response, matrix_error
 
 log = logging.getLogger(__name__)
 
 Handler = Callable[[Request], Awaitable[Response]]
+T = TypeVar("T")
+_ERRCODES = {413: "M_TOO_LARGE"}
 
 
 @dataclass(frozen=True)
@@ -97,14 +101,14 @@ async def _connection(
 
 
 async def _serve_connection(stream: RawStream, handler: Handler, limits: Limits) -> None:
-    conn = h11.Connection(h11.SERVER, max_incomplete_event_size=limits.max_head)
+    reader = RequestReader(limits.max_head, limits.max_body)
     first = True
     while True:
         try:
-            request = await _read_request(conn, stream, limits, first)
+            request, keep_alive = await _read_request(reader, stream, limits, first)
             first = False
         except _Reject as reject:
-            await _send(conn, stream, reject.response, close=True)
+            await _send(stream, reject.response, close=True)
             return
         # One pass through the scheduler per request, as trio's own streams made after every
         # receive (RawStream makes none when the bytes are there already): tasks that became
@@ -112,115 +116,76 @@ async def _serve_connection(stream: RawStream, handler: Handler, limits: Limits)
         # handler, and a client pipelining requests from a full buffer cannot starve the loop.
         await trio.lowlevel.checkpoint()
         if request.method == "CONNECT":
-            # h11 treats a 2xx answer to CONNECT as a protocol switch; we never tunnel.
-            await _send(conn, stream, matrix_error(405, "M_UNRECOGNIZED", "no CONNECT"), close=True)
+            await _send(stream, matrix_error(405, "M_UNRECOGNIZED", "no CONNECT"), close=True)
             return
         try:
             response = await handler(request)
         except Exception:
             log.exception("handler failed for %s %s", request.method, request.path)
             response = matrix_error(500, "M_UNKNOWN", "internal error")
-        await _send(conn, stream, response, close=False, head_only=request.method == "HEAD")
-        if h11.MUST_CLOSE in (conn.our_state, conn.their_state):
+        await _send(stream, response, close=not keep_alive, head_only=request.method == "HEAD")
+        if not keep_alive:
             return
-        try:
-            conn.start_next_cycle()
-        except h11.LocalProtocolError:
-            return  # the client has not finished its side: close rather than guess
 
 
 async def _read_request(
-    conn: h11.Connection, stream: RawStream, limits: Limits, first: bool
-) -> Request:
+    reader: RequestReader, stream: RawStream, limits: Limits, first: bool
+) -> tuple[Request, bool]:
+    """The next request on the connection and whether the connection may carry another."""
     # A kept-alive connection may wait idle_timeout for its next request; a new one only
     # head_timeout. Once a request's first byte is in, its head must follow within head_timeout
     # (slow-header clients cannot hold a connection forever).
-    began = bool(conn.trailing_data[0])
+    began = reader.began
     wait = limits.head_timeout if first else limits.idle_timeout
     with trio.CancelScope(deadline=trio.current_time() + wait) as scope:
         if began:
             scope.deadline = trio.current_time() + limits.head_timeout
-        while True:
-            head = _next(conn)
-            if head is not h11.NEED_DATA:
-                break
+        while (head := _parse(reader.head)) is None:
             data = await stream.receive_some(limits.read_size)
-            if data and not began:
+            if not data:
+                raise _Closed  # the client went away, mid-request or between requests
+            if not began:
                 began = True
                 scope.deadline = trio.current_time() + limits.head_timeout
-            conn.receive_data(data)
-    if scope.cancelled_caught:
+            reader.feed(data)
+    if head is None:  # the deadline passed
         if began:
             raise _Reject(matrix_error(408, "M_UNKNOWN", "request head took too long"))
         raise _Closed
-    if isinstance(head, h11.ConnectionClosed):
-        raise _Closed
-    if not isinstance(head, h11.Request):
-        raise _Reject(matrix_error(400, "M_UNKNOWN", "expected a request"))
-    # h11 bounds only a head still arriving; one that came whole in a single read is checked here.
-    size = len(head.target) + sum(len(k) + len(v) + 4 for k, v in head.headers)
-    if size > limits.max_head:
-        raise _Reject(matrix_error(431, "M_UNKNOWN", f"request head over {limits.max_head} bytes"))
-    headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in head.headers}
-    length = headers.get("content-length", "")
-    if length.isdigit() and int(length) > limits.max_body:
-        raise _Reject(matrix_error(413, "M_TOO_LARGE", f"body over {limits.max_body} bytes"))
-    body = bytearray()
-    with trio.move_on_after(limits.body_timeout) as body_scope:
-        while True:
-            event = _next(conn)
-            if event is h11.NEED_DATA:
-                conn.receive_data(await stream.receive_some(limits.read_size))
-            elif isinstance(event, h11.Data):
-                body += event.data
-                if len(body) > limits.max_body:  # chunked bodies have no length up front
-                    raise _Reject(
-                        matrix_error(413, "M_TOO_LARGE", f"body over {limits.max_body} bytes")
-                    )
-            elif isinstance(event, h11.EndOfMessage):
-                break
-            else:
+    asked_continue = False
+    with trio.move_on_after(limits.body_timeout):
+        while (body := _parse(reader.body)) is None:
+            if not asked_continue and reader.body_waiting():
+                asked_continue = True
+                await stream.send_all(CONTINUE)
+            data = await stream.receive_some(limits.read_size)
+            if not data:
                 raise _Closed
-    if body_scope.cancelled_caught:
+            reader.feed(data)
+    if body is None:  # the deadline passed
         raise _Reject(matrix_error(408, "M_UNKNOWN", "request body took too long"))
-    path, _, query = head.target.decode("latin-1").partition("?")
-    return Request(
-        method=head.method.decode("ascii", "replace"),
+    path, _, query = head.target.partition("?")
+    request = Request(
+        method=head.method,
         path=path,
-        query=parse_qs(query, keep_blank_values=True),
-        headers=headers,
-        body=bytes(body),
+        query=parse_qs(query, keep_blank_values=True) if query else {},
+        headers=head.headers,
+        body=body,
     )
+    return request, head.keep_alive
 
 
-def _next(conn: h11.Connection) -> object:
+def _parse(step: Callable[[], T | None]) -> T | None:
     try:
-        return conn.next_event()
-    except h11.RemoteProtocolError as exc:
+        return step()
+    except BadRequest as exc:
         # Do not echo the client's bytes back; the status says what kind of problem it was.
-        raise _Reject(
-            matrix_error(exc.error_status_hint, "M_UNKNOWN", "malformed HTTP request")
-        ) from exc
+        raise _Reject(matrix_error(exc.status, _ERRCODES.get(exc.status, "M_UNKNOWN"),
+                                   str(exc))) from exc
 
 
 async def _send(
-    conn: h11.Connection,
-    stream: RawStream,
-    response: Response,
-    *,
-    close: bool,
-    head_only: bool = False,
+    stream: RawStream, response: Response, *, close: bool, head_only: bool = False
 ) -> None:
-    if conn.our_state not in (h11.IDLE, h11.SEND_RESPONSE):
-        return  # h11 already failed this connection; there is nothing valid left to say
-    headers = [
-        ("content-type", response.content_type),
-        ("content-length", str(len(response.body))),
-    ]
-    if close:
-        headers.append(("connection", "close"))
-    data = conn.send(h11.Response(status_code=response.status, headers=headers))
-    if not head_only:  # a reply to HEAD announces the length but carries no body
-        data += conn.send(h11.Data(data=response.body))
-    data += conn.send(h11.EndOfMessage())
-    await stream.send_all(data)
+    await stream.send_all(response_bytes(response.status, response.content_type, response.body,
+                                         close=close, head_only=head_only))

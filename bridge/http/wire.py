@@ -22,14 +22,31 @@ from typing import NamedTuple
 MAX_HEAD = 65_536  # bytes of status line and fields
 MAX_CHUNK_LINE = 1_024
 
-_TOKEN = rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"
+TOKEN = rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"
 _STATUS_LINE = re.compile(rb"HTTP/1\.([01]) ([1-5][0-9]{2})(?: ([^\x00-\x08\x0a-\x1f\x7f]*))?")
-_FIELD = re.compile(rb"(" + _TOKEN + rb"):[ \t]*([^\x00-\x08\x0a-\x1f\x7f]*?)[ \t]*")
-_HEAD_END = re.compile(rb"\r?\n\r?\n")
+FIELD = re.compile(rb"(" + TOKEN + rb"):[ \t]*([^\x00-\x08\x0a-\x1f\x7f]*?)[ \t]*")
+# From the newline ending the last field: a CR before it is that line's (a second one fails it).
+_HEAD_END = re.compile(rb"\n\r?\n")
 _CHUNK_SIZE = re.compile(rb"([0-9A-Fa-f]{1,16})[ \t]*(?:;[^\r\n]*)?")
 # What may not appear in a request target or a field value we send: it would end the line.
 _UNSAFE = re.compile(r"[\x00-\x20\x7f]")
 _UNSAFE_VALUE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+
+
+def head_size(buffer: bytearray, end: int) -> int:
+    """The size of a head whose last line ends with the newline at buffer[end]: the start line
+    and fields, without that last line's CRLF (or LF) and the empty line."""
+    return end - 1 if end and buffer[end - 1] == 0x0D else end
+
+
+def unfinished_head_size(buffer: bytearray) -> int:
+    """The least size (as head_size counts) that a head still arriving in `buffer` will have:
+    up to three CR and LF bytes last in may begin its end. So a verdict on the size does not
+    depend on how the bytes were split."""
+    trailing = 0
+    while trailing < min(3, len(buffer)) and buffer[-1 - trailing] in b"\r\n":
+        trailing += 1
+    return len(buffer) - trailing
 
 
 class BadResponse(Exception):
@@ -65,7 +82,7 @@ def fixed_fields(fields: list[tuple[str, str]]) -> bytes:
     """Header fields as they go on the wire, checked once."""
     out = b""
     for name, value in fields:
-        if not re.fullmatch(_TOKEN.decode(), name) or _UNSAFE_VALUE.search(value):
+        if not re.fullmatch(TOKEN.decode(), name) or _UNSAFE_VALUE.search(value):
             raise ValueError(f"not a header field: {name!r}")
         out += b"%s: %s\r\n" % (name.encode("ascii"), value.encode("latin-1"))
     return out
@@ -122,10 +139,10 @@ class ResponseReader:
     def _read_head(self) -> bool:
         end = _HEAD_END.search(self.buffer)
         if end is None:
-            if len(self.buffer) > MAX_HEAD:
+            if unfinished_head_size(self.buffer) > MAX_HEAD:
                 raise BadResponse(f"a response head of over {MAX_HEAD} bytes")
             return False
-        if end.start() > MAX_HEAD:
+        if head_size(self.buffer, end.start()) > MAX_HEAD:
             raise BadResponse(f"a response head of over {MAX_HEAD} bytes")
         lines = bytes(self.buffer[:end.start()]).split(b"\n")
         del self.buffer[:end.end()]
@@ -135,7 +152,7 @@ class ResponseReader:
         minor, code = status_line.group(1), int(status_line.group(2))
         headers = []
         for raw in lines[1:]:
-            field = _FIELD.fullmatch(raw.removesuffix(b"\r"))
+            field = FIELD.fullmatch(raw.removesuffix(b"\r"))
             if field is None:
                 raise BadResponse(f"not a header field: {raw[:80]!r}")
             headers.append((field.group(1).lower(), field.group(2)))
@@ -191,7 +208,7 @@ class ResponseReader:
                 if not line:
                     self.leftover = bytes(self.buffer)
                     return self._done()
-                if _FIELD.fullmatch(line) is None:
+                if FIELD.fullmatch(line) is None:
                     raise BadResponse(f"not a trailer field: {line[:80]!r}")
                 continue
             if self._chunk_left < 0:
