@@ -20,7 +20,7 @@ from bridge.core.actions import SendMessage, txn_id
 from bridge.core.ghosts import derive_key
 from bridge.core.model import EventRef, Network
 from bridge.core.retry import BACKOFF_CAP
-from bridge.delivery import PROBE_MAX, DeliveryWorker
+from bridge.delivery import PAGE, PROBE_MAX, DeliveryWorker
 from bridge.matrix.client import Homeserver
 from bridge.metrics import Metrics
 from bridge.store import Store
@@ -101,6 +101,38 @@ async def test_a_500_is_retried_and_everything_arrives_once_in_order(
     attempts = rig.fakes["ig"].attempts
     assert len(attempts) == 5  # one retry, nothing more
     assert attempts[2] - attempts[1] >= 0.99  # the retry waited its first backoff (1 s)
+
+
+# Run by the fake homeserver when the worker's first send arrives, which it then answers slowly:
+# the worker looks at the outbox while that room's send is still under way.
+WHILE_SENDING: list[Callable[[], None]] = []
+
+
+def _queue_then_slow(n: int) -> str | None:
+    if n == 1 and WHILE_SENDING:
+        WHILE_SENDING.pop()()
+        return "slow"
+    return None
+
+
+@pytest.mark.parametrize("rig", [_queue_then_slow], indirect=True)
+async def test_messages_queued_while_their_room_sends_go_too_in_order(
+    rig: Rig, autojump_clock: trio.testing.MockClock
+) -> None:
+    WHILE_SENDING.append(lambda: rig.queue("two", "three"))
+    rig.queue("one")
+    await rig.until(lambda: len(rig.fakes["ig"].sent) == 3)
+    assert rig.fakes["ig"].texts("!ig-room") == ["one", "two", "three"]
+    assert not WHILE_SENDING
+
+
+async def test_a_backlog_longer_than_a_page_goes_whole_in_order(
+    rig: Rig, autojump_clock: trio.testing.MockClock
+) -> None:
+    bodies = [f"m{i}" for i in range(PAGE * 2 + 7)]
+    rig.queue(*bodies)
+    await rig.until(lambda: len(rig.fakes["ig"].sent) == len(bodies))
+    assert rig.fakes["ig"].texts("!ig-room") == bodies
 
 
 @pytest.mark.parametrize(
