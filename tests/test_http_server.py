@@ -1,4 +1,4 @@
-"""The h11 + trio server (bridge/http/server.py) on real loopback sockets.
+"""The trio server (bridge/http/server.py) on real loopback sockets.
 
 A tiny echo app built with the Router stands in for the appservice. Normal requests go through
 httpx; protocol abuse goes through raw trio sockets. Nothing here sleeps: every wait is bounded by a
@@ -424,6 +424,79 @@ async def test_malformed_requests_get_4xx_and_the_server_goes_on(
         assert 400 <= reply.status < 500
         await raw.wait_closed()
     assert (await client.get(f"http://127.0.0.1:{port}/echo")).status_code == 200
+
+
+async def test_a_field_built_to_make_a_pattern_backtrack_is_refused_at_once(
+    start: Start, client: httpx.AsyncClient
+) -> None:
+    # 64 kB of spaces and tabs, then a control byte: a backtracking pattern would take minutes
+    # over it, and the whole server with it.
+    port = await start(Limits(max_head=70_000))
+    raw = await Raw.open(port)
+    async with raw.stream:
+        started = trio.current_time()
+        await raw.send(b"GET /echo HTTP/1.1\r\nHost: a\r\nX: a" + b" \t" * 32_000
+                       + b"\x01\r\n\r\n")
+        assert (await raw.response()).status == 400
+        # A pattern that blocks the loop blocks the deadlines too: ask the clock.
+        took = trio.current_time() - started
+        assert took < DEADLINE, f"the server was stuck on one field for {took:.0f} s"
+    assert (await client.get(f"http://127.0.0.1:{port}/echo")).status_code == 200
+
+
+@pytest.mark.parametrize("flood", [
+    pytest.param(b"\r\n" * 20_000, id="empty-lines"),
+    pytest.param(b"POST /echo HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n"
+                 + b"a: b\r\n" * 5_000, id="trailers"),
+])
+async def test_an_endless_head_in_disguise_gets_431_and_the_server_goes_on(
+    start: Start, client: httpx.AsyncClient, flood: bytes
+) -> None:
+    port = await start(Limits(max_head=1024))
+    raw = await Raw.open(port)
+    async with raw.stream:
+        await raw.send(flood)
+        assert (await raw.response()).status == 431
+    assert (await client.get(f"http://127.0.0.1:{port}/echo")).status_code == 200
+
+
+def _never_read(port: int, requests: bytes, stop: threading.Event) -> None:
+    """In a thread: send `requests` and never read an answer (a tiny receive buffer)."""
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1024)
+        sock.settimeout(0.2)
+        sock.connect(("127.0.0.1", port))
+        view = memoryview(requests)
+        while view and not stop.is_set():
+            try:
+                view = view[sock.send(view):]
+            except TimeoutError:
+                continue  # the server stopped reading: wait until told to go
+            except OSError:
+                return  # closed by the server
+        stop.wait(DEADLINE * 2)
+
+
+async def test_a_client_that_never_reads_its_answers_is_closed_and_frees_its_slot(
+    start: Start,
+) -> None:
+    port = await start(Limits(max_connections=1, body_timeout=0.5, idle_timeout=30,
+                              head_timeout=30))
+    # Pipelined requests whose answers (each echoes its 4 kB query) fill every buffer between.
+    requests = b"GET /echo?q=" + b"x" * 4000 + b" HTTP/1.1\r\nHost: a\r\n\r\n"
+    stop = threading.Event()
+    hog = threading.Thread(target=_never_read, args=(port, requests * 3000, stop), daemon=True)
+    hog.start()
+    try:
+        # The only slot is the hog's until the server gives up on its answers.
+        other = await Raw.open(port)
+        async with other.stream:
+            await other.send(request_bytes("POST", "/echo", b"served"))
+            reply = await other.response()
+            assert reply.json()["body"] == "served"
+    finally:
+        stop.set()
+        await trio.to_thread.run_sync(hog.join, DEADLINE)
 
 
 async def test_a_head_over_max_head_gets_431(start: Start, client: httpx.AsyncClient) -> None:

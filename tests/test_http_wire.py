@@ -335,6 +335,16 @@ def test_a_bad_content_length_is_refused(lengths: list[bytes]) -> None:
     assert "a bad Content-Length" in message
 
 
+def test_a_content_length_of_thousands_of_digits_is_over_max_body_not_a_crash() -> None:
+    message = refused(b"HTTP/1.1 200 OK\r\nContent-Length: " + b"9" * 4301 + b"\r\n\r\n")
+    assert message.startswith("an answer of over")
+
+
+def test_a_field_value_keeps_its_inner_whitespace_and_loses_the_outer() -> None:
+    got, _ = read(b"HTTP/1.1 200 OK\r\nX-A: \t a \t b \t \r\nContent-Length: 0\r\n\r\n")
+    assert got.header(b"x-a") == "a \t b"
+
+
 def test_agreeing_content_lengths_are_taken() -> None:
     got, _ = read(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\ncontent-length: 5\r\n\r\nhello")
     assert got.body == b"hello"

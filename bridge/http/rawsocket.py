@@ -33,14 +33,27 @@ class RawStream:
         family, kind, proto = trio_sock.family, trio_sock.type, trio_sock.proto
         return cls(socket.socket(family, kind, proto, fileno=trio_sock.detach()))
 
-    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+    async def send_all(
+        self, data: bytes | bytearray | memoryview, *, within: float | None = None
+    ) -> None:
+        """Send every byte. With `within`, a peer that has not taken them all that many seconds
+        after the kernel's buffer first filled is a TimeoutError (an OSError): a client that
+        never reads cannot hold its connection forever. No cost while the kernel takes them."""
         view = memoryview(data)
+        deadline = None
         while view:
             try:
                 sent = self.sock.send(view)
             except BlockingIOError:
-                await trio.lowlevel.wait_writable(self.sock)
-                continue
+                if within is None:
+                    await trio.lowlevel.wait_writable(self.sock)
+                    continue
+                if deadline is None:
+                    deadline = trio.current_time() + within
+                with trio.move_on_at(deadline):
+                    await trio.lowlevel.wait_writable(self.sock)
+                    continue
+                raise TimeoutError(f"the peer took no more bytes for {within:g} s") from None
             view = view[sent:]
 
     async def receive_some(self, size: int) -> bytes:

@@ -15,8 +15,10 @@ known to smuggle requests past a proxy:
 - the body is framed by Content-Length (several values must agree) or by Transfer-Encoding:
   chunked, never by both (400); another transfer coding is 501; a chunk's size line and its
   data end with CRLF (a bare LF is 400);
-- the head and the body are bounded: a head over `max_head` is 431, a body over `max_body` 413,
-  the latter from Content-Length before a byte of the body is read.
+- the head and the body are bounded: a head over `max_head` is 431 (empty lines before it and
+  the trailers after a chunked body count as head), a body over `max_body` 413, the latter from
+  Content-Length before a byte of the body is read;
+- its checks are linear in the bytes: no pattern backtracks over a long field.
 """
 
 from __future__ import annotations
@@ -25,7 +27,14 @@ import re
 from http import HTTPStatus
 from typing import NamedTuple
 
-from bridge.http.wire import FIELD, TOKEN, head_size, unfinished_head_size
+from bridge.http.wire import (
+    FIELD,
+    TOKEN,
+    content_length,
+    field_value,
+    head_size,
+    unfinished_head_size,
+)
 
 MAX_CHUNK_LINE = 1_024
 
@@ -69,6 +78,8 @@ class RequestReader:
         self._body = bytearray()
         self._http11 = True
         self._body_began = False  # a byte of the current body was read
+        self._blank = 0  # bytes of empty lines skipped before the next request line
+        self._trailer_bytes = 0
 
     @property
     def began(self) -> bool:
@@ -84,7 +95,11 @@ class RequestReader:
             return self._head
         # Empty lines before a request line are skipped (a client's stray CRLF after a body).
         while self.buffer[:1] == b"\n" or self.buffer[:2] == b"\r\n":
-            del self.buffer[:1 if self.buffer[0] == 0x0A else 2]
+            skip = 1 if self.buffer[0] == 0x0A else 2
+            del self.buffer[:skip]
+            self._blank += skip
+            if self._blank > self.max_head:  # they count as head: no endless stream of them
+                raise BadRequest(431, f"request head over {self.max_head} bytes")
         end = _HEAD_END.search(self.buffer)
         if end is None:
             if unfinished_head_size(self.buffer) > self.max_head:
@@ -94,6 +109,7 @@ class RequestReader:
             raise BadRequest(431, f"request head over {self.max_head} bytes")
         lines = bytes(self.buffer[:end.start()]).split(b"\n")
         del self.buffer[:end.end()]
+        self._blank = 0
         self._head = self._parse(lines)
         return self._head
 
@@ -112,7 +128,7 @@ class RequestReader:
         body = bytes(self._body)
         self._head, self._length, self._chunked = None, 0, False
         self._chunk_left, self._trailers, self._body = -1, False, bytearray()
-        self._body_began = False
+        self._body_began, self._trailer_bytes = False, 0
         return body
 
     def body_waiting(self) -> bool:
@@ -139,7 +155,7 @@ class RequestReader:
                 # Also what a folded line (leading whitespace) and "Name : value" come to.
                 raise BadRequest(400, "a malformed header field")
             name = field.group(1).decode("ascii").lower()
-            value = field.group(2).decode("latin-1")
+            value = field_value(field).decode("latin-1")
             headers[name] = f"{headers[name]}, {value}" if name in headers else value
         # One Host, not two (a comma cannot appear in a host, only in joined fields); and
         # HTTP/1.1 must send one.
@@ -152,12 +168,13 @@ class RequestReader:
         return Head(method.decode("ascii"), target.decode("ascii"), headers, keep_alive)
 
     def _frame(self, headers: dict[str, str]) -> None:
-        codings = [c for c in (t.strip().lower()
-                               for t in headers.get("transfer-encoding", "").split(",")) if c]
-        if codings:
+        if "transfer-encoding" in headers:
             if "content-length" in headers:
-                # Two framings at once is how requests are smuggled past a proxy (RFC 9112 6.3).
+                # Two framings at once is how requests are smuggled past a proxy (RFC 9112 6.3),
+                # even when one of them is empty.
                 raise BadRequest(400, "both Transfer-Encoding and Content-Length")
+            codings = [c for c in (t.strip().lower()
+                                   for t in headers["transfer-encoding"].split(",")) if c]
             if codings != ["chunked"]:
                 raise BadRequest(501, "only the chunked transfer coding is read")
             self._chunked = True
@@ -165,9 +182,10 @@ class RequestReader:
         if "content-length" not in headers:
             return  # a request without framing has no body
         lengths = {v.strip() for v in headers["content-length"].split(",")}
-        if len(lengths) > 1 or not all(v.isdigit() and v.isascii() for v in lengths):
+        length = content_length(lengths.pop(), self.max_body) if len(lengths) == 1 else None
+        if length is None:
             raise BadRequest(400, "a bad Content-Length")
-        self._length = int(lengths.pop())
+        self._length = length
         if self._length > self.max_body:
             raise BadRequest(413, f"body over {self.max_body} bytes")
 
@@ -182,6 +200,9 @@ class RequestReader:
                 if line_end < 0:
                     return False
                 # Trailer fields are fields: a bare LF ends one, as in the head.
+                self._trailer_bytes += line_end + 1
+                if self._trailer_bytes > self.max_head:
+                    raise BadRequest(431, f"trailers over {self.max_head} bytes")
                 line = bytes(self.buffer[:line_end]).removesuffix(b"\r")
                 del self.buffer[:line_end + 1]
                 if not line:

@@ -108,7 +108,7 @@ async def _serve_connection(stream: RawStream, handler: Handler, limits: Limits)
             request, keep_alive = await _read_request(reader, stream, limits, first)
             first = False
         except _Reject as reject:
-            await _send(stream, reject.response, close=True)
+            await _send(stream, reject.response, limits, close=True)
             return
         # One pass through the scheduler per request, as trio's own streams made after every
         # receive (RawStream makes none when the bytes are there already): tasks that became
@@ -116,14 +116,16 @@ async def _serve_connection(stream: RawStream, handler: Handler, limits: Limits)
         # handler, and a client pipelining requests from a full buffer cannot starve the loop.
         await trio.lowlevel.checkpoint()
         if request.method == "CONNECT":
-            await _send(stream, matrix_error(405, "M_UNRECOGNIZED", "no CONNECT"), close=True)
+            await _send(stream, matrix_error(405, "M_UNRECOGNIZED", "no CONNECT"), limits,
+                        close=True)
             return
         try:
             response = await handler(request)
         except Exception:
             log.exception("handler failed for %s %s", request.method, request.path)
             response = matrix_error(500, "M_UNKNOWN", "internal error")
-        await _send(stream, response, close=not keep_alive, head_only=request.method == "HEAD")
+        await _send(stream, response, limits, close=not keep_alive,
+                    head_only=request.method == "HEAD")
         if not keep_alive:
             return
 
@@ -141,6 +143,10 @@ async def _read_request(
         if began:
             scope.deadline = trio.current_time() + limits.head_timeout
         while (head := _parse(reader.head)) is None:
+            if began:
+                # RawStream does not pass through the scheduler while bytes keep coming: a
+                # client streaming them must not hold the loop, and its deadline must fire.
+                await trio.lowlevel.checkpoint()
             data = await stream.receive_some(limits.read_size)
             if not data:
                 raise _Closed  # the client went away, mid-request or between requests
@@ -157,7 +163,8 @@ async def _read_request(
         while (body := _parse(reader.body)) is None:
             if not asked_continue and reader.body_waiting():
                 asked_continue = True
-                await stream.send_all(CONTINUE)
+                await stream.send_all(CONTINUE, within=limits.body_timeout)
+            await trio.lowlevel.checkpoint()  # as for the head
             data = await stream.receive_some(limits.read_size)
             if not data:
                 raise _Closed
@@ -185,7 +192,10 @@ def _parse(step: Callable[[], T | None]) -> T | None:
 
 
 async def _send(
-    stream: RawStream, response: Response, *, close: bool, head_only: bool = False
+    stream: RawStream, response: Response, limits: Limits, *, close: bool, head_only: bool = False
 ) -> None:
+    # A client that stops reading its answers gets body_timeout to take them, then is closed
+    # (TimeoutError): it must not hold a connection slot forever.
     await stream.send_all(response_bytes(response.status, response.content_type, response.body,
-                                         close=close, head_only=head_only))
+                                         close=close, head_only=head_only),
+                          within=limits.body_timeout)

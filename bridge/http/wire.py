@@ -24,13 +24,31 @@ MAX_CHUNK_LINE = 1_024
 
 TOKEN = rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"
 _STATUS_LINE = re.compile(rb"HTTP/1\.([01]) ([1-5][0-9]{2})(?: ([^\x00-\x08\x0a-\x1f\x7f]*))?")
-FIELD = re.compile(rb"(" + TOKEN + rb"):[ \t]*([^\x00-\x08\x0a-\x1f\x7f]*?)[ \t]*")
+# Possessive (*+): no backtracking, so a long value with a bad byte at its end costs one pass,
+# not one per leading space. The value keeps its trailing whitespace: see field_value.
+FIELD = re.compile(rb"(" + TOKEN + rb"):[ \t]*+([^\x00-\x08\x0a-\x1f\x7f]*+)")
 # From the newline ending the last field: a CR before it is that line's (a second one fails it).
 _HEAD_END = re.compile(rb"\n\r?\n")
 _CHUNK_SIZE = re.compile(rb"([0-9A-Fa-f]{1,16})[ \t]*(?:;[^\r\n]*)?")
 # What may not appear in a request target or a field value we send: it would end the line.
 _UNSAFE = re.compile(r"[\x00-\x20\x7f]")
 _UNSAFE_VALUE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+
+
+def field_value(field: re.Match[bytes]) -> bytes:
+    """The value of a FIELD match, without the whitespace that may follow it."""
+    return field.group(2).rstrip(b" \t")
+
+
+def content_length(value: str, limit: int) -> int | None:
+    """A Content-Length of ASCII digits as a number, or None if it is not one; any length over
+    `limit` comes back as limit + 1 (a length of thousands of digits is not worth int())."""
+    if not (value.isdigit() and value.isascii()):
+        return None
+    digits = value.lstrip("0")
+    if len(digits) > len(str(limit)):
+        return limit + 1
+    return min(int(digits or 0), limit + 1)
 
 
 def head_size(buffer: bytearray, end: int) -> int:
@@ -155,7 +173,7 @@ class ResponseReader:
             field = FIELD.fullmatch(raw.removesuffix(b"\r"))
             if field is None:
                 raise BadResponse(f"not a header field: {raw[:80]!r}")
-            headers.append((field.group(1).lower(), field.group(2)))
+            headers.append((field.group(1).lower(), field_value(field)))
         if 100 <= code < 200:
             if code == 101:
                 raise BadResponse("the server switched protocols, which nobody asked for")
@@ -188,9 +206,11 @@ class ResponseReader:
             return
         if not lengths:
             return
-        if len(lengths) > 1 or not all(length.isdigit() for length in lengths):
-            raise BadResponse(f"a bad Content-Length: {sorted(lengths)!r}")
-        self._length = int(lengths.pop())
+        length = (content_length(next(iter(lengths)).decode("latin-1"), self.max_body)
+                  if len(lengths) == 1 else None)
+        if length is None:
+            raise BadResponse("a bad Content-Length: " + repr(sorted(lengths)[:2])[:200])
+        self._length = length
         if self._length > self.max_body:
             raise BadResponse(f"an answer of over {self.max_body} bytes")
 
