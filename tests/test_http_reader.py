@@ -16,26 +16,14 @@ from hypothesis import strategies as st
 
 from bridge.http.reader import CONTINUE, BadRequest, Head, RequestReader, response_bytes
 
-TOKEN = "!#$%&'*+-.^_`|~" + string.digits + string.ascii_letters
-VISIBLE = "".join(map(chr, range(0x21, 0x7F)))
+from .http_strategies import TOKEN, VISIBLE, field_names, field_values
+
 # Fields the generated requests set themselves, or that change how h11 frames or reads them.
 FRAMING = {"host", "content-length", "transfer-encoding", "connection", "expect", "upgrade", "te"}
 MAX_HEAD = 65_536
 MAX_BODY = 1_000_000
 
 
-def field_names(excluded: set[str]) -> st.SearchStrategy[str]:
-    return st.text(TOKEN, min_size=1, max_size=16).filter(lambda n: n.lower() not in excluded)
-
-
-_words = st.text(VISIBLE, min_size=1, max_size=10)
-# Visible ASCII, with spaces and tabs inside (never at either end: both readers strip them).
-field_values = st.one_of(
-    st.just(""),
-    st.builds(lambda first, rest: first + "".join(gap + word for gap, word in rest),
-              _words, st.lists(st.tuples(st.sampled_from([" ", "\t", "  ", " \t "]), _words),
-                               max_size=3)),
-)
 # A few names drawn often, so that repeated fields (joined by ", ") come up.
 request_fields = st.lists(st.tuples(st.one_of(field_names(FRAMING),
                                               st.sampled_from(["X-Dup", "x-dup", "Accept"])),

@@ -5,7 +5,6 @@ the client does with odd answers, against real sockets."""
 from __future__ import annotations
 
 import re
-import string
 from dataclasses import dataclass
 from functools import partial
 
@@ -27,23 +26,11 @@ from bridge.http.wire import (
     request_head,
 )
 
-TOKEN = "!#$%&'*+-.^_`|~" + string.digits + string.ascii_letters
-VISIBLE = "".join(map(chr, range(0x21, 0x7F)))
+from .http_strategies import TOKEN, VISIBLE, field_names, field_values
+
 FRAMING = {"content-length", "transfer-encoding", "connection"}
 
 
-def field_names(excluded: set[str]) -> st.SearchStrategy[str]:
-    return st.text(TOKEN, min_size=1, max_size=16).filter(lambda n: n.lower() not in excluded)
-
-
-_words = st.text(VISIBLE, min_size=1, max_size=10)
-# Visible ASCII, with spaces and tabs inside (never at either end: h11 would strip them).
-field_values = st.one_of(
-    st.just(""),
-    st.builds(lambda first, rest: first + "".join(gap + word for gap, word in rest),
-              _words, st.lists(st.tuples(st.sampled_from([" ", "\t", "  ", " \t "]), _words),
-                               max_size=3)),
-)
 # (h11 writes a Host field first, wherever it was given: not one to move about here.)
 response_fields = st.lists(st.tuples(field_names(FRAMING | {"host"}), field_values), max_size=5)
 
