@@ -30,14 +30,28 @@ async def check_everything_arrived_once_in_order(
     within: float = 180,
 ) -> None:
     """Each network's room holds every other network's messages, once each, in send order."""
-    with trio.fail_after(within):
-        # Cheap waits first (a recent page), so the check does not load the homeservers while
-        # they catch up; then one full read of each timeline.
+    try:
+        with trio.fail_after(within):
+            # Cheap waits first (a recent page), so the check does not load the homeservers
+            # while they catch up; then one full read of each timeline.
+            for reader in NETS:
+                for src in NETS:
+                    if src != reader and sent[src]:
+                        await people[reader].wait_for(rooms[reader], has_body(sent[src][-1]),
+                                                      within=within)
+    except trio.TooSlowError:
+        # Lost, or only late? Say which messages are missing where.
+        report = []
         for reader in NETS:
+            view = await people[reader].timeline(rooms[reader])
             for src in NETS:
-                if src != reader and sent[src]:
-                    await people[reader].wait_for(rooms[reader], has_body(sent[src][-1]),
-                                                  within=within)
+                if src != reader:
+                    got = bodies_from(view, f"@_tb_{src}_")
+                    missing = [b for b in sent[src] if b not in got]
+                    report.append(f"{src} -> {reader}: {len(got)} of {len(sent[src])} arrived;"
+                                  f" missing {missing[:5]}{' ...' if len(missing) > 5 else ''}")
+        raise AssertionError(f"not everything arrived within {within:g} s:\n"
+                             + "\n".join(report)) from None
     for reader in NETS:
         view = await people[reader].timeline(rooms[reader])
         for src in NETS:
@@ -49,7 +63,10 @@ async def test_kill_9_five_times_during_2000_messages(cast: Cast, daemon: Daemon
     people, rooms = await three_way(cast, daemon, ("Alice", "Bob", "Carol"))
     # 2,001 messages from the three networks together; five kills -9 at random points.
     sent = await talk_through_kills(daemon, people, rooms, per_sender=667, kills=5)
-    await check_everything_arrived_once_in_order(people, rooms, sent)
+    # This test promises no loss, not speed: a room's sends go one at a time (its order), and
+    # with the rest of the suite beside it a Synapse took them at 3 a second, so the backlog
+    # left by the last kill (once 180 still queued after 180 s, all moving) may take minutes.
+    await check_everything_arrived_once_in_order(people, rooms, sent, within=480)
 
 
 @pytest.mark.alone
