@@ -13,6 +13,7 @@ happy eyeballs; only the connected socket is taken over. TLS stays on trio's str
 
 from __future__ import annotations
 
+import math
 import socket
 
 import trio
@@ -45,11 +46,8 @@ class RawStream:
             try:
                 sent = self.sock.send(view)
             except BlockingIOError:
-                if within is None:
-                    await trio.lowlevel.wait_writable(self.sock)
-                    continue
                 if deadline is None:
-                    deadline = trio.current_time() + within
+                    deadline = math.inf if within is None else trio.current_time() + within
                 with trio.move_on_at(deadline):
                     await trio.lowlevel.wait_writable(self.sock)
                     continue

@@ -28,7 +28,10 @@ from http import HTTPStatus
 from typing import NamedTuple
 
 from bridge.http.wire import (
+    CHUNK_SIZE,
     FIELD,
+    HEAD_END,
+    MAX_CHUNK_LINE,
     TOKEN,
     content_length,
     field_value,
@@ -36,13 +39,7 @@ from bridge.http.wire import (
     unfinished_head_size,
 )
 
-MAX_CHUNK_LINE = 1_024
-
 _REQUEST_LINE = re.compile(rb"(" + TOKEN + rb") ([\x21-\x7e]+) HTTP/([0-9])\.([0-9])")
-# From the newline ending the last field line: a CR before it belongs to that line, and a
-# second CR there is refused with the line, not taken for part of the empty line.
-_HEAD_END = re.compile(rb"\n\r?\n")
-_CHUNK_SIZE = re.compile(rb"([0-9A-Fa-f]{1,16})[ \t]*(?:;[^\r\n]*)?")
 _REASONS = {status.value: status.phrase.encode("ascii") for status in HTTPStatus}
 
 
@@ -100,7 +97,7 @@ class RequestReader:
             self._blank += skip
             if self._blank > self.max_head:  # they count as head: no endless stream of them
                 raise BadRequest(431, f"request head over {self.max_head} bytes")
-        end = _HEAD_END.search(self.buffer)
+        end = HEAD_END.search(self.buffer)
         if end is None:
             if unfinished_head_size(self.buffer) > self.max_head:
                 raise BadRequest(431, f"request head over {self.max_head} bytes")
@@ -194,15 +191,15 @@ class RequestReader:
         trailers, which nothing here uses) are in."""
         while True:
             if self._trailers:
+                # Trailer fields are fields: a bare LF ends one, as in the head. All of them,
+                # and a line still arriving, count against max_head.
                 line_end = self.buffer.find(b"\n")
-                if line_end > self.max_head or (line_end < 0 and len(self.buffer) > self.max_head):
+                pending = line_end + 1 if line_end >= 0 else len(self.buffer)
+                if self._trailer_bytes + pending > self.max_head:
                     raise BadRequest(431, f"trailers over {self.max_head} bytes")
                 if line_end < 0:
                     return False
-                # Trailer fields are fields: a bare LF ends one, as in the head.
-                self._trailer_bytes += line_end + 1
-                if self._trailer_bytes > self.max_head:
-                    raise BadRequest(431, f"trailers over {self.max_head} bytes")
+                self._trailer_bytes += pending
                 line = bytes(self.buffer[:line_end]).removesuffix(b"\r")
                 del self.buffer[:line_end + 1]
                 if not line:
@@ -217,7 +214,7 @@ class RequestReader:
                     raise BadRequest(400, "a chunk size line that does not end")
                 if line_end < 0:
                     return False
-                size = _CHUNK_SIZE.fullmatch(_crlf_line(self.buffer, line_end))
+                size = CHUNK_SIZE.fullmatch(_crlf_line(self.buffer, line_end))
                 if size is None:
                     raise BadRequest(400, "a malformed chunk size")
                 self._chunk_left = int(size.group(1), 16)

@@ -28,8 +28,8 @@ _STATUS_LINE = re.compile(rb"HTTP/1\.([01]) ([1-5][0-9]{2})(?: ([^\x00-\x08\x0a-
 # not one per leading space. The value keeps its trailing whitespace: see field_value.
 FIELD = re.compile(rb"(" + TOKEN + rb"):[ \t]*+([^\x00-\x08\x0a-\x1f\x7f]*+)")
 # From the newline ending the last field: a CR before it is that line's (a second one fails it).
-_HEAD_END = re.compile(rb"\n\r?\n")
-_CHUNK_SIZE = re.compile(rb"([0-9A-Fa-f]{1,16})[ \t]*(?:;[^\r\n]*)?")
+HEAD_END = re.compile(rb"\n\r?\n")
+CHUNK_SIZE = re.compile(rb"([0-9A-Fa-f]{1,16})[ \t]*(?:;[^\r\n]*)?")
 # What may not appear in a request target or a field value we send: it would end the line.
 _UNSAFE = re.compile(r"[\x00-\x20\x7f]")
 _UNSAFE_VALUE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
@@ -155,7 +155,7 @@ class ResponseReader:
     # -- internals -----------------------------------------------------------------------------
 
     def _read_head(self) -> bool:
-        end = _HEAD_END.search(self.buffer)
+        end = HEAD_END.search(self.buffer)
         if end is None:
             if unfinished_head_size(self.buffer) > MAX_HEAD:
                 raise BadResponse(f"a response head of over {MAX_HEAD} bytes")
@@ -238,7 +238,7 @@ class ResponseReader:
                     raise BadResponse(f"a chunk size line of over {MAX_CHUNK_LINE} bytes")
                 if line_end < 0:
                     return None
-                size = _CHUNK_SIZE.fullmatch(bytes(self.buffer[:line_end]).removesuffix(b"\r"))
+                size = CHUNK_SIZE.fullmatch(bytes(self.buffer[:line_end]).removesuffix(b"\r"))
                 if size is None:
                     raise BadResponse(f"not a chunk size: {bytes(self.buffer[:40])!r}")
                 del self.buffer[:line_end + 1]
