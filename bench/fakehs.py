@@ -154,7 +154,7 @@ class Fake:
         url = f"http://127.0.0.1:{self.bridge_port}"
         token = self.hs_tokens[source]
         async with LeanClient(url, {"Authorization": f"Bearer {token}"}) as client:
-            cpu0, wall0 = cpu_seconds(pid), time.perf_counter()
+            cpu0, sys0, wall0 = cpu_seconds(pid), kernel_seconds(pid), time.perf_counter()
             for first in range(0, count, batch):
                 if rate:
                     due = wall0 + first / rate
@@ -175,10 +175,12 @@ class Fake:
             with trio.fail_after(max(60.0, count / 50)):
                 await self._all_in.wait()
             wall, cpu = time.perf_counter() - wall0, cpu_seconds(pid) - cpu0
+            kernel = kernel_seconds(pid) - sys0
         latencies = sorted((self.arrivals[(n, b)] - t) * 1000 for b, t in pushed.items()
                            for n in targets)
         return {
             "cpu_ms_per_send": cpu * 1000 / self.expected,
+            "sys_ms_per_send": kernel * 1000 / self.expected,
             "sends_per_s": self.expected / wall,
             "p50_ms": statistics.median(latencies),
             "p99_ms": latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))],
@@ -196,8 +198,15 @@ class Fake:
 
 
 def cpu_seconds(pid: int) -> float:
+    """User and kernel CPU of a process so far."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def kernel_seconds(pid: int) -> float:
+    """Kernel CPU alone (system calls: sockets, fsync, epoll), a part of `cpu_seconds`."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return int(fields[12]) / os.sysconf("SC_CLK_TCK")
 
 
 def rss_mb(pid: int) -> float:
