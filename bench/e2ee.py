@@ -90,7 +90,7 @@ def bridge_figures(rounds: int = 5, events: int = 2000) -> None:
         for kind, (etype, content) in kinds.items():
             store = Store(":memory:", "process")
             store.sync_config_portals([{"wa": "!a:wa.bench", "ig": "!b:ig.bench"}])
-            inbound = Inbound(store, nets, derive_key(b"k" * 32), wake=lambda n: None)
+            inbound = Inbound(store, nets, derive_key(b"k" * 32), wake=lambda n, rooms: None)
             batch = [
                 {"type": etype, "sender": "@+15551234567:wa.bench", "room_id": "!a:wa.bench",
                  "event_id": f"${kind}{i}", "content": content}

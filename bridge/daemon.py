@@ -20,7 +20,7 @@ import resource
 import signal
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from contextlib import AsyncExitStack
 from pathlib import Path
 
@@ -105,9 +105,10 @@ class Bridge:
                 workers: dict[str, DeliveryWorker] = {}
                 metrics = Metrics()
 
-                def wake(network_id: str) -> bool:
-                    """Wake a network's worker; True if it was sending already."""
-                    return workers[network_id].wake()
+                def wake(network_id: str, rooms: Iterable[str] | None = None) -> bool:
+                    """Wake a network's worker (to look at `rooms`, or at every room with
+                    actions pending); True if it was sending already."""
+                    return workers[network_id].wake(rooms)
 
                 inbound = Inbound(store, networks, key, wake=wake, rules=_rules(config))
                 self.inbound = inbound

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 import random
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any
 
 import trio
@@ -84,7 +84,9 @@ class DeliveryWorker:
         self._back = trio.Event()  # set when the homeserver answers again after silence
         self._stop = trio.Event()
         self._probing = False
-        self._active: set[str] = set()
+        self._active: set[str] = set()  # rooms being drained
+        self._ready: set[str] = set()  # rooms named by wake() since the last look
+        self._rescan = True  # look for every room with pending actions (not only _ready)
         self._nursery: trio.Nursery | None = None
         self.metrics = metrics or Metrics()
         self.unreachable_since: float | None = None  # trio time of the first silent answer
@@ -94,9 +96,14 @@ class DeliveryWorker:
 
     # -- control -------------------------------------------------------------------------------
 
-    def wake(self) -> bool:
-        """New actions were written for this network: look for them. Return whether sends
-        were under way already (the new ones may queue behind them)."""
+    def wake(self, rooms: Iterable[str] | None = None) -> bool:
+        """New actions were written for this network, into `rooms` if the writer knows (a
+        pushed transaction does): look there, or else in every room with pending actions.
+        Return whether sends were under way already (the new ones may queue behind them)."""
+        if rooms is None:
+            self._rescan = True
+        else:
+            self._ready.update(rooms)
         self._wakeup.set()
         return bool(self._active)
 
@@ -125,7 +132,15 @@ class DeliveryWorker:
             task_status.started()
             while not self._stop.is_set():
                 self._wakeup = trio.Event()
-                for room_id in self.store.pending_rooms(self.network.id):
+                if self._rescan:
+                    # The outbox's index answers this, but it is a query per wake-up: a push
+                    # names its rooms instead, and only the rare others ask for a rescan.
+                    self._rescan = False
+                    self._ready.clear()
+                    rooms: Iterable[str] = self.store.pending_rooms(self.network.id)
+                else:
+                    rooms, self._ready = self._ready, set()
+                for room_id in rooms:
                     if room_id not in self._active:
                         self._active.add(room_id)
                         nursery.start_soon(self._drain, room_id)
@@ -134,32 +149,45 @@ class DeliveryWorker:
     # -- the work ------------------------------------------------------------------------------
 
     async def _drain(self, room_id: str) -> None:
+        emptied = False
         try:
             while not self._stop.is_set():
                 items = self.store.pending_actions(self.network.id, room_id, PAGE)
                 if not items:
+                    # Nothing can have been queued here since this read (no await between),
+                    # and what was queued before it was read: the room is done.
+                    emptied = True
                     break
                 for item in items:
                     if self._stop.is_set() or not await self._deliver(item):
                         return
         finally:
             self._active.discard(room_id)
-            self.wake()  # actions may have arrived for this room while it was finishing
+            if not emptied:
+                self.wake()  # left with actions pending (stopping, or a bug): look again
 
     async def _deliver(self, item: OutboxItem) -> bool:
         """Carry out one action until done or failed; False if stopped before either."""
         attempt = item.attempts
         while True:
             try:
-                async with self._slots:
+                try:
+                    # A free slot is taken without `async with`'s pass through the scheduler:
+                    # the send itself waits for its answer a moment later.
+                    self._slots.acquire_nowait()
+                except trio.WouldBlock:
+                    await self._slots.acquire()
+                try:
                     started = trio.current_time()
                     await self._perform(item)
                     self._send_seconds.observe(trio.current_time() - started)
-                    relayed = self._relayed.get(item.action.kind)
-                    if relayed is None:  # looked up once per kind: labels() is not free
-                        relayed = self.metrics.relayed.labels(self.network.id, item.action.kind)
-                        self._relayed[item.action.kind] = relayed
-                    relayed.inc()
+                finally:
+                    self._slots.release()
+                relayed = self._relayed.get(item.action.kind)
+                if relayed is None:  # looked up once per kind
+                    relayed = self.metrics.relayed.labels(self.network.id, item.action.kind)
+                    self._relayed[item.action.kind] = relayed
+                relayed.inc()
                 return True
             except HomeserverError as exc:
                 attempt += 1

@@ -16,9 +16,7 @@ import logging
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-import nacl.encoding
-import nacl.hash
-
+from bridge.core.digest import blake2b_hex
 from bridge.core.ghosts import is_bridge_user
 from bridge.core.model import Network
 from bridge.core.translate import DEFAULT_RULES, RoomInfo, Rules, translate
@@ -41,13 +39,14 @@ class Inbound:
         store: Store,
         networks: Mapping[str, Network],
         key: bytes,
-        wake: Callable[[str], bool | None],
+        wake: Callable[[str, Iterable[str]], bool | None],
         rules: Rules = DEFAULT_RULES,
     ) -> None:
         self.store = store
         self.networks = networks
         self.key = key
-        self.wake = wake  # wakes a network's worker; True if it was sending already
+        # Wakes a network's worker to look at the rooms given; True if it was sending already.
+        self.wake = wake
         self.rules = rules  # replaced on reload
 
     def take_transaction(
@@ -61,7 +60,7 @@ class Inbound:
             # homeserver pushes those back, one transaction each. Nothing is to be done about
             # them, so nothing is written and no fsync is spent (a third of all pushes).
             return Taken.NOTHING
-        digest = nacl.hash.blake2b(body, digest_size=16, encoder=nacl.encoding.HexEncoder).decode()
+        digest = blake2b_hex(body, 16)
         if self.store.transaction_seen(network_id, txn_id, digest):
             log.debug("transaction %s from %s already taken in", txn_id, network_id)
             return Taken.NOTHING
@@ -90,16 +89,19 @@ class Inbound:
         self._wake(targets)
         return queued
 
-    def _wake(self, targets: set[str]) -> bool:
+    def _wake(self, targets: dict[str, set[str]]) -> bool:
         """Wake the targets' workers; whether every one of them was busy already."""
         busy = True
-        for target in targets:
-            busy = bool(self.wake(target)) and busy
+        for target, rooms in targets.items():
+            busy = bool(self.wake(target, rooms)) and busy
         return busy
 
-    def _take(self, network_id: str, events: Iterable[Any], where: str) -> tuple[int, set[str]]:
+    def _take(
+        self, network_id: str, events: Iterable[Any], where: str
+    ) -> tuple[int, dict[str, set[str]]]:
+        """Queue what `events` ask for; the count, and the rooms written to by network."""
         source = self.networks[network_id]
-        targets: set[str] = set()
+        targets: dict[str, set[str]] = {}
         queued = 0
         for event in events:
             if not isinstance(event, dict):
@@ -138,7 +140,8 @@ class Inbound:
                     log.debug("%s from %s was redacted before it went out", redacted, network)
             self.store.enqueue(result.actions)
             self.store.mark_event_seen(network_id, event_id, room_id)
-            targets.update(a.network for a in result.actions)
+            for action in result.actions:
+                targets.setdefault(action.network, set()).add(action.room_id)
             queued += len(result.actions)
         if queued:
             log.debug("%s from %s: %d actions queued", where, network_id, queued)

@@ -127,7 +127,8 @@ def config(tmp_path: Path) -> Config:
 async def bridge(nursery: trio.Nursery, store: Store, config: Config) -> AsyncIterator[Bridge]:
     woken: list[str] = []
     networks = {net_id: net.network for net_id, net in config.networks.items()}
-    inbound = Inbound(store, networks, derive_key(config.bridge.secret), wake=woken.append)
+    inbound = Inbound(store, networks, derive_key(config.bridge.secret),
+                      wake=lambda network, rooms: woken.append(network))
     app = Appservice(config.networks, inbound, store)
     listeners = await nursery.start(serve, "127.0.0.1", 0, app.handle, Limits())
     port = listeners[0].socket.getsockname()[1]

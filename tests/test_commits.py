@@ -87,7 +87,7 @@ def test_a_push_says_whether_its_sends_leave_now_or_queue_behind_others(
     store.sync_config_portals([{"wa": ROOM, "ig": "!ig-room"}])
     busy = {"ig": False}
     inbound = Inbound(store, {"wa": WA, "ig": IG}, derive_key(b"k" * 32),
-                      wake=lambda network: busy[network])
+                      wake=lambda network, rooms: busy[network])
     body = b'{"events": []}'
     assert inbound.take_transaction("wa", "1", body, [text(1)], defer=True) is Taken.SENDING
     busy["ig"] = True  # the ig worker is still sending the first one
@@ -280,7 +280,8 @@ async def test_a_push_through_the_reconciler_is_on_disk_when_it_is_answered(
     path = tmp_path / "t.db"
     store = Store(path)
     store.sync_config_portals([{"wa": ROOM, "ig": "!ig-room"}])
-    inbound = Inbound(store, {"wa": WA, "ig": IG}, derive_key(b"k" * 32), wake=lambda n: None)
+    inbound = Inbound(store, {"wa": WA, "ig": IG}, derive_key(b"k" * 32),
+                      wake=lambda n, rooms: None)
     commits = GroupCommit(store)
     # Not suspect, so no timeline is read: no homeserver is needed.
     no_homeservers: Any = dict.fromkeys(("wa", "ig"))

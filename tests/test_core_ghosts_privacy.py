@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 from bridge.core.ghosts import (
     derive_key,
+    forget_remembered,
     ghost_localpart,
     is_bridge_user,
     parse_ghost_localpart,
@@ -309,3 +310,17 @@ def test_an_email_never_crosses_unless_exposed(data: st.DataObject, email: str) 
     assert email_to_localpart(email) not in result.lower()
     if email in name.lower():
         assert result == f"Messenger user {pseudo[:4]}"
+
+
+def test_forgetting_empties_every_memo_that_holds_an_identity() -> None:
+    # "forget me" calls this: no phone number of theirs stays in the process's memory.
+    from bridge.core import ids
+
+    phone_user = "@+15550001111:wa.example"
+    ids.parse_user_id(phone_user)
+    pseudonym(derive_key(b"s" * 32), "wa", Identity("phone", "+15550001111"))
+    assert ids._parse_user_id.cache_info().currsize > 0
+    assert pseudonym.cache_info().currsize > 0
+    forget_remembered()
+    assert ids._parse_user_id.cache_info().currsize == 0
+    assert pseudonym.cache_info().currsize == 0

@@ -21,6 +21,7 @@ from bridge.core.actions import (
     SendMessage,
     SendNotice,
     from_payload,
+    txn_id,
 )
 from bridge.core.ghosts import derive_key, ghost_localpart, parse_ghost_localpart, pseudonym
 from bridge.core.ids import Identity, email_to_localpart
@@ -220,6 +221,13 @@ def test_txn_ids_are_deterministic_per_event_and_target() -> None:
     assert first["ig"].txn_id != first["fbm"].txn_id
     assert other["ig"].txn_id != first["ig"].txn_id
     assert other["fbm"].txn_id != first["fbm"].txn_id
+
+
+def test_txn_ids_never_change_between_versions() -> None:
+    # An upgrade that changed them would make every action queued before it go out twice:
+    # the homeserver recognises a retry only by the same id.
+    assert txn_id("wa", "$event:wa.example", "ig", "message") == (
+        "tb106abfc94d21b0133db17f058ea276422")
 
 
 def test_the_same_person_has_the_same_pseudonym_on_every_other_network() -> None:

@@ -51,7 +51,7 @@ async def rig(tmp_path: Path) -> AsyncIterator[Rig]:
     networks = {"wa": WA, "ig": IG}
     async with httpx.AsyncClient(transport=fake, base_url="http://wa") as http:
         hs = {"wa": Homeserver(http, "wa.test"), "ig": Homeserver(http, "ig.test")}
-        inbound = Inbound(store, networks, derive_key(b"k" * 32), wake=lambda n: None)
+        inbound = Inbound(store, networks, derive_key(b"k" * 32), wake=lambda n, rooms: None)
         reconciler = Reconciler(store, hs, inbound, store.portals)
         async with trio.open_nursery() as nursery:
             await nursery.start(reconciler.run)

@@ -13,7 +13,7 @@ import nacl.utils
 
 from bridge.bot.call import Call, Denied
 from bridge.bot.info import discoverable
-from bridge.core.ghosts import pseudonym
+from bridge.core.ghosts import forget_remembered
 from bridge.core.ids import native_identity
 from bridge.core.lookup import user_id_for
 from bridge.matrix.client import HomeserverError
@@ -174,7 +174,7 @@ async def forget_me(bot: Bot, call: Call) -> str:
     ]
     with bot.store.transaction():
         bot.store.forget_person(call.network, call.sender, ghosts)
-    pseudonym.cache_clear()  # it remembers identities (phone numbers, emails) in memory
+    forget_remembered()  # memos that hold identities (phone numbers, emails) in memory
     log.info("forgot a person on %s", call.network)
     await bot.notice(
         call.network, call.room_id,

@@ -11,9 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import nacl.encoding
-import nacl.hash
-
+from bridge.core.digest import blake2b_hex
 from bridge.core.model import EventRef
 
 
@@ -24,10 +22,7 @@ def txn_id(source_network: str, event_id: str, target_network: str, action: str)
     ghost, so the id must be unique per (source event, target network, action).
     """
     material = "\x00".join((source_network, event_id, target_network, action)).encode("utf-8")
-    digest = nacl.hash.blake2b(
-        material, digest_size=16, person=b"tribridge-txn", encoder=nacl.encoding.HexEncoder
-    )
-    return "tb1" + digest.decode("ascii")
+    return "tb1" + blake2b_hex(material, 16, b"tribridge-txn")
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ import functools
 import nacl.encoding
 import nacl.hash
 
-from bridge.core.ids import Identity, parse_user_id
+from bridge.core.ids import Identity, forget_parsed, parse_user_id
 from bridge.core.model import Network
 
 _PSEUDONYM_BYTES = 10  # 80 bits: 16 base32 characters, no padding
@@ -44,6 +44,13 @@ def pseudonym(key: bytes, source_network: str, identity: Identity) -> str:
         encoder=nacl.encoding.RawEncoder,
     )
     return base64.b32encode(digest).decode("ascii").lower()
+
+
+def forget_remembered() -> None:
+    """Empty the memos that hold people's identities (phone numbers, emails) in memory: the
+    pseudonyms and the parsed user ids. "forget me" calls this."""
+    pseudonym.cache_clear()
+    forget_parsed()
 
 
 def ghost_localpart(target: Network, source_network: str, pseudo: str) -> str:

@@ -14,6 +14,7 @@ given a stable ghost; it is treated as private.
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 from typing import Literal
@@ -42,7 +43,17 @@ class UserId:
 
 def parse_user_id(text: str) -> UserId:
     """Parse ``@localpart:server``; raise InvalidId naming what is wrong."""
-    if not isinstance(text, str) or not text.startswith("@"):
+    if not isinstance(text, str):
+        raise InvalidId("a user id starts with @")
+    return _parse_user_id(text)
+
+
+# Every relayed message parses its sender's id three times (echo check, ghost, permissions):
+# the answers are remembered. They hold user ids, phone numbers among them, so "forget me"
+# empties this with the pseudonyms (bridge.core.ghosts.forget_remembered).
+@functools.lru_cache(maxsize=4096)
+def _parse_user_id(text: str) -> UserId:
+    if not text.startswith("@"):
         raise InvalidId("a user id starts with @")
     if len(text) > _MAX_USER_ID:
         raise InvalidId("a user id is at most 255 characters")
@@ -54,6 +65,11 @@ def parse_user_id(text: str) -> UserId:
     if not _SERVER_NAME.fullmatch(server):
         raise InvalidId("the server name is not a host name with an optional port")
     return UserId(localpart, server)
+
+
+def forget_parsed() -> None:
+    """Forget the user ids parsed so far (see _parse_user_id)."""
+    _parse_user_id.cache_clear()
 
 
 def is_valid_localpart(localpart: str) -> bool:

@@ -25,8 +25,12 @@ class Response:
     content_type: str = "application/json"
 
 
+# One encoder for every answer: json.dumps with any option set builds a new one per call.
+_compact = json.JSONEncoder(separators=(",", ":")).encode
+
+
 def json_response(status: int, payload: Any) -> Response:
-    return Response(status, json.dumps(payload, separators=(",", ":")).encode("utf-8"))
+    return Response(status, _compact(payload).encode("utf-8"))
 
 
 def matrix_error(status: int, errcode: str, error: str) -> Response:

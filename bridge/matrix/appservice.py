@@ -22,6 +22,7 @@ from bridge.store import Store
 log = logging.getLogger(__name__)
 
 PREFIX = "/_matrix/app/v1"
+_TAKEN = json_response(200, {})  # the answer to every transaction taken in (never changed)
 
 
 class Intake(Protocol):
@@ -90,7 +91,7 @@ class Appservice:
         await self.intake.push(network, request.params["txn_id"], request.body, events)
         if self.ephemeral is not None:
             self.ephemeral(network, ephemeral)
-        return json_response(200, {})
+        return _TAKEN
 
     async def query_user(self, request: Request) -> Response:
         net = self.networks[request.params["network"]]
