@@ -37,6 +37,7 @@ from bridge.core.model import Network
 from bridge.core.notices import failure_notice
 from bridge.core.retry import Verdict, backoff, classify
 from bridge.ghostkeeper import GhostKeeper
+from bridge.locks import promptly
 from bridge.matrix.client import Homeserver, HomeserverError, MatrixError, Unreachable
 from bridge.media import MediaCarrier
 from bridge.metrics import Metrics
@@ -171,18 +172,10 @@ class DeliveryWorker:
         attempt = item.attempts
         while True:
             try:
-                try:
-                    # A free slot is taken without `async with`'s pass through the scheduler:
-                    # the send itself waits for its answer a moment later.
-                    self._slots.acquire_nowait()
-                except trio.WouldBlock:
-                    await self._slots.acquire()
-                try:
+                async with promptly(self._slots):
                     started = trio.current_time()
                     await self._perform(item)
                     self._send_seconds.observe(trio.current_time() - started)
-                finally:
-                    self._slots.release()
                 relayed = self._relayed.get(item.action.kind)
                 if relayed is None:  # looked up once per kind
                     relayed = self.metrics.relayed.labels(self.network.id, item.action.kind)

@@ -39,6 +39,7 @@ import trio
 from bridge.commits import GroupCommit
 from bridge.core.model import Portal
 from bridge.inbound import Inbound, Taken
+from bridge.locks import promptly
 from bridge.matrix.client import Homeserver, HomeserverError
 from bridge.metrics import Metrics
 from bridge.store import Store
@@ -93,7 +94,7 @@ class Reconciler:
     async def push(self, network: str, txn_id: str, body: bytes, events: list[Any]) -> None:
         """Take in a pushed transaction, reconciling its rooms first while `network` is suspect."""
         started = trio.current_time()
-        async with self._locks[network]:
+        async with promptly(self._locks[network]):  # free but for sweeps: one push in flight
             self._check_sequence(network, txn_id)
             rooms = _rooms_of(events)
             self._active[network].update(rooms)

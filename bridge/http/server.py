@@ -158,6 +158,22 @@ async def _read_request(
         if began:
             raise _Reject(matrix_error(408, "M_UNKNOWN", "request head took too long"))
         raise _Closed
+    body = _parse(reader.body)  # a push's body mostly came with its head: no deadline needed
+    if body is None:
+        body = await _read_body(reader, stream, limits)
+    path, _, query = head.target.partition("?")
+    request = Request(
+        method=head.method,
+        path=path,
+        query=parse_qs(query, keep_blank_values=True) if query else {},
+        headers=head.headers,
+        body=body,
+    )
+    return request, head.keep_alive
+
+
+async def _read_body(reader: RequestReader, stream: RawStream, limits: Limits) -> bytes:
+    """The rest of a request's body, within body_timeout."""
     asked_continue = False
     with trio.move_on_after(limits.body_timeout):
         while (body := _parse(reader.body)) is None:
@@ -171,15 +187,7 @@ async def _read_request(
             reader.feed(data)
     if body is None:  # the deadline passed
         raise _Reject(matrix_error(408, "M_UNKNOWN", "request body took too long"))
-    path, _, query = head.target.partition("?")
-    request = Request(
-        method=head.method,
-        path=path,
-        query=parse_qs(query, keep_blank_values=True) if query else {},
-        headers=head.headers,
-        body=body,
-    )
-    return request, head.keep_alive
+    return body
 
 
 def _parse(step: Callable[[], T | None]) -> T | None:
