@@ -136,3 +136,24 @@ def test_event_map_and_ghosts_persist(tmp_path: Path) -> None:
     assert store.ghost_in_room("ig", "_tb_wa_aaaaaaaaaaaaaaaa", "!b")
     store.set_ghost_in_room("ig", "_tb_wa_aaaaaaaaaaaaaaaa", "!b", False)
     assert not store.ghost_in_room("ig", "_tb_wa_aaaaaaaaaaaaaaaa", "!b")
+
+
+def test_the_last_transaction_is_the_last_taken_in_even_when_an_id_comes_again(
+    tmp_path: Path,
+) -> None:
+    store = Store(tmp_path / "t.db")
+    assert store.last_transaction("wa") is None
+    with store.transaction():
+        store.record_transaction("wa", "41", "d1")
+        store.record_transaction("ig", "7", "d2")
+        store.record_transaction("wa", "42", "d3")
+        store.record_transaction("ig", "8", "d4")
+    assert (store.last_transaction("wa"), store.last_transaction("ig")) == ("42", "8")
+    # Synapse, restarted, numbers from 1 again: its reused id is the latest taken in.
+    with store.transaction():
+        store.record_transaction("wa", "41", "d5")
+    assert store.last_transaction("wa") == "41"
+    store.close()
+    reopened = Store(tmp_path / "t.db")
+    assert reopened.last_transaction("wa") == "41"
+    reopened.close()
