@@ -111,8 +111,8 @@ class Inbound:
             if not isinstance(event_id, str) or not isinstance(room_id, str):
                 log.warning("skipped an event without event_id or room_id from %s", network_id)
                 continue
-            if self.store.event_seen(network_id, event_id):
-                continue
+            if not self.store.mark_event_seen(network_id, event_id, room_id):
+                continue  # taken in before (the mark is undone with the rest if this fails)
             portal = self.store.portal_for_room(network_id, room_id)
             room = self._room_info(network_id, room_id)
             person = event.get("state_key") if event.get("type") == "m.room.member" else None
@@ -128,7 +128,6 @@ class Inbound:
                 # A bug of ours: failing the whole transaction would make the homeserver retry
                 # it forever and stall this network. Skip the one event, loudly.
                 log.exception("could not translate %s from %s; skipped it", event_id, network_id)
-                self.store.mark_event_seen(network_id, event_id, room_id)
                 continue
             if result.skipped:
                 log.debug("%s from %s: %s", event_id, network_id, result.skipped)
@@ -139,7 +138,6 @@ class Inbound:
                 if self.store.cancel_pending(network, redacted, "redacted before delivery"):
                     log.debug("%s from %s was redacted before it went out", redacted, network)
             self.store.enqueue(result.actions)
-            self.store.mark_event_seen(network_id, event_id, room_id)
             for action in result.actions:
                 targets.setdefault(action.network, set()).add(action.room_id)
             queued += len(result.actions)

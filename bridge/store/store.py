@@ -256,12 +256,15 @@ class Store(PeopleStore):
             is not None
         )
 
-    def mark_event_seen(self, network: str, event_id: str, room_id: str) -> None:
-        self.conn.execute(
+    def mark_event_seen(self, network: str, event_id: str, room_id: str) -> bool:
+        """Note that the event was taken in; False if it had been already (one statement for
+        the check and the note: taking in an event costs no SELECT)."""
+        cursor = self.conn.execute(
             "INSERT OR IGNORE INTO seen_events (network, event_id, room_id, seen_at) "
             "VALUES (?, ?, ?, ?)",
             (network, event_id, room_id, time.time()),
         )
+        return cursor.rowcount > 0
 
     # -- portals -------------------------------------------------------------------------------
 
