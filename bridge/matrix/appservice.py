@@ -41,6 +41,8 @@ class Appservice:
         ephemeral: Callable[[str, list[Any]], None] | None = None,
     ) -> None:
         self.networks = networks
+        # Encoded once: every request is checked against every network's token.
+        self._tokens = [(net.hs_token.encode(), net) for net in networks.values()]
         self.intake = intake
         self.store = store
         self.public = public  # routes that need no token (/health, /metrics)
@@ -73,9 +75,10 @@ class Appservice:
         if token is None:
             return matrix_error(401, "M_UNAUTHORIZED", "no access token: send the hs_token")
         found = None
-        for net in self.networks.values():
+        given = token.encode("utf-8", "replace")
+        for expected, net in self._tokens:
             # Compare against every network, always, so timing says nothing about which matched.
-            if hmac.compare_digest(net.hs_token.encode(), token.encode("utf-8", "replace")):
+            if hmac.compare_digest(expected, given):
                 found = net
         if found is None:
             return matrix_error(403, "M_FORBIDDEN", "the access token is not a known hs_token")
