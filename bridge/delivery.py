@@ -94,6 +94,9 @@ class DeliveryWorker:
         self.metrics.reachable.labels(network.id).set(1)
         self._send_seconds = self.metrics.send_seconds.labels(network.id)
         self._relayed: dict[str, Any] = {}
+        # A failed commit takes back delivery records ("done" marks) of any room: look at
+        # every room with pending actions again, or those would wait for their room's next push.
+        store.on_lost(self.wake)
 
     # -- control -------------------------------------------------------------------------------
 
@@ -151,6 +154,7 @@ class DeliveryWorker:
 
     async def _drain(self, room_id: str) -> None:
         emptied = False
+        first = True
         try:
             while not self._stop.is_set():
                 items = self.store.pending_actions(self.network.id, room_id, PAGE)
@@ -160,6 +164,12 @@ class DeliveryWorker:
                     emptied = True
                     break
                 for item in items:
+                    if not first:
+                        # Some actions need no request (the room left its portal, nothing
+                        # to redact) and so never wait: a backlog of them must not hold the
+                        # whole loop. The first goes at once: a push's send leaves sooner.
+                        await trio.lowlevel.checkpoint()
+                    first = False
                     if self._stop.is_set() or not await self._deliver(item):
                         return
         finally:

@@ -13,6 +13,7 @@ rarely set gauges stay prometheus-client's.
 
 from __future__ import annotations
 
+import time
 from bisect import bisect_left
 from collections.abc import Iterator, Sequence
 
@@ -20,6 +21,7 @@ from prometheus_client import CollectorRegistry, Gauge, generate_latest
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.registry import Collector
+from prometheus_client.samples import Sample
 from prometheus_client.utils import floatToGoString
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
@@ -29,24 +31,28 @@ _FAST = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2
 class Count:
     """One labelled counter's value."""
 
-    __slots__ = ("value",)
+    __slots__ = ("created", "value")
 
     def __init__(self) -> None:
         self.value = 0.0
+        self.created = time.time()  # exported as <name>_created, as prometheus-client does
 
     def inc(self, amount: float = 1.0) -> None:
+        if amount < 0:
+            raise ValueError("a counter only goes up")
         self.value += amount
 
 
 class Timing:
     """One labelled histogram's buckets (counts per bucket, not yet cumulative) and sum."""
 
-    __slots__ = ("bounds", "counts", "total")
+    __slots__ = ("bounds", "counts", "created", "total")
 
     def __init__(self, bounds: Sequence[float]) -> None:
         self.bounds = bounds
         self.counts = [0] * (len(bounds) + 1)  # the last one is +Inf
         self.total = 0.0
+        self.created = time.time()
 
     def observe(self, seconds: float) -> None:
         # A bucket counts values <= its bound, so the first bound >= seconds.
@@ -63,6 +69,13 @@ class _Family(Collector):
         self._children: dict[tuple[str, ...], object] = {}
         registry.register(self)
 
+    def describe(self) -> Iterator[Metric]:
+        # What the registry checks a new collector's names against (no duplicates).
+        yield from self._empty()
+
+    def _empty(self) -> Iterator[Metric]:
+        raise NotImplementedError
+
 
 class Tally(_Family):
     """A counter by labels (prometheus `counter`, rendered with the `_total` suffix)."""
@@ -76,11 +89,14 @@ class Tally(_Family):
         assert isinstance(child, Count)
         return child
 
+    def _empty(self) -> Iterator[Metric]:
+        yield CounterMetricFamily(self.name, self.documentation, labels=self.label_names)
+
     def collect(self) -> Iterator[Metric]:
         family = CounterMetricFamily(self.name, self.documentation, labels=self.label_names)
         for values, child in sorted(self._children.items()):
             assert isinstance(child, Count)
-            family.add_metric(list(values), child.value)
+            family.add_metric(list(values), child.value, created=child.created)
         yield family
 
 
@@ -101,6 +117,9 @@ class Timings(_Family):
         assert isinstance(child, Timing)
         return child
 
+    def _empty(self) -> Iterator[Metric]:
+        yield HistogramMetricFamily(self.name, self.documentation, labels=self.label_names)
+
     def collect(self) -> Iterator[Metric]:
         family = HistogramMetricFamily(self.name, self.documentation, labels=self.label_names)
         for values, child in sorted(self._children.items()):
@@ -110,6 +129,9 @@ class Timings(_Family):
                 running += count
                 buckets.append((floatToGoString(bound), running))  # type: ignore[no-untyped-call]
             family.add_metric(list(values), buckets, child.total)
+            family.samples.append(Sample(f"{self.name}_created",
+                                         dict(zip(self.label_names, values, strict=True)),
+                                         child.created))
         yield family
 
 

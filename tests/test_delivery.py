@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import itertools
 import json
+import sqlite3
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -264,6 +266,65 @@ async def test_a_message_queued_before_its_room_left_the_portal_is_not_sent(rig:
     assert rig.fakes["ig"].texts("!ig-room") == []
     (status,) = rig.store.delivery_status("wa", "$src-late")
     assert (status.state, status.last_error) == ("done", "not sent: the room left its portal")
+
+
+async def test_a_backlog_that_needs_no_request_does_not_hold_the_rest_of_the_bridge(
+    rig: Rig, nursery: trio.Nursery
+) -> None:
+    # Queued for a room that then left its portal (an unlink while its homeserver was down):
+    # each is marked done without a request, so nothing in them ever waits.
+    count = 300
+    with rig.store.transaction():
+        rig.store.enqueue([message(f"m{i}") for i in range(count)])
+        rig.store.remove_portal_room("ig", "!ig-room")
+    seen: set[int] = set()  # how many were left each time another task got to run
+
+    async def elsewhere() -> None:  # the HTTP server, the group commit, other rooms
+        while True:
+            seen.add(rig.store.outbox_depth().get("ig", 0))
+            await trio.lowlevel.checkpoint()
+
+    nursery.start_soon(elsewhere)
+    rig.workers["ig"].wake()
+    await rig.until(lambda: rig.store.outbox_depth().get("ig", 0) == 0, within=60)
+    # The others ran between the actions, not only before the first and after the last.
+    assert len(seen - {0, count}) >= count // 2, sorted(seen)
+    assert rig.fakes["ig"].texts("!ig-room") == []
+
+
+class FailingCommit:
+    """The store's connection, but its next COMMIT fails as on a full disk."""
+
+    def __init__(self, real: sqlite3.Connection) -> None:
+        self.real, self.armed = real, True
+
+    def execute(self, sql: str, *args: Any) -> sqlite3.Cursor:
+        if self.armed and sql == "COMMIT":
+            self.armed = False
+            raise sqlite3.OperationalError("database or disk is full")
+        return self.real.execute(sql, *args)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.real, name)
+
+
+async def test_sends_whose_done_marks_a_failed_commit_took_back_go_again_unasked(
+    rig: Rig, autojump_clock: trio.testing.MockClock
+) -> None:
+    rig.queue("delivered, then its record lost")
+    await rig.until(lambda: rig.store.outbox_depth().get("ig", 0) == 0)
+    assert rig.store.deferred_epoch is not None  # its "done" waits for a shared commit
+    real = rig.store.conn
+    rig.store.conn = FailingCommit(real)  # type: ignore[assignment]
+    with pytest.raises(sqlite3.OperationalError):
+        rig.store.commit_deferred()  # what the group commit does when idle (and logs)
+    rig.store.conn = real
+    assert rig.store.outbox_depth().get("ig", 0) == 1  # pending again
+    # No other push comes: the worker looks again by itself, and the send goes once more with
+    # its transaction id (the homeserver recognises it: still one message in the room).
+    await rig.until(lambda: rig.store.outbox_depth().get("ig", 0) == 0, within=60)
+    assert len(rig.fakes["ig"].attempts) == 2
+    assert rig.fakes["ig"].texts("!ig-room") == ["delivered, then its record lost"]
 
 
 async def test_health_and_metrics_follow_an_outage(

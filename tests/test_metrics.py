@@ -55,3 +55,26 @@ def test_a_label_set_of_the_wrong_size_is_refused_by_name() -> None:
     metrics = Metrics()
     with pytest.raises(ValueError, match="tribridge_events_relayed takes labels"):
         metrics.relayed.labels("ig")
+
+
+def test_every_series_says_when_it_began_as_prometheus_client_does() -> None:
+    metrics = Metrics()
+    metrics.relayed.labels("ig", "message").inc()
+    metrics.send_seconds.labels("ig").observe(0.01)
+    got = samples(metrics)
+    assert got[("tribridge_events_relayed_created",
+                (("kind", "message"), ("network", "ig")))] > 1.7e9
+    assert got[("tribridge_send_seconds_created", (("network", "ig"),))] > 1.7e9
+
+
+def test_a_counter_refuses_to_go_down() -> None:
+    with pytest.raises(ValueError, match="only goes up"):
+        Metrics().received.labels("wa").inc(-1)
+
+
+def test_a_second_metric_of_the_same_name_is_refused() -> None:
+    from bridge.metrics import Tally
+
+    metrics = Metrics()
+    with pytest.raises(ValueError, match="Duplicated timeseries"):
+        Tally("tribridge_events_received", "again", ["network"], metrics.registry)

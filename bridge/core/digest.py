@@ -8,6 +8,7 @@ Keyed digests (pseudonyms, codes) keep the public API: they are few, and remembe
 
 from __future__ import annotations
 
+import nacl.bindings  # noqa: F401  (importing it runs sodium_init(), as libsodium asks)
 from nacl._sodium import ffi, lib  # pynacl's binding of libsodium
 
 _PERSON_BYTES = int(lib.crypto_generichash_blake2b_personalbytes())

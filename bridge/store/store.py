@@ -88,6 +88,7 @@ class Store(PeopleStore):
         self._memo: dict[tuple[Any, ...], Any] = {}  # see bridge/store/cache.py
         self._deferred_open = False  # a write transaction holds deferred writes
         self._deferred_listeners: list[Callable[[], None]] = []
+        self._lost_listeners: list[Callable[[], object]] = []
         self._deferred_writes = 0  # deferred blocks in the open transaction
         self._deferred_depth = 0  # deferred blocks open now (one may hold another)
         # Each deferred transaction is numbered, so that a writer can learn later whether its
@@ -198,11 +199,18 @@ class Store(PeopleStore):
                 self._memo.clear()
                 if self.conn.in_transaction:
                     self.conn.execute("ROLLBACK")
+                for listener in self._lost_listeners:
+                    listener()
                 raise
 
     def on_deferred(self, listener: Callable[[], None]) -> None:
         """Call `listener` whenever deferred writes start waiting for a commit."""
         self._deferred_listeners.append(listener)
+
+    def on_lost(self, listener: Callable[[], object]) -> None:
+        """Call `listener` whenever deferred writes are rolled back by a failed commit: the
+        actions they had marked done are pending again, and must be looked for."""
+        self._lost_listeners.append(listener)
 
     @contextmanager
     def _savepoint(self, name: str) -> Iterator[None]:
