@@ -8,7 +8,7 @@ import h11
 import pytest
 import trio
 
-from bridge.http.client import MAX_RESPONSE, ConnectionFailed, LeanClient
+from bridge.http.client import MAX_RESPONSE, ConnectionFailed, LeanClient, NoAnswer
 from bridge.http.server import Limits, serve
 from bridge.http.types import Request, Response, json_response
 
@@ -135,3 +135,74 @@ async def test_retry_after_is_read_from_the_answer(nursery: trio.Nursery) -> Non
         answer = await client.request("PUT", "/x", b"{}")
     assert (answer.status, answer.retry_after) == (429, "7")
     assert answer.body == b'{"errcode":"M_LIMIT_EXCEEDED"}'
+
+
+async def test_a_homeserver_that_takes_a_send_and_never_answers_is_unreachable_in_time(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    import httpx
+
+    from bridge.matrix.client import Homeserver, Unreachable
+
+    listeners = await nursery.start(partial(trio.serve_tcp, mute, 0, host="127.0.0.1"))
+    url = f"http://127.0.0.1:{listeners[0].socket.getsockname()[1]}"
+    async with httpx.AsyncClient(base_url=url) as http, LeanClient(url, {}) as fast:
+        homeserver = Homeserver(http, "hs.test", deadline=45.0, fast=fast)
+        started = trio.current_time()
+        with pytest.raises(Unreachable, match="no answer in 45 s"):
+            await homeserver.send_event("!room:hs.test", "m.room.message", {"body": "hi"},
+                                        "tb1x", "@ghost:hs.test")
+        assert 45.0 <= trio.current_time() - started <= 46.0  # the watchdog looks each second
+        # The connection it hung on is not handed to the next request.
+        assert fast._idle == []
+
+
+async def mute(stream: trio.abc.Stream) -> None:
+    """A server that reads a request and never answers it."""
+    await stream.receive_some(65536)
+    await trio.sleep_forever()
+
+
+async def test_a_request_without_its_answer_in_time_fails_and_others_go_on(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    listeners = await nursery.start(partial(trio.serve_tcp, mute, 0, host="127.0.0.1"))
+    mute_url = f"http://127.0.0.1:{listeners[0].socket.getsockname()[1]}"
+    answering = await start(nursery, RawServer())
+    async with LeanClient(mute_url, {}) as client, \
+            LeanClient(f"http://127.0.0.1:{answering}", {}) as other:
+        started = trio.current_time()
+        with trio.fail_after(10), pytest.raises(NoAnswer, match=r"no answer in 0.2 s"):
+            await client.request("PUT", "/send/1", b"{}", within=0.2)
+        assert 0.2 <= trio.current_time() - started <= 0.3  # looked at every 0.05 s
+        # Not taken for a connection closed while idle: a PUT is never sent twice unasked.
+        assert client._idle == []
+        answer = await other.request("PUT", "/send/2", b"{}", within=0.2)
+        assert answer.status == 200
+        # An answer that came in time leaves nothing for the watchdog to close later.
+        await trio.sleep(1)
+        assert (await other.request("GET", "/again", within=0.2)).status == 200
+        assert len(other._idle) == 1
+        await trio.sleep(1)
+        assert not other._watching  # nothing under way: the watchdog does not keep ticking
+
+
+async def test_a_tls_request_without_its_answer_in_time_fails_too(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    import ssl
+
+    import trustme
+
+    authority = trustme.CA()
+    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    authority.issue_cert("127.0.0.1").configure_cert(server_context)
+    client_context = ssl.create_default_context()
+    authority.configure_trust(client_context)
+    listeners = await nursery.start(partial(
+        trio.serve_ssl_over_tcp, mute, 0, server_context, host="127.0.0.1"))
+    port = listeners[0].transport_listener.socket.getsockname()[1]
+    async with LeanClient(f"https://127.0.0.1:{port}", {},
+                          ssl_context=client_context) as client:
+        with trio.fail_after(10), pytest.raises(NoAnswer, match="no answer in 3 s"):
+            await client.request("PUT", "/send/1", b"{}", within=3)

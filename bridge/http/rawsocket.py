@@ -75,6 +75,10 @@ class RawStream:
 
     async def aclose(self) -> None:
         # No checkpoint: closing never waits, and it runs in handlers of cancellation too.
+        self.abort()
+
+    def abort(self) -> None:
+        """Close now; a task waiting on the socket gets ClosedResourceError."""
         if self.sock.fileno() >= 0:
             trio.lowlevel.notify_closing(self.sock)
             self.sock.close()
