@@ -16,6 +16,7 @@ from __future__ import annotations
 import time
 from bisect import bisect_left
 from collections.abc import Iterator, Sequence
+from typing import Generic, TypeVar
 
 from prometheus_client import CollectorRegistry, Gauge, generate_latest
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
@@ -60,34 +61,42 @@ class Timing:
         self.total += seconds
 
 
-class _Family(Collector):
+Child = TypeVar("Child", Count, Timing)
+
+
+class _Family(Collector, Generic[Child]):
     """Children by label values, rendered as one metric family."""
 
     def __init__(self, name: str, documentation: str, labels: Sequence[str],
                  registry: CollectorRegistry) -> None:
         self.name, self.documentation, self.label_names = name, documentation, list(labels)
-        self._children: dict[tuple[str, ...], object] = {}
+        self._children: dict[tuple[str, ...], Child] = {}
         registry.register(self)
+
+    def labels(self, *values: str) -> Child:
+        child = self._children.get(values)
+        if child is None:
+            if len(values) != len(self.label_names):
+                raise ValueError(f"{self.name} takes labels {self.label_names}, got {values}")
+            child = self._children[values] = self._new()
+        return child
 
     def describe(self) -> Iterator[Metric]:
         # What the registry checks a new collector's names against (no duplicates).
         yield from self._empty()
 
+    def _new(self) -> Child:
+        raise NotImplementedError
+
     def _empty(self) -> Iterator[Metric]:
         raise NotImplementedError
 
 
-class Tally(_Family):
+class Tally(_Family[Count]):
     """A counter by labels (prometheus `counter`, rendered with the `_total` suffix)."""
 
-    def labels(self, *values: str) -> Count:
-        child = self._children.get(values)
-        if child is None:
-            if len(values) != len(self.label_names):
-                raise ValueError(f"{self.name} takes labels {self.label_names}, got {values}")
-            child = self._children[values] = Count()
-        assert isinstance(child, Count)
-        return child
+    def _new(self) -> Count:
+        return Count()
 
     def _empty(self) -> Iterator[Metric]:
         yield CounterMetricFamily(self.name, self.documentation, labels=self.label_names)
@@ -95,12 +104,11 @@ class Tally(_Family):
     def collect(self) -> Iterator[Metric]:
         family = CounterMetricFamily(self.name, self.documentation, labels=self.label_names)
         for values, child in sorted(self._children.items()):
-            assert isinstance(child, Count)
             family.add_metric(list(values), child.value, created=child.created)
         yield family
 
 
-class Timings(_Family):
+class Timings(_Family[Timing]):
     """A histogram by labels, with fixed bucket bounds (seconds)."""
 
     def __init__(self, name: str, documentation: str, labels: Sequence[str],
@@ -108,14 +116,8 @@ class Timings(_Family):
         super().__init__(name, documentation, labels, registry)
         self.bounds = tuple(sorted(buckets))
 
-    def labels(self, *values: str) -> Timing:
-        child = self._children.get(values)
-        if child is None:
-            if len(values) != len(self.label_names):
-                raise ValueError(f"{self.name} takes labels {self.label_names}, got {values}")
-            child = self._children[values] = Timing(self.bounds)
-        assert isinstance(child, Timing)
-        return child
+    def _new(self) -> Timing:
+        return Timing(self.bounds)
 
     def _empty(self) -> Iterator[Metric]:
         yield HistogramMetricFamily(self.name, self.documentation, labels=self.label_names)
@@ -123,7 +125,6 @@ class Timings(_Family):
     def collect(self) -> Iterator[Metric]:
         family = HistogramMetricFamily(self.name, self.documentation, labels=self.label_names)
         for values, child in sorted(self._children.items()):
-            assert isinstance(child, Timing)
             running, buckets = 0, []
             for bound, count in zip((*self.bounds, float("inf")), child.counts, strict=True):
                 running += count
