@@ -28,7 +28,7 @@ from urllib.parse import urlsplit
 import certifi
 import trio
 
-from bridge.http.rawsocket import RawStream
+from bridge.http.rawsocket import RawStream, close_now
 from bridge.http.wire import BadResponse, ResponseReader, fixed_fields, request_head
 
 READ_SIZE = 65_536
@@ -68,9 +68,8 @@ class _TLSConnection:
         """Close the socket under the TLS stream now, from another task: whoever waits on it
         gets ClosedResourceError (or BrokenResourceError from the TLS layer)."""
         transport = getattr(self.stream, "transport_stream", None)
-        if isinstance(transport, trio.SocketStream) and transport.socket.fileno() >= 0:
-            trio.lowlevel.notify_closing(transport.socket)
-            transport.socket.close()
+        if isinstance(transport, trio.SocketStream):
+            close_now(transport.socket)
 
     async def aclose(self) -> None:
         await trio.aclose_forcefully(self.stream)
@@ -236,7 +235,6 @@ class LeanClient:
             await conn.aclose()
         return Answer(answer.status, answer.body, answer.reason,
                       answer.header(b"retry-after"))
-
 
     async def _watch(self) -> None:
         """Close the connections whose answer is overdue (see the module's docstring). A trio

@@ -79,12 +79,17 @@ class RawStream:
 
     def abort(self) -> None:
         """Close now; a task waiting on the socket gets ClosedResourceError."""
-        if self.sock.fileno() >= 0:
-            trio.lowlevel.notify_closing(self.sock)
-            self.sock.close()
+        close_now(self.sock)
 
     async def __aenter__(self) -> RawStream:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
+
+
+def close_now(sock: socket.socket | trio.socket.SocketType) -> None:
+    """Close a socket that another task may be waiting on (it gets ClosedResourceError)."""
+    if sock.fileno() >= 0:
+        trio.lowlevel.notify_closing(sock)
+        sock.close()

@@ -25,12 +25,13 @@ class Response:
     content_type: str = "application/json"
 
 
-# One encoder for every answer: json.dumps with any option set builds a new one per call.
-_compact = json.JSONEncoder(separators=(",", ":")).encode
+# Compact JSON with one encoder for every call: json.dumps with any option set builds a new
+# one each time. Answers here and sends in bridge/matrix/client.py use it.
+compact_json = json.JSONEncoder(separators=(",", ":")).encode
 
 
 def json_response(status: int, payload: Any) -> Response:
-    return Response(status, _compact(payload).encode("utf-8"))
+    return Response(status, compact_json(payload).encode("utf-8"))
 
 
 def matrix_error(status: int, errcode: str, error: str) -> Response:

@@ -21,10 +21,9 @@ import httpx
 import trio
 
 from bridge.http.client import ConnectionFailed, LeanClient
+from bridge.http.types import compact_json
 
 CLIENT_V3 = "/_matrix/client/v3"
-# One encoder for every send: json.dumps with any option set builds a new one per call.
-_compact = json.JSONEncoder(separators=(",", ":")).encode
 
 
 class HomeserverError(Exception):
@@ -128,7 +127,7 @@ class Homeserver:
         try:
             # The client bounds the request itself (NoAnswer, a ConnectionFailed): no cancel
             # scope per send (bridge/http/client.py says why).
-            answer = await self.fast.request(method, target, _compact(body).encode(),
+            answer = await self.fast.request(method, target, compact_json(body).encode(),
                                              within=self.deadline)
         except ConnectionFailed as exc:
             raise Unreachable(f"{self.server_name}: {exc}") from exc
