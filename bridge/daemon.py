@@ -20,7 +20,7 @@ import resource
 import signal
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from contextlib import AsyncExitStack
 from pathlib import Path
 
@@ -44,7 +44,7 @@ from bridge.metrics import Metrics
 from bridge.notify import Notifier
 from bridge.observe import Observer
 from bridge.reconcile import Reconciler
-from bridge.store import Store
+from bridge.store import OutboxItem, Store
 
 log = logging.getLogger(__name__)
 
@@ -105,9 +105,12 @@ class Bridge:
                 workers: dict[str, DeliveryWorker] = {}
                 metrics = Metrics()
 
-                def wake(network_id: str, rooms: Iterable[str] | None = None) -> bool:
+                def wake(
+                    network_id: str,
+                    rooms: Iterable[str] | Mapping[str, Sequence[OutboxItem] | None] | None = None,
+                ) -> bool:
                     """Wake a network's worker (to look at `rooms`, or at every room with
-                    actions pending); True if it was sending already."""
+                    actions pending; see DeliveryWorker.wake); True if it was sending already."""
                     return workers[network_id].wake(rooms)
 
                 inbound = Inbound(store, networks, key, wake=wake, rules=_rules(config))

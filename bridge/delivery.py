@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 import random
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import trio
@@ -89,6 +89,9 @@ class DeliveryWorker:
         self._active: set[str] = set()  # rooms being drained
         self._ready: set[str] = set()  # rooms named by wake() since the last look
         self._rescan = True  # look for every room with pending actions (not only _ready)
+        # Rooms whose last drain ended on an empty read, and written to since only by writers
+        # that handed the rows they wrote to wake(): for these, those rows are the whole queue.
+        self._emptied: set[str] = set()
         self._nursery: trio.Nursery | None = None
         self.metrics = metrics or Metrics()
         self.unreachable_since: float | None = None  # trio time of the first silent answer
@@ -101,16 +104,42 @@ class DeliveryWorker:
 
     # -- control -------------------------------------------------------------------------------
 
-    def wake(self, rooms: Iterable[str] | None = None) -> bool:
+    def wake(
+        self, rooms: Iterable[str] | Mapping[str, Sequence[OutboxItem] | None] | None = None
+    ) -> bool:
         """New actions were written for this network, into `rooms` if the writer knows (a
         pushed transaction does): look there, or else in every room with pending actions.
+        `rooms` may map each room to the rows just written there, in order (Store.enqueue's
+        answer; None if not known), all of them, in the same step as the writing (no await
+        between).
         Return whether sends were under way already (the new ones may queue behind them)."""
+        busy = bool(self._active)
+        nursery = self._nursery
+        if rooms is not None and nursery is not None and not self._stop.is_set():
+            handed = rooms if isinstance(rooms, Mapping) else None
+            for room_id in rooms:
+                if room_id in self._active:
+                    continue  # its drain reads again before it ends
+                items = None
+                if handed is not None and room_id in self._emptied:
+                    # Nothing else is pending there: the rows written are the room's queue, and
+                    # reading them back would only turn them into the same actions again.
+                    written = handed[room_id]
+                    items = list(written) if written else None
+                self._emptied.discard(room_id)
+                self._active.add(room_id)
+                # Straight to the room's drain: through the run loop, every push cost a pass
+                # of the scheduler (and its wake-up) before its sends could start.
+                nursery.start_soon(self._drain, room_id, items)
+            return busy
         if rooms is None:
             self._rescan = True
+            self._emptied.clear()
         else:
             self._ready.update(rooms)
+            self._emptied.difference_update(rooms)
         self._wakeup.set()
-        return bool(self._active)
+        return busy
 
     def stop(self) -> None:
         """Finish the actions in flight, start no new one; `run` then returns."""
@@ -132,33 +161,41 @@ class DeliveryWorker:
         self.store.commit_deferred()
 
     async def _run(self, task_status: trio.TaskStatus[None]) -> None:
-        async with trio.open_nursery() as nursery:
-            self._nursery = nursery
-            task_status.started()
-            while not self._stop.is_set():
-                self._wakeup = trio.Event()
-                if self._rescan:
-                    # The outbox's index answers this, but it is a query per wake-up: a push
-                    # names its rooms instead, and only the rare others ask for a rescan.
-                    self._rescan = False
-                    self._ready.clear()
-                    rooms: Iterable[str] = self.store.pending_rooms(self.network.id)
-                else:
-                    rooms, self._ready = self._ready, set()
-                for room_id in rooms:
-                    if room_id not in self._active:
-                        self._active.add(room_id)
-                        nursery.start_soon(self._drain, room_id)
-                await self._wakeup.wait()
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                task_status.started()
+                while not self._stop.is_set():
+                    self._wakeup = trio.Event()
+                    if self._rescan:
+                        # The outbox's index answers this, but it is a query per wake-up: a
+                        # push names its rooms instead, and only the rare others ask for this.
+                        self._rescan = False
+                        self._ready.clear()
+                        rooms: Iterable[str] = self.store.pending_rooms(self.network.id)
+                    else:
+                        rooms, self._ready = self._ready, set()
+                    for room_id in rooms:
+                        if room_id not in self._active:
+                            self._active.add(room_id)
+                            nursery.start_soon(self._drain, room_id)
+                    await self._wakeup.wait()
+        finally:
+            self._nursery = None  # closed: wake() must not start drains in it any more
 
     # -- the work ------------------------------------------------------------------------------
 
-    async def _drain(self, room_id: str) -> None:
+    async def _drain(self, room_id: str, handed: list[OutboxItem] | None = None) -> None:
+        """Carry out the room's pending actions in order, `handed` (the whole queue, see
+        wake()) first, until none is left."""
         emptied = False
         done = 0
         try:
             while not self._stop.is_set():
-                items = self.store.pending_actions(self.network.id, room_id, PAGE)
+                if handed:
+                    items, handed = handed, None
+                else:
+                    items = self.store.pending_actions(self.network.id, room_id, PAGE)
                 if not items:
                     # Nothing can have been queued here since this read (no await between),
                     # and what was queued before it was read: the room is done.
@@ -177,7 +214,9 @@ class DeliveryWorker:
                         await trio.lowlevel.checkpoint()
         finally:
             self._active.discard(room_id)
-            if not emptied:
+            if emptied:
+                self._emptied.add(room_id)
+            else:
                 self.wake()  # left with actions pending (stopping, or a bug): look again
 
     async def _deliver(self, item: OutboxItem) -> bool:

@@ -13,14 +13,14 @@ from __future__ import annotations
 
 import enum
 import logging
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from bridge.core.digest import blake2b_hex
 from bridge.core.ghosts import is_bridge_user
 from bridge.core.model import Network
 from bridge.core.translate import DEFAULT_RULES, RoomInfo, Rules, translate
-from bridge.store import Store
+from bridge.store import OutboxItem, Store
 
 log = logging.getLogger(__name__)
 
@@ -39,13 +39,15 @@ class Inbound:
         store: Store,
         networks: Mapping[str, Network],
         key: bytes,
-        wake: Callable[[str, Iterable[str]], bool | None],
+        wake: Callable[[str, Mapping[str, Sequence[OutboxItem] | None]], bool | None],
         rules: Rules = DEFAULT_RULES,
     ) -> None:
         self.store = store
         self.networks = networks
         self.key = key
-        # Wakes a network's worker to look at the rooms given; True if it was sending already.
+        # Wakes a network's worker for the rooms given, each with the rows just written there
+        # (None: not known) which a worker with nothing else queued for the room sends without
+        # reading them back; True if it was sending already.
         self.wake = wake
         self.rules = rules  # replaced on reload
 
@@ -89,7 +91,7 @@ class Inbound:
         self._wake(targets)
         return queued
 
-    def _wake(self, targets: dict[str, set[str]]) -> bool:
+    def _wake(self, targets: Mapping[str, Mapping[str, Sequence[OutboxItem] | None]]) -> bool:
         """Wake the targets' workers; whether every one of them was busy already."""
         busy = True
         for target, rooms in targets.items():
@@ -98,10 +100,11 @@ class Inbound:
 
     def _take(
         self, network_id: str, events: Iterable[Any], where: str
-    ) -> tuple[int, dict[str, set[str]]]:
-        """Queue what `events` ask for; the count, and the rooms written to by network."""
+    ) -> tuple[int, dict[str, dict[str, list[OutboxItem] | None]]]:
+        """Queue what `events` ask for; the count, and by network the rooms written to, each
+        with the rows written there in order (None: not known)."""
         source = self.networks[network_id]
-        targets: dict[str, set[str]] = {}
+        targets: dict[str, dict[str, list[OutboxItem] | None]] = {}
         queued = 0
         for event in events:
             if not isinstance(event, dict):
@@ -137,9 +140,17 @@ class Inbound:
             for network, redacted in result.cancel:
                 if self.store.cancel_pending(network, redacted, "redacted before delivery"):
                     log.debug("%s from %s was redacted before it went out", redacted, network)
-            self.store.enqueue(result.actions)
+            written = self.store.enqueue(result.actions)
             for action in result.actions:
-                targets.setdefault(action.network, set()).add(action.room_id)
+                rooms = targets.setdefault(action.network, {})
+                if written is None:
+                    rooms[action.room_id] = None  # which rows: not known, so the worker reads
+                else:
+                    rooms.setdefault(action.room_id, [])
+            for item in written or ():
+                queue = targets[item.action.network][item.action.room_id]
+                if queue is not None:
+                    queue.append(item)
             queued += len(result.actions)
         if queued:
             log.debug("%s from %s: %d actions queued", where, network_id, queued)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from bridge.core.actions import SendMessage, txn_id
+from bridge.core.actions import BotTask, JoinRoom, Redact, SendMessage, txn_id
 from bridge.core.model import EventRef
 from bridge.store import Store, StoreError
 from bridge.store.migrations import LATEST
@@ -94,6 +94,37 @@ def test_outbox_is_first_in_first_out_per_room_and_deduplicated(tmp_path: Path) 
     (status,) = store.delivery_status("wa", "$e1")
     assert (status.state, status.attempts) == ("failed", 1)
     assert status.last_error == "403 M_FORBIDDEN: no"
+
+
+def test_the_rows_enqueue_hands_back_are_what_a_worker_would_read(tmp_path: Path) -> None:
+    # A worker may be handed these instead of reading the room's queue (bridge/delivery.py):
+    # they must be the same rows, in the same order, as the same actions.
+    store = Store(tmp_path / "t.db")
+    source = EventRef("wa", "!src", "$e1", "@+15551234567:wa")
+    actions = [
+        message(1),
+        SendMessage("ig", "!r:ig", "_tb_wa_aaaaaaaaaaaaaaaa", source,
+                    {"msgtype": "m.text", "body": "re", "m.relates_to": {"rel_type": "m.replace",
+                                                                           "event_id": "$e0"}},
+                    txn_id("wa", "$e1", "ig", "edit"), unless_member="@alice:ig",
+                    event_type="m.room.encrypted"),
+        Redact("ig", "!r:ig", "_tb_wa_aaaaaaaaaaaaaaaa", source, "$e0", "oops",
+               txn_id("wa", "$e1", "ig", "redact")),
+        BotTask("ig", "!r:ig", "invite_person", {"room": "!r:ig", "user": "@bob:ig"},
+                txn_id("wa", "$e1", "ig", "invite"), "$e1"),
+        JoinRoom("ig", "!r:ig", txn_id("ig", "$inv", "ig", "join"), "$inv"),
+    ]
+    with store.transaction():
+        store.enqueue([message(0)])
+        written = store.enqueue(actions)
+        # Some queued before: which rows were written is not known.
+        assert store.enqueue([message(7), message(0)]) is None
+        assert store.enqueue([]) == []
+    read = store.pending_actions("ig", "!r:ig")
+    assert read[0].action == message(0)
+    assert written == read[1:-1]
+    assert read[-1].action == message(7)
+    assert [i.action for i in written] == actions
 
 
 def test_config_portals_keep_their_ids_across_restarts(tmp_path: Path) -> None:

@@ -14,7 +14,7 @@ import os
 import sqlite3
 import time
 import uuid
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +35,7 @@ SYNCHRONOUS = {"full": "FULL", "process": "NORMAL"}
 # Deferred blocks that may wait for one commit: what a crash could take back at most (those
 # actions go again, with their transaction ids) and how far the WAL grows meanwhile.
 MAX_DEFERRED = 256
+_MAX_ROWID = 2**63 - 1  # past it SQLite picks new rowids at random
 
 
 @dataclass(frozen=True)
@@ -480,10 +481,15 @@ class Store(PeopleStore):
 
     # -- outbox and event map ------------------------------------------------------------------
 
-    def enqueue(self, actions: Iterable[Action]) -> None:
-        """Queue actions (inside the caller's transaction); an action already queued is kept."""
+    def enqueue(self, actions: Sequence[Action]) -> list[OutboxItem] | None:
+        """Queue actions (inside the caller's transaction); an action already queued is kept.
+        The rows written, as `pending_actions` would read them back, so that a worker can be
+        handed them instead of reading them; None if some action was queued before (which
+        rows were written is then not known)."""
+        if not actions:
+            return []
         now = time.time()
-        self.conn.executemany(
+        cursor = self.conn.executemany(
             "INSERT OR IGNORE INTO outbox (network, room_id, kind, src_network, src_event, txn_id, "
             "payload, state, attempts, created_at, updated_at) "
             "VALUES (?, ?, ?, ?, ?, ?, ?, 'pending', 0, ?, ?)",
@@ -493,6 +499,16 @@ class Store(PeopleStore):
                 for a in actions
             ],
         )
+        if cursor.rowcount != len(actions):
+            return None
+        # executemany tells no row ids, but SQLite gives each new row the largest rowid in the
+        # table plus one (it picks at random only once the largest possible is taken), and
+        # nothing else writes on this connection meanwhile: the rows are the last len() ids.
+        last: int = self.conn.execute("SELECT last_insert_rowid()").fetchone()[0]
+        if last > _MAX_ROWID - len(actions):
+            return None
+        first = last - len(actions) + 1
+        return [OutboxItem(id=first + n, attempts=0, action=a) for n, a in enumerate(actions)]
 
     def pending_rooms(self, network: str) -> list[str]:
         return [
