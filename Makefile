@@ -39,12 +39,13 @@ $(VENV)/.bench-installed: pyproject.toml $(VENV)/.test-installed
 
 # docs/performance.md: what one HTTP request costs on this stack, the bridge beside a no-logic
 # floor and issue 7's calibration relays (httpx, mautrix-python) on a fake homeserver (with
-# py-spy's hot spots), a big store and a big backlog, then the CPU ratio against three real
-# Synapses, beside the floor's and the mautrix relay's.
+# py-spy's hot spots), a big store and a big backlog, what pruning a big store costs, then the
+# CPU ratio against three real Synapses, beside the floor's and the mautrix relay's.
 bench: $(VENV)/.bench-installed
 	$(PY) bench/stack.py
 	$(PY) bench/perf.py --messages 5000 --paced 1000 --rounds 3 --calibrate --profile $(VENV)/perf-profile.txt
 	$(PY) bench/scale.py
+	$(PY) bench/prune.py
 	$(PY) bench/relay.py
 
 clean:

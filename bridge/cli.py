@@ -124,7 +124,8 @@ def _db(args: argparse.Namespace) -> int:
             return EXIT_OK
         rows = store.delivery_status(args.network, args.event)
         if not rows:
-            print(f"no actions for {args.event} from {args.network}: not seen, or nothing to do")
+            print(f"no actions for {args.event} from {args.network}: not seen, nothing to do, "
+                  f"or finished over {config.bridge.history_days} days ago (history_days)")
             return EXIT_FAILURE
         for row in rows:
             error = f" ({row.last_error})" if row.last_error else ""

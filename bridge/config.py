@@ -56,6 +56,7 @@ class BridgeSettings:
     default_country_code: str = ""  # for phone numbers typed without one; "" = require +
     max_media_bytes: int = 50 * 1024 * 1024  # files above this do not cross; the sender is told
     mirror_room_state: bool = True  # name, topic, avatar changes cross (a portal may say no)
+    history_days: int = 7  # finished actions and transaction records are deleted after this
 
 
 @dataclass(frozen=True)
@@ -331,7 +332,7 @@ def _bridge(c: _Checker, t: Mapping[str, Any]) -> BridgeSettings | None:
         t,
         {"listen", "url", "database", "secret", "secret_file", "log_level", "log_format",
          "durability", "metrics_listen", "unhealthy_after", "command_prefix",
-         "default_country_code", "max_media_size", "mirror_room_state"},
+         "default_country_code", "max_media_size", "mirror_room_state", "history_days"},
         p,
     )
     listen = c.string(t, "listen", p + "listen", check=_listen)
@@ -369,12 +370,16 @@ def _bridge(c: _Checker, t: Mapping[str, Any]) -> BridgeSettings | None:
     mirror = t.get("mirror_room_state", True)
     if not isinstance(mirror, bool):
         c.error(p + "mirror_room_state", "must be true or false")
+    history = t.get("history_days", 7)
+    if isinstance(history, bool) or not isinstance(history, int) or not 1 <= history <= 3650:
+        c.error(p + "history_days", "must be a whole number of days from 1 to 3650")
+        history = None
     database_path = c.path(database, p + "database") if database is not None else None
     if (
         listen is None or url is None or database_path is None or secret is None
         or level is None or durability is None or metrics_listen is None
         or unhealthy_after is None or log_format is None or prefix is None or country is None
-        or max_media is None or not isinstance(mirror, bool)
+        or max_media is None or not isinstance(mirror, bool) or history is None
     ):
         return None
     host_port = _split_host_port(listen)
@@ -398,6 +403,7 @@ def _bridge(c: _Checker, t: Mapping[str, Any]) -> BridgeSettings | None:
         command_prefix=prefix,
         default_country_code=country.lstrip("+"),
         max_media_bytes=max_media,
+        history_days=history,
         mirror_room_state=mirror,
     )
 

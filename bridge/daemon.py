@@ -35,6 +35,7 @@ from bridge.core.translate import Rules
 from bridge.delivery import DeliveryWorker
 from bridge.encryption import refuse_mixed_portals
 from bridge.ephemeral import Ephemeral
+from bridge.housekeeping import prune_forever
 from bridge.http.client import LeanClient
 from bridge.http.server import Limits, serve
 from bridge.inbound import Inbound
@@ -152,6 +153,8 @@ class Bridge:
                         nursery.start_soon(_catch_up, net, reconciler)
                     nursery.start_soon(_watchdog, self.notifier, store)
                     nursery.start_soon(self._reloader, store, homeservers, reconciler)
+                    nursery.start_soon(prune_forever, store, list(networks),
+                                       lambda: self.config.bridge.history_days, metrics)
                     self.notifier.send("READY=1", "STATUS=bridging")
                     log.info("ready: %d portals", len(portals))
                     task_status.started()
@@ -231,13 +234,14 @@ def _needs_restart(old: Config, new: Config) -> list[str]:
 
 def _with_reloadable(old: Config, new: Config) -> Config:
     """The running config with what a reload applies (portals, permissions, log level, command
-    prefix, default country code, room state mirroring) taken from `new`."""
+    prefix, default country code, room state mirroring, history kept) taken from `new`."""
     bridge = dataclasses.replace(
         old.bridge,
         log_level=new.bridge.log_level,
         command_prefix=new.bridge.command_prefix,
         default_country_code=new.bridge.default_country_code,
         mirror_room_state=new.bridge.mirror_room_state,
+        history_days=new.bridge.history_days,
     )
     return dataclasses.replace(old, bridge=bridge, portals=new.portals,
                                permissions=new.permissions)

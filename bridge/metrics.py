@@ -154,6 +154,10 @@ class Metrics:
             "tribridge_events_reconciled", "Events taken in from room timelines, not pushes",
             ["network"], r,
         )
+        self.pruned = Tally(
+            "tribridge_pruned_rows", "Rows deleted from the store once past bridge.history_days",
+            ["table"], r,
+        )
         self.outbox = Gauge(
             "tribridge_outbox_pending", "Actions waiting to be delivered", ["network"], registry=r
         )

@@ -918,3 +918,19 @@ def test_state_mirroring_must_be_a_boolean(tmp_path: Path) -> None:
     assert errors_of(tmp_path, doc) == {"bridge.mirror_room_state": "must be true or false"}
     doc["bridge"]["mirror_room_state"] = False
     assert load_config(write(tmp_path, doc)).bridge.mirror_room_state is False
+
+
+def test_history_is_kept_a_week_unless_told(tmp_path: Path) -> None:
+    assert load_config(write(tmp_path, good_doc())).bridge.history_days == 7
+    doc = good_doc()
+    doc["bridge"]["history_days"] = 30
+    assert load_config(write(tmp_path, doc)).bridge.history_days == 30
+
+
+@pytest.mark.parametrize("days", [0, -1, 3651, 1.5, "7", True, "7d"])
+def test_a_bad_history_length_is_named(tmp_path: Path, days: object) -> None:
+    doc = good_doc()
+    doc["bridge"]["history_days"] = days
+    assert errors_of(tmp_path, doc) == {
+        "bridge.history_days": "must be a whole number of days from 1 to 3650"
+    }

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -71,3 +73,36 @@ def test_a_busy_listen_port_is_a_clear_error(localnet: LocalNet, tmp_path: Path)
     assert result.returncode == 1
     assert "address is in use (bridge.listen)" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+async def test_history_past_its_days_is_pruned_at_the_next_start_and_relaying_goes_on(
+    cast: Cast, daemon: Daemon
+) -> None:
+    alice, bob = await cast.person("wa", "Alice"), await cast.person("ig", "Bob")
+    rooms = {"wa": await cast.room("wa", alice), "ig": await cast.room("ig", bob)}
+    await daemon.start([rooms])
+    await alice.send_text(rooms["wa"], "said ten days ago")
+    await bob.wait_for(rooms["ig"], has_body("said ten days ago"))
+    assert await daemon.stop() == 0
+    with sqlite3.connect(daemon.database) as db:  # ten days pass
+        db.execute("UPDATE outbox SET created_at = created_at - 864000, "
+                   "updated_at = updated_at - 864000")
+        db.execute("UPDATE transactions SET received_at = received_at - 864000")
+        finished = db.execute("SELECT COUNT(*) FROM outbox WHERE state = 'done'").fetchone()[0]
+        newest = db.execute("SELECT network, MAX(rowid) FROM transactions GROUP BY network")
+        newest = dict(newest.fetchall())
+    assert finished >= 1 and "wa" in newest
+    await daemon.start()
+    await daemon.wait_log(f"pruned {finished} finished actions", within=60)
+    with sqlite3.connect(daemon.database) as db:
+        assert db.execute("SELECT COUNT(*) FROM outbox WHERE state = 'done'").fetchone()[0] == 0
+        old = db.execute("SELECT network, rowid FROM transactions WHERE received_at < ?",
+                         (time.time() - 9 * 86400,)).fetchall()
+        later = dict(db.execute("SELECT network, MAX(rowid) FROM transactions GROUP BY network"))
+    # Of the old records only each network's newest may stay (what the gap check reads at a
+    # start), unless a newer one came since.
+    assert all(newest[net] == rowid for net, rowid in old)
+    assert all(later[net] >= rowid for net, rowid in newest.items())
+    await alice.send_text(rooms["wa"], "said today")
+    await bob.wait_for(rooms["ig"], has_body("said today"))
+    assert [body for _, body in await bob.texts(rooms["ig"])].count("said ten days ago") == 1
