@@ -92,6 +92,8 @@ class DeliveryWorker:
         # Rooms whose last drain ended on an empty read, and written to since only by writers
         # that handed the rows they wrote to wake(): for these, those rows are the whole queue.
         self._emptied: set[str] = set()
+        # Rows a drain holds in memory (a page read, or handed) cancelled since: not to be sent.
+        self._cancelled: dict[str, set[int]] = {}
         self._nursery: trio.Nursery | None = None
         self.metrics = metrics or Metrics()
         self.unreachable_since: float | None = None  # trio time of the first silent answer
@@ -101,6 +103,7 @@ class DeliveryWorker:
         # A failed commit takes back delivery records ("done" marks) of any room: look at
         # every room with pending actions again, or those would wait for their room's next push.
         store.on_lost(self.wake)
+        store.on_cancel(self._cancel)
 
     # -- control -------------------------------------------------------------------------------
 
@@ -130,8 +133,14 @@ class DeliveryWorker:
                 self._active.add(room_id)
                 # Straight to the room's drain: through the run loop, every push cost a pass
                 # of the scheduler (and its wake-up) before its sends could start.
-                nursery.start_soon(self._drain, room_id, items)
-            return busy
+                try:
+                    nursery.start_soon(self._drain, room_id, items)
+                except RuntimeError:  # the worker's nursery closed (it crashed, or is ending)
+                    self._active.discard(room_id)
+                    break
+            else:
+                return busy
+            rooms = None  # what is left is for the run loop, if it ever runs again
         if rooms is None:
             self._rescan = True
             self._emptied.clear()
@@ -140,6 +149,12 @@ class DeliveryWorker:
             self._emptied.difference_update(rooms)
         self._wakeup.set()
         return busy
+
+    def _cancel(self, network: str, room_id: str, row_id: int) -> None:
+        """A pending action was cancelled (its message redacted before it went out). A room
+        without a drain holds nothing in memory: its next read will not see the row."""
+        if network == self.network.id and room_id in self._active:
+            self._cancelled.setdefault(room_id, set()).add(row_id)
 
     def stop(self) -> None:
         """Finish the actions in flight, start no new one; `run` then returns."""
@@ -202,6 +217,12 @@ class DeliveryWorker:
                     emptied = True
                     break
                 for item in items:
+                    cancelled = self._cancelled.get(room_id) if self._cancelled else None
+                    if cancelled and item.id in cancelled:
+                        # Done already, unsent. (Should the cancelling commit be lost, the row
+                        # is pending again and the next read brings it back.)
+                        cancelled.discard(item.id)
+                        continue
                     if self._stop.is_set() or not await self._deliver(item):
                         return
                     done += 1
@@ -214,6 +235,7 @@ class DeliveryWorker:
                         await trio.lowlevel.checkpoint()
         finally:
             self._active.discard(room_id)
+            self._cancelled.pop(room_id, None)
             if emptied:
                 self._emptied.add(room_id)
             else:

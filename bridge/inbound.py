@@ -138,8 +138,15 @@ class Inbound:
                 self.store.set_profile(profile.network, profile.user_id, profile.display_name,
                                        profile.avatar_url)
             for network, redacted in result.cancel:
-                if self.store.cancel_pending(network, redacted, "redacted before delivery"):
+                cancelled = self.store.cancel_pending(network, redacted, "redacted before delivery")
+                if cancelled:
                     log.debug("%s from %s was redacted before it went out", redacted, network)
+                for row_id, target, room_id in cancelled:
+                    # Written by this same take (an event and its redaction in one push): not to
+                    # be handed to the room's drain either.
+                    queue = targets.get(target, {}).get(room_id)
+                    if queue:
+                        queue[:] = [item for item in queue if item.id != row_id]
             written = self.store.enqueue(result.actions)
             for action in result.actions:
                 rooms = targets.setdefault(action.network, {})

@@ -23,6 +23,7 @@ from bridge.core.ghosts import derive_key
 from bridge.core.model import EventRef, Network
 from bridge.core.retry import BACKOFF_CAP
 from bridge.delivery import PAGE, PROBE_MAX, UNWAITED, DeliveryWorker
+from bridge.inbound import Inbound
 from bridge.matrix.client import Homeserver
 from bridge.metrics import Metrics
 from bridge.store import OutboxItem, Store
@@ -150,6 +151,42 @@ async def test_handed_rows_go_behind_rows_queued_before_them_without_handing(
     rig.queue("three", "four")
     await rig.until(lambda: len(rig.fakes["ig"].sent) == 4)
     assert rig.fakes["ig"].texts("!ig-room") == ["one", "two", "three", "four"]
+
+
+@pytest.mark.parametrize("rig", [_queue_then_slow], indirect=True)
+async def test_a_message_redacted_while_its_room_sends_is_not_sent(
+    rig: Rig, autojump_clock: trio.testing.MockClock
+) -> None:
+    # "one" is on the wire (slowly) and "two", handed with it, waits in the drain's memory
+    # when its message is redacted.
+    def redact_two() -> None:
+        with rig.store.transaction():
+            assert rig.store.cancel_pending("wa", "$src-two", "redacted before delivery")
+
+    WHILE_SENDING.append(redact_two)
+    rig.queue("one", "two", "three")
+    await rig.until(lambda: rig.store.outbox_depth().get("ig", 0) == 0)
+    assert rig.fakes["ig"].texts("!ig-room") == ["one", "three"]
+    assert not WHILE_SENDING
+
+
+async def test_a_message_and_its_redaction_in_one_push_send_nothing(
+    rig: Rig, autojump_clock: trio.testing.MockClock
+) -> None:
+    inbound = Inbound(rig.store, NETWORKS, KEY, wake=lambda n, rooms: rig.workers[n].wake(rooms))
+    sender = "@+15551234567:wa.test"
+    rig.queue("before")  # the room's queue is then known to be empty: a push's rows are handed
+    await rig.until(lambda: rig.store.outbox_depth().get("ig", 0) == 0)
+    inbound.take_transaction("wa", "t1", b"{}", [
+        {"type": "m.room.message", "event_id": "$oops", "room_id": "!wa-room", "sender": sender,
+         "content": {"msgtype": "m.text", "body": "sent to the wrong room"}},
+        {"type": "m.room.redaction", "event_id": "$undo", "room_id": "!wa-room",
+         "sender": sender, "redacts": "$oops", "content": {}},
+    ])
+    await rig.until(lambda: rig.store.outbox_depth().get("ig", 0) == 0)
+    assert rig.fakes["ig"].texts("!ig-room") == ["before"]
+    assert [s.last_error for s in rig.store.delivery_status("wa", "$oops")] == [
+        "redacted before delivery"]
 
 
 async def test_a_backlog_longer_than_a_page_goes_whole_in_order(

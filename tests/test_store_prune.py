@@ -97,6 +97,26 @@ def test_old_transaction_records_go_but_each_networks_newest_stays(tmp_path: Pat
     assert (store.last_transaction("wa"), store.last_transaction("ig")) == ("w5", "i0")
 
 
+def test_a_newest_record_lost_with_a_failed_commit_does_not_expose_the_one_before(
+    tmp_path: Path,
+) -> None:
+    store = Store(tmp_path / "t.db")
+    for n in range(4):
+        record(store, "wa", f"w{n}", at=OLD)
+    with store.deferred():  # a push's record, waiting for its commit
+        store.record_transaction("wa", "w4", "digest")
+    pruner = Pruner(store, ["wa"])
+    pruner.start(CUT)  # sees w4 as wa's newest
+    real = store.conn
+    store.conn = FailingCommit(real)  # type: ignore[assignment]
+    with pytest.raises(sqlite3.OperationalError):
+        store.commit_deferred()  # the disk fails: w4 is gone, w3 is the newest again
+    store.conn = real
+    while pruner.step():
+        pass
+    assert store.last_transaction("wa") == "w3"
+
+
 def test_a_pass_goes_in_small_commits_and_stops_at_the_first_young_row(tmp_path: Path) -> None:
     store = Store(tmp_path / "t.db")
     queue(store, range(0, 25), at=OLD)

@@ -48,6 +48,13 @@ class Pruner:
         self._txn_after = 0  # the same for the transactions' rowids
         self._outbox_done = self._txn_done = True
         self._newest: set[int] = set()
+        # A commit lost to a failing disk may take a network's newest record with it, and make
+        # an older one the newest: look again before the next batch.
+        self._stale = False
+        store.on_lost(self._lost)
+
+    def _lost(self) -> None:
+        self._stale = True
 
     def start(self, before: float) -> None:
         """Begin a pass that deletes what finished (or arrived) before `before` (Unix time)."""
@@ -55,7 +62,11 @@ class Pruner:
         self._before = before
         self._outbox_after = self._txn_after = 0
         self._outbox_done = self._txn_done = False
+        self._find_newest()
+
+    def _find_newest(self) -> None:
         # Read at every start (the gap check): each network's newest record stays, however old.
+        self._stale = False
         self._newest = set()
         for network in self.networks:
             newest = self.store.newest_transaction(network)
@@ -66,6 +77,8 @@ class Pruner:
         """Delete one batch (one commit); False once the pass has nothing left to look at."""
         if self._outbox_done and self._txn_done:
             return False
+        if self._stale:
+            self._find_newest()
         with self.store.transaction():
             if not self._outbox_done:
                 self.pruned.actions += self._outbox_step(limit)

@@ -35,7 +35,6 @@ SYNCHRONOUS = {"full": "FULL", "process": "NORMAL"}
 # Deferred blocks that may wait for one commit: what a crash could take back at most (those
 # actions go again, with their transaction ids) and how far the WAL grows meanwhile.
 MAX_DEFERRED = 256
-_MAX_ROWID = 2**63 - 1  # past it SQLite picks new rowids at random
 
 
 @dataclass(frozen=True)
@@ -90,6 +89,7 @@ class Store(PeopleStore):
         self._deferred_open = False  # a write transaction holds deferred writes
         self._deferred_listeners: list[Callable[[], None]] = []
         self._lost_listeners: list[Callable[[], object]] = []
+        self._cancel_listeners: list[Callable[[str, str, int], object]] = []
         self._deferred_writes = 0  # deferred blocks in the open transaction
         self._deferred_depth = 0  # deferred blocks open now (one may hold another)
         # Each deferred transaction is numbered, so that a writer can learn later whether its
@@ -207,6 +207,10 @@ class Store(PeopleStore):
     def on_deferred(self, listener: Callable[[], None]) -> None:
         """Call `listener` whenever deferred writes start waiting for a commit."""
         self._deferred_listeners.append(listener)
+
+    def on_cancel(self, listener: Callable[[str, str, int], object]) -> None:
+        """Call `listener(network, room_id, row id)` for each pending action cancelled."""
+        self._cancel_listeners.append(listener)
 
     def on_lost(self, listener: Callable[[], object]) -> None:
         """Call `listener` whenever deferred writes are rolled back by a failed commit: the
@@ -507,12 +511,14 @@ class Store(PeopleStore):
         if cursor.rowcount != len(actions):
             return None
         # executemany tells no row ids, but SQLite gives each new row the largest rowid in the
-        # table plus one (it picks at random only once the largest possible is taken), and
-        # nothing else writes on this connection meanwhile: the rows are the last len() ids.
+        # table plus one, and nothing else writes on this connection meanwhile: the rows are
+        # the last len() ids. (Only once a row holds the largest possible rowid does SQLite pick
+        # at random: then the first row is not where this says, and nothing is handed.)
         last: int = self.conn.execute("SELECT last_insert_rowid()").fetchone()[0]
-        if last > _MAX_ROWID - len(actions):
-            return None
         first = last - len(actions) + 1
+        check = self.conn.execute("SELECT txn_id FROM outbox WHERE id = ?", (first,)).fetchone()
+        if check is None or check[0] != actions[0].txn_id:
+            return None
         return [OutboxItem(id=first + n, attempts=0, action=a) for n, a in enumerate(actions)]
 
     def pending_rooms(self, network: str) -> list[str]:
@@ -540,14 +546,22 @@ class Store(PeopleStore):
             for row_id, kind, txn, payload, attempts in rows
         ]
 
-    def cancel_pending(self, src_network: str, src_event: str, why: str) -> int:
-        """Mark the still-pending sends of one source event done without sending them."""
-        cursor = self.conn.execute(
+    def cancel_pending(
+        self, src_network: str, src_event: str, why: str
+    ) -> list[tuple[int, str, str]]:
+        """Mark the still-pending sends of one source event done without sending them; (row id,
+        target network, room) of each. Whoever holds those rows in memory is told too
+        (`on_cancel`): they must not be sent."""
+        rows = self.conn.execute(
             "UPDATE outbox SET state = 'done', last_error = ?, updated_at = ? "
-            "WHERE src_network = ? AND src_event = ? AND state = 'pending' AND kind = 'message'",
+            "WHERE src_network = ? AND src_event = ? AND state = 'pending' AND kind = 'message' "
+            "RETURNING id, network, room_id",
             (why, time.time(), src_network, src_event),
-        )
-        return cursor.rowcount
+        ).fetchall()
+        for row_id, network, room_id in rows:
+            for listener in self._cancel_listeners:
+                listener(network, room_id, row_id)
+        return [(row_id, network, room_id) for row_id, network, room_id in rows]
 
     def note_attempt(self, item: OutboxItem | int, error: str) -> None:
         where, key = _outbox_row(item)
