@@ -14,18 +14,27 @@ import pytest
 
 from bridge.demo import has_body
 from bridge.localnet.cluster import LocalNet
+from bridge.localnet.people import Person
 
 from .conftest import ROOT, Cast, Daemon
 
 pytestmark = pytest.mark.synapse
 
 
-async def test_sighup_with_a_broken_config_keeps_the_running_one(
+async def alice_and_bob_bridged(
     cast: Cast, daemon: Daemon
-) -> None:
+) -> tuple[Person, Person, dict[str, str]]:
+    """Alice on wa and Bob on ig, each in a room of one portal, the daemon running."""
     alice, bob = await cast.person("wa", "Alice"), await cast.person("ig", "Bob")
     rooms = {"wa": await cast.room("wa", alice), "ig": await cast.room("ig", bob)}
     await daemon.start([rooms])
+    return alice, bob, rooms
+
+
+async def test_sighup_with_a_broken_config_keeps_the_running_one(
+    cast: Cast, daemon: Daemon
+) -> None:
+    alice, bob, rooms = await alice_and_bob_bridged(cast, daemon)
     text = daemon.config_path.read_text()
     port = str(daemon.net.bridge_port)
     daemon.config_path.write_text(text.replace(f":{port}\"", ':99999"'))
@@ -78,9 +87,7 @@ def test_a_busy_listen_port_is_a_clear_error(localnet: LocalNet, tmp_path: Path)
 async def test_history_past_its_days_is_pruned_at_the_next_start_and_relaying_goes_on(
     cast: Cast, daemon: Daemon
 ) -> None:
-    alice, bob = await cast.person("wa", "Alice"), await cast.person("ig", "Bob")
-    rooms = {"wa": await cast.room("wa", alice), "ig": await cast.room("ig", bob)}
-    await daemon.start([rooms])
+    alice, bob, rooms = await alice_and_bob_bridged(cast, daemon)
     await alice.send_text(rooms["wa"], "said ten days ago")
     await bob.wait_for(rooms["ig"], has_body("said ten days ago"))
     assert await daemon.stop() == 0
