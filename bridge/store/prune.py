@@ -18,8 +18,9 @@ first row younger than the cut: no batch reads more than its size, however big t
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import Any
 
 from bridge.store.store import Store
 
@@ -36,6 +37,37 @@ class Pruned:
         return self.actions + self.transactions
 
 
+class _Walk:
+    """One table read in rowid order from its oldest row, a batch at a time, up to the first
+    row at or after the cut (rows are in the order they were written)."""
+
+    def __init__(self, select: str, delete: str) -> None:
+        # `select` answers (rowid, time written, ...) for rowids above ?, LIMIT ?
+        self.select, self.delete = select, delete
+        self.after = 0  # the rowid up to which this pass has looked
+        self.done = True
+
+    def restart(self) -> None:
+        self.after, self.done = 0, False
+
+    def step(self, store: Store, before: float, limit: int,
+             doomed: Callable[[tuple[Any, ...]], bool]) -> int:
+        """Delete the `doomed` rows of the next batch; how many."""
+        rows = store.conn.execute(self.select, (self.after, limit)).fetchall()
+        gone = []
+        for row in rows:
+            if row[1] is not None and row[1] >= before:
+                self.done = True
+                break
+            self.after = row[0]
+            if doomed(row):
+                gone.append((row[0],))
+        else:
+            self.done = len(rows) < limit
+        store.conn.executemany(self.delete, gone)
+        return len(gone)
+
+
 class Pruner:
     """One pass over the store: `start`, then `step` until it answers False."""
 
@@ -44,9 +76,15 @@ class Pruner:
         self.networks = list(networks)
         self.pruned = Pruned()
         self._before = 0.0
-        self._outbox_after = 0  # the outbox id up to which this pass has looked
-        self._txn_after = 0  # the same for the transactions' rowids
-        self._outbox_done = self._txn_done = True
+        self._outbox = _Walk(
+            "SELECT id, created_at, state, updated_at FROM outbox WHERE id > ? ORDER BY id "
+            "LIMIT ?",
+            "DELETE FROM outbox WHERE id = ?",
+        )
+        self._transactions = _Walk(
+            "SELECT rowid, received_at FROM transactions WHERE rowid > ? ORDER BY rowid LIMIT ?",
+            "DELETE FROM transactions WHERE rowid = ?",
+        )
         self._newest: set[int] = set()
         # A commit lost to a failing disk may take a network's newest record with it, and make
         # an older one the newest: look again before the next batch.
@@ -60,8 +98,8 @@ class Pruner:
         """Begin a pass that deletes what finished (or arrived) before `before` (Unix time)."""
         self.pruned = Pruned()
         self._before = before
-        self._outbox_after = self._txn_after = 0
-        self._outbox_done = self._txn_done = False
+        self._outbox.restart()
+        self._transactions.restart()
         self._find_newest()
 
     def _find_newest(self) -> None:
@@ -75,50 +113,18 @@ class Pruner:
 
     def step(self, limit: int = BATCH) -> bool:
         """Delete one batch (one commit); False once the pass has nothing left to look at."""
-        if self._outbox_done and self._txn_done:
+        if self._outbox.done and self._transactions.done:
             return False
         if self._stale:
             self._find_newest()
+        before = self._before
         with self.store.transaction():
-            if not self._outbox_done:
-                self.pruned.actions += self._outbox_step(limit)
-            if not self._txn_done:
-                self.pruned.transactions += self._txn_step(limit)
-        return not (self._outbox_done and self._txn_done)
-
-    def _outbox_step(self, limit: int) -> int:
-        rows = self.store.conn.execute(
-            "SELECT id, state, created_at, updated_at FROM outbox WHERE id > ? ORDER BY id "
-            "LIMIT ?",
-            (self._outbox_after, limit),
-        ).fetchall()
-        doomed = []
-        for row_id, state, created_at, updated_at in rows:
-            if created_at is not None and created_at >= self._before:
-                self._outbox_done = True  # rows are in the order they were queued
-                break
-            self._outbox_after = row_id
-            if state != "pending" and updated_at is not None and updated_at < self._before:
-                doomed.append((row_id,))
-        else:
-            self._outbox_done = len(rows) < limit
-        self.store.conn.executemany("DELETE FROM outbox WHERE id = ?", doomed)
-        return len(doomed)
-
-    def _txn_step(self, limit: int) -> int:
-        rows = self.store.conn.execute(
-            "SELECT rowid, received_at FROM transactions WHERE rowid > ? ORDER BY rowid LIMIT ?",
-            (self._txn_after, limit),
-        ).fetchall()
-        doomed = []
-        for rowid, received_at in rows:
-            if received_at is not None and received_at >= self._before:
-                self._txn_done = True
-                break
-            self._txn_after = rowid
-            if rowid not in self._newest:
-                doomed.append((rowid,))
-        else:
-            self._txn_done = len(rows) < limit
-        self.store.conn.executemany("DELETE FROM transactions WHERE rowid = ?", doomed)
-        return len(doomed)
+            if not self._outbox.done:
+                # (id, created_at, state, updated_at): finished, and finished before the cut
+                self.pruned.actions += self._outbox.step(
+                    self.store, before, limit,
+                    lambda row: row[2] != "pending" and row[3] is not None and row[3] < before)
+            if not self._transactions.done:
+                self.pruned.transactions += self._transactions.step(
+                    self.store, before, limit, lambda row: row[0] not in self._newest)
+        return not (self._outbox.done and self._transactions.done)

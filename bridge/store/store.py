@@ -561,7 +561,7 @@ class Store(PeopleStore):
         for row_id, network, room_id in rows:
             for listener in self._cancel_listeners:
                 listener(network, room_id, row_id)
-        return [(row_id, network, room_id) for row_id, network, room_id in rows]
+        return rows
 
     def note_attempt(self, item: OutboxItem | int, error: str) -> None:
         where, key = _outbox_row(item)
