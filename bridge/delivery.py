@@ -92,6 +92,10 @@ class DeliveryWorker:
         # Rooms whose last drain ended on an empty read, and written to since only by writers
         # that handed the rows they wrote to wake(): for these, those rows are the whole queue.
         self._emptied: set[str] = set()
+        # Drains that know their room's whole queue: rows written since they started, handed
+        # on by their writers (none wrote without handing). Such a drain ends without reading
+        # the outbox once it has sent them; a writer that hands nothing takes its room out.
+        self._known: dict[str, list[OutboxItem]] = {}
         # Rows a drain holds in memory (a page read, or handed) cancelled since: not to be sent.
         self._cancelled: dict[str, set[int]] = {}
         self._nursery: trio.Nursery | None = None
@@ -122,7 +126,16 @@ class DeliveryWorker:
             handed = rooms if isinstance(rooms, Mapping) else None
             for room_id in rooms:
                 if room_id in self._active:
-                    continue  # its drain reads again before it ends
+                    # Its drain reads again before it ends, unless it knows the whole queue
+                    # and is handed these rows too.
+                    known = self._known.get(room_id)
+                    if known is not None:
+                        written = handed[room_id] if handed is not None else None
+                        if written and len(known) + len(written) <= PAGE:
+                            known.extend(written)
+                        else:  # not handed, or a backlog: read a page at a time, memory flat
+                            del self._known[room_id]
+                    continue
                 items = None
                 if handed is not None and room_id in self._emptied:
                     # Nothing else is pending there: the rows written are the room's queue, and
@@ -144,9 +157,12 @@ class DeliveryWorker:
         if rooms is None:
             self._rescan = True
             self._emptied.clear()
+            self._known.clear()
         else:
             self._ready.update(rooms)
             self._emptied.difference_update(rooms)
+            for room_id in rooms:
+                self._known.pop(room_id, None)
         self._wakeup.set()
         return busy
 
@@ -205,10 +221,16 @@ class DeliveryWorker:
         wake()) first, until none is left."""
         emptied = False
         done = 0
+        if handed:
+            self._known[room_id] = []
         try:
             while not self._stop.is_set():
                 if handed:
                     items, handed = handed, None
+                elif (known := self._known.get(room_id)) is not None:
+                    # Every row written here since this drain started was handed on: those
+                    # are what is left, and none left means the room is done, no read needed.
+                    items, self._known[room_id] = known, []
                 else:
                     items = self.store.pending_actions(self.network.id, room_id, PAGE)
                 if not items:
@@ -235,6 +257,7 @@ class DeliveryWorker:
                         await trio.lowlevel.checkpoint()
         finally:
             self._active.discard(room_id)
+            self._known.pop(room_id, None)
             self._cancelled.pop(room_id, None)
             if emptied:
                 self._emptied.add(room_id)

@@ -153,6 +153,62 @@ async def test_handed_rows_go_behind_rows_queued_before_them_without_handing(
     assert rig.fakes["ig"].texts("!ig-room") == ["one", "two", "three", "four"]
 
 
+def _second_slow(n: int) -> str | None:
+    """As _queue_then_slow, at the second send: the first empties the room's queue, so the
+    drain under way knows its room's whole queue (it was handed it)."""
+    return _queue_then_slow(n - 1)
+
+
+@pytest.mark.parametrize("rig", [_second_slow], indirect=True)
+async def test_rows_pushed_while_a_room_sends_what_it_was_handed_go_too_in_order(
+    rig: Rig, autojump_clock: trio.testing.MockClock
+) -> None:
+    rig.queue("zero")  # the room's queue is then known to be empty
+    await rig.until(lambda: rig.store.outbox_depth().get("ig", 0) == 0)
+    WHILE_SENDING.append(lambda: (rig.queue("two", "three"), rig.queue("four")))
+    rig.queue("one")  # handed: the drain knows the room's queue, and learns of two, three, four
+    await rig.until(lambda: len(rig.fakes["ig"].sent) == 5)
+    assert rig.fakes["ig"].texts("!ig-room") == ["zero", "one", "two", "three", "four"]
+    assert not WHILE_SENDING
+    assert rig.store.outbox_depth().get("ig", 0) == 0
+
+
+@pytest.mark.parametrize("rig", [_second_slow], indirect=True)
+async def test_a_backlog_handed_while_a_room_sends_is_read_a_page_at_a_time(
+    rig: Rig, autojump_clock: trio.testing.MockClock
+) -> None:
+    rig.queue("zero")
+    await rig.until(lambda: rig.store.outbox_depth().get("ig", 0) == 0)
+    bodies = [f"m{i}" for i in range(PAGE * 3)]
+    held: list[int] = []
+
+    def push_backlog() -> None:  # pushes keep coming while the homeserver is slow
+        for start in range(0, len(bodies), 10):
+            rig.queue(*bodies[start:start + 10])
+            held.append(len(rig.workers["ig"]._known.get("!ig-room", [])))
+
+    WHILE_SENDING.append(push_backlog)
+    rig.queue("one")
+    await rig.until(lambda: len(rig.fakes["ig"].sent) == len(bodies) + 2)
+    assert rig.fakes["ig"].texts("!ig-room") == ["zero", "one", *bodies]
+    assert max(held) <= PAGE  # a backlog waits in the outbox, not in memory
+
+
+@pytest.mark.parametrize("rig", [_second_slow], indirect=True)
+async def test_a_row_queued_unhanded_while_a_room_sends_what_it_was_handed_goes_too(
+    rig: Rig, autojump_clock: trio.testing.MockClock
+) -> None:
+    rig.queue("zero")
+    await rig.until(lambda: rig.store.outbox_depth().get("ig", 0) == 0)
+    # The bot's row is not handed on: the drain no longer knows the room's whole queue, and
+    # reads it (rows handed after that are in the read too, in order).
+    WHILE_SENDING.append(lambda: (rig.queue_unhanded("two"), rig.queue("three")))
+    rig.queue("one")
+    await rig.until(lambda: len(rig.fakes["ig"].sent) == 4)
+    assert rig.fakes["ig"].texts("!ig-room") == ["zero", "one", "two", "three"]
+    assert not WHILE_SENDING
+
+
 @pytest.mark.parametrize("rig", [_queue_then_slow], indirect=True)
 async def test_a_message_redacted_while_its_room_sends_is_not_sent(
     rig: Rig, autojump_clock: trio.testing.MockClock
