@@ -12,6 +12,13 @@ with this project's HTTP code, so that the ratio to it keeps measuring the logic
 Against real homeservers (bench/relay.py) it sends with each network's as_token as a user the
 appservice owns (`--as net=as_token=user_id`), and skips the events of senders starting with an
 `--own` prefix: the homeserver pushes back what the relay sent, which must not go round again.
+
+With `--db FILE` it is the durable floor: each pushed transaction's events are written to a
+SQLite table (WAL, synchronous=FULL, as tribridge's default) and committed before its sends, one
+commit per transaction, so that it is answered only once on disk. Issue 7's calibration has this
+row ("the same plus one SQLite WAL commit per event, synchronous=FULL"), for its httpx relay;
+beside tribridge it shows what the durability alone costs on this stack, and so what is left for
+the logic.
 """
 
 from __future__ import annotations
@@ -19,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import secrets
+import sqlite3
 import sys
 from pathlib import Path
 from typing import Protocol
@@ -41,7 +49,7 @@ class Sender(Protocol):
 class Floor:
     def __init__(self, networks: dict[str, tuple[str, str, str]],
                  senders: dict[str, tuple[str, str]] | None = None,
-                 own: tuple[str, ...] = ()) -> None:
+                 own: tuple[str, ...] = (), db: str = "") -> None:
         # network -> (hs_token, homeserver URL, room); network -> (as_token, user id to send as)
         self.networks = networks
         self.by_token = {token: net for net, (token, _, _) in networks.items()}
@@ -53,6 +61,22 @@ class Floor:
         self.own = own
         self.run = secrets.token_hex(4)  # transaction ids unique across runs
         self.count = 0
+        self.db: sqlite3.Connection | None = None
+        if db:
+            self.db = sqlite3.connect(db, isolation_level=None)
+            self.db.execute("PRAGMA journal_mode = WAL")
+            self.db.execute("PRAGMA synchronous = FULL")
+            self.db.execute("CREATE TABLE IF NOT EXISTS events (event_id TEXT PRIMARY KEY, "
+                            "event TEXT NOT NULL)")
+
+    def keep(self, events: list[dict[str, object]]) -> None:
+        """With --db: the transaction's events on disk, in one commit."""
+        if self.db is None or not events:
+            return
+        self.db.execute("BEGIN IMMEDIATE")
+        self.db.executemany("INSERT OR IGNORE INTO events VALUES (?, ?)",
+                            [(str(e.get("event_id")), json.dumps(e)) for e in events])
+        self.db.execute("COMMIT")
 
     def client(self, url: str, token: str) -> Sender:
         return LeanClient(url, {"Authorization": f"Bearer {token}"})
@@ -62,10 +86,12 @@ class Floor:
         source = self.by_token.get(token)
         if source is None:
             return json_response(403, {"errcode": "M_FORBIDDEN"})
-        for event in json.loads(request.body).get("events", []):
-            if (event.get("type") != "m.room.message"
-                    or str(event.get("sender", "")).startswith(self.own)):
-                continue  # not a message, or the relay's own, pushed back
+        # Not a message, or the relay's own, pushed back: nothing to do, nothing to keep.
+        events = [event for event in json.loads(request.body).get("events", [])
+                  if event.get("type") == "m.room.message"
+                  and not str(event.get("sender", "")).startswith(self.own)]
+        self.keep(events)
+        for event in events:
             for net, (_, _, room) in self.networks.items():
                 if net == source:
                     continue
@@ -78,8 +104,9 @@ class Floor:
 
 
 def command_line(doc: str | None) -> tuple[int, dict[str, tuple[str, str, str]],
-                                             dict[str, tuple[str, str]] | None, tuple[str, ...]]:
-    """The relays' shared command line: (port, networks, senders or None, own prefixes)."""
+                                             dict[str, tuple[str, str]] | None, tuple[str, ...],
+                                             str]:
+    """The relays' shared command line: (port, networks, senders or None, own prefixes, db)."""
     parser = argparse.ArgumentParser(description=doc)
     parser.add_argument("--listen", type=int, required=True)
     parser.add_argument("--hs", action="append", required=True,
@@ -88,6 +115,9 @@ def command_line(doc: str | None) -> tuple[int, dict[str, tuple[str, str, str]],
                         help="network=as_token=user_id: send as this user (real homeservers)")
     parser.add_argument("--own", action="append", default=[],
                         help="skip events of senders starting with this (the relay's echoes)")
+    parser.add_argument("--db", default="",
+                        help="write each transaction's events to this SQLite file, one commit "
+                             "per transaction, before sending (the durable floor)")
     args = parser.parse_args()
     networks = {}
     for item in args.hs:
@@ -97,12 +127,12 @@ def command_line(doc: str | None) -> tuple[int, dict[str, tuple[str, str, str]],
     for item in args.senders:
         net, token, user = item.split("=", 2)
         senders[net] = (token, user)
-    return args.listen, networks, senders or None, tuple(args.own)
+    return args.listen, networks, senders or None, tuple(args.own), args.db
 
 
 async def main(relay: type[Floor] = Floor, doc: str | None = __doc__) -> None:
-    port, networks, senders, own = command_line(doc)
-    await serve("127.0.0.1", port, relay(networks, senders, own).handle, Limits())
+    port, networks, senders, own, db = command_line(doc)
+    await serve("127.0.0.1", port, relay(networks, senders, own, db).handle, Limits())
 
 
 if __name__ == "__main__":

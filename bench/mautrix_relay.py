@@ -125,7 +125,7 @@ class MautrixRelay:
 
 
 async def main() -> None:
-    port, networks, senders, own = command_line(__doc__)
+    port, networks, senders, own, _ = command_line(__doc__)  # no --db: it acks first anyway
     # A send mautrix gave up on is logged, not raised (handlers are background tasks).
     logging.basicConfig(level=logging.WARNING, format="mautrix relay: %(name)s: %(message)s")
     # As AppService.start makes its session: 100 connections at most, mautrix's User-Agent.

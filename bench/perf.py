@@ -62,15 +62,22 @@ async def wait_for_port(port: int, within: float = 10.0) -> None:
 
 # The relays without logic, run as they are (bench/floor.py and the two calibration relays of
 # issue 7's table, re-measured here: the table's absolute figures come from another machine).
-PLAIN = {"floor": "floor.py", "httpx": "httpx_relay.py", "mautrix": "mautrix_relay.py"}
+# "+db": the same, with each transaction's events committed to SQLite (synchronous=FULL) before
+# its sends (floor.py --db): the cost of durability alone, without tribridge's logic.
+PLAIN = {"floor": "floor.py", "floor+db": "floor.py", "httpx": "httpx_relay.py",
+         "httpx+db": "httpx_relay.py", "mautrix": "mautrix_relay.py"}
 # Issue 7's calibration, CPU ms per relayed send at batch 1 and batch 50, and its targets.
-CALIBRATION = {"mautrix": (0.59, 0.42), "httpx": (1.01, 1.04), "floor": (0.17, 0.06)}
+CALIBRATION = {"mautrix": (0.59, 0.42), "httpx": (1.01, 1.04), "httpx+db": (1.26, 0.82),
+               "floor": (0.17, 0.06)}
 TARGETS = (0.45, 0.20)
 
 
 @asynccontextmanager
-async def plain(fake: Fake, relay: str) -> AsyncIterator[int]:
+async def plain(fake: Fake, relay: str, workdir: Path) -> AsyncIterator[int]:
     args = [sys.executable, str(ROOT / "bench" / PLAIN[relay]), "--listen", str(fake.bridge_port)]
+    if relay.endswith("+db"):
+        await trio.Path(workdir).mkdir()
+        args += ["--db", str(workdir / "floor.db")]
     for net_id, *_ in NETWORKS:
         args += ["--hs", f"{net_id}={fake.hs_tokens[net_id]}={fake.url(net_id)}="
                          f"{fake.rooms[net_id]}"]
@@ -154,7 +161,7 @@ def table(results: dict[str, dict[str, dict[str, float]]]) -> str:
     rows = ["| run | relay | CPU ms/send | of it kernel | sends/s | p50 ms | p99 ms "
             "| push answered p50 ms | RSS MB |",
             "|---|---|---|---|---|---|---|---|---|"]
-    order = ("floor", "httpx", "mautrix", "baseline", "tribridge")
+    order = ("floor", "floor+db", "httpx", "httpx+db", "mautrix", "baseline", "tribridge")
     for run in results["floor"]:
         for relay in [r for r in order if r in results]:
             r = results[relay][run]
@@ -163,7 +170,7 @@ def table(results: dict[str, dict[str, dict[str, float]]]) -> str:
                         f"{r['p50_ms']:.2f} | {r['p99_ms']:.2f} | "
                         f"{r['ack_p50_ms']:.2f} | {r['rss_mb']:.0f} |")
         t = results["tribridge"][run]
-        for base in [b for b in ("floor", "mautrix") if b in results]:
+        for base in [b for b in ("floor", "floor+db", "mautrix") if b in results]:
             f = results[base][run]
             rows.append(f"| {run} | tribridge / {base} | "
                         f"{t['cpu_ms_per_send'] / f['cpu_ms_per_send']:.2f}x | | "
@@ -203,7 +210,7 @@ def calibration(results: dict[str, dict[str, dict[str, float]]]) -> str:
 async def one_round(fake: Fake, relay: str, workdir: Path, args: Any,
                     profile: Path | None) -> dict[str, dict[str, float]]:
     if relay in PLAIN:
-        async with plain(fake, relay) as pid:
+        async with plain(fake, relay, workdir) as pid:
             return await measure(fake, pid, args.messages, args.paced)
     tree = Path(args.baseline) if relay == "baseline" else ROOT
     await trio.Path(workdir).mkdir()
@@ -218,7 +225,8 @@ def medians(rounds: list[dict[str, dict[str, float]]]) -> dict[str, dict[str, fl
 
 async def main(args: Any) -> None:
     workdir = Path(tempfile.mkdtemp(prefix="tribridge-perf-"))
-    relays = (["floor"] + (["httpx", "mautrix"] if args.calibrate else []) + ["tribridge"]
+    relays = (["floor", "floor+db"] + (["httpx", "httpx+db", "mautrix"] if args.calibrate else [])
+              + ["tribridge"]
               + (["baseline"] if args.baseline else []))
     rounds: dict[str, list[dict[str, dict[str, float]]]] = {relay: [] for relay in relays}
     report = ""

@@ -10,8 +10,9 @@ time (these machines are shared and noisy):
 3. bridged, flood: the wa person sends N messages as fast as Synapse takes them: relayed events/s,
    and latency under load (queueing behind Synapse, which is the bottleneck here).
 
-Then the daemon stops and the same flood goes through two relays without logic in its place
-(same port, tokens, rooms and Synapses): bench/floor.py (trio, our HTTP code, no store) and
+Then the daemon stops and the same flood goes through three relays without logic in its place
+(same port, tokens, rooms and Synapses): bench/floor.py (trio, our HTTP code, no store; and again
+with --db, the durable floor: one SQLite commit per pushed transaction before its sends) and
 bench/mautrix_relay.py (a minimal mautrix-python relay): their shares of Synapse's CPU are the
 calibration for the bridge's.
 
@@ -113,7 +114,7 @@ async def phase(sender: Person, room: str, readers: dict[str, tuple[Person, str]
 # The relays without logic run after tribridge over the same Synapses (bench/perf.py's PLAIN).
 # The mautrix relay goes first: run after the floor relay, it got the 300-message flood to the
 # readers in neither of two runs (nothing logged; the cause is not found), and first it did.
-PLAIN_RELAYS = ("mautrix", "floor")
+PLAIN_RELAYS = ("mautrix", "floor", "floor+db")
 
 
 @asynccontextmanager
@@ -127,6 +128,8 @@ async def plain_relay(net: LocalNet, config_path: Path, rooms: dict[str, str], r
     for net_id, nc in config.networks.items():
         args += ["--hs", f"{net_id}={nc.hs_token}={net.url(net_id)}={rooms[net_id]}",
                  "--as", f"{net_id}={nc.as_token}={nc.network.bot_user_id}"]
+    if relay.endswith("+db"):
+        args += ["--db", str(config_path.parent / f"{relay}-{secrets.token_hex(4)}.db")]
     process = await trio.lowlevel.open_process(args)
     try:
         await wait_for_port(net.bridge_port)
