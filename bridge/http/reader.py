@@ -34,8 +34,9 @@ from bridge.http.wire import (
     MAX_CHUNK_LINE,
     TOKEN,
     content_length,
-    field_value,
+    field_lines,
     head_size,
+    split_head,
     unfinished_head_size,
 )
 
@@ -104,10 +105,10 @@ class RequestReader:
             return None
         if head_size(self.buffer, end.start()) > self.max_head:
             raise BadRequest(431, f"request head over {self.max_head} bytes")
-        lines = bytes(self.buffer[:end.start()]).split(b"\n")
+        head = bytes(self.buffer[:end.start() + 1])
         del self.buffer[:end.end()]
         self._blank = 0
-        self._head = self._parse(lines)
+        self._head = self._parse(head)
         return self._head
 
     def body(self) -> bytes | None:
@@ -138,21 +139,22 @@ class RequestReader:
 
     # -- internals -----------------------------------------------------------------------------
 
-    def _parse(self, lines: list[bytes]) -> Head:
-        line = _REQUEST_LINE.fullmatch(lines[0].removesuffix(b"\r"))
+    def _parse(self, head: bytes) -> Head:
+        start, section = split_head(head)
+        line = _REQUEST_LINE.fullmatch(start)
         if line is None:
             raise BadRequest(400, "not an HTTP/1.1 request line")
         method, target, major, minor = line.groups()
         if major != b"1":
             raise BadRequest(505, "only HTTP/1.0 and HTTP/1.1 are served")
+        fields = field_lines(section)
+        if fields is None:
+            # Also what a folded line (leading whitespace) and "Name : value" come to.
+            raise BadRequest(400, "a malformed header field")
         headers: dict[str, str] = {}
-        for raw in lines[1:]:
-            field = FIELD.fullmatch(raw.removesuffix(b"\r"))
-            if field is None:
-                # Also what a folded line (leading whitespace) and "Name : value" come to.
-                raise BadRequest(400, "a malformed header field")
-            name = field.group(1).decode("ascii").lower()
-            value = field_value(field).decode("latin-1")
+        for raw_name, raw_value in fields:
+            name = raw_name.decode("ascii").lower()
+            value = raw_value.decode("latin-1")
             headers[name] = f"{headers[name]}, {value}" if name in headers else value
         # One Host, not two (a comma cannot appear in a host, only in joined fields); and
         # HTTP/1.1 must send one.

@@ -27,6 +27,11 @@ _STATUS_LINE = re.compile(rb"HTTP/1\.([01]) ([1-5][0-9]{2})(?: ([^\x00-\x08\x0a-
 # Possessive (*+): no backtracking, so a long value with a bad byte at its end costs one pass,
 # not one per leading space. The value keeps its trailing whitespace: see field_value.
 FIELD = re.compile(rb"(" + TOKEN + rb"):[ \t]*+([^\x00-\x08\x0a-\x1f\x7f]*+)")
+# A field section (the lines after the start line), each line a FIELD ending in LF or CRLF:
+# checked whole in one pass, then read in another, instead of a match per line.
+_FIELD_SECTION = re.compile(
+    rb"(?:" + TOKEN + rb":[ \t]*+[^\x00-\x08\x0a-\x1f\x7f]*+\r?\n)*+")
+_FIELD_LINE = re.compile(rb"(" + TOKEN + rb"):[ \t]*+([^\x00-\x08\x0a-\x1f\x7f]*+)\r?\n")
 # From the newline ending the last field: a CR before it is that line's (a second one fails it).
 HEAD_END = re.compile(rb"\n\r?\n")
 CHUNK_SIZE = re.compile(rb"([0-9A-Fa-f]{1,16})[ \t]*(?:;[^\r\n]*)?")
@@ -38,6 +43,21 @@ _UNSAFE_VALUE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 def field_value(field: re.Match[bytes]) -> bytes:
     """The value of a FIELD match, without the whitespace that may follow it."""
     return field.group(2).rstrip(b" \t")
+
+
+def split_head(head: bytes) -> tuple[bytes, bytes]:
+    """A head through the newline ending its last line: (start line without its CRLF or LF,
+    the field section after it)."""
+    first = head.index(b"\n")
+    return head[:first].removesuffix(b"\r"), head[first + 1:]
+
+
+def field_lines(section: bytes) -> list[tuple[bytes, bytes]] | None:
+    """Each field of a field section (lines each ending in LF or CRLF) as (name, value, without
+    the whitespace around it); None if a line is not a field."""
+    if _FIELD_SECTION.fullmatch(section) is None:
+        return None
+    return [(name, value.rstrip(b" \t")) for name, value in _FIELD_LINE.findall(section)]
 
 
 def content_length(value: str, limit: int) -> int | None:
@@ -162,26 +182,27 @@ class ResponseReader:
             return False
         if head_size(self.buffer, end.start()) > MAX_HEAD:
             raise BadResponse(f"a response head of over {MAX_HEAD} bytes")
-        lines = bytes(self.buffer[:end.start()]).split(b"\n")
+        start, section = split_head(bytes(self.buffer[:end.start() + 1]))
         del self.buffer[:end.end()]
-        status_line = _STATUS_LINE.fullmatch(lines[0].removesuffix(b"\r"))
+        status_line = _STATUS_LINE.fullmatch(start)
         if status_line is None:
-            raise BadResponse(f"not an HTTP/1.1 status line: {lines[0][:80]!r}")
+            raise BadResponse(f"not an HTTP/1.1 status line: {start[:80]!r}")
         minor, code = status_line.group(1), int(status_line.group(2))
-        headers = []
-        for raw in lines[1:]:
-            field = FIELD.fullmatch(raw.removesuffix(b"\r"))
-            if field is None:
-                raise BadResponse(f"not a header field: {raw[:80]!r}")
-            headers.append((field.group(1).lower(), field_value(field)))
+        fields = field_lines(section)
+        if fields is None:
+            bad = next(raw for raw in section.split(b"\n")
+                       if FIELD.fullmatch(raw.removesuffix(b"\r")) is None)
+            raise BadResponse(f"not a header field: {bad[:80]!r}")
+        headers = [(name.lower(), value) for name, value in fields]
         if 100 <= code < 200:
             if code == 101:
                 raise BadResponse("the server switched protocols, which nobody asked for")
             return True  # an interim answer: the real one follows
         reason = (status_line.group(3) or b"").decode("latin-1")
-        connection = b",".join(v for k, v in headers if k == b"connection").lower()
-        close_tokens = {t.strip() for t in connection.split(b",")}
-        keep_alive = minor == b"1" and b"close" not in close_tokens
+        keep_alive = minor == b"1"
+        if keep_alive:
+            connection = b",".join(v for k, v in headers if k == b"connection").lower()
+            keep_alive = b"close" not in {t.strip() for t in connection.split(b",")}
         self._frame(code, headers)
         self._head = (code, reason, headers, keep_alive)
         return True
@@ -190,10 +211,14 @@ class ResponseReader:
         if self.head_only or code in (204, 304):
             self._length = 0
             return
-        # Empty list items are ignored (RFC 9110 5.6.1).
-        codings = [c for c in (t.strip().lower() for k, v in headers
-                               if k == b"transfer-encoding" for t in v.split(b",")) if c]
-        lengths = {v.strip() for k, v in headers if k == b"content-length"}
+        codings: list[bytes] = []
+        lengths: set[bytes] = set()
+        for k, v in headers:
+            if k == b"content-length":
+                lengths.add(v.strip())
+            elif k == b"transfer-encoding":
+                # Empty list items are ignored (RFC 9110 5.6.1).
+                codings += [c for c in (t.strip().lower() for t in v.split(b",")) if c]
         if codings:
             if codings != [b"chunked"]:
                 # Nothing asked for another coding, and its bytes are no JSON answer.
