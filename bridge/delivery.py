@@ -92,9 +92,9 @@ class DeliveryWorker:
         # Rooms whose last drain ended on an empty read, and written to since only by writers
         # that handed the rows they wrote to wake(): for these, those rows are the whole queue.
         self._emptied: set[str] = set()
-        # Drains that know their room's whole queue: rows written since they started, handed
-        # on by their writers (none wrote without handing). Such a drain ends without reading
-        # the outbox once it has sent them; a writer that hands nothing takes its room out.
+        # Drains that know their room's whole queue (they were handed it, or read it whole):
+        # the rows written since, handed on by their writers. Such a drain sends them, and ends
+        # without reading the outbox; a writer that hands nothing takes its room out.
         self._known: dict[str, list[OutboxItem]] = {}
         # Rows a drain holds in memory (a page read, or handed) cancelled since: not to be sent.
         self._cancelled: dict[str, set[int]] = {}
@@ -233,6 +233,10 @@ class DeliveryWorker:
                     items, self._known[room_id] = known, []
                 else:
                     items = self.store.pending_actions(self.network.id, room_id, PAGE)
+                    if len(items) < PAGE:
+                        # The read found the room's whole queue: from here, the rows pushed
+                        # are handed on (under load, a push's rows then need no read back).
+                        self._known[room_id] = []
                 if not items:
                     # Nothing can have been queued here since this read (no await between),
                     # and what was queued before it was read: the room is done.

@@ -173,6 +173,19 @@ async def test_rows_pushed_while_a_room_sends_what_it_was_handed_go_too_in_order
     assert rig.store.outbox_depth().get("ig", 0) == 0
 
 
+@pytest.mark.parametrize("rig", [_queue_then_slow], indirect=True)
+async def test_a_row_queued_unhanded_while_a_room_sends_what_it_read_goes_too(
+    rig: Rig, autojump_clock: trio.testing.MockClock
+) -> None:
+    # The drain reads the room's whole queue ("zero"); then a bot row and a pushed one come
+    # while "zero" is on the wire.
+    WHILE_SENDING.append(lambda: (rig.queue_unhanded("one"), rig.queue("two")))
+    rig.queue_unhanded("zero")
+    await rig.until(lambda: len(rig.fakes["ig"].sent) == 3)
+    assert rig.fakes["ig"].texts("!ig-room") == ["zero", "one", "two"]
+    assert not WHILE_SENDING
+
+
 @pytest.mark.parametrize("rig", [_second_slow], indirect=True)
 async def test_a_backlog_handed_while_a_room_sends_is_read_a_page_at_a_time(
     rig: Rig, autojump_clock: trio.testing.MockClock
