@@ -13,6 +13,7 @@ happy eyeballs; only the connected socket is taken over. TLS stays on trio's str
 
 from __future__ import annotations
 
+import contextlib
 import math
 import socket
 
@@ -61,6 +62,12 @@ class RawStream:
                 return self.sock.recv(size)
             except BlockingIOError:
                 await trio.lowlevel.wait_readable(self.sock)
+
+    def stop_reading(self) -> None:
+        """Shut the read side: a task waiting to read wakes and reads b"" (the send side stays
+        open, so that an answer can still be written)."""
+        with contextlib.suppress(OSError):  # closed already, or reset: reads end anyway
+            self.sock.shutdown(socket.SHUT_RD)
 
     def idle_and_open(self) -> bool:
         """For a kept-alive connection between requests: True if the peer has neither closed

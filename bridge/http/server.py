@@ -5,6 +5,11 @@ h11's place, for the CPU: docs/performance.md), hands them to the handler and wr
 in order. Limits bound what one connection can cost: the number of
 connections, header size, body size (413 before reading past it), and deadlines for an idle
 keep-alive connection, a request's head once it began, and its body.
+
+The deadlines for heads are kept by a watchdog (one task per server, looking every second, or
+more often for shorter deadlines), not by a trio cancel scope per request, which cost 17 us of
+CPU a request here: a connection whose head is overdue has its read side shut, so that its
+pending read ends at once, and is answered 408 (if its head began) and closed.
 """
 
 from __future__ import annotations
@@ -53,6 +58,27 @@ class _Closed(Exception):
     """The client closed the connection or went idle: close without answering."""
 
 
+class _Watch:
+    """When each connection's head is due, and a watchdog that shuts the read side of those
+    overdue (see the module's docstring)."""
+
+    def __init__(self, limits: Limits) -> None:
+        self.due: dict[RawStream, float] = {}  # connections reading a head
+        self.overdue: set[RawStream] = set()  # their read side shut by the watchdog
+        self.tick = min(1.0, limits.head_timeout / 4, limits.idle_timeout / 4)
+
+    async def run(self) -> None:
+        while True:
+            await trio.sleep(self.tick)
+            if not self.due:
+                continue
+            now = trio.current_time()
+            for stream, due in list(self.due.items()):
+                if due <= now and stream not in self.overdue:
+                    self.overdue.add(stream)
+                    stream.stop_reading()
+
+
 async def serve(
     host: str,
     port: int,
@@ -64,14 +90,17 @@ async def serve(
     """Listen on host:port and serve until cancelled; started once the socket is bound."""
     listeners = await trio.open_tcp_listeners(port, host=host)
     slots = trio.Semaphore(limits.max_connections)
+    watch = _Watch(limits)
     async with trio.open_nursery() as nursery:
+        nursery.start_soon(watch.run)
         for listener in listeners:
-            nursery.start_soon(_accept_loop, listener, handler, limits, slots)
+            nursery.start_soon(_accept_loop, listener, handler, limits, slots, watch)
         task_status.started(listeners)
 
 
 async def _accept_loop(
-    listener: trio.SocketListener, handler: Handler, limits: Limits, slots: trio.Semaphore
+    listener: trio.SocketListener, handler: Handler, limits: Limits, slots: trio.Semaphore,
+    watch: _Watch,
 ) -> None:
     async with listener, trio.open_nursery() as nursery:
         while True:
@@ -81,15 +110,16 @@ async def _accept_loop(
             except BaseException:
                 slots.release()
                 raise
-            nursery.start_soon(_connection, stream, handler, limits, slots)
+            nursery.start_soon(_connection, stream, handler, limits, slots, watch)
 
 
 async def _connection(
-    stream: trio.SocketStream, handler: Handler, limits: Limits, slots: trio.Semaphore
+    stream: trio.SocketStream, handler: Handler, limits: Limits, slots: trio.Semaphore,
+    watch: _Watch,
 ) -> None:
     try:
         async with RawStream.take(stream) as raw:
-            await _serve_connection(raw, handler, limits)
+            await _serve_connection(raw, handler, limits, watch)
     except (OSError, _Closed):
         pass  # the client went away: nothing to answer
     except Exception:
@@ -100,12 +130,14 @@ async def _connection(
         slots.release()
 
 
-async def _serve_connection(stream: RawStream, handler: Handler, limits: Limits) -> None:
+async def _serve_connection(
+    stream: RawStream, handler: Handler, limits: Limits, watch: _Watch
+) -> None:
     reader = RequestReader(limits.max_head, limits.max_body)
     first = True
     while True:
         try:
-            request, keep_alive = await _read_request(reader, stream, limits, first)
+            request, keep_alive = await _read_request(reader, stream, limits, first, watch)
             first = False
         except _Reject as reject:
             await _send(stream, reject.response, limits, close=True)
@@ -131,33 +163,35 @@ async def _serve_connection(stream: RawStream, handler: Handler, limits: Limits)
 
 
 async def _read_request(
-    reader: RequestReader, stream: RawStream, limits: Limits, first: bool
+    reader: RequestReader, stream: RawStream, limits: Limits, first: bool, watch: _Watch
 ) -> tuple[Request, bool]:
     """The next request on the connection and whether the connection may carry another."""
     # A kept-alive connection may wait idle_timeout for its next request; a new one only
     # head_timeout. Once a request's first byte is in, its head must follow within head_timeout
     # (slow-header clients cannot hold a connection forever).
     began = reader.began
-    wait = limits.head_timeout if first else limits.idle_timeout
-    with trio.CancelScope(deadline=trio.current_time() + wait) as scope:
-        if began:
-            scope.deadline = trio.current_time() + limits.head_timeout
+    wait = limits.head_timeout if first or began else limits.idle_timeout
+    watch.due[stream] = trio.current_time() + wait
+    try:
         while (head := _parse(reader.head)) is None:
             if began:
                 # RawStream does not pass through the scheduler while bytes keep coming: a
-                # client streaming them must not hold the loop, and its deadline must fire.
+                # client streaming them must not hold the loop, and the watchdog must run.
                 await trio.lowlevel.checkpoint()
             data = await stream.receive_some(limits.read_size)
+            if stream in watch.overdue:  # the deadline passed: the watchdog shut the read side
+                if began or data:
+                    raise _Reject(matrix_error(408, "M_UNKNOWN", "request head took too long"))
+                raise _Closed
             if not data:
                 raise _Closed  # the client went away, mid-request or between requests
             if not began:
                 began = True
-                scope.deadline = trio.current_time() + limits.head_timeout
+                watch.due[stream] = trio.current_time() + limits.head_timeout
             reader.feed(data)
-    if head is None:  # the deadline passed
-        if began:
-            raise _Reject(matrix_error(408, "M_UNKNOWN", "request head took too long"))
-        raise _Closed
+    finally:
+        del watch.due[stream]
+        watch.overdue.discard(stream)
     body = _parse(reader.body)  # a push's body mostly came with its head: no deadline needed
     if body is None:
         body = await _read_body(reader, stream, limits)
