@@ -49,6 +49,20 @@ MEDIA_EVENT_TYPES = frozenset({"m.room.message", STICKER})
 PAGE = 50  # outbox rows read at once per room: memory stays flat whatever the backlog
 UNWAITED = 8  # a room's drain passes through the scheduler at least once per this many actions
 PROBE_MIN, PROBE_MAX = 0.5, 5.0  # seconds between "are you back?" probes of a silent homeserver
+# Seconds an emptied room's drain waits for more before it ends (between LINGER and twice it):
+# the next push's rows are handed to it, instead of a task started for them.
+LINGER = 5.0
+
+
+class _Parked:
+    """A drain waiting for more actions in its room (see DeliveryWorker._linger)."""
+
+    __slots__ = ("event", "since", "stay")
+
+    def __init__(self, since: float) -> None:
+        self.event = trio.Event()
+        self.since = since
+        self.stay = True  # False: idle too long, end (unless given something meanwhile)
 
 
 class DeliveryWorker:
@@ -86,7 +100,8 @@ class DeliveryWorker:
         self._back = trio.Event()  # set when the homeserver answers again after silence
         self._stop = trio.Event()
         self._probing = False
-        self._active: set[str] = set()  # rooms being drained
+        self._active: set[str] = set()  # rooms being drained (or whose drain lingers)
+        self._parked: dict[str, _Parked] = {}  # rooms whose drain lingers, waiting for more
         self._ready: set[str] = set()  # rooms named by wake() since the last look
         self._rescan = True  # look for every room with pending actions (not only _ready)
         # Rooms whose last drain ended on an empty read, and written to since only by writers
@@ -120,7 +135,7 @@ class DeliveryWorker:
         answer; None if not known), all of them, in the same step as the writing (no await
         between).
         Return whether sends were under way already (the new ones may queue behind them)."""
-        busy = bool(self._active)
+        busy = len(self._active) > len(self._parked)
         nursery = self._nursery
         if rooms is not None and nursery is not None and not self._stop.is_set():
             handed = rooms if isinstance(rooms, Mapping) else None
@@ -135,6 +150,9 @@ class DeliveryWorker:
                             known.extend(written)
                         else:  # not handed, or a backlog: read a page at a time, memory flat
                             del self._known[room_id]
+                    parked = self._parked.pop(room_id, None)
+                    if parked is not None:
+                        parked.event.set()  # its drain takes the rows handed, or reads
                     continue
                 items = None
                 if handed is not None and room_id in self._emptied:
@@ -158,13 +176,21 @@ class DeliveryWorker:
             self._rescan = True
             self._emptied.clear()
             self._known.clear()
+            self._unpark(list(self._parked))  # in _active, so the rescan passes them by: read
         else:
             self._ready.update(rooms)
             self._emptied.difference_update(rooms)
             for room_id in rooms:
                 self._known.pop(room_id, None)
+            self._unpark([room_id for room_id in rooms if room_id in self._parked])
         self._wakeup.set()
         return busy
+
+    def _unpark(self, rooms: Iterable[str], *, stay: bool = True) -> None:
+        for room_id in rooms:
+            parked = self._parked.pop(room_id)
+            parked.stay = stay
+            parked.event.set()
 
     def _cancel(self, network: str, room_id: str, row_id: int) -> None:
         """A pending action was cancelled (its message redacted before it went out). A room
@@ -175,6 +201,7 @@ class DeliveryWorker:
     def stop(self) -> None:
         """Finish the actions in flight, start no new one; `run` then returns."""
         self._stop.set()
+        self._unpark(list(self._parked))
         self._wakeup.set()
 
     @property
@@ -210,7 +237,12 @@ class DeliveryWorker:
                         if room_id not in self._active:
                             self._active.add(room_id)
                             nursery.start_soon(self._drain, room_id)
-                    await self._wakeup.wait()
+                    with trio.move_on_after(LINGER):
+                        await self._wakeup.wait()
+                    # Drains that lingered a whole LINGER for nothing end.
+                    idle = trio.current_time() - LINGER
+                    self._unpark([room_id for room_id, parked in self._parked.items()
+                                  if parked.since <= idle], stay=False)
         finally:
             self._nursery = None  # closed: wake() must not start drains in it any more
 
@@ -239,9 +271,11 @@ class DeliveryWorker:
                         self._known[room_id] = []
                 if not items:
                     # Nothing can have been queued here since this read (no await between),
-                    # and what was queued before it was read: the room is done.
-                    emptied = True
-                    break
+                    # and what was queued before it was read: the room is done, for now.
+                    if not await self._linger(room_id):
+                        emptied = True
+                        break
+                    continue
                 for item in items:
                     cancelled = self._cancelled.get(room_id) if self._cancelled else None
                     if cancelled and item.id in cancelled:
@@ -267,6 +301,21 @@ class DeliveryWorker:
                 self._emptied.add(room_id)
             else:
                 self.wake()  # left with actions pending (stopping, or a bug): look again
+
+    async def _linger(self, room_id: str) -> bool:
+        """Wait for more actions in the room whose queue was just found empty (in known mode:
+        wake() hands this drain the rows pushed, or asks it to read). False once it should end:
+        it was idle for LINGER and nothing came meanwhile."""
+        # Holding no rows, the drain has no use for the ids of rows cancelled so far.
+        self._cancelled.pop(room_id, None)
+        parked = self._parked[room_id] = _Parked(trio.current_time())
+        try:
+            await parked.event.wait()
+        finally:
+            if self._parked.get(room_id) is parked:  # cancelled while parked
+                del self._parked[room_id]
+        # Told to end, rows may still have come between that and now: then it goes on.
+        return parked.stay or self._stop.is_set() or self._known.get(room_id) != []
 
     async def _deliver(self, item: OutboxItem) -> bool:
         """Carry out one action until done or failed; False if stopped before either."""

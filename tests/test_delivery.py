@@ -22,7 +22,7 @@ from bridge.core.actions import SendMessage, txn_id
 from bridge.core.ghosts import derive_key
 from bridge.core.model import EventRef, Network
 from bridge.core.retry import BACKOFF_CAP
-from bridge.delivery import PAGE, PROBE_MAX, UNWAITED, DeliveryWorker
+from bridge.delivery import LINGER, PAGE, PROBE_MAX, UNWAITED, DeliveryWorker
 from bridge.inbound import Inbound
 from bridge.matrix.client import Homeserver
 from bridge.metrics import Metrics
@@ -256,6 +256,48 @@ async def test_a_message_and_its_redaction_in_one_push_send_nothing(
     assert rig.fakes["ig"].texts("!ig-room") == ["before"]
     assert [s.last_error for s in rig.store.delivery_status("wa", "$oops")] == [
         "redacted before delivery"]
+
+
+async def test_a_drain_lingers_then_ends_and_the_room_is_served_after(
+    rig: Rig, autojump_clock: trio.testing.MockClock
+) -> None:
+    worker = rig.workers["ig"]
+    rig.queue("one")
+    await rig.until(lambda: len(rig.fakes["ig"].sent) == 1)
+    assert "!ig-room" in worker._parked  # waits for the next push instead of ending at once
+    rig.queue("two")  # handed to the lingering drain
+    await rig.until(lambda: len(rig.fakes["ig"].sent) == 2)
+    began = trio.current_time()
+    await rig.until(lambda: "!ig-room" not in worker._active)  # idle: it ends
+    assert LINGER <= trio.current_time() - began <= 2 * LINGER + 1
+    rig.queue("three")
+    await rig.until(lambda: len(rig.fakes["ig"].sent) == 3)
+    assert rig.fakes["ig"].texts("!ig-room") == ["one", "two", "three"]
+
+
+async def test_rows_handed_as_a_lingering_drain_is_told_to_end_still_go(
+    rig: Rig, autojump_clock: trio.testing.MockClock
+) -> None:
+    worker = rig.workers["ig"]
+    rig.queue("one")
+    await rig.until(lambda: "!ig-room" in worker._parked)
+    # In one step: the worker ends the idle drain, and a push hands it a row before it runs.
+    worker._unpark(["!ig-room"], stay=False)
+    rig.queue("two")
+    await rig.until(lambda: len(rig.fakes["ig"].sent) == 2)
+    assert rig.fakes["ig"].texts("!ig-room") == ["one", "two"]
+
+
+async def test_a_row_queued_unhanded_reaches_a_lingering_drain(
+    rig: Rig, autojump_clock: trio.testing.MockClock
+) -> None:
+    rig.queue("one")
+    await rig.until(lambda: "!ig-room" in rig.workers["ig"]._parked)
+    began = trio.current_time()
+    rig.queue_unhanded("two")  # the bot's way: the worker is only told to look everywhere
+    await rig.until(lambda: len(rig.fakes["ig"].sent) == 2)
+    assert rig.fakes["ig"].texts("!ig-room") == ["one", "two"]
+    assert trio.current_time() - began < LINGER  # not when the drain would have ended
 
 
 async def test_a_backlog_longer_than_a_page_goes_whole_in_order(
