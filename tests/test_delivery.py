@@ -62,6 +62,12 @@ class Rig:
     async def until(self, check: Callable[[], object], within: float = 3600) -> None:
         await until(check, within)
 
+    async def sent_all(self, *bodies: str) -> None:
+        """Queue `bodies` (handed) and wait until nothing is pending: the worker then knows
+        that the room's queue holds nothing else, and is handed the next push's rows."""
+        self.queue(*bodies)
+        await self.until(lambda: self.store.outbox_depth().get("ig", 0) == 0)
+
 
 def message(body: str, room: str = "!ig-room", src_room: str = "!wa-room") -> SendMessage:
     event = f"$src-{body}"
@@ -143,8 +149,7 @@ async def test_messages_queued_while_their_room_sends_go_too_in_order(
 async def test_handed_rows_go_behind_rows_queued_before_them_without_handing(
     rig: Rig, autojump_clock: trio.testing.MockClock
 ) -> None:
-    rig.queue("one")  # the room's queue is then known to be empty
-    await rig.until(lambda: rig.store.outbox_depth().get("ig", 0) == 0)
+    await rig.sent_all("one")
     # In one step, as a bot command and a push can follow each other: a row the worker is
     # only told about, then rows handed to it. The handed rows are not the room's whole queue.
     rig.queue_unhanded("two")
@@ -163,8 +168,7 @@ def _second_slow(n: int) -> str | None:
 async def test_rows_pushed_while_a_room_sends_what_it_was_handed_go_too_in_order(
     rig: Rig, autojump_clock: trio.testing.MockClock
 ) -> None:
-    rig.queue("zero")  # the room's queue is then known to be empty
-    await rig.until(lambda: rig.store.outbox_depth().get("ig", 0) == 0)
+    await rig.sent_all("zero")
     WHILE_SENDING.append(lambda: (rig.queue("two", "three"), rig.queue("four")))
     rig.queue("one")  # handed: the drain knows the room's queue, and learns of two, three, four
     await rig.until(lambda: len(rig.fakes["ig"].sent) == 5)
@@ -190,8 +194,7 @@ async def test_a_row_queued_unhanded_while_a_room_sends_what_it_read_goes_too(
 async def test_a_backlog_handed_while_a_room_sends_is_read_a_page_at_a_time(
     rig: Rig, autojump_clock: trio.testing.MockClock
 ) -> None:
-    rig.queue("zero")
-    await rig.until(lambda: rig.store.outbox_depth().get("ig", 0) == 0)
+    await rig.sent_all("zero")
     bodies = [f"m{i}" for i in range(PAGE * 3)]
     held: list[int] = []
 
@@ -211,8 +214,7 @@ async def test_a_backlog_handed_while_a_room_sends_is_read_a_page_at_a_time(
 async def test_a_row_queued_unhanded_while_a_room_sends_what_it_was_handed_goes_too(
     rig: Rig, autojump_clock: trio.testing.MockClock
 ) -> None:
-    rig.queue("zero")
-    await rig.until(lambda: rig.store.outbox_depth().get("ig", 0) == 0)
+    await rig.sent_all("zero")
     # The bot's row is not handed on: the drain no longer knows the room's whole queue, and
     # reads it (rows handed after that are in the read too, in order).
     WHILE_SENDING.append(lambda: (rig.queue_unhanded("two"), rig.queue("three")))
@@ -244,8 +246,7 @@ async def test_a_message_and_its_redaction_in_one_push_send_nothing(
 ) -> None:
     inbound = Inbound(rig.store, NETWORKS, KEY, wake=lambda n, rooms: rig.workers[n].wake(rooms))
     sender = "@+15551234567:wa.test"
-    rig.queue("before")  # the room's queue is then known to be empty: a push's rows are handed
-    await rig.until(lambda: rig.store.outbox_depth().get("ig", 0) == 0)
+    await rig.sent_all("before")
     inbound.take_transaction("wa", "t1", b"{}", [
         {"type": "m.room.message", "event_id": "$oops", "room_id": "!wa-room", "sender": sender,
          "content": {"msgtype": "m.text", "body": "sent to the wrong room"}},
