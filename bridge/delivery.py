@@ -162,6 +162,10 @@ class DeliveryWorker:
                     items = list(written) if written else None
                 self._emptied.discard(room_id)
                 self._active.add(room_id)
+                if items:
+                    # Known from now, not from when the drain first runs: writers in between
+                    # (another push, the bot) must find it so, or their rows would be missed.
+                    self._known[room_id] = []
                 # Straight to the room's drain: through the run loop, every push cost a pass
                 # of the scheduler (and its wake-up) before its sends could start.
                 try:
@@ -253,8 +257,6 @@ class DeliveryWorker:
         wake()) first, until none is left."""
         emptied = False
         done = 0
-        if handed:
-            self._known[room_id] = []
         try:
             while not self._stop.is_set():
                 if handed:
@@ -280,8 +282,10 @@ class DeliveryWorker:
                     cancelled = self._cancelled.get(room_id) if self._cancelled else None
                     if cancelled and item.id in cancelled:
                         # Done already, unsent. (Should the cancelling commit be lost, the row
-                        # is pending again and the next read brings it back.)
+                        # is pending again, or its id taken by a new row: the next read brings
+                        # it back, and a read there must be.)
                         cancelled.discard(item.id)
+                        self._known.pop(room_id, None)
                         continue
                     if self._stop.is_set() or not await self._deliver(item):
                         return

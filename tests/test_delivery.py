@@ -62,6 +62,12 @@ class Rig:
     async def until(self, check: Callable[[], object], within: float = 3600) -> None:
         await until(check, within)
 
+    async def drain_ended(self) -> None:
+        """Send one message, and wait until the room's drain has lingered and ended: the next
+        push starts a new one, handed the push's rows."""
+        await self.sent_all("zero")
+        await self.until(lambda: "!ig-room" not in self.workers["ig"]._active)
+
     async def sent_all(self, *bodies: str) -> None:
         """Queue `bodies` (handed) and wait until nothing is pending: the worker then knows
         that the room's queue holds nothing else, and is handed the next push's rows."""
@@ -287,6 +293,29 @@ async def test_rows_handed_as_a_lingering_drain_is_told_to_end_still_go(
     rig.queue("two")
     await rig.until(lambda: len(rig.fakes["ig"].sent) == 2)
     assert rig.fakes["ig"].texts("!ig-room") == ["one", "two"]
+
+
+async def test_two_pushes_in_one_step_start_one_drain_and_both_go_in_order(
+    rig: Rig, autojump_clock: trio.testing.MockClock
+) -> None:
+    # Found by review: the second push came before the drain the first one started had run.
+    await rig.drain_ended()
+    rig.queue("one")
+    rig.queue("two")
+    await rig.until(lambda: len(rig.fakes["ig"].sent) == 3)
+    rig.queue("three")
+    await rig.until(lambda: len(rig.fakes["ig"].sent) == 4)
+    assert rig.fakes["ig"].texts("!ig-room") == ["zero", "one", "two", "three"]
+
+
+async def test_a_bot_row_in_the_step_a_push_starts_a_drain_goes_too(
+    rig: Rig, autojump_clock: trio.testing.MockClock
+) -> None:
+    await rig.drain_ended()
+    rig.queue("one")
+    rig.queue_unhanded("two")
+    await rig.until(lambda: len(rig.fakes["ig"].sent) == 3)
+    assert rig.fakes["ig"].texts("!ig-room") == ["zero", "one", "two"]
 
 
 async def test_a_row_queued_unhanded_reaches_a_lingering_drain(
