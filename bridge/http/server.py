@@ -65,7 +65,8 @@ class _Watch:
     def __init__(self, limits: Limits) -> None:
         self.due: dict[RawStream, float] = {}  # connections reading a head
         self.overdue: set[RawStream] = set()  # their read side shut by the watchdog
-        self.tick = min(1.0, limits.head_timeout / 4, limits.idle_timeout / 4)
+        # A quarter of the shortest deadline (at most 1 s), and never a busy loop.
+        self.tick = max(0.01, min(1.0, limits.head_timeout / 4, limits.idle_timeout / 4))
 
     async def run(self) -> None:
         while True:
