@@ -25,24 +25,19 @@ MAX_CHUNK_LINE = 1_024
 TOKEN = rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"
 _STATUS_LINE = re.compile(rb"HTTP/1\.([01]) ([1-5][0-9]{2})(?: ([^\x00-\x08\x0a-\x1f\x7f]*))?")
 # Possessive (*+): no backtracking, so a long value with a bad byte at its end costs one pass,
-# not one per leading space. The value keeps its trailing whitespace: see field_value.
-FIELD = re.compile(rb"(" + TOKEN + rb"):[ \t]*+([^\x00-\x08\x0a-\x1f\x7f]*+)")
+# not one per leading space. The value keeps its trailing whitespace: see field_lines.
+_FIELD = rb"(" + TOKEN + rb"):[ \t]*+([^\x00-\x08\x0a-\x1f\x7f]*+)"
+FIELD = re.compile(_FIELD)
 # A field section (the lines after the start line), each line a FIELD ending in LF or CRLF:
 # checked whole in one pass, then read in another, instead of a match per line.
-_FIELD_SECTION = re.compile(
-    rb"(?:" + TOKEN + rb":[ \t]*+[^\x00-\x08\x0a-\x1f\x7f]*+\r?\n)*+")
-_FIELD_LINE = re.compile(rb"(" + TOKEN + rb"):[ \t]*+([^\x00-\x08\x0a-\x1f\x7f]*+)\r?\n")
+_FIELD_LINE = re.compile(_FIELD + rb"\r?\n")
+_FIELD_SECTION = re.compile(rb"(?:" + _FIELD + rb"\r?\n)*+")
 # From the newline ending the last field: a CR before it is that line's (a second one fails it).
 HEAD_END = re.compile(rb"\n\r?\n")
 CHUNK_SIZE = re.compile(rb"([0-9A-Fa-f]{1,16})[ \t]*(?:;[^\r\n]*)?")
 # What may not appear in a request target or a field value we send: it would end the line.
 _UNSAFE = re.compile(r"[\x00-\x20\x7f]")
 _UNSAFE_VALUE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
-
-
-def field_value(field: re.Match[bytes]) -> bytes:
-    """The value of a FIELD match, without the whitespace that may follow it."""
-    return field.group(2).rstrip(b" \t")
 
 
 def split_head(head: bytes) -> tuple[bytes, bytes]:
