@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import json
 import sqlite3
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import sqlite_utils
 
 from bridge.core.actions import BotTask, JoinRoom, Redact, SendMessage, txn_id
 from bridge.core.model import EventRef
 from bridge.store import Store, StoreError
-from bridge.store.migrations import LATEST
+from bridge.store.migrations import LATEST, MIGRATIONS
 
 
 def message(n: int, room: str = "!r:ig", network: str = "ig") -> SendMessage:
@@ -188,3 +191,71 @@ def test_the_last_transaction_is_the_last_taken_in_even_when_an_id_comes_again(
     reopened = Store(tmp_path / "t.db")
     assert reopened.last_transaction("wa") == "41"
     reopened.close()
+
+
+def _plans(store: Store, read: Callable[[], object]) -> list[str]:
+    """SQLite's query plan of every statement `read` runs."""
+    statements: list[str] = []
+    store.conn.set_trace_callback(statements.append)
+    try:
+        read()
+    finally:
+        store.conn.set_trace_callback(None)
+    plans = []
+    for sql in statements:
+        # The trace shows the statement with its values bound, as SQL literals.
+        rows = store.conn.execute("EXPLAIN QUERY PLAN " + sql).fetchall()
+        plans.append(" / ".join(row[-1] for row in rows))
+    return plans
+
+
+def test_reading_the_queue_never_walks_finished_rows(tmp_path: Path) -> None:
+    # The outbox keeps a day of finished rows (a million at scale): every read of what is
+    # still to send goes through the index of pending rows, never over the table.
+    store = Store(tmp_path / "t.db")
+    with store.transaction():
+        store.enqueue([message(n) for n in range(20)])
+    for item in store.pending_actions("ig", "!r:ig", limit=15):
+        store.finish(item, "done")
+    reads: list[Callable[[], object]] = [
+        lambda: store.pending_rooms("ig"),
+        lambda: store.pending_actions("ig", "!r:ig"),
+        store.outbox_depth,
+        lambda: store.pending_count("ig", "!r:ig"),
+    ]
+    for read in reads:
+        plans = _plans(store, read)
+        assert plans, "the read ran no statement"
+        for plan in plans:
+            assert "INDEX outbox_pending" in plan, plan
+    assert [i.action.content["body"] for i in store.pending_actions("ig", "!r:ig")] == [
+        f"m{n}" for n in range(15, 20)]
+    assert store.outbox_depth() == {"ig": 5}
+    store.close()
+
+
+def test_a_v3_store_gets_the_index_of_pending_rows_and_keeps_its_queue(tmp_path: Path) -> None:
+    path = tmp_path / "v3.db"
+    db = sqlite_utils.Database(path)
+    for step in MIGRATIONS[:3]:
+        step(db)
+    db.execute("PRAGMA user_version = 3")
+    rows = [(n, message(n)) for n in range(3)]
+    db["outbox"].insert_all(
+        {"id": n, "network": "ig", "room_id": "!r:ig", "kind": "message", "src_network": "wa",
+         "src_event": f"$e{n}", "txn_id": a.txn_id, "payload": json.dumps(a.to_payload()),
+         "state": "done" if n == 0 else "pending", "attempts": 0, "created_at": 1.0,
+         "updated_at": 1.0}
+        for n, a in rows
+    )
+    db.conn.commit()
+    db.conn.close()
+    store = Store(path)
+    assert store.schema_before == 3
+    indexes = "SELECT name FROM sqlite_master WHERE type = 'index'"
+    names = {r[0] for r in store.conn.execute(indexes)}
+    assert "outbox_pending" in names
+    assert "idx_outbox_network_state_room_id_id" not in names
+    assert [i.action for i in store.pending_actions("ig", "!r:ig")] == [message(1), message(2)]
+    assert store.outbox_depth() == {"ig": 2}
+    store.close()
