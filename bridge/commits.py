@@ -15,8 +15,11 @@ delays every answer by its length. Waiting for the loop to be idle
 (`trio.testing.wait_all_tasks_blocked`: public, if named for tests) costs a tenth of that.
 
 Delivery records alone need no haste (lost to a crash, their actions go again with the same
-transaction ids, which the homeserver recognises): they are committed once the bridge has been
-idle for IDLE_CUSHION, by the next push's commit, or after `store.MAX_DEFERRED` of them.
+transaction ids, which the homeserver recognises): they are committed by the next push's commit,
+RECORDS_WAIT after they began to wait, or after `store.MAX_DEFERRED` of them. While messages come
+one at a time (Synapse's way, or 200 a second) they ride on the next push's commit instead of
+taking an fsync of their own. That costs one timer per RECORDS_WAIT while writes wait, whatever
+their number, and none while the bridge is idle.
 """
 
 from __future__ import annotations
@@ -31,7 +34,12 @@ from bridge.store import Store, StoreError
 
 log = logging.getLogger(__name__)
 
-IDLE_CUSHION = 0.001  # seconds of idleness before delivery records alone are committed
+# Seconds that delivery records may wait for a push's commit before they are committed alone.
+# They used to be committed at the first millisecond of idleness, which at 200 pushes/s meant an
+# fsync of their own after every push: a quarter of the CPU per send (docs/performance.md,
+# item 31). (Not an idle cushion this long: trio finds the loop idle only while no deadline
+# falls within the cushion, and any tick that frequent would then hold them back for good.)
+RECORDS_WAIT = 0.25
 # A push's answer waits at most this long for an idle moment; under a load that never leaves
 # the loop idle it commits anyway, so an answer cannot starve.
 MAX_WAIT = 0.01
@@ -47,12 +55,15 @@ class GroupCommit:
         self._due.set()
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Commit deferred writes that nobody waits for, once the bridge is idle."""
+        """Commit deferred writes that nobody waits for, RECORDS_WAIT after they began to wait
+        (unless a push's commit took them first)."""
         task_status.started()
         while True:
             await self._due.wait()
+            # A timer, not a wait for an event: the writes' time to find company. Writes that
+            # begin meanwhile set the event already set, and go with this commit.
+            await trio.sleep(RECORDS_WAIT)
             self._due = trio.Event()
-            await wait_all_tasks_blocked(IDLE_CUSHION)
             try:
                 self.store.commit_deferred()
             except sqlite3.Error as exc:
