@@ -36,9 +36,9 @@ log = logging.getLogger(__name__)
 
 # Seconds that delivery records may wait for a push's commit before they are committed alone.
 # They used to be committed at the first millisecond of idleness, which at 200 pushes/s meant an
-# fsync of their own after every push: a quarter of the CPU per send (docs/performance.md,
-# item 31). (Not an idle cushion this long: trio finds the loop idle only while no deadline
-# falls within the cushion, and any tick that frequent would then hold them back for good.)
+# fsync of their own after every push: twice the flushes (docs/performance.md, item 31). (Not an
+# idle cushion this long: trio finds the loop idle only while no deadline falls within the
+# cushion, and any tick that frequent would then hold them back for good.)
 RECORDS_WAIT = 0.25
 # A push's answer waits at most this long for an idle moment; under a load that never leaves
 # the loop idle it commits anyway, so an answer cannot starve.

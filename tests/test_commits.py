@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Iterator
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +35,12 @@ def db(tmp_path: Path) -> Iterator[Db]:
     store = Store(path)
     yield path, store, GroupCommit(store)
     store.close()
+
+
+def done_on_disk(path: Path) -> int:
+    """Delivered actions, as another process (or the store after a crash) would read them."""
+    with closing(sqlite3.connect(path)) as conn:
+        return int(conn.execute("SELECT COUNT(*) FROM outbox WHERE state = 'done'").fetchone()[0])
 
 
 def rows_on_disk(path: Path) -> int:
@@ -202,6 +209,7 @@ async def test_records_made_between_paced_pushes_ride_on_the_next_push_commit(db
     pushes = 10
     async with trio.open_nursery() as nursery:
         await nursery.start(commits.run)
+        started = trio.current_time()
         for n in range(pushes):
             with store.deferred():
                 store.enqueue([message(n)])  # the push
@@ -212,13 +220,14 @@ async def test_records_made_between_paced_pushes_ride_on_the_next_push_commit(db
             # The next push comes 5 ms later (200 messages/s). A timer as the input's pace, not
             # a wait for an event.
             await trio.sleep(0.005)
-        # A stall of the machine longer than the cushion in a gap would cost one commit more.
-        assert counting.commits <= pushes + 2
-        await until(lambda: counting.commits >= pushes + 1, within=5)  # then idle: committed
+        # One commit per push, and one per RECORDS_WAIT for what no push took (on a slow
+        # machine the loop outlasts a few of those). Before, it was one more per push.
+        ticks = int((trio.current_time() - started) / RECORDS_WAIT) + 1
+        assert counting.commits <= pushes + ticks
+        # Then the bridge is idle: the last records are on disk a moment later.
+        await until(lambda: done_on_disk(path) == pushes, within=5)
         nursery.cancel_scope.cancel()
     store.conn = counting.real
-    assert store.pending_actions("ig", "!r:ig") == []
-    assert rows_on_disk(path) == pushes
 
 
 async def test_a_loop_that_is_never_idle_cannot_hold_back_an_answer(db: Db) -> None:
