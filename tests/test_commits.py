@@ -37,16 +37,12 @@ def db(tmp_path: Path) -> Iterator[Db]:
     store.close()
 
 
-def done_on_disk(path: Path) -> int:
-    """Delivered actions, as another process (or the store after a crash) would read them."""
-    with closing(sqlite3.connect(path)) as conn:
-        return int(conn.execute("SELECT COUNT(*) FROM outbox WHERE state = 'done'").fetchone()[0])
-
-
-def rows_on_disk(path: Path) -> int:
-    """What another process (or the store after a crash) would read: committed rows only."""
-    with sqlite3.connect(str(path)) as conn:
-        return int(conn.execute("SELECT COUNT(*) FROM outbox").fetchone()[0])
+def rows_on_disk(path: Path, state: str | None = None) -> int:
+    """What another process (or the store after a crash) would read: committed rows only (in
+    `state`, if given)."""
+    sql = "SELECT COUNT(*) FROM outbox" + (" WHERE state = ?" if state else "")
+    with closing(sqlite3.connect(str(path))) as conn:
+        return int(conn.execute(sql, (state,) if state else ()).fetchone()[0])
 
 
 async def test_the_sends_leave_before_the_fsync_and_the_answer_after_it(db: Db) -> None:
@@ -225,7 +221,7 @@ async def test_records_made_between_paced_pushes_ride_on_the_next_push_commit(db
         ticks = int((trio.current_time() - started) / RECORDS_WAIT) + 1
         assert counting.commits <= pushes + ticks
         # Then the bridge is idle: the last records are on disk a moment later.
-        await until(lambda: done_on_disk(path) == pushes, within=5)
+        await until(lambda: rows_on_disk(path, "done") == pushes, within=5)
         nursery.cancel_scope.cancel()
     store.conn = counting.real
 
