@@ -140,10 +140,12 @@ class Fake:
     # -- pushing -------------------------------------------------------------------------------
 
     async def run(self, count: int, batch: int, pid: int, *, rate: float = 0.0,
-                  source: str = "wa", tag: str = "") -> dict[str, float]:
+                  source: str = "wa", tag: str = "", gap: bool = False) -> dict[str, float]:
         """Push `count` messages from `source` in transactions of `batch`, one in flight (or
         paced at `rate` events/s); wait until each reached the two other networks. Figures:
-        CPU ms per relayed send, sends/s, latency p50/p99 ms (push sent -> send arrived), RSS."""
+        CPU ms per relayed send, sends/s, latency p50/p99 ms (push sent -> send arrived), RSS.
+        With `gap`, one transaction id is skipped before the first push, as when Synapse strands
+        a transaction: tribridge then distrusts the pushes for a while (bridge/reconcile.py)."""
         tag = tag or secrets.token_hex(3)
         targets = [n for n, *_ in NETWORKS if n != source]
         self.arrivals.clear()
@@ -153,6 +155,8 @@ class Fake:
         acks: list[float] = []  # ms from a push sent to its answer
         url = f"http://127.0.0.1:{self.bridge_port}"
         token = self.hs_tokens[source]
+        if gap:
+            self._txn[source] = self._txn.get(source, 0) + 1
         async with LeanClient(url, {"Authorization": f"Bearer {token}"}) as client:
             cpu0, sys0, wall0 = cpu_seconds(pid), kernel_seconds(pid), time.perf_counter()
             for first in range(0, count, batch):

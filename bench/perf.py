@@ -6,6 +6,9 @@ Both relays run in turn against bench/fakehs.py in the same call, with the same 
   and fbm. CPU per relayed send (from /proc), sends/s, RSS.
 - paced: messages pushed one per transaction at 200/s, no backlog: latency from push to the
   relayed send's arrival, p50 and p99.
+- batch 1 after a gap: batch 1 again, right after a skipped transaction id, which has tribridge
+  distrust the pushes for a while and read timelines (bridge/reconcile.py); the relays without
+  a store pay nothing for it.
 
 tribridge runs with its default settings (durability full: a transaction is answered only after
 its commit is on disk). The ratio rows are tribridge / floor and, with --calibrate, tribridge /
@@ -129,6 +132,9 @@ async def measure(fake: Fake, pid: int, messages: int, paced: int,
         "batch 1": one,
         "batch 50": await fake.run(messages, 50, pid),
         "paced 200/s": await fake.run(paced, 1, pid, rate=200.0),
+        # Last, since the gap leaves pushes distrusted for GAP_SUSPECT_SECONDS: batch 1 right
+        # after a skipped transaction id, the price of reading timelines in that window.
+        "batch 1 after a gap": await fake.run(messages, 1, pid, gap=True),
     }
 
 

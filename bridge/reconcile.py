@@ -17,11 +17,15 @@ When it runs:
 - at start, for every portal room, after READY and the start-up ping (a network is suspect
   then, so the pushes that come meanwhile read their own rooms first);
 - while a network is *suspect* (for a while after start, after its homeserver came back from an
-  outage, and after a gap in its transaction ids), before taking in each pushed transaction, for
-  the rooms it touches: a push that overtook an earlier event thus brings the earlier one in
-  first, and order holds. Synapse numbers transactions upwards while it runs, so a skipped number
-  (a stranded transaction, which Synapse may send only minutes later) or a number going back (a
-  late one, or a restart) is the cheap signal that pushes can no longer be trusted for a while;
+  outage, and after a gap in its transaction ids), before taking in a pushed transaction, for
+  the rooms it touches that were not read since the network's last irregularity: a push that
+  overtook an earlier event thus brings the earlier one in first, and order holds. Synapse
+  numbers transactions upwards while it runs, so a skipped number (a stranded transaction,
+  which Synapse may send only minutes later) or a number going back (a late one, or a restart)
+  is the cheap signal that pushes can no longer be trusted for a while. Once a room was read
+  back after the last such signal, the pushes that follow in sequence hide nothing older in it
+  (anything held back would have left a gap), so they are taken as they come, as outside a
+  window; the next gap, a start or a homeserver's return has every room read again;
 - at the end of a suspect window, for every room of that network (a stranded event in a room
   that went quiet is found here);
 - every minute, for the rooms that had pushes since the last sweep.
@@ -80,6 +84,10 @@ class Reconciler:
         self._suspect_until = {net: 0.0 for net in homeservers}
         self._catching_up: set[str] = set()  # networks whose rooms are being read after a start
         self._active: dict[str, set[str]] = {net: set() for net in homeservers}
+        # Rooms read back to their mark since the network's last irregularity (a gap or a step
+        # back in transaction ids, a start, a homeserver's return): a suspect network's pushes
+        # in sequence into these need no read of their own.
+        self._read: dict[str, set[str]] = {net: set() for net in homeservers}
         # The last transaction id per network, remembered across restarts, so that even the first
         # push after a start can show a gap.
         self._last_txn: dict[str, int] = {}
@@ -100,8 +108,9 @@ class Reconciler:
             self._active[network].update(rooms)
             if self.is_suspect(network):
                 pushed = {e.get("event_id") for e in events if isinstance(e, dict)}
+                read = self._read[network]
                 for room_id in rooms:
-                    if self._watched(network, room_id):
+                    if room_id not in read and self._watched(network, room_id):
                         await self._reconcile_room(network, room_id, pushed)
             taken = self.inbound.take_transaction(network, txn_id, body, events,
                                                   defer=self.commits is not None)
@@ -118,10 +127,14 @@ class Reconciler:
     def _check_sequence(self, network: str, txn_id: str) -> None:
         """A skipped or backward transaction id makes `network` suspect for a while."""
         if not txn_id.isdigit():
-            return  # not Synapse's numbering: no hint to read
+            # Not Synapse's numbering: no hint to read, so no push is known to follow the one
+            # before, and while suspect every push reads its rooms.
+            self._read[network].clear()
+            return
         number, last = int(txn_id), self._last_txn.get(network)
         self._last_txn[network] = number
         if last is not None and number != last + 1 and number != last:
+            self._read[network].clear()
             if self.is_suspect(network):
                 log.debug("transaction %d from %s after %d", number, network, last)
                 return
@@ -137,6 +150,7 @@ class Reconciler:
         suspect until the last room is done: a push into a room not yet read back must read
         it first, however long the whole takes with thousands of rooms."""
         self._catching_up.add(network)
+        self._read[network].clear()  # a start: no room's read before it vouches for pushes
         try:
             return await self.reconcile_network(network)
         finally:
@@ -145,6 +159,7 @@ class Reconciler:
     def suspect(self, network: str, seconds: float = SUSPECT_SECONDS) -> None:
         """Distrust `network`'s pushes for a while; then sweep all its rooms once."""
         self._suspect_until[network] = trio.current_time() + seconds
+        self._read[network].clear()
         if self._nursery is not None:
             self._nursery.start_soon(self._sweep_after, network, seconds)
 
@@ -215,6 +230,9 @@ class Reconciler:
         except HomeserverError as exc:
             log.info("cannot read %s on %s to reconcile it: %s", room_id, network, exc)
             return 0
+        # Read back to the mark (what follows takes it in, in this step): pushes in sequence
+        # into this room can be trusted again.
+        self._read[network].add(room_id)
         if not newest_first:
             return 0
         newest = str(newest_first[0].get("event_id"))

@@ -136,7 +136,9 @@ async def test_pushes_read_their_room_first_until_the_start_up_catch_up_is_done(
     reads_before = rig.fake.reads
 
     async def slow_catch_up() -> None:
-        rig.reconciler._catching_up.add("wa")  # as catch_up() does, held open by the gate
+        # As catch_up() does, held open by the gate: the rooms read before vouch for nothing.
+        rig.reconciler._catching_up.add("wa")
+        rig.reconciler._read["wa"].clear()
         try:
             await gate.wait()
         finally:
@@ -170,3 +172,68 @@ async def test_the_bridges_own_events_in_a_timeline_are_not_counted_as_missed(
     assert rig.queued() == ["m6"]
     assert rig.store.room_mark("wa", ROOM) == "$e6"
     assert not rig.store.event_seen("wa", "$e2")  # echoes still cost no write
+
+
+async def test_a_suspect_networks_pushes_in_sequence_read_their_room_once(
+    rig: Rig, autojump_clock: trio.testing.MockClock
+) -> None:
+    rig.say(1)
+    await rig.reconciler.reconcile_network("wa")
+    await trio.sleep(SUSPECT_SECONDS * 3)
+    await rig.reconciler.push("wa", "41", b"a", [rig.say(2)])
+    rig.say(3)  # transaction 42 is stranded
+    before = rig.fake.reads
+    await rig.reconciler.push("wa", "43", b"c", [rig.say(4)])
+    assert rig.reconciler.is_suspect("wa") and rig.fake.reads == before + 1
+    for n, txn in ((5, "44"), (6, "45"), (7, "46")):  # in sequence: nothing can hide behind them
+        await rig.reconciler.push("wa", txn, b"x" + txn.encode(), [rig.say(n)])
+    assert rig.reconciler.is_suspect("wa") and rig.fake.reads == before + 1
+    rig.say(8)  # transaction 47 is stranded too, still inside the window
+    await rig.reconciler.push("wa", "48", b"i", [rig.say(9)])
+    assert rig.fake.reads == before + 2  # the new gap has the room read again
+    assert rig.queued() == [f"m{n}" for n in range(2, 10)]
+
+
+async def test_a_homeservers_return_has_every_room_read_again(
+    rig: Rig, autojump_clock: trio.testing.MockClock
+) -> None:
+    rig.say(1)
+    await rig.reconciler.reconcile_network("wa")
+    rig.reconciler.suspect("wa")
+    await rig.reconciler.push("wa", "41", b"a", [rig.say(2)])
+    await rig.reconciler.push("wa", "42", b"b", [rig.say(3)])
+    before = rig.fake.reads
+    rig.reconciler.suspect("wa")  # as the delivery worker does when the homeserver is back
+    rig.say(4)  # sent while it was away, and never pushed
+    await rig.reconciler.push("wa", "43", b"c", [rig.say(5)])
+    assert rig.fake.reads == before + 1
+    assert rig.queued() == ["m2", "m3", "m4", "m5"]
+
+
+async def test_a_read_that_failed_does_not_vouch_for_the_next_push(
+    rig: Rig, autojump_clock: trio.testing.MockClock
+) -> None:
+    rig.say(1)
+    await rig.reconciler.reconcile_network("wa")
+    rig.reconciler.suspect("wa")
+    rig.say(2)  # never pushed
+    rig.fake.down = True  # the read fails: the push is taken in anyway, and answered
+    await rig.reconciler.push("wa", "41", b"a", [rig.say(3)])
+    rig.fake.down = False
+    before = rig.fake.reads
+    await rig.reconciler.push("wa", "42", b"b", [rig.say(4)])
+    assert rig.fake.reads == before + 1  # read again, and the missed message comes in
+    assert rig.queued() == ["m3", "m2", "m4"]
+
+
+async def test_pushes_without_synapses_numbering_read_their_room_each_time(
+    rig: Rig, autojump_clock: trio.testing.MockClock
+) -> None:
+    rig.say(1)
+    await rig.reconciler.reconcile_network("wa")
+    rig.reconciler.suspect("wa")
+    before = rig.fake.reads
+    for n in range(2, 5):  # no number to show a gap: no push vouches for the next
+        await rig.reconciler.push("wa", f"txn-{n}", b"t%d" % n, [rig.say(n)])
+    assert rig.fake.reads == before + 3
+    assert rig.queued() == ["m2", "m3", "m4"]
