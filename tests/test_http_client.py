@@ -209,3 +209,41 @@ async def test_a_tls_request_without_its_answer_in_time_fails_too(
                           ssl_context=client_context) as client:
         with trio.fail_after(10), pytest.raises(NoAnswer, match="no answer in 3 s"):
             await client.request("PUT", "/send/1", b"{}", within=3)
+
+
+async def test_timeline_pages_are_read_with_the_lean_client_and_big_ones_with_httpx(
+    nursery: trio.Nursery,
+) -> None:
+    import json
+
+    import httpx
+
+    from bridge.matrix.client import Homeserver
+
+    seen: list[tuple[str, str, str]] = []  # (path, query, user agent) of each read
+
+    async def handler(request: Request) -> Response:
+        query = {k: v[0] for k, v in request.query.items()}
+        seen.append((request.path, json.dumps(query, sort_keys=True),
+                     request.headers.get("user-agent", "")))
+        # The first page of !big has ten events that together pass the lean client's limit.
+        size = MAX_RESPONSE // 8 if "big" in request.path and "from" not in query else 10
+        chunk = [{"event_id": f"$e{n}", "type": "m.room.message",
+                  "content": {"body": "x" * size}} for n in range(10)]
+        return json_response(200, {"chunk": chunk, "start": "t0", "end": "t1"})
+
+    listeners = await nursery.start(serve, "127.0.0.1", 0, handler, Limits())
+    url = f"http://127.0.0.1:{listeners[0].socket.getsockname()[1]}"
+    async with httpx.AsyncClient(base_url=url) as http, LeanClient(url, {}) as fast:
+        homeserver = Homeserver(http, "hs.test", fast=fast)
+        events, token = await homeserver.messages("!small:hs.test", 10, "s 1_2")
+        assert [e["event_id"] for e in events] == [f"$e{n}" for n in range(10)]
+        assert token == "t1"
+        # One request, by the lean client (httpx names itself), with the query intact.
+        assert seen == [("/_matrix/client/v3/rooms/%21small%3Ahs.test/messages",
+                         '{"dir": "b", "from": "s 1_2", "limit": "10"}', "")]
+        seen.clear()
+        events, token = await homeserver.messages("!big:hs.test", 10)
+        assert len(events) == 10 and len(events[0]["content"]["body"]) == MAX_RESPONSE // 8
+        # Refused by the lean client for its size, then read whole by httpx.
+        assert [agent.startswith("python-httpx") for _, _, agent in seen] == [False, True]

@@ -29,7 +29,13 @@ import certifi
 import trio
 
 from bridge.http.rawsocket import RawStream, close_now
-from bridge.http.wire import BadResponse, ResponseReader, fixed_fields, request_head
+from bridge.http.wire import (
+    BadResponse,
+    ResponseReader,
+    TooLarge,
+    fixed_fields,
+    request_head,
+)
 
 READ_SIZE = 65_536
 MAX_RESPONSE = 1_048_576  # bytes: an answer to a send is tiny; anything this big is refused
@@ -50,6 +56,10 @@ class ConnectionFailed(Exception):
 
 class NoAnswer(ConnectionFailed):
     """The whole answer did not come within the time the request was given."""
+
+
+class AnswerTooLarge(ConnectionFailed):
+    """The answer's body was over MAX_RESPONSE: refused (the connection is closed)."""
 
 
 class _TLSConnection:
@@ -216,6 +226,9 @@ class LeanClient:
             if not reader.received:
                 raise _Stale() from exc
             raise ConnectionFailed(f"{self.host}:{self.port}: {exc}") from exc
+        except TooLarge as exc:
+            await conn.aclose()
+            raise AnswerTooLarge(f"{self.host}:{self.port} sent {exc}") from exc
         except BadResponse as exc:
             await conn.aclose()
             raise ConnectionFailed(f"{self.host}:{self.port} spoke bad HTTP: {exc}") from exc

@@ -86,6 +86,10 @@ class BadResponse(Exception):
     """The peer's bytes are not an HTTP/1.1 response this reader takes."""
 
 
+class TooLarge(BadResponse):
+    """A response whose body is over the reader's limit: well formed, maybe, but not taken."""
+
+
 class Response(NamedTuple):
     status: int
     reason: str
@@ -155,7 +159,7 @@ class ResponseReader:
             self.leftover = bytes(self.buffer[self._length:])
             return self._done()
         if len(self.buffer) > self.max_body:
-            raise BadResponse(f"an answer of over {self.max_body} bytes")
+            raise TooLarge(f"an answer of over {self.max_body} bytes")
         return None  # read until the peer closes
 
     def eof(self) -> Response:
@@ -232,7 +236,7 @@ class ResponseReader:
             raise BadResponse("a bad Content-Length: " + repr(sorted(lengths)[:2])[:200])
         self._length = length
         if self._length > self.max_body:
-            raise BadResponse(f"an answer of over {self.max_body} bytes")
+            raise TooLarge(f"an answer of over {self.max_body} bytes")
 
     def _read_chunks(self) -> Response | None:
         while True:
@@ -267,7 +271,7 @@ class ResponseReader:
                     self._trailers = True
                     continue
                 if len(self._body) + self._chunk_left > self.max_body:
-                    raise BadResponse(f"an answer of over {self.max_body} bytes")
+                    raise TooLarge(f"an answer of over {self.max_body} bytes")
             # The chunk's data, then its CRLF.
             need = self._chunk_left + 2
             if len(self.buffer) < need - 1:
