@@ -27,7 +27,8 @@ When it runs:
   (anything held back would have left a gap), so they are taken as they come, as outside a
   window; the next gap, a start or a homeserver's return has every room read again;
 - at the end of a suspect window, for every room of that network (a stranded event in a room
-  that went quiet is found here);
+  that went quiet is found here); when the window ends during the start's catch-up, once the
+  catch-up is done (the rooms it read first were read before a stranding could show);
 - every minute, for the rooms that had pushes since the last sweep.
 A per-network lock keeps a reconcile and a pushed transaction from interleaving.
 """
@@ -83,6 +84,9 @@ class Reconciler:
         self._took = {net: self.metrics.transaction_seconds.labels(net) for net in homeservers}
         self._suspect_until = {net: 0.0 for net in homeservers}
         self._catching_up: set[str] = set()  # networks whose rooms are being read after a start
+        # Networks whose window of distrust ended during their catch-up: the final sweep is
+        # taken when the catch-up is done.
+        self._sweep_owed: set[str] = set()
         self._active: dict[str, set[str]] = {net: set() for net in homeservers}
         # Rooms read back to their mark since the network's last irregularity (a gap or a step
         # back in transaction ids, a start, a homeserver's return): a suspect network's pushes
@@ -152,9 +156,14 @@ class Reconciler:
         self._catching_up.add(network)
         self._read[network].clear()  # a start: no room's read before it vouches for pushes
         try:
-            return await self.reconcile_network(network)
+            taken = await self.reconcile_network(network)
         finally:
             self._catching_up.discard(network)
+        if network in self._sweep_owed:
+            self._sweep_owed.discard(network)
+            if not self.is_suspect(network):  # else a later window's end sweeps
+                taken += await self._final_sweep(network)
+        return taken
 
     def suspect(self, network: str, seconds: float = SUSPECT_SECONDS) -> None:
         """Distrust `network`'s pushes for a while; then sweep all its rooms once."""
@@ -199,11 +208,22 @@ class Reconciler:
 
     async def _sweep_after(self, network: str, seconds: float) -> None:
         await trio.sleep(seconds)  # the end of the suspect window
-        # A later suspicion owns the final sweep; a catch-up under way reads every room anyway.
-        if not self.is_suspect(network):
-            taken = await self.reconcile_network(network)
-            if taken:
-                log.warning("reconciliation found %d event(s) %s never pushed", taken, network)
+        if trio.current_time() < self._suspect_until[network]:
+            return  # a later suspicion owns the final sweep
+        if network in self._catching_up:
+            # The rooms the catch-up read early were read before a push stranded meanwhile
+            # could show; the catch-up takes the final sweep when it is done.
+            self._sweep_owed.add(network)
+            return
+        await self._final_sweep(network)
+
+    async def _final_sweep(self, network: str) -> int:
+        """Every room of `network` once more, after a window: a stranded event in a room that
+        had no push since is found here."""
+        taken = await self.reconcile_network(network)
+        if taken:
+            log.warning("reconciliation found %d event(s) %s never pushed", taken, network)
+        return taken
 
     # -- one room ------------------------------------------------------------------------------
 

@@ -44,6 +44,7 @@ class FakeHomeserver(httpx.AsyncBaseTransport):
     timelines: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # room -> oldest first
     requests: int = 0
     reads: int = 0  # /messages requests
+    read_delay: dict[str, float] = field(default_factory=dict)  # room -> seconds per read
 
     def texts(self, room_id: str) -> list[str]:
         return [s.content.get("body", "") for s in self.sent if s.room_id == room_id]
@@ -72,7 +73,10 @@ class FakeHomeserver(httpx.AsyncBaseTransport):
         if "/state/m.room.member/" in path:
             return _err(404, "M_NOT_FOUND")
         if path.endswith("/messages"):
-            return self._messages(parts[parts.index("rooms") + 1], request.url.params)
+            room_id = parts[parts.index("rooms") + 1]
+            if room_id in self.read_delay:
+                await trio.sleep(self.read_delay[room_id])  # a slow read (virtual time in tests)
+            return self._messages(room_id, request.url.params)
         if "/send/" in path:
             return await self._send(request, path, parts, user, body)
         return _err(404, "M_UNRECOGNIZED")

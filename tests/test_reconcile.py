@@ -237,3 +237,25 @@ async def test_pushes_without_synapses_numbering_read_their_room_each_time(
         await rig.reconciler.push("wa", f"txn-{n}", b"t%d" % n, [rig.say(n)])
     assert rig.fake.reads == before + 3
     assert rig.queued() == ["m2", "m3", "m4"]
+
+
+async def test_a_catch_up_that_outlasts_the_start_window_is_followed_by_the_final_sweep(
+    rig: Rig, autojump_clock: trio.testing.MockClock
+) -> None:
+    slow = "!wa-slow"  # read after ROOM (rooms are read in order), and slowly
+    rig.store.sync_config_portals([{"wa": ROOM, "ig": "!ig-room"}, {"wa": slow, "ig": "!ig-2"}])
+    rig.say(1)
+    await rig.reconciler.reconcile_network("wa")
+    await trio.sleep(SUSPECT_SECONDS * 3)
+    rig.fake.read_delay[slow] = SUSPECT_SECONDS * 2
+    # A start: the window of distrust, and the catch-up, which reads ROOM at once and then
+    # spends twice the window on the slow room.
+    rig.reconciler.suspect("wa")
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(rig.reconciler.catch_up, "wa")
+        await trio.sleep(1)
+        rig.say(2)  # pushed in a transaction Synapse strands, and nothing is pushed after it
+        await trio.sleep(SUSPECT_SECONDS * 5)
+    # ROOM was read before the stranding; the window ended while the catch-up went on: the
+    # final sweep came after the catch-up and found the message.
+    assert rig.queued() == ["m2"]
