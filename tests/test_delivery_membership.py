@@ -520,3 +520,50 @@ async def test_a_kick_of_someone_who_has_no_ghost_here_makes_none(
     assert PERSON_GHOST not in str(ig.did("POST", "/register"))
     assert rig.state("$member") == [
         ("ig", "member", "done", "not mirrored: the person has no ghost here")]
+
+
+# -- a ghost's state, remembered between messages ---------------------------------------------
+
+
+async def test_a_settled_ghost_costs_a_message_only_its_send_until_its_person_changes(
+    rig: Rig, autojump_clock: trio.testing.MockClock
+) -> None:
+    rig.store.set_profile("wa", PERSON, "Alice")
+    ig = rig.fakes["ig"]
+    rig.queue(message("one"))
+    await rig.settled()
+    assert [c.method for c in ig.calls if "/send/" not in c.path] != []  # made: register, ...
+    made = len(ig.calls)
+    rig.queue(message("two"), message("three"))
+    await rig.settled()
+    assert [c.path.rsplit("/", 3)[-3] for c in ig.calls[made:]] == ["send", "send"]
+    # The person renames themselves (their member event wrote the profile): the next message
+    # renames the ghost first, though the ghost's state was remembered.
+    rig.store.set_profile("wa", PERSON, "Alice Liddell")
+    rig.queue(message("four"))
+    await rig.settled()
+    assert [c.body for c in ig.did("PUT", f"/profile/{PERSON_ID}/displayname")][-1] == {
+        "displayname": "Alice Liddell (WhatsApp)"}
+    # The ghost was taken out of the room (a kick carried out here wrote it down): the next
+    # message brings it back before its send.
+    rig.store.set_ghost_in_room("ig", PERSON_GHOST, "!ig-room", False)
+    rig.queue(message("five"))
+    await rig.settled()
+    assert ig.did("POST", "/join/!ig-room")[-1].user == PERSON_ID
+    assert ig.texts("!ig-room") == ["one", "two", "three", "four", "five"]
+
+
+async def test_a_ghost_whose_persons_profile_could_not_be_read_asks_again_next_time(
+    rig: Rig, autojump_clock: trio.testing.MockClock
+) -> None:
+    wa, ig = rig.fakes["wa"], rig.fakes["ig"]
+    wa.refuse = lambda call: error(502, "M_UNKNOWN") if "/profile/" in call.path else None
+    for body in ("one", "two"):  # the second finds the ghost made and named, by a fallback
+        rig.queue(message(body))
+        await rig.settled()
+    asked = len([c for c in wa.calls if "/profile/" in c.path])
+    assert asked >= 2 and ig.texts("!ig-room") == ["one", "two"]
+    wa.refuse = lambda call: None
+    rig.queue(message("three"))
+    await rig.settled()
+    assert len([c for c in wa.calls if "/profile/" in c.path]) > asked

@@ -20,6 +20,17 @@ F = TypeVar("F", bound=Callable[..., Any])
 MAX_ENTRIES = 20_000
 
 
+class Memo(dict[tuple[Any, ...], Any]):
+    """The memo, with a count of the times it was dropped: whoever derived something from
+    memoised reads can tell, by the count, that nothing they read was written since."""
+
+    epoch = 0
+
+    def clear(self) -> None:
+        self.epoch += 1
+        super().clear()
+
+
 def memoised(fn: F) -> F:
     """Cache a read by its positional arguments (keyword calls are not cached)."""
     name = fn.__name__

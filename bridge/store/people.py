@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from bridge.core.model import Portal
-from bridge.store.cache import invalidates, memoised
+from bridge.store.cache import Memo, invalidates, memoised
 
 
 @dataclass(frozen=True)
@@ -47,7 +47,7 @@ _DM_COLUMNS = (
 
 class PeopleStore:
     conn: sqlite3.Connection
-    _memo: dict[tuple[Any, ...], Any]
+    _memo: Memo
 
     def _one(self, sql: str, params: Iterable[Any] = ()) -> tuple[Any, ...] | None:
         raise NotImplementedError  # provided by Store

@@ -25,7 +25,7 @@ import sqlite_utils
 
 from bridge.core.actions import Action, from_payload
 from bridge.core.model import Portal
-from bridge.store.cache import invalidates, memoised
+from bridge.store.cache import Memo, invalidates, memoised
 from bridge.store.errors import StoreError
 from bridge.store.migrations import migrate
 from bridge.store.people import PeopleStore
@@ -104,7 +104,7 @@ class Store(PeopleStore):
         except (sqlite3.Error, OSError) as exc:
             raise StoreError(f"cannot open the database {path}: {exc}") from exc
         self.conn = conn
-        self._memo: dict[tuple[Any, ...], Any] = {}  # see bridge/store/cache.py
+        self._memo = Memo()  # see bridge/store/cache.py
         self._deferred_open = False  # a write transaction holds deferred writes
         self._deferred_listeners: list[Callable[[], None]] = []
         self._lost_listeners: list[Callable[[], object]] = []
@@ -116,6 +116,11 @@ class Store(PeopleStore):
         self._epoch = 0
         self._lost: set[int] = set()
         self._deferred_block = _Deferred(self)
+
+    @property
+    def memo_epoch(self) -> int:
+        """Changes whenever a memoised table may have been written (bridge/store/cache.py)."""
+        return self._memo.epoch
 
     def close(self) -> None:
         self.commit_deferred()
