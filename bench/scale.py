@@ -203,7 +203,9 @@ def scale_table(figures: dict[str, dict[str, Any]], args: Any) -> str:
         runs = f["runs"]
         rows.append(f"| {name} | {f['ready_s']:.2f} | {f['rss_ready']:.0f} | "
                     f"{runs['caught_up_s']:.1f} ({runs['reads']:,} reads) | "
-                    f"{runs['ms_per_read']:.3f} | {runs['swept']:,} | "
+                    # A handful of reads over a second of idling says nothing per read.
+                    + (f"{runs['ms_per_read']:.3f}" if runs["reads"] >= 100 else "-")
+                    + f" | {runs['swept']:,} | "
                     f"{runs['batch 1']['cpu_ms_per_send']:.3f} | "
                     f"{runs['batch 50']['cpu_ms_per_send']:.3f} | "
                     f"{runs['batch 50']['rss_mb']:.0f} |")

@@ -326,7 +326,10 @@ async def _setup_network(
                 log.info("portal id not published in %s on %s: %s", room_id, where, exc)
         # The backlog is pushed now; while the network is suspect (until the catch-up after
         # READY has read every room), each pushed transaction first reads its rooms back to
-        # their marks, so order holds in rooms the catch-up has not reached yet.
+        # their marks, so order holds in rooms the catch-up has not reached yet. The window is
+        # counted again from here: registering and joining thousands of rooms can take longer
+        # than the window itself, which must cover the pushes the ping sets off.
+        reconciler.suspect(net.id)
         try:
             took = await hs.ping_appservice(net.appservice_id, f"tribridge-start-{uuid.uuid4()}")
             log.info("%s answered the start-up ping (%d ms round trip)", where, took)

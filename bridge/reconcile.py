@@ -92,6 +92,11 @@ class Reconciler:
         # back in transaction ids, a start, a homeserver's return): a suspect network's pushes
         # in sequence into these need no read of their own.
         self._read: dict[str, set[str]] = {net: set() for net in homeservers}
+        # Bumped with each clearing of `_read`: a read under way when the network became
+        # untrusted again (a homeserver's return comes from a delivery worker, not under the
+        # lock) vouches for nothing.
+        self._distrusts: dict[str, int] = {net: 0 for net in homeservers}
+        self._sweeping: set[str] = set()  # networks whose final sweep is under way
         # The last transaction id per network, remembered across restarts, so that even the first
         # push after a start can show a gap.
         self._last_txn: dict[str, int] = {}
@@ -133,12 +138,12 @@ class Reconciler:
         if not txn_id.isdigit():
             # Not Synapse's numbering: no hint to read, so no push is known to follow the one
             # before, and while suspect every push reads its rooms.
-            self._read[network].clear()
+            self._distrust(network)
             return
         number, last = int(txn_id), self._last_txn.get(network)
         self._last_txn[network] = number
         if last is not None and number != last + 1 and number != last:
-            self._read[network].clear()
+            self._distrust(network)
             if self.is_suspect(network):
                 log.debug("transaction %d from %s after %d", number, network, last)
                 return
@@ -147,28 +152,36 @@ class Reconciler:
             self.suspect(network, GAP_SUSPECT_SECONDS)
 
     def is_suspect(self, network: str) -> bool:
-        return network in self._catching_up or trio.current_time() < self._suspect_until[network]
+        # While a final sweep runs, rooms it has not reached yet may hold a stranded event: a
+        # push into one reads it first, as inside the window.
+        return (network in self._catching_up or network in self._sweeping
+                or trio.current_time() < self._suspect_until[network])
+
+    def _distrust(self, network: str) -> None:
+        """No room read so far vouches for `network`'s next pushes."""
+        self._read[network].clear()
+        self._distrusts[network] += 1
 
     async def catch_up(self, network: str) -> int:
         """Read every room of `network` back to its mark (after a start). The network stays
         suspect until the last room is done: a push into a room not yet read back must read
         it first, however long the whole takes with thousands of rooms."""
         self._catching_up.add(network)
-        self._read[network].clear()  # a start: no room's read before it vouches for pushes
+        self._distrust(network)  # a start: no room's read before it vouches for pushes
         try:
             taken = await self.reconcile_network(network)
         finally:
             self._catching_up.discard(network)
-        if network in self._sweep_owed:
+            owed = network in self._sweep_owed
             self._sweep_owed.discard(network)
-            if not self.is_suspect(network):  # else a later window's end sweeps
-                taken += await self._final_sweep(network)
+        if owed and not self.is_suspect(network):  # else a later window's end sweeps
+            taken += await self._final_sweep(network)
         return taken
 
     def suspect(self, network: str, seconds: float = SUSPECT_SECONDS) -> None:
         """Distrust `network`'s pushes for a while; then sweep all its rooms once."""
         self._suspect_until[network] = trio.current_time() + seconds
-        self._read[network].clear()
+        self._distrust(network)
         if self._nursery is not None:
             self._nursery.start_soon(self._sweep_after, network, seconds)
 
@@ -220,7 +233,11 @@ class Reconciler:
     async def _final_sweep(self, network: str) -> int:
         """Every room of `network` once more, after a window: a stranded event in a room that
         had no push since is found here."""
-        taken = await self.reconcile_network(network)
+        self._sweeping.add(network)
+        try:
+            taken = await self.reconcile_network(network)
+        finally:
+            self._sweeping.discard(network)
         if taken:
             log.warning("reconciliation found %d event(s) %s never pushed", taken, network)
         return taken
@@ -234,6 +251,7 @@ class Reconciler:
         the transaction being taken in); return how many. Call under the lock."""
         mark = self.store.room_mark(network, room_id)
         hs = self.homeservers[network]
+        distrusts = self._distrusts[network]
         newest_first: list[dict[str, Any]] = []
         token: str | None = None
         found = False
@@ -250,15 +268,14 @@ class Reconciler:
         except HomeserverError as exc:
             log.info("cannot read %s on %s to reconcile it: %s", room_id, network, exc)
             return 0
-        # Read back to the mark (what follows takes it in, in this step): pushes in sequence
-        # into this room can be trusted again.
-        self._read[network].add(room_id)
         if not newest_first:
+            self._vouch(network, room_id, distrusts)
             return 0
         newest = str(newest_first[0].get("event_id"))
         if mark is None:
             # First sight of this room: start from here, do not replay its history.
             self.inbound.take_events(network, [], mark=(room_id, newest))
+            self._vouch(network, room_id, distrusts)
             return 0
         if not found:
             log.warning(
@@ -278,7 +295,14 @@ class Reconciler:
                      len(missed))
             self.metrics.reconciled.labels(network).inc(len(missed))
         self.inbound.take_events(network, unseen, mark=(room_id, newest))
+        self._vouch(network, room_id, distrusts)
         return len(missed)
+
+    def _vouch(self, network: str, room_id: str, distrusts: int) -> None:
+        """`room_id` was read back to its mark and what was missed taken in: pushes in sequence
+        into it can be trusted again, unless the network became untrusted during the read."""
+        if self._distrusts[network] == distrusts:
+            self._read[network].add(room_id)
 
 
 def _rooms_of(events: list[Any]) -> list[str]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -14,7 +15,7 @@ from bridge.core.ghosts import derive_key
 from bridge.core.model import Network
 from bridge.inbound import Inbound
 from bridge.matrix.client import Homeserver
-from bridge.reconcile import SUSPECT_SECONDS, Reconciler
+from bridge.reconcile import GAP_SUSPECT_SECONDS, SUSPECT_SECONDS, Reconciler
 from bridge.store import Store
 
 from .fakehs import FakeHomeserver
@@ -259,3 +260,89 @@ async def test_a_catch_up_that_outlasts_the_start_window_is_followed_by_the_fina
     # ROOM was read before the stranding; the window ended while the catch-up went on: the
     # final sweep came after the catch-up and found the message.
     assert rig.queued() == ["m2"]
+
+
+async def after_a_gap(rig: Rig) -> int:
+    """Message 1 marked, pushes trusted, then transaction 42 stranded with message 2 and 43
+    pushed with message 3: the room was read once. Returns the reads so far."""
+    rig.say(1)
+    await rig.reconciler.reconcile_network("wa")
+    await trio.sleep(SUSPECT_SECONDS * 3)
+    await rig.reconciler.push("wa", "41", b"a", [rig.say(100)])
+    rig.say(2)
+    await rig.reconciler.push("wa", "43", b"c", [rig.say(3)])
+    assert rig.queued() == ["m100", "m2", "m3"]
+    return rig.fake.reads
+
+
+async def test_a_transaction_id_going_back_has_the_room_read_again(
+    rig: Rig, autojump_clock: trio.testing.MockClock
+) -> None:
+    reads = await after_a_gap(rig)
+    rig.say(4)  # never pushed: Synapse restarted, and numbers from 1 again
+    await rig.reconciler.push("wa", "1", b"r", [rig.say(5)])
+    assert rig.fake.reads == reads + 1
+    assert rig.queued()[3:] == ["m4", "m5"]
+
+
+async def test_a_transaction_pushed_again_is_no_gap(
+    rig: Rig, autojump_clock: trio.testing.MockClock
+) -> None:
+    reads = await after_a_gap(rig)
+    event = rig.say(4)
+    await rig.reconciler.push("wa", "44", b"d", [event])
+    await rig.reconciler.push("wa", "44", b"d", [event])  # the same, again (a lost answer)
+    assert rig.fake.reads == reads
+    assert rig.queued()[3:] == ["m4"]
+
+
+async def test_a_read_whose_take_failed_does_not_vouch_for_the_retry(
+    rig: Rig, autojump_clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    reads = await after_a_gap(rig)
+    rig.say(4)  # transaction 44 stranded
+    pushed = rig.say(5)
+    take = rig.reconciler.inbound.take_events
+
+    def failing(*args: Any, **kwargs: Any) -> int:
+        raise sqlite3.OperationalError("disk I/O error")
+
+    monkeypatch.setattr(rig.reconciler.inbound, "take_events", failing)
+    with pytest.raises(sqlite3.OperationalError):
+        await rig.reconciler.push("wa", "45", b"e", [pushed])  # answered 500: pushed again
+    monkeypatch.setattr(rig.reconciler.inbound, "take_events", take)
+    await rig.reconciler.push("wa", "45", b"e", [pushed])
+    assert rig.fake.reads == reads + 2  # read again, so the stranded message comes first
+    assert rig.queued()[3:] == ["m4", "m5"]
+
+
+async def test_a_homeservers_return_during_a_read_leaves_the_room_untrusted(
+    rig: Rig, autojump_clock: trio.testing.MockClock
+) -> None:
+    reads = await after_a_gap(rig)
+    rig.fake.read_delay[ROOM] = 5.0
+    rig.say(4)  # transaction 44 stranded
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(rig.reconciler.push, "wa", "45", b"e", [rig.say(5)])
+        await trio.sleep(1)  # the push's read is under way
+        rig.reconciler.suspect("wa")  # the homeserver came back meanwhile (a worker says so)
+    rig.fake.read_delay.clear()
+    rig.say(6)  # sent while it was away, never pushed
+    await rig.reconciler.push("wa", "46", b"f", [rig.say(7)])
+    assert rig.fake.reads == reads + 2
+    assert rig.queued()[3:] == ["m4", "m5", "m6", "m7"]
+
+
+async def test_pushes_during_the_final_sweep_read_rooms_it_has_not_reached(
+    rig: Rig, autojump_clock: trio.testing.MockClock
+) -> None:
+    slow = "!wa-a-slow"  # swept before ROOM (rooms are swept in order), and slowly
+    rig.store.sync_config_portals([{"wa": ROOM, "ig": "!ig-room"}, {"wa": slow, "ig": "!ig-2"}])
+    await after_a_gap(rig)
+    rig.fake.read_delay[slow] = SUSPECT_SECONDS
+    rig.say(4)  # transaction 44 stranded
+    rig.say(5)  # and 45, and nothing pushed until the window is over
+    await trio.sleep(GAP_SUSPECT_SECONDS + 1)  # the final sweep is reading the slow room
+    assert rig.reconciler.is_suspect("wa")
+    await rig.reconciler.push("wa", "46", b"f", [rig.say(6)])
+    assert rig.queued()[3:] == ["m4", "m5", "m6"]  # in order, before the sweep got there

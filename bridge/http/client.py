@@ -1,4 +1,5 @@
-"""A lean HTTP/1.1 client on trio, for the one call the bridge makes per relayed message.
+"""A lean HTTP/1.1 client on trio, for the call the bridge makes per relayed message (and the
+timeline reads it makes by the thousand).
 
 httpx is general and pays for it on every request (URL and header models, cookies, event hooks,
 its transport layers): measured in docs/performance.md, it was most of the bridge's CPU per send.
@@ -38,7 +39,9 @@ from bridge.http.wire import (
 )
 
 READ_SIZE = 65_536
-MAX_RESPONSE = 1_048_576  # bytes: an answer to a send is tiny; anything this big is refused
+# Bytes: an answer to a send is tiny, a page of ten timeline events seldom near this; anything
+# bigger is refused (AnswerTooLarge), and the caller may read it with httpx.
+MAX_RESPONSE = 1_048_576
 # Sent again on a fresh connection when a kept-alive one died before any answer (RFC 9110 9.2.2).
 IDEMPOTENT = frozenset({"GET", "HEAD", "PUT", "DELETE", "OPTIONS"})
 

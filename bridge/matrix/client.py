@@ -76,7 +76,8 @@ class Homeserver:
         fast: LeanClient | None = None,
     ) -> None:
         self.http = http
-        # The lean client for the hot path (send_event), when given; httpx for the rest.
+        # The lean client for the hot paths (send_event, messages), when given; httpx for the
+        # rest.
         self.fast = fast
         self.server_name = server_name
         # httpx's timeouts bound each read or write, not a whole request: a server that trickles
@@ -259,15 +260,16 @@ class Homeserver:
             params["from"] = from_token
         path = f"{CLIENT_V3}/rooms/{_q(room_id)}/messages"
         result: Any = None
-        if self.fast is not None:
+        lean = self.fast is not None
+        if lean:
             # Reads come by the thousand (every room at start, each room after a gap in
             # transaction ids): the lean client's cost, not httpx's. A page it cannot take (an
             # answer over its size limit: ten events with large bundled edits) goes by httpx.
             try:
                 result = await self._fast_json("GET", f"{path}?{urlencode(params)}", None)
             except TooBig:
-                result = None
-        if result is None:
+                lean = False
+        if not lean:
             result = await self.request("GET", path, params=params)
         if not isinstance(result, dict):
             result = {}

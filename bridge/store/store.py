@@ -25,7 +25,7 @@ import sqlite_utils
 
 from bridge.core.actions import Action, from_payload
 from bridge.core.model import Portal
-from bridge.store.cache import Memo, invalidates, memoised
+from bridge.store.cache import MAX_ENTRIES, Memo, invalidates, memoised
 from bridge.store.errors import StoreError
 from bridge.store.migrations import migrate
 from bridge.store.people import PeopleStore
@@ -121,6 +121,19 @@ class Store(PeopleStore):
     def memo_epoch(self) -> int:
         """Changes whenever a memoised table may have been written (bridge/store/cache.py)."""
         return self._memo.epoch
+
+    def remembered(self, key: tuple[Any, ...]) -> Any:
+        """What `remember` kept under `key` (None if nothing): a fact derived from memoised
+        reads, dropped with them at the next write to a memoised table."""
+        return self._memo.get(key)
+
+    def remember(self, key: tuple[Any, ...], value: Any) -> None:
+        """Keep `value`, derived from memoised reads, until the next write to a memoised table
+        (or a rollback). `key` must not look like a memoised read's: start it with a name no
+        store method has (one with a space in it)."""
+        if len(self._memo) >= MAX_ENTRIES:
+            self._memo.clear()
+        self._memo[key] = value
 
     def close(self) -> None:
         self.commit_deferred()
