@@ -254,9 +254,11 @@ async def test_a_catch_up_that_outlasts_the_start_window_is_followed_by_the_fina
     rig.reconciler.suspect("wa")
     async with trio.open_nursery() as nursery:
         nursery.start_soon(rig.reconciler.catch_up, "wa")
+        # Virtual time, not a wait for an event: a second in, the catch-up has read ROOM and
+        # sits on the slow room.
         await trio.sleep(1)
         rig.say(2)  # pushed in a transaction Synapse strands, and nothing is pushed after it
-        await trio.sleep(SUSPECT_SECONDS * 5)
+        await trio.sleep(SUSPECT_SECONDS * 5)  # past the window and the slow read, virtually
     # ROOM was read before the stranding; the window ended while the catch-up went on: the
     # final sweep came after the catch-up and found the message.
     assert rig.queued() == ["m2"]
@@ -267,7 +269,7 @@ async def after_a_gap(rig: Rig) -> int:
     pushed with message 3: the room was read once. Returns the reads so far."""
     rig.say(1)
     await rig.reconciler.reconcile_network("wa")
-    await trio.sleep(SUSPECT_SECONDS * 3)
+    await trio.sleep(SUSPECT_SECONDS * 3)  # virtual time: the start's window is long over
     await rig.reconciler.push("wa", "41", b"a", [rig.say(100)])
     rig.say(2)
     await rig.reconciler.push("wa", "43", b"c", [rig.say(3)])
@@ -324,7 +326,7 @@ async def test_a_homeservers_return_during_a_read_leaves_the_room_untrusted(
     rig.say(4)  # transaction 44 stranded
     async with trio.open_nursery() as nursery:
         nursery.start_soon(rig.reconciler.push, "wa", "45", b"e", [rig.say(5)])
-        await trio.sleep(1)  # the push's read is under way
+        await trio.sleep(1)  # virtual time: the push's 5-s read is under way
         rig.reconciler.suspect("wa")  # the homeserver came back meanwhile (a worker says so)
     rig.fake.read_delay.clear()
     rig.say(6)  # sent while it was away, never pushed
