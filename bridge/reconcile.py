@@ -28,7 +28,9 @@ When it runs:
   window; the next gap, a start or a homeserver's return has every room read again;
 - at the end of a suspect window, for every room of that network (a stranded event in a room
   that went quiet is found here); when the window ends during the start's catch-up, once the
-  catch-up is done (the rooms it read first were read before a stranding could show);
+  catch-up is done (the rooms it read first were read before a stranding could show); and
+  after a gap's window, no sooner than FINAL_SWEEP_INTERVAL after the network's last such
+  sweep began (on a homeserver shared with other appservices gaps are routine);
 - every minute, for the rooms that had pushes since the last sweep.
 A per-network lock keeps a reconcile and a pushed transaction from interleaving.
 """
@@ -58,6 +60,12 @@ MAX_PAGES = 20  # read at most this far back in one reconcile (about 2,000 event
 SUSPECT_SECONDS = 15.0
 GAP_SUSPECT_SECONDS = 30.0
 SWEEP_SECONDS = 60.0
+# A window's final sweep reads every room of the network; on a homeserver shared with other
+# appservices, gaps in transaction ids (which all its appservices share) open a window every
+# half minute, and 10,000 portals would then mean 10,000 reads every 30 s. The final sweeps of
+# gaps' windows therefore begin at most this often per network; a window that ends sooner has
+# its sweep wait. (A start's or a homeserver's return, when Synapse strands pushes, do not.)
+FINAL_SWEEP_INTERVAL = 300.0
 
 
 class Reconciler:
@@ -97,6 +105,7 @@ class Reconciler:
         # lock) vouches for nothing.
         self._distrusts: dict[str, int] = {net: 0 for net in homeservers}
         self._sweeping: set[str] = set()  # networks whose final sweep is under way
+        self._last_final: dict[str, float] = {}  # network -> when its last final sweep began
         # The last transaction id per network, remembered across restarts, so that even the first
         # push after a start can show a gap.
         self._last_txn: dict[str, int] = {}
@@ -149,7 +158,7 @@ class Reconciler:
                 return
             log.info("transaction %d from %s after %d: reading timelines for a while", number,
                      network, last)
-            self.suspect(network, GAP_SUSPECT_SECONDS)
+            self.suspect(network, GAP_SUSPECT_SECONDS, budgeted=True)
 
     def is_suspect(self, network: str) -> bool:
         # While a final sweep runs, rooms it has not reached yet may hold a stranded event: a
@@ -178,12 +187,15 @@ class Reconciler:
             taken += await self._final_sweep(network)
         return taken
 
-    def suspect(self, network: str, seconds: float = SUSPECT_SECONDS) -> None:
-        """Distrust `network`'s pushes for a while; then sweep all its rooms once."""
+    def suspect(self, network: str, seconds: float = SUSPECT_SECONDS, *,
+                budgeted: bool = False) -> None:
+        """Distrust `network`'s pushes for a while; then sweep all its rooms once (with
+        `budgeted`, as for a gap in transaction ids, no sooner than FINAL_SWEEP_INTERVAL after
+        the last final sweep began; a start or a homeserver's return sweeps when it ends)."""
         self._suspect_until[network] = trio.current_time() + seconds
         self._distrust(network)
         if self._nursery is not None:
-            self._nursery.start_soon(self._sweep_after, network, seconds)
+            self._nursery.start_soon(self._sweep_after, network, seconds, budgeted)
 
     # -- sweeps --------------------------------------------------------------------------------
 
@@ -219,8 +231,12 @@ class Reconciler:
             or self.store.management_owner(network, room_id) is not None
         )
 
-    async def _sweep_after(self, network: str, seconds: float) -> None:
+    async def _sweep_after(self, network: str, seconds: float, budgeted: bool) -> None:
         await trio.sleep(seconds)  # the end of the suspect window
+        last = self._last_final.get(network)
+        if budgeted and last is not None and trio.current_time() < last + FINAL_SWEEP_INTERVAL:
+            # A timer, not a wait for an event: the sweeps' budget (FINAL_SWEEP_INTERVAL).
+            await trio.sleep(last + FINAL_SWEEP_INTERVAL - trio.current_time())
         if trio.current_time() < self._suspect_until[network]:
             return  # a later suspicion owns the final sweep
         if network in self._catching_up:
@@ -228,11 +244,14 @@ class Reconciler:
             # could show; the catch-up takes the final sweep when it is done.
             self._sweep_owed.add(network)
             return
+        if network in self._sweeping or self._last_final.get(network) != last:
+            return  # another window's sweep began meanwhile, after this one's end
         await self._final_sweep(network)
 
     async def _final_sweep(self, network: str) -> int:
         """Every room of `network` once more, after a window: a stranded event in a room that
         had no push since is found here."""
+        self._last_final[network] = trio.current_time()
         self._sweeping.add(network)
         try:
             taken = await self.reconcile_network(network)

@@ -44,6 +44,7 @@ class FakeHomeserver(httpx.AsyncBaseTransport):
     timelines: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # room -> oldest first
     requests: int = 0
     reads: int = 0  # /messages requests
+    room_reads: dict[str, int] = field(default_factory=dict)  # room -> its /messages requests
     read_delay: dict[str, float] = field(default_factory=dict)  # room -> seconds per read
 
     def texts(self, room_id: str) -> list[str]:
@@ -84,6 +85,7 @@ class FakeHomeserver(httpx.AsyncBaseTransport):
     def _messages(self, room_id: str, params: httpx.QueryParams) -> httpx.Response:
         """Newest first from the `from` position, like GET /rooms/{id}/messages?dir=b."""
         self.reads += 1
+        self.room_reads[room_id] = self.room_reads.get(room_id, 0) + 1
         timeline = self.timelines.get(room_id, [])
         start = int(params.get("from", len(timeline)))
         limit = int(params.get("limit", 10))

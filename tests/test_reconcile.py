@@ -15,7 +15,12 @@ from bridge.core.ghosts import derive_key
 from bridge.core.model import Network
 from bridge.inbound import Inbound
 from bridge.matrix.client import Homeserver
-from bridge.reconcile import GAP_SUSPECT_SECONDS, SUSPECT_SECONDS, Reconciler
+from bridge.reconcile import (
+    FINAL_SWEEP_INTERVAL,
+    GAP_SUSPECT_SECONDS,
+    SUSPECT_SECONDS,
+    Reconciler,
+)
 from bridge.store import Store
 
 from .fakehs import FakeHomeserver
@@ -348,3 +353,39 @@ async def test_pushes_during_the_final_sweep_read_rooms_it_has_not_reached(
     assert rig.reconciler.is_suspect("wa")
     await rig.reconciler.push("wa", "46", b"f", [rig.say(6)])
     assert rig.queued()[3:] == ["m4", "m5", "m6"]  # in order, before the sweep got there
+
+
+async def test_final_sweeps_of_a_network_begin_at_most_once_an_interval(
+    rig: Rig, autojump_clock: trio.testing.MockClock
+) -> None:
+    quiet = "!wa-quiet"  # a room nobody pushes to
+    rig.store.sync_config_portals([{"wa": ROOM, "ig": "!ig-room"}, {"wa": quiet, "ig": "!ig-2"}])
+    rig.fake.timelines[quiet] = [text(40) | {"room_id": quiet}]  # its mark, at the first read
+    await after_a_gap(rig)  # a window opens
+    await trio.sleep(GAP_SUSPECT_SECONDS + 1)  # virtual time: it ended with a final sweep
+    swept, quiet_reads = rig.fake.reads, rig.fake.room_reads[quiet]
+    # Another gap (as another appservice's transaction on a shared Synapse shows), and with
+    # it a message in the quiet room that no push brings.
+    rig.fake.timelines[quiet].append(text(50) | {"room_id": quiet})
+    await rig.reconciler.push("wa", "45", b"e", [rig.say(4)])
+    assert rig.fake.reads == swept + 1  # the pushed room, read first
+    await trio.sleep(GAP_SUSPECT_SECONDS + 1)  # the second window is over: no sweep yet
+    assert rig.fake.reads == swept + 1
+    assert rig.store.pending_actions("ig", "!ig-2") == []
+    await trio.sleep(FINAL_SWEEP_INTERVAL)  # the interval since the first sweep has passed
+    assert [i.action.content["body"] for i in rig.store.pending_actions("ig", "!ig-2")] == [
+        "m50"]
+    assert rig.fake.room_reads[quiet] == quiet_reads + 1  # one sweep, not one per window
+
+
+async def test_a_homeservers_return_sweeps_at_its_windows_end_whatever_the_interval(
+    rig: Rig, autojump_clock: trio.testing.MockClock
+) -> None:
+    await after_a_gap(rig)
+    await trio.sleep(GAP_SUSPECT_SECONDS + 1)  # virtual time: the gap's window and its sweep
+    reads = rig.fake.room_reads[ROOM]
+    rig.reconciler.suspect("wa")  # the homeserver is back: Synapse strands pushes now
+    rig.say(4)  # and this one was, in a room that then goes quiet
+    await trio.sleep(SUSPECT_SECONDS + 1)
+    assert rig.fake.room_reads[ROOM] == reads + 1  # swept at the window's end
+    assert rig.queued()[3:] == ["m4"]
