@@ -119,10 +119,12 @@ class GhostKeeper:
                     raise
             await hs.join(room_id, as_user=ghost)
             self.store.set_ghost_in_room(target_id, localpart, room_id, True)
-        elif pictured and self.store.memo_epoch == epoch and self.store.profile(*base)[0]:
+        elif (self.media is not None and pictured and self.store.memo_epoch == epoch
+              and self.store.profile(*base)[0]):
             # Nothing was missing, and nothing memoised was written meanwhile (by this call or,
             # across its waits, by another task): settled until the next such write. (Not
-            # while the person's profile is unknown: the next send asks for it again.)
+            # while the person's profile is unknown: the next send asks for it again. Nor by
+            # the bot's keeper, which has no media and so never sees a picture to carry.)
             self.store.remember(key, ghost)
         return ghost
 

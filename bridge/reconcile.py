@@ -104,8 +104,9 @@ class Reconciler:
         # untrusted again (a homeserver's return comes from a delivery worker, not under the
         # lock) vouches for nothing.
         self._distrusts: dict[str, int] = {net: 0 for net in homeservers}
-        self._sweeping: set[str] = set()  # networks whose final sweep is under way
+        self._sweeping: dict[str, trio.Event] = {}  # network -> set when its final sweep ends
         self._last_final: dict[str, float] = {}  # network -> when its last final sweep began
+        self._due = {net: 0 for net in homeservers}  # windows over whose final sweep is to come
         # The last transaction id per network, remembered across restarts, so that even the first
         # push after a start can show a gap.
         self._last_txn: dict[str, int] = {}
@@ -153,7 +154,9 @@ class Reconciler:
         self._last_txn[network] = number
         if last is not None and number != last + 1 and number != last:
             self._distrust(network)
-            if self.is_suspect(network):
+            if trio.current_time() < self._suspect_until[network]:
+                # Inside a window, whose end sweeps after this. (Not merely during a sweep or
+                # the start's catch-up: rooms they read already may hold what this gap hides.)
                 log.debug("transaction %d from %s after %d", number, network, last)
                 return
             log.info("transaction %d from %s after %d: reading timelines for a while", number,
@@ -161,9 +164,9 @@ class Reconciler:
             self.suspect(network, GAP_SUSPECT_SECONDS, budgeted=True)
 
     def is_suspect(self, network: str) -> bool:
-        # While a final sweep runs, rooms it has not reached yet may hold a stranded event: a
-        # push into one reads it first, as inside the window.
-        return (network in self._catching_up or network in self._sweeping
+        # While a final sweep is due or runs, rooms it has not read yet may hold a stranded
+        # event: a push into one reads it first, as inside the window.
+        return (network in self._catching_up or self._due[network] > 0
                 or trio.current_time() < self._suspect_until[network])
 
     def _distrust(self, network: str) -> None:
@@ -183,8 +186,8 @@ class Reconciler:
             self._catching_up.discard(network)
             owed = network in self._sweep_owed
             self._sweep_owed.discard(network)
-        if owed and not self.is_suspect(network):  # else a later window's end sweeps
-            taken += await self._final_sweep(network)
+        if owed:
+            taken += await self._sweep_covering(network, trio.current_time(), budgeted=False)
         return taken
 
     def suspect(self, network: str, seconds: float = SUSPECT_SECONDS, *,
@@ -192,7 +195,8 @@ class Reconciler:
         """Distrust `network`'s pushes for a while; then sweep all its rooms once (with
         `budgeted`, as for a gap in transaction ids, no sooner than FINAL_SWEEP_INTERVAL after
         the last final sweep began; a start or a homeserver's return sweeps when it ends)."""
-        self._suspect_until[network] = trio.current_time() + seconds
+        self._suspect_until[network] = max(self._suspect_until[network],
+                                           trio.current_time() + seconds)
         self._distrust(network)
         if self._nursery is not None:
             self._nursery.start_soon(self._sweep_after, network, seconds, budgeted)
@@ -233,30 +237,48 @@ class Reconciler:
 
     async def _sweep_after(self, network: str, seconds: float, budgeted: bool) -> None:
         await trio.sleep(seconds)  # the end of the suspect window
-        last = self._last_final.get(network)
-        if budgeted and last is not None and trio.current_time() < last + FINAL_SWEEP_INTERVAL:
-            # A timer, not a wait for an event: the sweeps' budget (FINAL_SWEEP_INTERVAL).
-            await trio.sleep(last + FINAL_SWEEP_INTERVAL - trio.current_time())
-        if trio.current_time() < self._suspect_until[network]:
-            return  # a later suspicion owns the final sweep
-        if network in self._catching_up:
-            # The rooms the catch-up read early were read before a push stranded meanwhile
-            # could show; the catch-up takes the final sweep when it is done.
-            self._sweep_owed.add(network)
-            return
-        if network in self._sweeping or self._last_final.get(network) != last:
-            return  # another window's sweep began meanwhile, after this one's end
-        await self._final_sweep(network)
+        await self._sweep_covering(network, trio.current_time(), budgeted)
+
+    async def _sweep_covering(self, network: str, ended: float, budgeted: bool) -> int:
+        """See that a final sweep of `network` begins at `ended` or later (a window's end, or
+        the end of the start's catch-up) and return what it found; the network stays suspect
+        until then. With `budgeted`, no sooner than FINAL_SWEEP_INTERVAL after the last one
+        began."""
+        self._due[network] += 1
+        try:
+            while True:
+                now, last = trio.current_time(), self._last_final.get(network)
+                if last is not None and last >= ended:
+                    return 0  # one began since: it reads every room after the window
+                if now < self._suspect_until[network]:
+                    return 0  # a later window's end sweeps, later still
+                if network in self._catching_up:
+                    # The rooms the catch-up read early were read before a push stranded
+                    # meanwhile could show: it takes the final sweep when it is done.
+                    self._sweep_owed.add(network)
+                    return 0
+                running = self._sweeping.get(network)
+                if running is not None:
+                    await running.wait()  # it began before `ended`: it may have passed a room
+                    continue
+                if budgeted and last is not None and now < last + FINAL_SWEEP_INTERVAL:
+                    # A timer, not a wait for an event: the sweeps' budget.
+                    await trio.sleep_until(last + FINAL_SWEEP_INTERVAL)
+                    continue
+                return await self._final_sweep(network)
+        finally:
+            self._due[network] -= 1
 
     async def _final_sweep(self, network: str) -> int:
         """Every room of `network` once more, after a window: a stranded event in a room that
         had no push since is found here."""
         self._last_final[network] = trio.current_time()
-        self._sweeping.add(network)
+        done = self._sweeping[network] = trio.Event()
         try:
             taken = await self.reconcile_network(network)
         finally:
-            self._sweeping.discard(network)
+            del self._sweeping[network]
+            done.set()
         if taken:
             log.warning("reconciliation found %d event(s) %s never pushed", taken, network)
         return taken

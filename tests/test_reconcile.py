@@ -348,11 +348,28 @@ async def test_pushes_during_the_final_sweep_read_rooms_it_has_not_reached(
     await after_a_gap(rig)
     rig.fake.read_delay[slow] = SUSPECT_SECONDS
     rig.say(4)  # transaction 44 stranded
-    rig.say(5)  # and 45, and nothing pushed until the window is over
-    await trio.sleep(GAP_SUSPECT_SECONDS + 1)  # the final sweep is reading the slow room
+    # 45, into a room the bridge does not watch, shows the gap inside the window: ROOM read
+    # earlier in it vouches for nothing now.
+    elsewhere = text(99) | {"room_id": "!elsewhere"}
+    await rig.reconciler.push("wa", "45", b"e", [elsewhere])
+    await trio.sleep(GAP_SUSPECT_SECONDS + 1)  # virtual time: the sweep reads the slow room
     assert rig.reconciler.is_suspect("wa")
-    await rig.reconciler.push("wa", "46", b"f", [rig.say(6)])
-    assert rig.queued()[3:] == ["m4", "m5", "m6"]  # in order, before the sweep got there
+    await rig.reconciler.push("wa", "46", b"f", [rig.say(6)])  # in sequence
+    assert rig.queued()[3:] == ["m4", "m6"]  # in order, before the sweep got there
+
+
+async def test_a_homeservers_return_during_a_sweep_has_the_rooms_it_passed_swept_again(
+    rig: Rig, autojump_clock: trio.testing.MockClock
+) -> None:
+    slow = "!wa-slow"  # swept after ROOM, and slowly
+    rig.store.sync_config_portals([{"wa": ROOM, "ig": "!ig-room"}, {"wa": slow, "ig": "!ig-2"}])
+    await after_a_gap(rig)
+    rig.fake.read_delay[slow] = 40.0
+    await trio.sleep(GAP_SUSPECT_SECONDS + 1)  # virtual time: the sweep is past ROOM
+    rig.reconciler.suspect("wa")  # the homeserver is back: Synapse strands pushes now
+    rig.say(4)  # stranded, in ROOM, which then goes quiet
+    await trio.sleep(200)  # virtual time: the sweep, the return's window, and after
+    assert rig.queued()[3:] == ["m4"]
 
 
 async def test_final_sweeps_of_a_network_begin_at_most_once_an_interval(
@@ -370,12 +387,16 @@ async def test_final_sweeps_of_a_network_begin_at_most_once_an_interval(
     await rig.reconciler.push("wa", "45", b"e", [rig.say(4)])
     assert rig.fake.reads == swept + 1  # the pushed room, read first
     await trio.sleep(GAP_SUSPECT_SECONDS + 1)  # the second window is over: no sweep yet
-    assert rig.fake.reads == swept + 1
+    await rig.reconciler.push("wa", "47", b"g", [rig.say(5)])  # a third window, later still
+    await trio.sleep(GAP_SUSPECT_SECONDS + 1)
+    assert rig.fake.room_reads[quiet] == quiet_reads
     assert rig.store.pending_actions("ig", "!ig-2") == []
     await trio.sleep(FINAL_SWEEP_INTERVAL)  # the interval since the first sweep has passed
     assert [i.action.content["body"] for i in rig.store.pending_actions("ig", "!ig-2")] == [
         "m50"]
     assert rig.fake.room_reads[quiet] == quiet_reads + 1  # one sweep, not one per window
+    await trio.sleep(FINAL_SWEEP_INTERVAL * 2)
+    assert rig.fake.room_reads[quiet] == quiet_reads + 1  # and none owed afterwards
 
 
 async def test_a_homeservers_return_sweeps_at_its_windows_end_whatever_the_interval(
@@ -388,4 +409,40 @@ async def test_a_homeservers_return_sweeps_at_its_windows_end_whatever_the_inter
     rig.say(4)  # and this one was, in a room that then goes quiet
     await trio.sleep(SUSPECT_SECONDS + 1)
     assert rig.fake.room_reads[ROOM] == reads + 1  # swept at the window's end
+    assert rig.queued()[3:] == ["m4"]
+
+
+async def test_a_push_while_a_sweep_waits_reads_its_room_first(
+    rig: Rig, autojump_clock: trio.testing.MockClock
+) -> None:
+    quiet = "!wa-quiet"
+    rig.store.sync_config_portals([{"wa": ROOM, "ig": "!ig-room"}, {"wa": quiet, "ig": "!ig-2"}])
+    rig.fake.timelines[quiet] = [text(40) | {"room_id": quiet}]
+    await after_a_gap(rig)
+    await trio.sleep(GAP_SUSPECT_SECONDS + 1)  # virtual time: that window swept
+    rig.fake.timelines[quiet].append(text(50) | {"room_id": quiet})  # in 44, stranded
+    await rig.reconciler.push("wa", "45", b"e", [rig.say(4)])  # the gap: ROOM is read
+    await trio.sleep(GAP_SUSPECT_SECONDS + 1)  # that window is over, its sweep not begun
+    later = text(51) | {"room_id": quiet}
+    rig.fake.timelines[quiet].append(later)
+    await rig.reconciler.push("wa", "46", b"f", [later])  # in sequence, into the quiet room
+    queued = [i.action.content["body"] for i in rig.store.pending_actions("ig", "!ig-2")]
+    assert queued == ["m50", "m51"]
+
+
+async def test_a_gap_during_a_sweep_has_the_rooms_it_passed_swept_again(
+    rig: Rig, autojump_clock: trio.testing.MockClock
+) -> None:
+    # Two rooms swept after ROOM, slowly: the push below gets the network's lock between
+    # them, while the sweep is still under way.
+    slow, slower = "!wa-slow", "!wa-t-slow"
+    rig.store.sync_config_portals([{"wa": ROOM, "ig": "!ig-room"}, {"wa": slow, "ig": "!ig-2"},
+                                   {"wa": slower, "ig": "!ig-3"}])
+    await after_a_gap(rig)
+    rig.fake.read_delay.update({slow: 40.0, slower: 40.0})
+    await trio.sleep(GAP_SUSPECT_SECONDS + 1)  # virtual time: the sweep is past ROOM
+    rig.say(4)  # in transaction 44, stranded; ROOM then goes quiet
+    elsewhere = text(99) | {"room_id": "!elsewhere"}  # a room the bridge does not watch
+    await rig.reconciler.push("wa", "45", b"e", [elsewhere])  # the gap shows during the sweep
+    await trio.sleep(FINAL_SWEEP_INTERVAL + GAP_SUSPECT_SECONDS)  # its window's sweep, budgeted
     assert rig.queued()[3:] == ["m4"]
