@@ -154,6 +154,13 @@ class Metrics:
             "tribridge_events_reconciled", "Events taken in from room timelines, not pushes",
             ["network"], r,
         )
+        self.timeline_reads = Tally(
+            "tribridge_timeline_reads",
+            "Room timelines read back to their mark, by why: push (a distrusted push's room), "
+            "catch-up (every room after a start), sweep (every room after a window of "
+            "distrust), minute (rooms with pushes in the last minute)",
+            ["network", "why"], r,
+        )
         self.pruned = Tally(
             "tribridge_pruned_rows", "Rows deleted from the store once past bridge.history_days",
             ["table"], r,

@@ -130,7 +130,7 @@ class Reconciler:
                 read = self._read[network]
                 for room_id in rooms:
                     if room_id not in read and self._watched(network, room_id):
-                        await self._reconcile_room(network, room_id, pushed)
+                        await self._reconcile_room(network, room_id, pushed, why="push")
             taken = self.inbound.take_transaction(network, txn_id, body, events,
                                                   defer=self.commits is not None)
             if taken is not Taken.NOTHING and self.commits is not None:
@@ -181,7 +181,7 @@ class Reconciler:
         self._catching_up.add(network)
         self._distrust(network)  # a start: no room's read before it vouches for pushes
         try:
-            taken = await self.reconcile_network(network)
+            taken = await self.reconcile_network(network, why="catch-up")
         finally:
             self._catching_up.discard(network)
             owed = network in self._sweep_owed
@@ -212,20 +212,20 @@ class Reconciler:
                 await trio.sleep(SWEEP_SECONDS)  # the sweep period itself, not a wait for events
                 for network in self.homeservers:
                     rooms, self._active[network] = self._active[network], set()
-                    await self.reconcile_rooms(network, rooms)
+                    await self.reconcile_rooms(network, rooms, why="minute")
 
-    async def reconcile_network(self, network: str) -> int:
+    async def reconcile_network(self, network: str, why: str = "sweep") -> int:
         """Reconcile every portal room of `network`; return how many events were taken in."""
         rooms = {p.rooms[network] for p in self.portals() if network in p.rooms}
         rooms.update(self.store.management_rooms(network))
-        return await self.reconcile_rooms(network, rooms)
+        return await self.reconcile_rooms(network, rooms, why)
 
-    async def reconcile_rooms(self, network: str, rooms: Iterable[str]) -> int:
+    async def reconcile_rooms(self, network: str, rooms: Iterable[str], why: str = "sweep") -> int:
         taken = 0
         for room_id in sorted(rooms):
             async with self._locks[network]:
                 if self._watched(network, room_id):
-                    taken += await self._reconcile_room(network, room_id)
+                    taken += await self._reconcile_room(network, room_id, why=why)
         return taken
 
     def _watched(self, network: str, room_id: str) -> bool:
@@ -286,10 +286,11 @@ class Reconciler:
     # -- one room ------------------------------------------------------------------------------
 
     async def _reconcile_room(
-        self, network: str, room_id: str, pushed: set[Any] | None = None
+        self, network: str, room_id: str, pushed: set[Any] | None = None, why: str = "sweep"
     ) -> int:
         """Read `room_id` back to its mark and take in what was missed (events not in `pushed`,
         the transaction being taken in); return how many. Call under the lock."""
+        self.metrics.timeline_reads.labels(network, why).inc()
         mark = self.store.room_mark(network, room_id)
         hs = self.homeservers[network]
         distrusts = self._distrusts[network]

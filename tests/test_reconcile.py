@@ -24,6 +24,7 @@ from bridge.reconcile import (
 from bridge.store import Store
 
 from .fakehs import FakeHomeserver
+from .test_metrics import samples
 
 WA = Network("wa", "WhatsApp", "wa.test", "phone", "tribridge", "_tb_", False)
 IG = Network("ig", "Instagram", "ig.test", "handle", "tribridge", "_tb_", True)
@@ -446,3 +447,26 @@ async def test_a_gap_during_a_sweep_has_the_rooms_it_passed_swept_again(
     await rig.reconciler.push("wa", "45", b"e", [elsewhere])  # the gap shows during the sweep
     await trio.sleep(FINAL_SWEEP_INTERVAL + GAP_SUSPECT_SECONDS)  # its window's sweep, budgeted
     assert rig.queued()[3:] == ["m4"]
+
+
+async def test_metrics_count_timeline_reads_by_why(
+    rig: Rig, autojump_clock: trio.testing.MockClock
+) -> None:
+    rig.say(1)
+    await rig.reconciler.catch_up("wa")  # as after a start
+    await trio.sleep(SUSPECT_SECONDS * 3)  # virtual time: long after the start
+    await after_a_gap_only(rig)  # a push reads its room
+    await trio.sleep(GAP_SUSPECT_SECONDS + 1)  # and the window ends with a sweep
+
+    def reads(why: str) -> float:
+        name = ("tribridge_timeline_reads_total", (("network", "wa"), ("why", why)))
+        return samples(rig.reconciler.metrics).get(name, 0.0)
+
+    assert (reads("catch-up"), reads("push"), reads("sweep")) == (1, 1, 1)
+
+
+async def after_a_gap_only(rig: Rig) -> None:
+    """Transaction 42 stranded: 41 then 43 pushed, the second after a gap."""
+    await rig.reconciler.push("wa", "41", b"a", [rig.say(100)])
+    rig.say(2)
+    await rig.reconciler.push("wa", "43", b"c", [rig.say(3)])
