@@ -27,9 +27,10 @@ NETS = ("wa", "ig", "fbm")
 
 async def check_everything_arrived_once_in_order(
     people: dict[str, Person], rooms: dict[str, str], sent: dict[str, list[str]],
-    within: float = 180,
+    within: float = 180, daemon: Daemon | None = None,
 ) -> None:
-    """Each network's room holds every other network's messages, once each, in send order."""
+    """Each network's room holds every other network's messages, once each, in send order.
+    With `daemon`, a failure shows the end of its log (what it was doing meanwhile)."""
     try:
         with trio.fail_after(within):
             # Cheap waits first (a recent page), so the check does not load the homeservers
@@ -50,6 +51,8 @@ async def check_everything_arrived_once_in_order(
                     missing = [b for b in sent[src] if b not in got]
                     report.append(f"{src} -> {reader}: {len(got)} of {len(sent[src])} arrived;"
                                   f" missing {missing[:5]}{' ...' if len(missing) > 5 else ''}")
+        if daemon is not None:
+            report.append("the daemon's log, last lines:\n" + daemon.log()[-6000:])
         raise AssertionError(f"not everything arrived within {within:g} s:\n"
                              + "\n".join(report)) from None
     for reader in NETS:
@@ -86,7 +89,7 @@ async def test_daemon_down_for_60_s_gets_the_backlog_within_30_s(
         i += 1
         await trio.sleep(2)  # people talking while the bridge is down, not a wait for events
     await daemon.start()
-    await check_everything_arrived_once_in_order(people, rooms, sent, within=30)
+    await check_everything_arrived_once_in_order(people, rooms, sent, within=30, daemon=daemon)
 
 
 @pytest.mark.alone
