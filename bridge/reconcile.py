@@ -98,12 +98,10 @@ class Reconciler:
         self._active: dict[str, set[str]] = {net: set() for net in homeservers}
         # Rooms read back to their mark since the network's last irregularity (a gap or a step
         # back in transaction ids, a start, a homeserver's return): a suspect network's pushes
-        # in sequence into these need no read of their own.
+        # in sequence into these need no read of their own. Each irregularity starts a new set,
+        # so a read under way across one (a homeserver's return comes from a delivery worker,
+        # not under the lock) adds its room to the old set, and vouches for nothing.
         self._read: dict[str, set[str]] = {net: set() for net in homeservers}
-        # Bumped with each clearing of `_read`: a read under way when the network became
-        # untrusted again (a homeserver's return comes from a delivery worker, not under the
-        # lock) vouches for nothing.
-        self._distrusts: dict[str, int] = {net: 0 for net in homeservers}
         self._sweeping: dict[str, trio.Event] = {}  # network -> set when its final sweep ends
         self._last_final: dict[str, float] = {}  # network -> when its last final sweep began
         self._due = {net: 0 for net in homeservers}  # windows over whose final sweep is to come
@@ -127,9 +125,8 @@ class Reconciler:
             self._active[network].update(rooms)
             if self.is_suspect(network):
                 pushed = {e.get("event_id") for e in events if isinstance(e, dict)}
-                read = self._read[network]
                 for room_id in rooms:
-                    if room_id not in read and self._watched(network, room_id):
+                    if room_id not in self._read[network] and self._watched(network, room_id):
                         await self._reconcile_room(network, room_id, pushed, why="push")
             taken = self.inbound.take_transaction(network, txn_id, body, events,
                                                   defer=self.commits is not None)
@@ -171,8 +168,7 @@ class Reconciler:
 
     def _distrust(self, network: str) -> None:
         """No room read so far vouches for `network`'s next pushes."""
-        self._read[network].clear()
-        self._distrusts[network] += 1
+        self._read[network] = set()
 
     async def catch_up(self, network: str) -> int:
         """Read every room of `network` back to its mark (after a start). The network stays
@@ -293,7 +289,7 @@ class Reconciler:
         self.metrics.timeline_reads.labels(network, why).inc()
         mark = self.store.room_mark(network, room_id)
         hs = self.homeservers[network]
-        distrusts = self._distrusts[network]
+        read = self._read[network]  # the rooms this read may vouch for (see __init__)
         newest_first: list[dict[str, Any]] = []
         token: str | None = None
         found = False
@@ -311,13 +307,13 @@ class Reconciler:
             log.info("cannot read %s on %s to reconcile it: %s", room_id, network, exc)
             return 0
         if not newest_first:
-            self._vouch(network, room_id, distrusts)
+            read.add(room_id)
             return 0
         newest = str(newest_first[0].get("event_id"))
         if mark is None:
             # First sight of this room: start from here, do not replay its history.
             self.inbound.take_events(network, [], mark=(room_id, newest))
-            self._vouch(network, room_id, distrusts)
+            read.add(room_id)
             return 0
         if not found:
             log.warning(
@@ -337,14 +333,10 @@ class Reconciler:
                      len(missed))
             self.metrics.reconciled.labels(network).inc(len(missed))
         self.inbound.take_events(network, unseen, mark=(room_id, newest))
-        self._vouch(network, room_id, distrusts)
+        # Read back to its mark and what was missed taken in (only now: a failed take vouches
+        # for nothing): pushes in sequence into it can be trusted again.
+        read.add(room_id)
         return len(missed)
-
-    def _vouch(self, network: str, room_id: str, distrusts: int) -> None:
-        """`room_id` was read back to its mark and what was missed taken in: pushes in sequence
-        into it can be trusted again, unless the network became untrusted during the read."""
-        if self._distrusts[network] == distrusts:
-            self._read[network].add(room_id)
 
 
 def _rooms_of(events: list[Any]) -> list[str]:
