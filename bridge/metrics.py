@@ -158,7 +158,8 @@ class Metrics:
             "tribridge_timeline_reads",
             "Room timelines read back to their mark, by why: push (a distrusted push's room), "
             "catch-up (every room after a start), sweep (every room after a window of "
-            "distrust), minute (rooms with pushes in the last minute)",
+            "distrust), minute (rooms with pushes in the last minute), link (a room entering "
+            "a portal)",
             ["network", "why"], r,
         )
         self.pruned = Tally(

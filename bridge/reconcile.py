@@ -10,8 +10,10 @@ Management rooms are read the same way, so that a command whose push was lost st
 Each portal room has a *mark*: the newest event up to which every event was taken in. A
 reconcile reads the room backwards from its newest event to the mark, takes in the events not
 seen yet in timeline order (through the same path as pushes, so dedupe is by event id), and moves
-the mark, all in one commit. A room seen for the first time gets a mark at its newest event and
-no backfill: linking a room does not replay its history.
+the mark, all in one commit. A room gets its first mark when it enters a portal (the command
+that linked it, or its newest event then: linking a room does not replay its history), so that
+what is said there after the link is taken in even if the bridge stopped right away. A room
+read with no mark at all (that first read failed) gets one at its newest event, with no backfill.
 
 When it runs:
 - at start, for every portal room, after READY and the start-up ping (a network is suspect
@@ -278,6 +280,21 @@ class Reconciler:
         if taken:
             log.warning("reconciliation found %d event(s) %s never pushed", taken, network)
         return taken
+
+    # -- rooms entering a portal ---------------------------------------------------------------
+
+    async def mark_linked(self, network: str, room_id: str, at: str | None = None) -> None:
+        """`room_id` just entered a portal: give it its mark now, at `at` (an event of the
+        room, e.g. the command that linked it) or else at its newest event. Without a mark its
+        first read would have to take what it finds as history, and if the bridge stopped
+        before that read, what was said while it was down would be taken so too."""
+        async with self._locks[network]:
+            if self.store.room_mark(network, room_id) is not None:
+                return  # a push or a sweep read it already, later than this
+            if at is not None:
+                self.inbound.take_events(network, [], mark=(room_id, at))
+            else:
+                await self._reconcile_room(network, room_id, why="link")
 
     # -- one room ------------------------------------------------------------------------------
 

@@ -76,6 +76,58 @@ async def test_a_room_seen_first_is_marked_without_replaying_history(
     assert rig.store.room_mark("wa", ROOM) == "$e2" and rig.queued() == []
 
 
+async def test_a_room_marked_when_linked_keeps_what_is_said_before_its_first_read(
+    rig: Rig, autojump_clock: trio.testing.MockClock
+) -> None:
+    rig.say(1)  # history, before the link
+    await rig.reconciler.mark_linked("wa", ROOM)
+    assert rig.store.room_mark("wa", ROOM) == "$e1" and rig.queued() == []
+    rig.say(2)  # said after the link, never pushed (the bridge stopped, say)
+    rig.say(3)
+    assert await rig.reconciler.catch_up("wa") == 2
+    assert rig.queued() == ["m2", "m3"]
+
+
+async def test_a_room_linked_by_a_command_is_marked_at_the_command(
+    rig: Rig, autojump_clock: trio.testing.MockClock
+) -> None:
+    rig.say(1)
+    command = rig.say(2)  # "!tb link", pushed and seen
+    rig.say(3)  # said while the link was being made
+    await rig.reconciler.mark_linked("wa", ROOM, at=command["event_id"])
+    assert rig.store.room_mark("wa", ROOM) == "$e2"
+    assert await rig.reconciler.catch_up("wa") == 1
+    assert rig.queued() == ["m3"]
+
+
+async def test_a_mark_set_by_a_read_since_is_not_moved_back_by_the_link(
+    rig: Rig, autojump_clock: trio.testing.MockClock
+) -> None:
+    command = rig.say(1)
+    rig.say(2)
+    await rig.reconciler.reconcile_network("wa")  # a push or a sweep got there first
+    await rig.reconciler.mark_linked("wa", ROOM, at=command["event_id"])
+    assert rig.store.room_mark("wa", ROOM) == "$e2" and rig.queued() == []
+
+
+async def test_a_room_linked_again_does_not_replay_what_was_said_while_it_was_not(
+    rig: Rig, autojump_clock: trio.testing.MockClock
+) -> None:
+    rig.say(1)
+    await rig.reconciler.reconcile_network("wa")
+    assert rig.store.room_mark("wa", ROOM) == "$e1"
+    with rig.store.transaction():
+        rig.store.remove_portal_room("wa", ROOM)  # unlinked; the bot left, nothing is pushed
+    for n in range(2, 6):
+        rig.say(n)
+    rig.store.sync_config_portals([{"wa": ROOM, "ig": "!ig-room"}])  # and linked again
+    assert rig.store.room_mark("wa", ROOM) is None  # the old mark is gone with the old portal
+    await rig.reconciler.mark_linked("wa", ROOM)
+    rig.say(6)
+    assert await rig.reconciler.catch_up("wa") == 1
+    assert rig.queued() == ["m6"]
+
+
 async def test_events_missed_by_pushes_are_taken_in_order(
     rig: Rig, autojump_clock: trio.testing.MockClock
 ) -> None:

@@ -157,6 +157,27 @@ def test_portals_and_rooms_dropped_from_the_config_stop_being_bridged(tmp_path: 
     assert [p.portal_id for p in store.portals()] == [kept.portal_id]
 
 
+def test_a_room_enters_a_portal_without_the_mark_of_an_earlier_one(tmp_path: Path) -> None:
+    store = Store(tmp_path / "t.db")
+    store.sync_config_portals([{"wa": "!a", "ig": "!b"}])
+    with store.transaction():
+        store.set_room_mark("wa", "!a", "$old-a")
+        store.set_room_mark("ig", "!b", "$old-b")
+    # Rooms that stay in their portal keep their marks; a room new to it has none.
+    store.sync_config_portals([{"wa": "!a", "ig": "!b", "fbm": "!c"}])
+    assert store.room_mark("wa", "!a") == "$old-a" and store.room_mark("ig", "!b") == "$old-b"
+    assert store.unmarked_rooms("fbm") == {"!c"} and store.unmarked_rooms("wa") == set()
+    # Out of the config and back: its mark from before is gone, as after unlink and link.
+    store.sync_config_portals([{"ig": "!b", "fbm": "!c"}])
+    store.sync_config_portals([{"wa": "!a", "ig": "!b", "fbm": "!c"}])
+    assert store.room_mark("wa", "!a") is None and store.unmarked_rooms("wa") == {"!a"}
+    with store.transaction():
+        store.remove_portal_room("ig", "!b")
+        (portal,) = store.portals()
+        store.add_portal_room(portal.portal_id, "ig", "!b")
+    assert store.room_mark("ig", "!b") is None
+
+
 def test_event_map_and_ghosts_persist(tmp_path: Path) -> None:
     store = Store(tmp_path / "t.db")
     store.map_event("wa", "!a", "$src", "ig", "!b", "$dst")

@@ -305,6 +305,12 @@ class PeopleStore:
             "INSERT INTO portal_rooms (network, room_id, portal_id) VALUES (?, ?, ?)",
             (network, room_id, portal_id),
         )
+        # A mark left from an earlier portal would replay what was said there since (with no
+        # bot in the room, nothing of it was seen): a room enters a portal with no mark, and is
+        # given one at once (Reconciler.mark_linked).
+        self.conn.execute(
+            "DELETE FROM room_marks WHERE network = ? AND room_id = ?", (network, room_id)
+        )
 
     @invalidates
     def remove_portal_room(self, network: str, room_id: str) -> Portal | None:

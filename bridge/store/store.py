@@ -382,6 +382,7 @@ class Store(PeopleStore):
         """
         result: list[Portal] = []
         with self.transaction():
+            before = set(self.conn.execute("SELECT network, room_id, portal_id FROM portal_rooms"))
             kept: set[str] = set()
             for rooms in declared:
                 portal_id = None
@@ -409,6 +410,12 @@ class Store(PeopleStore):
                         "INSERT INTO portal_rooms (network, room_id, portal_id) VALUES (?, ?, ?)",
                         (net, room, portal_id),
                     )
+                    if (net, room, portal_id) not in before:
+                        # As in add_portal_room: no mark left from an earlier portal.
+                        self.conn.execute(
+                            "DELETE FROM room_marks WHERE network = ? AND room_id = ?",
+                            (net, room),
+                        )
                 result.append(Portal(portal_id, dict(rooms)))
             configured = self.conn.execute("SELECT portal_id FROM portals WHERE origin = 'config'")
             stale = [row[0] for row in configured if row[0] not in kept]
@@ -693,6 +700,15 @@ class Store(PeopleStore):
             "SELECT event_id FROM room_marks WHERE network = ? AND room_id = ?", (network, room_id)
         )
         return row[0] if row else None
+
+    def unmarked_rooms(self, network: str) -> set[str]:
+        """`network`'s portal rooms that have no mark yet."""
+        rows = self.conn.execute(
+            "SELECT p.room_id FROM portal_rooms p LEFT JOIN room_marks m "
+            "ON m.network = p.network AND m.room_id = p.room_id "
+            "WHERE p.network = ? AND m.event_id IS NULL", (network,)
+        )
+        return {row[0] for row in rows}
 
     def set_room_mark(self, network: str, room_id: str, event_id: str) -> None:
         self.conn.execute(

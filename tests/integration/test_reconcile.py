@@ -7,11 +7,14 @@ know: every push from wa is then refused, and only reading the timeline can brin
 
 from __future__ import annotations
 
+import httpx
 import pytest
 
 from bridge.demo import has_body
+from bridge.localnet.people import Person, wait_until
 
 from .conftest import Cast, Daemon
+from .test_bot_portals import linked_portal
 from .test_relay import bodies_from, three_way
 
 pytestmark = pytest.mark.synapse
@@ -70,3 +73,52 @@ async def test_linking_a_room_does_not_replay_its_history(cast: Cast, daemon: Da
     await alice.send_text(rooms["wa"], "first bridged")
     events = await bob.wait_for(rooms["ig"], has_body("first bridged"))
     assert bodies_from(events, "@_tb_wa_") == ["first bridged"]
+
+
+async def said_while_down_arrives(people: dict[str, Person], rooms: dict[str, str],
+                                  daemon: Daemon) -> None:
+    """The bridge stops; two messages are said on wa; it starts with wa's pushes refused, so
+    only reading wa's room from its mark brings them: both arrive, and nothing older."""
+    assert await daemon.stop() == 0
+    for text in ("said while down", "said while down, again"):
+        await people["wa"].send_text(rooms["wa"], text)
+    refuse_wa_pushes(daemon)
+    await daemon.start()
+    for net_id in ("ig", "fbm"):
+        events = await people[net_id].wait_for(rooms[net_id], has_body("said while down, again"))
+        assert bodies_from(events, "@_tb_wa_") == ["said while down", "said while down, again"]
+
+
+async def test_a_config_portal_just_started_keeps_what_is_said_while_the_bridge_is_down(
+    cast: Cast, daemon: Daemon
+) -> None:
+    # Stopped as soon as it is READY: no catch-up or push has read the rooms yet. They were
+    # marked when they entered the portal, before READY, so what follows is no history.
+    people, rooms = await three_way(cast, daemon, ("Alice", "Bob", "Carol"))
+    await said_while_down_arrives(people, rooms, daemon)
+
+
+async def start_window_swept(daemon: Daemon) -> None:
+    """Until the start's window of distrust is over and its final sweep has read the rooms:
+    from then on, pushes in sequence are taken without reading their rooms."""
+    base = f"http://127.0.0.1:{daemon.net.bridge_port}"
+    swept = 'tribridge_timeline_reads_total{network="wa",why="sweep"}'
+    async with httpx.AsyncClient(trust_env=False) as http:
+
+        async def done() -> bool:
+            return swept in (await http.get(base + "/metrics")).text
+
+        await wait_until(done, within=60, what="the start window's final sweep")
+
+
+async def test_a_room_linked_by_command_keeps_what_is_said_while_the_bridge_is_down(
+    cast: Cast, daemon: Daemon
+) -> None:
+    # Another portal, so that the start window's final sweep has a room to read and shows.
+    dave, erin = await cast.person("wa", "Dave"), await cast.person("ig", "Erin")
+    await daemon.start([{"wa": await cast.room("wa", dave), "ig": await cast.room("ig", erin)}])
+    await start_window_swept(daemon)
+    # Linked after the window: its pushes are trusted, and the next sweep of active rooms is a
+    # minute after the start; the rooms are read by nothing but the link before the stop.
+    people, rooms = await linked_portal(cast)
+    await said_while_down_arrives(people, rooms, daemon)
