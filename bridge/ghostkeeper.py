@@ -223,16 +223,19 @@ class GhostKeeper:
             name = f"{source.label} user {localpart[-16:][:4]}"
             ghost = self.networks[target_id].user_id(localpart)
             hs = self.homeservers[target_id]
-            try:
-                await hs.set_display_name(ghost, name)
-                await hs.set_avatar_url(ghost, "")  # their picture goes with their name
-            except HomeserverError as exc:
-                log.warning("could not reset a ghost's name on %s: %s", target_id, exc)
             # The store forgets which rooms the ghost is in, so it leaves them now: nothing
-            # could make it leave later. It comes back if the person speaks again.
+            # could make it leave later. It comes back if the person speaks again. Left first:
+            # Synapse copies a new profile into a member event in every room the user is in,
+            # in a background task of its own, which would race with these leaves and put two
+            # needless events in each room.
             for room_id in self.store.ghost_rooms_of(target_id, localpart):
                 try:
                     await hs.leave(room_id, as_user=ghost)
                 except HomeserverError as exc:
                     log.info("a forgotten person's ghost could not leave a room: %s", exc)
+            try:
+                await hs.set_display_name(ghost, name)
+                await hs.set_avatar_url(ghost, "")  # their picture goes with their name
+            except HomeserverError as exc:
+                log.warning("could not reset a ghost's name on %s: %s", target_id, exc)
         return ghosts
