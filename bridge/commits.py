@@ -12,7 +12,8 @@ is taken at once: answered sooner, the homeserver pushes its next transaction so
 Why not wait a fixed few milliseconds for company, as group commit often does: a trio timer that
 fires costs about 0.1 ms of CPU on these machines, as much as the fsync it would save, and it
 delays every answer by its length. Waiting for the loop to be idle
-(`trio.testing.wait_all_tasks_blocked`: public, if named for tests) costs a tenth of that.
+(trio's `wait_all_tasks_blocked`, public as `trio.testing.wait_all_tasks_blocked`) costs a tenth
+of that.
 
 Delivery records alone need no haste (lost to a crash, their actions go again with the same
 transaction ids, which the homeserver recognises): they are committed by the next push's commit,

@@ -121,7 +121,7 @@ class Bridge:
                                         commits)
                 bot = Bot(lambda: self.config, homeservers, store, key,
                           reachable=lambda n: workers[n].reachable, reload=self.reload_from_bot,
-                          wake=wake, linked=reconciler.mark_linked)
+                          wake=wake)
                 for net_id, network in networks.items():
                     workers[net_id] = DeliveryWorker(
                         network, homeservers, networks, store, key,
@@ -308,9 +308,6 @@ async def _setup_network(
             await hs.register(net.network.bot)
         except HomeserverError as exc:
             log.warning("could not register the bot on %s: %s", where, exc)
-        # Rooms new in the config (or never read): marked once joined, so that what is said
-        # there from now on is not taken as history should the bridge stop before reading them.
-        unmarked = reconciler.store.unmarked_rooms(net.id)
         for portal in portals:
             room_id = portal.rooms.get(net.id)
             if room_id is None:
@@ -327,8 +324,6 @@ async def _setup_network(
                 await hs.put_state(room_id, PORTAL_STATE, "", {"portal_id": portal.portal_id})
             except HomeserverError as exc:
                 log.info("portal id not published in %s on %s: %s", room_id, where, exc)
-            if room_id in unmarked:
-                await reconciler.mark_linked(net.id, room_id)
         # The backlog is pushed now; while the network is suspect (until the catch-up after
         # READY has read every room), each pushed transaction first reads its rooms back to
         # their marks, so order holds in rooms the catch-up has not reached yet. The window is

@@ -158,8 +158,7 @@ class Metrics:
             "tribridge_timeline_reads",
             "Room timelines read back to their mark, by why: push (a distrusted push's room), "
             "catch-up (every room after a start), sweep (every room after a window of "
-            "distrust), minute (rooms with pushes in the last minute), link (a room entering "
-            "a portal)",
+            "distrust), minute (rooms with pushes in the last minute)",
             ["network", "why"], r,
         )
         self.pruned = Tally(

@@ -10,10 +10,12 @@ Management rooms are read the same way, so that a command whose push was lost st
 Each portal room has a *mark*: the newest event up to which every event was taken in. A
 reconcile reads the room backwards from its newest event to the mark, takes in the events not
 seen yet in timeline order (through the same path as pushes, so dedupe is by event id), and moves
-the mark, all in one commit. A room gets its first mark when it enters a portal (the command
-that linked it, or its newest event then: linking a room does not replay its history), so that
-what is said there after the link is taken in even if the bridge stopped right away. A room
-read with no mark at all (that first read failed) gets one at its newest event, with no backfill.
+the mark, all in one commit. A room that has no mark yet is read back to the moment it entered
+its portal (or became a management room; the store keeps that time in the mark's place): linking
+a room does not replay its history, and what is said there after the link is taken in even if
+the bridge stopped before the room was ever read. (Judged by the events' origin_server_ts, the
+homeserver's clock, against the bridge's; a room with no such time, bridged before it was kept,
+gets its mark at its newest event and nothing is taken in.)
 
 When it runs:
 - at start, for every portal room, after READY and the start-up ping (a network is suspect
@@ -281,21 +283,6 @@ class Reconciler:
             log.warning("reconciliation found %d event(s) %s never pushed", taken, network)
         return taken
 
-    # -- rooms entering a portal ---------------------------------------------------------------
-
-    async def mark_linked(self, network: str, room_id: str, at: str | None = None) -> None:
-        """`room_id` just entered a portal: give it its mark now, at `at` (an event of the
-        room, e.g. the command that linked it) or else at its newest event. Without a mark its
-        first read would have to take what it finds as history, and if the bridge stopped
-        before that read, what was said while it was down would be taken so too."""
-        async with self._locks[network]:
-            if self.store.room_mark(network, room_id) is not None:
-                return  # a push or a sweep read it already, later than this
-            if at is not None:
-                self.inbound.take_events(network, [], mark=(room_id, at))
-            else:
-                await self._reconcile_room(network, room_id, why="link")
-
     # -- one room ------------------------------------------------------------------------------
 
     async def _reconcile_room(
@@ -305,17 +292,29 @@ class Reconciler:
         the transaction being taken in); return how many. Call under the lock."""
         self.metrics.timeline_reads.labels(network, why).inc()
         mark = self.store.room_mark(network, room_id)
+        # Where the read stops: at the mark. With none yet, at the time the room entered its
+        # portal: what was said there since is no history, even if the bridge stopped before
+        # this first read. With neither (a room bridged before that time was kept), at once:
+        # its newest event becomes the mark, and nothing is taken in.
+        since = None if mark is not None else self.store.room_entered(network, room_id)
         hs = self.homeservers[network]
         read = self._read[network]  # the rooms this read may vouch for (see __init__)
         newest_first: list[dict[str, Any]] = []
+        newest: str | None = None
         token: str | None = None
         found = False
         try:
             for n in range(MAX_PAGES):
-                page, token = await hs.messages(room_id, FIRST_PAGE if n == 0 else PAGE, token)
+                first = FIRST_PAGE if mark is not None or since is not None else 1
+                page, token = await hs.messages(room_id, first if n == 0 else PAGE, token)
+                if n == 0 and page:
+                    newest = str(page[0].get("event_id"))
                 for event in page:
-                    if event.get("event_id") == mark:
-                        found = True
+                    if mark is not None:
+                        found = event.get("event_id") == mark
+                    else:
+                        found = since is None or _before(event, since)
+                    if found:
                         break
                     newest_first.append(event)
                 if found or token is None:
@@ -323,16 +322,10 @@ class Reconciler:
         except HomeserverError as exc:
             log.info("cannot read %s on %s to reconcile it: %s", room_id, network, exc)
             return 0
-        if not newest_first:
-            read.add(room_id)
+        if newest is None or (mark is not None and not newest_first):
+            read.add(room_id)  # nothing new (or, oddly, an empty room)
             return 0
-        newest = str(newest_first[0].get("event_id"))
-        if mark is None:
-            # First sight of this room: start from here, do not replay its history.
-            self.inbound.take_events(network, [], mark=(room_id, newest))
-            read.add(room_id)
-            return 0
-        if not found:
+        if not found and token is not None:
             log.warning(
                 "%s on %s: more than %d events since the last check; took in the newest only",
                 room_id, network, PAGE * MAX_PAGES,
@@ -354,6 +347,13 @@ class Reconciler:
         # for nothing): pushes in sequence into it can be trusted again.
         read.add(room_id)
         return len(missed)
+
+
+def _before(event: Any, since: float) -> bool:
+    """Whether `event` was sent before the wall-clock time `since` (by the homeserver's clock,
+    its origin_server_ts; an event without one counts as older)."""
+    ts = event.get("origin_server_ts") if isinstance(event, dict) else None
+    return not isinstance(ts, int) or ts < since * 1000
 
 
 def _rooms_of(events: list[Any]) -> list[str]:

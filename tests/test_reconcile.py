@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -76,41 +77,40 @@ async def test_a_room_seen_first_is_marked_without_replaying_history(
     assert rig.store.room_mark("wa", ROOM) == "$e2" and rig.queued() == []
 
 
-async def test_a_room_marked_when_linked_keeps_what_is_said_before_its_first_read(
+def at(event: dict[str, Any], seconds: float) -> dict[str, Any]:
+    """`event`, sent at the wall-clock time `seconds` (its origin_server_ts)."""
+    event["origin_server_ts"] = int(seconds * 1000)
+    return event
+
+
+async def test_what_is_said_after_a_room_entered_its_portal_is_taken_at_its_first_read(
     rig: Rig, autojump_clock: trio.testing.MockClock
 ) -> None:
-    rig.say(1)  # history, before the link
-    await rig.reconciler.mark_linked("wa", ROOM)
-    assert rig.store.room_mark("wa", ROOM) == "$e1" and rig.queued() == []
-    rig.say(2)  # said after the link, never pushed (the bridge stopped, say)
-    rig.say(3)
+    entered = rig.store.room_entered("wa", ROOM)
+    assert entered is not None and rig.store.room_mark("wa", ROOM) is None
+    at(rig.say(1), entered - 5)  # history: said before the room was bridged
+    at(rig.say(2), entered + 1)  # after, and never pushed (the bridge stopped, say)
+    at(rig.say(3), entered + 2)
     assert await rig.reconciler.catch_up("wa") == 2
-    assert rig.queued() == ["m2", "m3"]
+    assert rig.queued() == ["m2", "m3"] and rig.store.room_mark("wa", ROOM) == "$e3"
+    assert rig.store.room_entered("wa", ROOM) is None  # marked now: read back to the mark
 
 
-async def test_a_room_linked_by_a_command_is_marked_at_the_command(
+async def test_a_room_with_no_time_of_entry_starts_at_its_newest_event(
     rig: Rig, autojump_clock: trio.testing.MockClock
 ) -> None:
-    rig.say(1)
-    command = rig.say(2)  # "!tb link", pushed and seen
-    rig.say(3)  # said while the link was being made
-    await rig.reconciler.mark_linked("wa", ROOM, at=command["event_id"])
-    assert rig.store.room_mark("wa", ROOM) == "$e2"
-    assert await rig.reconciler.catch_up("wa") == 1
-    assert rig.queued() == ["m3"]
+    # A room bridged before entry times were kept: it has no mark and no such time.
+    with rig.store.transaction():
+        rig.store.conn.execute("DELETE FROM room_marks")
+    for n in range(1, 30):
+        rig.say(n)
+    before = rig.fake.reads
+    assert await rig.reconciler.reconcile_network("wa") == 0
+    assert rig.queued() == [] and rig.store.room_mark("wa", ROOM) == "$e29"
+    assert rig.fake.reads == before + 1  # one event read, not pages of history
 
 
-async def test_a_mark_set_by_a_read_since_is_not_moved_back_by_the_link(
-    rig: Rig, autojump_clock: trio.testing.MockClock
-) -> None:
-    command = rig.say(1)
-    rig.say(2)
-    await rig.reconciler.reconcile_network("wa")  # a push or a sweep got there first
-    await rig.reconciler.mark_linked("wa", ROOM, at=command["event_id"])
-    assert rig.store.room_mark("wa", ROOM) == "$e2" and rig.queued() == []
-
-
-async def test_a_room_linked_again_does_not_replay_what_was_said_while_it_was_not(
+async def test_a_room_bridged_again_does_not_replay_what_was_said_while_it_was_not(
     rig: Rig, autojump_clock: trio.testing.MockClock
 ) -> None:
     rig.say(1)
@@ -119,11 +119,9 @@ async def test_a_room_linked_again_does_not_replay_what_was_said_while_it_was_no
     with rig.store.transaction():
         rig.store.remove_portal_room("wa", ROOM)  # unlinked; the bot left, nothing is pushed
     for n in range(2, 6):
-        rig.say(n)
-    rig.store.sync_config_portals([{"wa": ROOM, "ig": "!ig-room"}])  # and linked again
-    assert rig.store.room_mark("wa", ROOM) is None  # the old mark is gone with the old portal
-    await rig.reconciler.mark_linked("wa", ROOM)
-    rig.say(6)
+        at(rig.say(n), time.time() - 1)
+    rig.store.sync_config_portals([{"wa": ROOM, "ig": "!ig-room"}])  # and bridged again
+    at(rig.say(6), time.time() + 1)
     assert await rig.reconciler.catch_up("wa") == 1
     assert rig.queued() == ["m6"]
 

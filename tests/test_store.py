@@ -157,25 +157,33 @@ def test_portals_and_rooms_dropped_from_the_config_stop_being_bridged(tmp_path: 
     assert [p.portal_id for p in store.portals()] == [kept.portal_id]
 
 
-def test_a_room_enters_a_portal_without_the_mark_of_an_earlier_one(tmp_path: Path) -> None:
+def test_a_room_enters_a_portal_with_its_time_of_entry_and_no_old_mark(tmp_path: Path) -> None:
     store = Store(tmp_path / "t.db")
     store.sync_config_portals([{"wa": "!a", "ig": "!b"}])
+    assert store.room_mark("wa", "!a") is None and store.room_entered("wa", "!a") is not None
     with store.transaction():
         store.set_room_mark("wa", "!a", "$old-a")
         store.set_room_mark("ig", "!b", "$old-b")
-    # Rooms that stay in their portal keep their marks; a room new to it has none.
-    store.sync_config_portals([{"wa": "!a", "ig": "!b", "fbm": "!c"}])
+    assert store.room_entered("wa", "!a") is None  # marked: read back to the mark from now on
+    # Rooms that stay bridged keep their marks, also when they move to another portal (the bot
+    # was there all along); a room new to the portals gets its time of entry.
+    store.sync_config_portals([{"wa": "!a", "fbm": "!c"}, {"ig": "!b", "fbm": "!d"}])
     assert store.room_mark("wa", "!a") == "$old-a" and store.room_mark("ig", "!b") == "$old-b"
-    assert store.unmarked_rooms("fbm") == {"!c"} and store.unmarked_rooms("wa") == set()
-    # Out of the config and back: its mark from before is gone, as after unlink and link.
-    store.sync_config_portals([{"ig": "!b", "fbm": "!c"}])
-    store.sync_config_portals([{"wa": "!a", "ig": "!b", "fbm": "!c"}])
-    assert store.room_mark("wa", "!a") is None and store.unmarked_rooms("wa") == {"!a"}
+    assert store.room_entered("fbm", "!c") is not None
+    # Out of the portals and back: the mark from before is gone, as after unlink and link.
+    store.sync_config_portals([{"ig": "!b", "fbm": "!d"}])
+    store.sync_config_portals([{"wa": "!a", "fbm": "!c"}, {"ig": "!b", "fbm": "!d"}])
+    assert store.room_mark("wa", "!a") is None and store.room_entered("wa", "!a") is not None
     with store.transaction():
+        store.set_room_mark("ig", "!b", "$newer-b")
         store.remove_portal_room("ig", "!b")
-        (portal,) = store.portals()
-        store.add_portal_room(portal.portal_id, "ig", "!b")
-    assert store.room_mark("ig", "!b") is None
+        portal = store.portal_for_room("fbm", "!d")
+        assert portal is None  # a portal left with one room is dissolved
+        (kept,) = store.portals()
+        store.add_portal_room(kept.portal_id, "ig", "!b")
+        store.add_management_room("wa", "!dm", "@alice:wa")
+    assert store.room_mark("ig", "!b") is None and store.room_entered("ig", "!b") is not None
+    assert store.room_entered("wa", "!dm") is not None
 
 
 def test_event_map_and_ghosts_persist(tmp_path: Path) -> None:

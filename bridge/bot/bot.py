@@ -9,7 +9,7 @@ in a handler reads as plainly as one at its top.
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Callable, Mapping
 
 from bridge.bot import dms, events, portals
 from bridge.bot.call import Call, Denied, Handler
@@ -38,7 +38,6 @@ class Bot:
         reachable: Callable[[str], bool] = lambda network: True,
         reload: Callable[[], str] = lambda: "reload is not available here",
         wake: Callable[[str], object] = lambda network: None,  # its answer is not used
-        linked: Callable[[str, str, str | None], Awaitable[None]] | None = None,
     ) -> None:
         self.config = config
         self.homeservers = homeservers
@@ -51,19 +50,9 @@ class Bot:
         self.reachable = reachable
         self.reload = reload
         self.wake = wake  # new bot tasks were queued for a network
-        self._linked = linked  # Reconciler.mark_linked in the daemon
         self._replies: dict[str, int] = {}
         self.busy: set[int] = set()  # DM requests being accepted right now
         self.handlers: Mapping[str, Handler] = HANDLERS
-
-    async def linked(self, rooms: Mapping[str, str], at: Mapping[str, str] | None = None) -> None:
-        """`rooms` (network -> room) just entered a portal, and are committed so: each gets
-        its reconciliation mark now (at the event `at` names for its network, if any), so that
-        nothing said there after the link is taken as history."""
-        if self._linked is None:
-            return
-        for network, room_id in rooms.items():
-            await self._linked(network, room_id, (at or {}).get(network))
 
     # -- entry point ---------------------------------------------------------------------------
 

@@ -142,7 +142,6 @@ async def _accept(bot: Bot, request_id: int) -> None:
             {source.id: request.room_id, home.id: room_id}, "dm", None
         )
         bot.store.update_dm_request(request.id, state="accepted", portal_id=portal.portal_id)
-    await bot.linked(portal.rooms)
     log.info("a DM request from %s to %s was accepted", home.id, source.id)
 
 

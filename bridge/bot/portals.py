@@ -143,9 +143,6 @@ async def link(bot: Bot, call: Call) -> str:
         else:
             for net_id, room_id in made.items():
                 bot.store.add_portal_room(portal_id, net_id, room_id)
-    if portal is None:
-        await bot.linked({call.network: call.room_id}, at={call.network: call.event_id})
-    await bot.linked(made)
     published = True
     if portal is None:
         published = await _publish(bot, call.network, call.room_id, portal_id)
@@ -210,9 +207,6 @@ async def _link_existing(bot: Bot, call: Call, net_id: str, room: str) -> str:
         else:
             portal_id = call.portal.portal_id
             bot.store.add_portal_room(portal_id, net_id, room_id)
-    if call.portal is None:
-        await bot.linked({call.network: call.room_id}, at={call.network: call.event_id})
-    await bot.linked({net_id: room_id})
     await _publish(bot, net_id, room_id, portal_id)
     if call.portal is None:
         await _publish(bot, call.network, call.room_id, portal_id)

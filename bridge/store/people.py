@@ -55,6 +55,9 @@ class PeopleStore:
     def transaction(self) -> AbstractContextManager[None]:
         raise NotImplementedError  # provided by Store
 
+    def room_enters(self, network: str, room_id: str) -> None:
+        raise NotImplementedError  # provided by Store
+
     # -- management rooms ----------------------------------------------------------------------
 
     @memoised
@@ -89,6 +92,7 @@ class PeopleStore:
             "VALUES (?, ?, ?, ?)",
             (network, room_id, user_id, time.time()),
         )
+        self.room_enters(network, room_id)  # commands said from now on are read, not history
 
     @invalidates
     def drop_management_room(self, network: str, room_id: str) -> None:
@@ -305,12 +309,7 @@ class PeopleStore:
             "INSERT INTO portal_rooms (network, room_id, portal_id) VALUES (?, ?, ?)",
             (network, room_id, portal_id),
         )
-        # A mark left from an earlier portal would replay what was said there since (with no
-        # bot in the room, nothing of it was seen): a room enters a portal with no mark, and is
-        # given one at once (Reconciler.mark_linked).
-        self.conn.execute(
-            "DELETE FROM room_marks WHERE network = ? AND room_id = ?", (network, room_id)
-        )
+        self.room_enters(network, room_id)
 
     @invalidates
     def remove_portal_room(self, network: str, room_id: str) -> Portal | None:

@@ -382,7 +382,7 @@ class Store(PeopleStore):
         """
         result: list[Portal] = []
         with self.transaction():
-            before = set(self.conn.execute("SELECT network, room_id, portal_id FROM portal_rooms"))
+            before = set(self.conn.execute("SELECT network, room_id FROM portal_rooms"))
             kept: set[str] = set()
             for rooms in declared:
                 portal_id = None
@@ -410,12 +410,8 @@ class Store(PeopleStore):
                         "INSERT INTO portal_rooms (network, room_id, portal_id) VALUES (?, ?, ?)",
                         (net, room, portal_id),
                     )
-                    if (net, room, portal_id) not in before:
-                        # As in add_portal_room: no mark left from an earlier portal.
-                        self.conn.execute(
-                            "DELETE FROM room_marks WHERE network = ? AND room_id = ?",
-                            (net, room),
-                        )
+                    if (net, room) not in before:
+                        self.room_enters(net, room)
                 result.append(Portal(portal_id, dict(rooms)))
             configured = self.conn.execute("SELECT portal_id FROM portals WHERE origin = 'config'")
             stale = [row[0] for row in configured if row[0] not in kept]
@@ -701,14 +697,24 @@ class Store(PeopleStore):
         )
         return row[0] if row else None
 
-    def unmarked_rooms(self, network: str) -> set[str]:
-        """`network`'s portal rooms that have no mark yet."""
-        rows = self.conn.execute(
-            "SELECT p.room_id FROM portal_rooms p LEFT JOIN room_marks m "
-            "ON m.network = p.network AND m.room_id = p.room_id "
-            "WHERE p.network = ? AND m.event_id IS NULL", (network,)
+    def room_enters(self, network: str, room_id: str) -> None:
+        """`room_id` begins to be watched (a portal room, a management room): it has no mark
+        yet, and its first read takes in what was said from now on (Reconciler), even if the
+        bridge stops before that read. A mark left from an earlier time it was watched goes:
+        read back to, it would replay what was said while it was not."""
+        self.conn.execute(
+            "INSERT OR REPLACE INTO room_marks (network, room_id, event_id, updated_at) "
+            "VALUES (?, ?, NULL, ?)",
+            (network, room_id, time.time()),
         )
-        return {row[0] for row in rows}
+
+    def room_entered(self, network: str, room_id: str) -> float | None:
+        """When an unmarked room began to be watched (None: it has a mark, or no such time)."""
+        row = self._one(
+            "SELECT updated_at FROM room_marks WHERE network = ? AND room_id = ? "
+            "AND event_id IS NULL", (network, room_id)
+        )
+        return float(row[0]) if row else None
 
     def set_room_mark(self, network: str, room_id: str, event_id: str) -> None:
         self.conn.execute(
