@@ -390,7 +390,10 @@ class DeliveryWorker:
         action = item.action
         if isinstance(action, JoinRoom):
             await self.hs.join(action.room_id)
-            self.store.finish(item, "done")
+            with self.store.transaction():
+                self.store.finish(item, "done")
+                # A portal room the bot could not join at the start is watched from now.
+                self.store.rooms_joined(self.network.id, [action.room_id])
             log.info("joined %s on %s", action.room_id, self.network.server_name)
             return
         if isinstance(action, SendNotice):

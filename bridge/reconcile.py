@@ -10,12 +10,14 @@ Management rooms are read the same way, so that a command whose push was lost st
 Each portal room has a *mark*: the newest event up to which every event was taken in. A
 reconcile reads the room backwards from its newest event to the mark, takes in the events not
 seen yet in timeline order (through the same path as pushes, so dedupe is by event id), and moves
-the mark, all in one commit. A room that has no mark yet is read back to the moment it entered
-its portal (or became a management room; the store keeps that time in the mark's place): linking
-a room does not replay its history, and what is said there after the link is taken in even if
-the bridge stopped before the room was ever read. (Judged by the events' origin_server_ts, the
-homeserver's clock, against the bridge's; a room with no such time, bridged before it was kept,
-gets its mark at its newest event and nothing is taken in.)
+the mark, all in one commit. A room that has no mark yet is read back to the moment it began
+to be watched (Store.room_enters, Store.rooms_joined: when a command linked it or the bot first
+joined it, when it became a management room; the store keeps that time in the mark's place):
+linking a room does not replay its history, and what is said there afterwards is taken in even
+if the bridge stopped before the room was ever read. That first read ends at the first event of
+this homeserver's own users stamped (origin_server_ts) before that time, and takes in only the
+events stamped after it: a remote server's lagging clock cannot end it early. A room with
+neither a mark nor such a time gets its mark at its newest event, and nothing is taken in.
 
 When it runs:
 - at start, for every portal room, after READY and the start-up ping (a network is suspect
@@ -292,12 +294,13 @@ class Reconciler:
         the transaction being taken in); return how many. Call under the lock."""
         self.metrics.timeline_reads.labels(network, why).inc()
         mark = self.store.room_mark(network, room_id)
-        # Where the read stops: at the mark. With none yet, at the time the room entered its
-        # portal: what was said there since is no history, even if the bridge stopped before
-        # this first read. With neither (a room bridged before that time was kept), at once:
-        # its newest event becomes the mark, and nothing is taken in.
+        # Where the read stops: at the mark. With none yet, at the time the room began to be
+        # watched (Store.room_enters): what was said there since is no history, even if the
+        # bridge stopped before this first read. With neither, at once: its newest event
+        # becomes the mark, and nothing is taken in.
         since = None if mark is not None else self.store.room_entered(network, room_id)
         hs = self.homeservers[network]
+        local = ":" + hs.server_name
         read = self._read[network]  # the rooms this read may vouch for (see __init__)
         newest_first: list[dict[str, Any]] = []
         newest: str | None = None
@@ -312,8 +315,15 @@ class Reconciler:
                 for event in page:
                     if mark is not None:
                         found = event.get("event_id") == mark
+                    elif since is None:
+                        found = True
                     else:
-                        found = since is None or _before(event, since)
+                        # Timestamps need not grow along a timeline (a remote server's clock,
+                        # an appservice that sets them): only an event of this homeserver,
+                        # stamped by the clock that stamps its successors, ends the read.
+                        ts = event.get("origin_server_ts")
+                        found = (isinstance(ts, int) and ts < since * 1000
+                                 and str(event.get("sender", "")).endswith(local))
                     if found:
                         break
                     newest_first.append(event)
@@ -325,7 +335,7 @@ class Reconciler:
         if newest is None or (mark is not None and not newest_first):
             read.add(room_id)  # nothing new (or, oddly, an empty room)
             return 0
-        if not found and token is not None:
+        if not found and (token is not None or mark is not None):
             log.warning(
                 "%s on %s: more than %d events since the last check; took in the newest only",
                 room_id, network, PAGE * MAX_PAGES,
@@ -335,6 +345,7 @@ class Reconciler:
         unseen = [
             e for e in reversed(newest_first)
             if isinstance(e.get("event_id"), str) and not self.inbound.is_echo(e, network)
+            and (since is None or not _sent_before(e, since))
             and not self.store.event_seen(network, e["event_id"])
         ]
         missed = [e for e in unseen if e["event_id"] not in (pushed or ())]
@@ -349,9 +360,9 @@ class Reconciler:
         return len(missed)
 
 
-def _before(event: Any, since: float) -> bool:
-    """Whether `event` was sent before the wall-clock time `since` (by the homeserver's clock,
-    its origin_server_ts; an event without one counts as older)."""
+def _sent_before(event: Any, since: float) -> bool:
+    """Whether `event` was sent before the wall-clock time `since`, by its origin_server_ts (the
+    clock of the server it comes from). An event without one (malformed) counts as sent before."""
     ts = event.get("origin_server_ts") if isinstance(event, dict) else None
     return not isinstance(ts, int) or ts < since * 1000
 

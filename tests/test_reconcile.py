@@ -83,27 +83,52 @@ def at(event: dict[str, Any], seconds: float) -> dict[str, Any]:
     return event
 
 
+def bot_joins(rig: Rig) -> float:
+    """The bot is in the room now (at the start, or invited later): it is watched from now."""
+    with rig.store.transaction():
+        rig.store.rooms_joined("wa", [ROOM])
+    entered = rig.store.room_entered("wa", ROOM)
+    assert entered is not None and rig.store.room_mark("wa", ROOM) is None
+    return entered
+
+
 async def test_what_is_said_after_a_room_entered_its_portal_is_taken_at_its_first_read(
     rig: Rig, autojump_clock: trio.testing.MockClock
 ) -> None:
-    entered = rig.store.room_entered("wa", ROOM)
-    assert entered is not None and rig.store.room_mark("wa", ROOM) is None
-    at(rig.say(1), entered - 5)  # history: said before the room was bridged
+    at(rig.say(1), time.time() - 60)  # history: said before the bot was in the room
+    entered = bot_joins(rig)
     at(rig.say(2), entered + 1)  # after, and never pushed (the bridge stopped, say)
     at(rig.say(3), entered + 2)
     assert await rig.reconciler.catch_up("wa") == 2
     assert rig.queued() == ["m2", "m3"] and rig.store.room_mark("wa", ROOM) == "$e3"
     assert rig.store.room_entered("wa", ROOM) is None  # marked now: read back to the mark
+    with rig.store.transaction():
+        rig.store.rooms_joined("wa", [ROOM])  # joined again at the next start: no change
+    assert rig.store.room_mark("wa", ROOM) == "$e3"
+
+
+async def test_an_event_stamped_by_a_lagging_clock_does_not_end_the_first_read(
+    rig: Rig, autojump_clock: trio.testing.MockClock
+) -> None:
+    at(rig.say(1), time.time() - 60)
+    entered = bot_joins(rig)
+    at(rig.say(2), entered + 1)  # never pushed
+    remote = at(rig.say(3), entered - 30)  # from a server whose clock is half a minute behind
+    remote["sender"] = "@someone:lagging.test"
+    at(rig.say(4), entered + 3)
+    assert await rig.reconciler.catch_up("wa") == 2
+    # m3 claims a time before the room entered: it cannot be told from history (and is not
+    # taken), but it does not hide m2 behind it.
+    assert rig.queued() == ["m2", "m4"]
 
 
 async def test_a_room_with_no_time_of_entry_starts_at_its_newest_event(
     rig: Rig, autojump_clock: trio.testing.MockClock
 ) -> None:
-    # A room bridged before entry times were kept: it has no mark and no such time.
-    with rig.store.transaction():
-        rig.store.conn.execute("DELETE FROM room_marks")
+    # A room the bot never joined, or bridged before times of entry were kept.
+    assert rig.store.room_entered("wa", ROOM) is None
     for n in range(1, 30):
-        rig.say(n)
+        at(rig.say(n), time.time())
     before = rig.fake.reads
     assert await rig.reconciler.reconcile_network("wa") == 0
     assert rig.queued() == [] and rig.store.room_mark("wa", ROOM) == "$e29"
@@ -118,12 +143,25 @@ async def test_a_room_bridged_again_does_not_replay_what_was_said_while_it_was_n
     assert rig.store.room_mark("wa", ROOM) == "$e1"
     with rig.store.transaction():
         rig.store.remove_portal_room("wa", ROOM)  # unlinked; the bot left, nothing is pushed
+    assert rig.store.room_mark("wa", ROOM) is None  # the mark went with the portal
     for n in range(2, 6):
         at(rig.say(n), time.time() - 1)
     rig.store.sync_config_portals([{"wa": ROOM, "ig": "!ig-room"}])  # and bridged again
-    at(rig.say(6), time.time() + 1)
+    entered = bot_joins(rig)
+    at(rig.say(6), entered + 1)
     assert await rig.reconciler.catch_up("wa") == 1
     assert rig.queued() == ["m6"]
+
+
+async def test_a_read_that_misses_its_mark_says_so(
+    rig: Rig, autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    rig.say(1)
+    await rig.reconciler.reconcile_network("wa")
+    rig.fake.timelines[ROOM].clear()  # the mark's event is gone (a retention purge, say)
+    rig.say(2)
+    assert await rig.reconciler.reconcile_network("wa") == 1
+    assert "since the last check; took in the newest only" in caplog.text
 
 
 async def test_events_missed_by_pushes_are_taken_in_order(

@@ -157,33 +157,48 @@ def test_portals_and_rooms_dropped_from_the_config_stop_being_bridged(tmp_path: 
     assert [p.portal_id for p in store.portals()] == [kept.portal_id]
 
 
-def test_a_room_enters_a_portal_with_its_time_of_entry_and_no_old_mark(tmp_path: Path) -> None:
+def test_a_room_is_watched_from_when_the_bot_is_in_it_and_forgets_old_marks(
+    tmp_path: Path,
+) -> None:
     store = Store(tmp_path / "t.db")
     store.sync_config_portals([{"wa": "!a", "ig": "!b"}])
-    assert store.room_mark("wa", "!a") is None and store.room_entered("wa", "!a") is not None
+    assert store.room_entered("wa", "!a") is None  # the bot is not in it yet
+    with store.transaction():
+        store.rooms_joined("wa", ["!a", "!not-a-portal-room"])
+    assert store.room_entered("wa", "!a") is not None
+    assert store.room_entered("wa", "!not-a-portal-room") is None
     with store.transaction():
         store.set_room_mark("wa", "!a", "$old-a")
         store.set_room_mark("ig", "!b", "$old-b")
-    assert store.room_entered("wa", "!a") is None  # marked: read back to the mark from now on
+        store.rooms_joined("wa", ["!a"])  # joined again at a start: the mark stays
+    assert store.room_entered("wa", "!a") is None and store.room_mark("wa", "!a") == "$old-a"
     # Rooms that stay bridged keep their marks, also when they move to another portal (the bot
-    # was there all along); a room new to the portals gets its time of entry.
+    # was there all along); a room new to the portals has neither mark nor time yet.
     store.sync_config_portals([{"wa": "!a", "fbm": "!c"}, {"ig": "!b", "fbm": "!d"}])
     assert store.room_mark("wa", "!a") == "$old-a" and store.room_mark("ig", "!b") == "$old-b"
-    assert store.room_entered("fbm", "!c") is not None
     # Out of the portals and back: the mark from before is gone, as after unlink and link.
     store.sync_config_portals([{"ig": "!b", "fbm": "!d"}])
-    store.sync_config_portals([{"wa": "!a", "fbm": "!c"}, {"ig": "!b", "fbm": "!d"}])
-    assert store.room_mark("wa", "!a") is None and store.room_entered("wa", "!a") is not None
+    assert store.room_mark("wa", "!a") is None
     with store.transaction():
-        store.set_room_mark("ig", "!b", "$newer-b")
-        store.remove_portal_room("ig", "!b")
-        portal = store.portal_for_room("fbm", "!d")
-        assert portal is None  # a portal left with one room is dissolved
+        store.set_room_mark("wa", "!a", "$stale")  # as if a read had come in between
+    store.sync_config_portals([{"wa": "!a", "fbm": "!c"}, {"ig": "!b", "fbm": "!d"}])
+    assert store.room_mark("wa", "!a") is None
+    with store.transaction():
+        store.remove_portal_room("ig", "!b")  # a portal left with one room is dissolved
+        assert store.portal_for_room("fbm", "!d") is None
         (kept,) = store.portals()
-        store.add_portal_room(kept.portal_id, "ig", "!b")
-        store.add_management_room("wa", "!dm", "@alice:wa")
+        store.add_portal_room(kept.portal_id, "ig", "!b")  # linked by a command: bot is in it
     assert store.room_mark("ig", "!b") is None and store.room_entered("ig", "!b") is not None
-    assert store.room_entered("wa", "!dm") is not None
+    # A management room is watched from its invitation; the same invitation taken again (its
+    # task run again after a crash) does not start it afresh.
+    with store.transaction():
+        store.add_management_room("wa", "!dm", "@alice:wa")
+        store.set_room_mark("wa", "!dm", "$cmd")
+        store.add_management_room("wa", "!dm", "@alice:wa")
+    assert store.room_mark("wa", "!dm") == "$cmd"
+    with store.transaction():
+        store.drop_management_room("wa", "!dm")
+    assert store.room_mark("wa", "!dm") is None and store.room_entered("wa", "!dm") is None
 
 
 def test_event_map_and_ghosts_persist(tmp_path: Path) -> None:

@@ -58,6 +58,9 @@ class PeopleStore:
     def room_enters(self, network: str, room_id: str) -> None:
         raise NotImplementedError  # provided by Store
 
+    def room_leaves(self, network: str, room_id: str) -> None:
+        raise NotImplementedError  # provided by Store
+
     # -- management rooms ----------------------------------------------------------------------
 
     @memoised
@@ -87,18 +90,23 @@ class PeopleStore:
 
     @invalidates
     def add_management_room(self, network: str, room_id: str, user_id: str) -> None:
+        new = self._one(
+            "SELECT 1 FROM management_rooms WHERE network = ? AND room_id = ?", (network, room_id)
+        ) is None
         self.conn.execute(
             "INSERT OR REPLACE INTO management_rooms (network, room_id, user_id, created_at) "
             "VALUES (?, ?, ?, ?)",
             (network, room_id, user_id, time.time()),
         )
-        self.room_enters(network, room_id)  # commands said from now on are read, not history
+        if new:  # (the invitation's task run again must not take the commands since as history)
+            self.room_enters(network, room_id)  # commands said from now on are read
 
     @invalidates
     def drop_management_room(self, network: str, room_id: str) -> None:
         self.conn.execute(
             "DELETE FROM management_rooms WHERE network = ? AND room_id = ?", (network, room_id)
         )
+        self.room_leaves(network, room_id)
 
     # -- privacy settings ----------------------------------------------------------------------
 
@@ -328,14 +336,20 @@ class PeopleStore:
         self.conn.execute(
             "DELETE FROM portal_rooms WHERE network = ? AND room_id = ?", (network, room_id)
         )
+        self.room_leaves(network, room_id)
         if len(rows) <= 2:
             self.delete_portal(portal_id)
         return Portal(portal_id, {n: r for n, r in rows})
 
     @invalidates
     def delete_portal(self, portal_id: str) -> None:
+        rooms = self.conn.execute(
+            "SELECT network, room_id FROM portal_rooms WHERE portal_id = ?", (portal_id,)
+        ).fetchall()
         self.conn.execute("DELETE FROM portal_rooms WHERE portal_id = ?", (portal_id,))
         self.conn.execute("DELETE FROM portals WHERE portal_id = ?", (portal_id,))
+        for network, room_id in rooms:
+            self.room_leaves(network, room_id)
 
     def portal_info(self, portal_id: str) -> tuple[str, str | None] | None:
         """(origin, creator) of a portal."""

@@ -411,13 +411,18 @@ class Store(PeopleStore):
                         (net, room, portal_id),
                     )
                     if (net, room) not in before:
-                        self.room_enters(net, room)
+                        # New to the portals: no mark from an earlier time it was bridged. Its
+                        # time of entry is when the bot is in it (rooms_joined, at the start).
+                        self.room_leaves(net, room)
                 result.append(Portal(portal_id, dict(rooms)))
             configured = self.conn.execute("SELECT portal_id FROM portals WHERE origin = 'config'")
             stale = [row[0] for row in configured if row[0] not in kept]
             for portal_id in stale:
                 self.conn.execute("DELETE FROM portal_rooms WHERE portal_id = ?", (portal_id,))
                 self.conn.execute("DELETE FROM portals WHERE portal_id = ?", (portal_id,))
+            after = set(self.conn.execute("SELECT network, room_id FROM portal_rooms"))
+            for net, room in before - after:
+                self.room_leaves(net, room)
         return result
 
     # -- profiles and ghosts -------------------------------------------------------------------
@@ -706,6 +711,22 @@ class Store(PeopleStore):
             "INSERT OR REPLACE INTO room_marks (network, room_id, event_id, updated_at) "
             "VALUES (?, ?, NULL, ?)",
             (network, room_id, time.time()),
+        )
+
+    def rooms_joined(self, network: str, rooms: Iterable[str]) -> None:
+        """The bot is in these rooms now: those of them that are portal rooms with neither a
+        mark nor a time of entry (new in the config, or joined only now) enter from now."""
+        self.conn.executemany(
+            "INSERT OR IGNORE INTO room_marks (network, room_id, event_id, updated_at) "
+            "SELECT ?, ?, NULL, ? WHERE EXISTS "
+            "(SELECT 1 FROM portal_rooms WHERE network = ?1 AND room_id = ?2)",
+            ((network, room_id, time.time()) for room_id in rooms),
+        )
+
+    def room_leaves(self, network: str, room_id: str) -> None:
+        """`room_id` is not watched any more: its mark (or time of entry) goes with it."""
+        self.conn.execute(
+            "DELETE FROM room_marks WHERE network = ? AND room_id = ?", (network, room_id)
         )
 
     def room_entered(self, network: str, room_id: str) -> float | None:

@@ -89,6 +89,15 @@ async def said_while_down_arrives(people: dict[str, Person], rooms: dict[str, st
         assert bodies_from(events, "@_tb_wa_") == ["said while down", "said while down, again"]
 
 
+async def test_a_config_portal_just_started_keeps_what_is_said_while_the_bridge_is_down(
+    cast: Cast, daemon: Daemon
+) -> None:
+    # Stopped as soon as it is READY: the catch-up may not have read the rooms yet. They are
+    # watched from when the bot joined them, before READY, so what follows is no history.
+    people, rooms = await three_way(cast, daemon, ("Alice", "Bob", "Carol"))
+    await said_while_down_arrives(people, rooms, daemon)
+
+
 async def start_window_swept(daemon: Daemon) -> None:
     """Until the start's window of distrust is over and its final sweep has read the rooms:
     from then on, pushes in sequence are taken without reading their rooms."""
