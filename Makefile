@@ -46,6 +46,7 @@ bench: $(VENV)/.bench-installed
 	$(PY) bench/perf.py --messages 5000 --paced 1000 --rounds 3 --calibrate --profile $(VENV)/perf-profile.txt
 	$(PY) bench/scale.py
 	$(PY) bench/prune.py
+	$(PY) bench/pace.py
 	$(PY) bench/relay.py
 
 clean:

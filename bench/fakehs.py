@@ -65,6 +65,15 @@ class Fake:
     expected: int = 0  # sends to wait for
     _all_in: trio.Event = field(default_factory=trio.Event)
     _txn: dict[str, int] = field(default_factory=dict)
+    # Synapse's ways, when asked for (bench/pace.py): a send is answered only after
+    # `answer_delay` s (Synapse takes 15-60 ms), and with `echo` every relayed send is pushed
+    # back to the relay on its network, as Synapse pushes an appservice its own users' events
+    # (queued echoes go together, one transaction in flight per network).
+    answer_delay: float = 0.0
+    echo: bool = False
+    echoes: int = 0  # echo transactions pushed
+    _echo_queue: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    _echo_due: dict[str, trio.Event] = field(default_factory=dict)
 
     def url(self, net_id: str) -> str:
         return f"http://127.0.0.1:{self.ports[net_id]}"
@@ -100,13 +109,46 @@ class Fake:
             for net_id, *_ in NETWORKS:
                 await nursery.start(serve, "127.0.0.1", self.ports[net_id],
                                     self._handler(net_id), Limits())
+                self._echo_queue[net_id], self._echo_due[net_id] = [], trio.Event()
+                nursery.start_soon(self._push_echoes, net_id)
             task_status.started()
 
     def _handler(self, net_id: str) -> Any:
         async def handle(request: Request) -> Response:
-            return self.answer(net_id, request)
+            if self.answer_delay and request.method == "PUT" and "/send/" in request.path:
+                await trio.sleep(self.answer_delay)  # the homeserver's time to answer
+            response = self.answer(net_id, request)
+            if self.echo and request.method == "PUT" and "/send/" in request.path:
+                self._echo_queue[net_id].append(self._echo_of(net_id, request, response))
+                self._echo_due[net_id].set()
+            return response
 
         return handle
+
+    def _echo_of(self, net_id: str, request: Request, response: Response) -> dict[str, Any]:
+        user = (request.query.get("user_id") or [f"@bot:{net_id}.localhost"])[0]
+        return {"type": "m.room.message", "room_id": self.rooms[net_id], "sender": user,
+                "event_id": json.loads(response.body)["event_id"],
+                "origin_server_ts": int(time.time() * 1000), "unsigned": {"age": 1},
+                "content": json.loads(request.body)}
+
+    async def _push_echoes(self, net_id: str) -> None:
+        """Push the relay's own sends back to it on `net_id`, as Synapse does."""
+        url = f"http://127.0.0.1:{self.bridge_port}"
+        async with LeanClient(url, {"Authorization": f"Bearer {self.hs_tokens[net_id]}"}) as client:
+            while True:
+                await self._echo_due[net_id].wait()
+                self._echo_due[net_id] = trio.Event()
+                events, self._echo_queue[net_id] = self._echo_queue[net_id], []
+                if not events:
+                    continue
+                self._txn[net_id] = self._txn.get(net_id, 0) + 1
+                body = json.dumps({"events": events}).encode()
+                status, *_ = await client.request(
+                    "PUT", f"/_matrix/app/v1/transactions/{self._txn[net_id]}", body)
+                if status != 200:
+                    raise RuntimeError(f"the relay answered an echo with {status}")
+                self.echoes += 1
 
     def answer(self, net_id: str, request: Request) -> Response:
         path = request.path
