@@ -26,8 +26,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -36,8 +34,8 @@ import trio
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from fakehs import NETWORKS, Fake, cpu_seconds
-from perf import ROOT, hot_spots, tribridge, wait_for_port
+from fakehs import Fake, cpu_seconds
+from perf import hot_spots, plain, tribridge
 
 from bridge.http.client import LeanClient
 from bridge.reconcile import SUSPECT_SECONDS
@@ -45,23 +43,6 @@ from bridge.reconcile import SUSPECT_SECONDS
 RATE = 40.0
 ANSWER_DELAY = 0.02
 GHOST = "@_tb_ig_aaaaaaaaaaaaaaaa:wa.localhost"  # an echo: a send of tribridge's, pushed back
-
-
-@asynccontextmanager
-async def floor(fake: Fake) -> AsyncIterator[int]:
-    """The floor relay, told which senders are its own (it sends as @floor:<server>)."""
-    args = [sys.executable, str(ROOT / "bench" / "floor.py"), "--listen", str(fake.bridge_port),
-            "--own", "@floor:", "--own", "@_tb_"]
-    for net_id, *_ in NETWORKS:
-        args += ["--hs", f"{net_id}={fake.hs_tokens[net_id]}={fake.url(net_id)}="
-                         f"{fake.rooms[net_id]}"]
-    process = await trio.lowlevel.open_process(args)
-    try:
-        await wait_for_port(fake.bridge_port)
-        yield process.pid
-    finally:
-        process.kill()
-        await process.wait()
 
 
 async def echo_pushes(fake: Fake, pid: int, count: int, tag: str) -> float:
@@ -124,7 +105,9 @@ async def main(args: Any) -> None:
         for n in range(args.rounds):
             for relay in (["floor", "tribridge"] if n % 2 == 0 else ["tribridge", "floor"]):
                 if relay == "floor":
-                    context = floor(fake)
+                    # Told which senders are its own (it sends as @floor:<server>): the echoes.
+                    context = plain(fake, "floor", root / f"f{n}",
+                                    ["--own", "@floor:", "--own", "@_tb_"])
                 else:
                     await trio.Path(root / f"t{n}").mkdir()
                     context = tribridge(fake, root / f"t{n}")

@@ -31,7 +31,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -76,8 +76,10 @@ TARGETS = (0.45, 0.20)
 
 
 @asynccontextmanager
-async def plain(fake: Fake, relay: str, workdir: Path) -> AsyncIterator[int]:
-    args = [sys.executable, str(ROOT / "bench" / PLAIN[relay]), "--listen", str(fake.bridge_port)]
+async def plain(fake: Fake, relay: str, workdir: Path,
+                extra: Sequence[str] = ()) -> AsyncIterator[int]:
+    args = [sys.executable, str(ROOT / "bench" / PLAIN[relay]), "--listen", str(fake.bridge_port),
+            *extra]
     if relay.endswith("+db"):
         await trio.Path(workdir).mkdir()
         args += ["--db", str(workdir / "floor.db")]
