@@ -72,6 +72,7 @@ class Fake:
     answer_delay: float = 0.0
     echo: bool = False
     echoes: int = 0  # echo transactions pushed
+    echoing: int = 0  # echo transactions on their way
     _echo_queue: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     _echo_due: dict[str, trio.Event] = field(default_factory=dict)
 
@@ -144,8 +145,12 @@ class Fake:
                     continue
                 self._txn[net_id] = self._txn.get(net_id, 0) + 1
                 body = json.dumps({"events": events}).encode()
-                status, *_ = await client.request(
-                    "PUT", f"/_matrix/app/v1/transactions/{self._txn[net_id]}", body)
+                self.echoing += 1
+                try:
+                    status, *_ = await client.request(
+                        "PUT", f"/_matrix/app/v1/transactions/{self._txn[net_id]}", body)
+                finally:
+                    self.echoing -= 1
                 if status != 200:
                     raise RuntimeError(f"the relay answered an echo with {status}")
                 self.echoes += 1

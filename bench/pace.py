@@ -8,8 +8,8 @@ the floor relay and tribridge, interleaved, at that pace on the fake:
 
 - "paced 40/s": pushes of one event, 40 a second, sends answered at once;
 - "as Synapse": the same, sends answered after 20 ms, and every relayed send pushed back;
-- "echo pushes": pushes of one event by the relay's own ghost, back to back (nothing to relay),
-  CPU per push.
+- "echo push": pushes of one event by the relay's own ghost, back to back (nothing to relay),
+  CPU per push (warm: at Synapse's pace each costs more, for both relays).
 
 CPU per relayed send (per push for echoes) from /proc; medians of --rounds rounds.
 
@@ -84,15 +84,20 @@ async def measure(fake: Fake, pid: int, messages: int, tag: str,
         if spy is not None:
             spy.send_signal(signal.SIGINT)
             await spy.wait()
-        # The echoes of the last sends may still be on their way: their cost is counted.
+        # The run's CPU was read when the last send arrived: the echoes of the last few sends
+        # (a few of 2 per message) are not in it. They are waited for, so that the next run
+        # does not pay for them.
         with trio.fail_after(10):
-            while fake._echo_queue["ig"] or fake._echo_queue["fbm"]:  # noqa: ASYNC110
+            while fake._echo_queue["ig"] or fake._echo_queue["fbm"] or fake.echoing:  # noqa: ASYNC110
                 await trio.sleep(0.05)  # polling the fake's queues, under the deadline above
     finally:
         fake.answer_delay, fake.echo = 0.0, False
     out["as Synapse"] = synapse["cpu_ms_per_send"]
+    # The floor answers a push once its sends are answered (20 ms later), so it falls behind
+    # the pace; tribridge answers once the push is on disk.
+    out["as Synapse: messages/s"] = synapse["sends_per_s"] / 2
     out["echo pushes per message"] = (fake.echoes - echoes) / messages
-    out["echo push (µs)"] = await echo_pushes(fake, pid, messages * 4, tag)
+    out["echo push, back to back (µs)"] = await echo_pushes(fake, pid, messages * 4, tag)
     return out
 
 
@@ -125,7 +130,7 @@ async def main(args: Any) -> None:
     print("| run | floor | tribridge | tribridge / floor |\n|---|---|---|---|")
     for k in keys:
         f, t = med["floor"][k], med["tribridge"][k]
-        unit = "" if "(" in k or "per message" in k else " ms/send"
+        unit = "" if "(" in k or "per message" in k or "/s" in k else " ms/send"
         print(f"| {k}{unit} | {f:.3f} | {t:.3f} | {t / f if f else 0:.2f}x |")
     if args.profile and await trio.Path(args.profile).exists():
         print("\npy-spy, tribridge during the run as Synapse:\n" + hot_spots(Path(args.profile)))

@@ -55,8 +55,7 @@ def generate(path: Path, portals: int, ghosts: int, events: int) -> float:
                    ((f"p{i}", "command", now) for i in range(portals)))
     db.executemany("INSERT INTO portal_rooms (network, room_id, portal_id) VALUES (?, ?, ?)",
                    ((n, f"!r{i}{n}:{n}.localhost", f"p{i}") for i in range(portals) for n in NETS))
-    # Every room read before, as in a store that has run (a room without a mark would be
-    # read back to when the bot joined it).
+    # Every room read before, as in a store that has run.
     db.executemany("INSERT INTO room_marks (network, room_id, event_id, updated_at) "
                    "VALUES (?, ?, ?, ?)",
                    ((n, f"!r{i}{n}:{n}.localhost", f"$mark{i}{n}", now)

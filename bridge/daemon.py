@@ -308,12 +308,13 @@ async def _setup_network(
             await hs.register(net.network.bot)
         except HomeserverError as exc:
             log.warning("could not register the bot on %s: %s", where, exc)
-        joined: list[str] = []
+        joined: list[tuple[str, float]] = []  # (room, just before the bot asked to join it)
         try:
             for portal in portals:
                 room_id = portal.rooms.get(net.id)
                 if room_id is None:
                     continue
+                asked = time.time()
                 try:
                     await hs.join(room_id)
                 except HomeserverError as exc:
@@ -322,7 +323,7 @@ async def _setup_network(
                         "joins when invited", room_id, where, exc, net.network.bot_user_id,
                     )
                     continue
-                joined.append(room_id)
+                joined.append((room_id, asked))
                 try:
                     await hs.put_state(room_id, PORTAL_STATE, "",
                                        {"portal_id": portal.portal_id})
@@ -332,8 +333,9 @@ async def _setup_network(
             # Rooms new in the config are watched from the moment the bot is in them: what is
             # said there from now on is not taken as history, even if the bridge stops before
             # it ever reads them (bridge/reconcile.py).
-            with reconciler.store.transaction():
-                reconciler.store.rooms_joined(net.id, joined)
+            if joined:
+                with reconciler.store.transaction():
+                    reconciler.store.rooms_joined(net.id, joined)
         # The backlog is pushed now; while the network is suspect (until the catch-up after
         # READY has read every room), each pushed transaction first reads its rooms back to
         # their marks, so order holds in rooms the catch-up has not reached yet. The window is

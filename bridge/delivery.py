@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import random
+import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Any
 
@@ -389,11 +390,13 @@ class DeliveryWorker:
     async def _perform(self, item: OutboxItem) -> None:
         action = item.action
         if isinstance(action, JoinRoom):
+            asked = time.time()
             await self.hs.join(action.room_id)
             with self.store.transaction():
                 self.store.finish(item, "done")
                 # A portal room the bot could not join at the start is watched from now.
-                self.store.rooms_joined(self.network.id, [action.room_id])
+                self.store.rooms_joined(self.network.id, [(action.room_id, asked)],
+                                        invited=True)
             log.info("joined %s on %s", action.room_id, self.network.server_name)
             return
         if isinstance(action, SendNotice):

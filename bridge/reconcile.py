@@ -14,10 +14,12 @@ the mark, all in one commit. A room that has no mark yet is read back to the mom
 to be watched (Store.room_enters, Store.rooms_joined: when a command linked it or the bot first
 joined it, when it became a management room; the store keeps that time in the mark's place):
 linking a room does not replay its history, and what is said there afterwards is taken in even
-if the bridge stopped before the room was ever read. That first read ends at the first event of
-this homeserver's own users stamped (origin_server_ts) before that time, and takes in only the
-events stamped after it: a remote server's lagging clock cannot end it early. A room with
-neither a mark nor such a time gets its mark at its newest event, and nothing is taken in.
+if the bridge stopped before the room was ever read. That first read takes in only the events
+stamped (origin_server_ts) after that time, and ends at the bot's own join or at an event of the
+bridge's own bot or ghosts stamped before it: their homeserver stamps them as they are sent,
+while a remote server's clock or another appservice's chosen timestamps need not grow along a
+timeline, and must not end it early. A room with neither a mark nor such a time gets its mark at
+its newest event, and nothing is taken in.
 
 When it runs:
 - at start, for every portal room, after READY and the start-up ping (a network is suspect
@@ -50,7 +52,8 @@ from typing import Any
 import trio
 
 from bridge.commits import GroupCommit
-from bridge.core.model import Portal
+from bridge.core.ghosts import is_bridge_user
+from bridge.core.model import Network, Portal
 from bridge.inbound import Inbound, Taken
 from bridge.locks import promptly
 from bridge.matrix.client import Homeserver, HomeserverError
@@ -300,7 +303,7 @@ class Reconciler:
         # becomes the mark, and nothing is taken in.
         since = None if mark is not None else self.store.room_entered(network, room_id)
         hs = self.homeservers[network]
-        local = ":" + hs.server_name
+        ours = self.inbound.networks[network]
         read = self._read[network]  # the rooms this read may vouch for (see __init__)
         newest_first: list[dict[str, Any]] = []
         newest: str | None = None
@@ -318,12 +321,7 @@ class Reconciler:
                     elif since is None:
                         found = True
                     else:
-                        # Timestamps need not grow along a timeline (a remote server's clock,
-                        # an appservice that sets them): only an event of this homeserver,
-                        # stamped by the clock that stamps its successors, ends the read.
-                        ts = event.get("origin_server_ts")
-                        found = (isinstance(ts, int) and ts < since * 1000
-                                 and str(event.get("sender", "")).endswith(local))
+                        found = _ends_first_read(event, since, ours)
                     if found:
                         break
                     newest_first.append(event)
@@ -345,7 +343,7 @@ class Reconciler:
         unseen = [
             e for e in reversed(newest_first)
             if isinstance(e.get("event_id"), str) and not self.inbound.is_echo(e, network)
-            and (since is None or not _sent_before(e, since))
+            and (since is None or not _sent_before(e, since) or e["event_id"] in (pushed or ()))
             and not self.store.event_seen(network, e["event_id"])
         ]
         missed = [e for e in unseen if e["event_id"] not in (pushed or ())]
@@ -358,6 +356,24 @@ class Reconciler:
         # for nothing): pushes in sequence into it can be trusted again.
         read.add(room_id)
         return len(missed)
+
+
+def _ends_first_read(event: Any, since: float, network: Network) -> bool:
+    """Whether a room's first read, back to the time `since` it began to be watched, ends at
+    `event`: one of the bridge's own (bot or ghost) stamped before that time, or the bot's own
+    join (before it, the bot was not in the room). Timestamps need not grow along a timeline
+    (a remote server's clock, an appservice that sets them for its users): only the bridge's own
+    events, stamped by its homeserver as they were sent, can end it."""
+    sender = event.get("sender") if isinstance(event, dict) else None
+    if not isinstance(sender, str) or not is_bridge_user(sender, network):
+        return False
+    ts = event.get("origin_server_ts")
+    if isinstance(ts, int) and ts < since * 1000:
+        return True
+    content = event.get("content")
+    return (event.get("type") == "m.room.member" and event.get("state_key") == sender
+            and sender == network.bot_user_id and isinstance(content, dict)
+            and content.get("membership") == "join")
 
 
 def _sent_before(event: Any, since: float) -> bool:

@@ -375,3 +375,10 @@ async def test_a_command_whose_push_was_lost_runs_once_when_pushed_again(db: Db)
     (again,) = store.pending_actions("ig", "!dm")
     await worker._deliver(again)
     assert ran == ["!tb help"]  # once
+
+
+def test_the_idle_wait_is_trios_own_not_a_lookalike() -> None:
+    # Taken from trio's core, not trio.testing (which imports pytest): the same function.
+    from bridge import commits
+
+    assert commits.wait_all_tasks_blocked is trio.testing.wait_all_tasks_blocked

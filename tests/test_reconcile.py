@@ -86,7 +86,7 @@ def at(event: dict[str, Any], seconds: float) -> dict[str, Any]:
 def bot_joins(rig: Rig) -> float:
     """The bot is in the room now (at the start, or invited later): it is watched from now."""
     with rig.store.transaction():
-        rig.store.rooms_joined("wa", [ROOM])
+        rig.store.rooms_joined("wa", [(ROOM, time.time())])
     entered = rig.store.room_entered("wa", ROOM)
     assert entered is not None and rig.store.room_mark("wa", ROOM) is None
     return entered
@@ -103,7 +103,7 @@ async def test_what_is_said_after_a_room_entered_its_portal_is_taken_at_its_firs
     assert rig.queued() == ["m2", "m3"] and rig.store.room_mark("wa", ROOM) == "$e3"
     assert rig.store.room_entered("wa", ROOM) is None  # marked now: read back to the mark
     with rig.store.transaction():
-        rig.store.rooms_joined("wa", [ROOM])  # joined again at the next start: no change
+        rig.store.rooms_joined("wa", [(ROOM, time.time())])  # joined again at the next start
     assert rig.store.room_mark("wa", ROOM) == "$e3"
 
 
@@ -120,6 +120,47 @@ async def test_an_event_stamped_by_a_lagging_clock_does_not_end_the_first_read(
     # m3 claims a time before the room entered: it cannot be told from history (and is not
     # taken), but it does not hide m2 behind it.
     assert rig.queued() == ["m2", "m4"]
+
+
+async def test_another_appservices_chosen_timestamps_do_not_end_the_first_read(
+    rig: Rig, autojump_clock: trio.testing.MockClock
+) -> None:
+    at(rig.say(1), time.time() - 60)
+    entered = bot_joins(rig)
+    at(rig.say(2), entered + 1)  # never pushed
+    puppet = at(rig.say(3), entered - 3600)  # a puppet of another bridge, backfilling
+    puppet["sender"] = "@otherbridge_42:wa.test"
+    at(rig.say(4), entered + 3)
+    assert await rig.reconciler.catch_up("wa") == 2
+    assert rig.queued() == ["m2", "m4"]
+
+
+async def test_the_first_read_ends_at_the_bots_own_join(
+    rig: Rig, autojump_clock: trio.testing.MockClock
+) -> None:
+    for n in range(1, 200):  # a long history, from before the bot was in the room
+        at(rig.say(n), time.time() - 600)
+    entered = bot_joins(rig)  # taken just before it asked to join
+    rig.fake.timelines[ROOM].append(at(
+        {"type": "m.room.member", "event_id": "$join", "room_id": ROOM,
+         "sender": WA.bot_user_id, "state_key": WA.bot_user_id,
+         "content": {"membership": "join"}}, entered + 0.1))
+    at(rig.say(200), entered + 1)  # never pushed
+    before = rig.fake.reads
+    assert await rig.reconciler.catch_up("wa") == 1
+    assert rig.queued() == ["m200"] and rig.fake.reads == before + 1  # not the history's pages
+
+
+async def test_a_pushed_event_stamped_before_the_time_of_entry_keeps_its_place(
+    rig: Rig, autojump_clock: trio.testing.MockClock
+) -> None:
+    entered = bot_joins(rig)
+    late = at(rig.say(1), entered - 30)  # from a server whose clock lags; pushed late
+    late["sender"] = "@someone:lagging.test"
+    at(rig.say(2), entered + 1)  # said after it, and stranded
+    rig.reconciler.suspect("wa")
+    await rig.reconciler.push("wa", "7", b"x", [late])
+    assert rig.queued() == ["m1", "m2"]  # in timeline order, not the stranded one first
 
 
 async def test_a_room_with_no_time_of_entry_starts_at_its_newest_event(

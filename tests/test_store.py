@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -164,13 +165,13 @@ def test_a_room_is_watched_from_when_the_bot_is_in_it_and_forgets_old_marks(
     store.sync_config_portals([{"wa": "!a", "ig": "!b"}])
     assert store.room_entered("wa", "!a") is None  # the bot is not in it yet
     with store.transaction():
-        store.rooms_joined("wa", ["!a", "!not-a-portal-room"])
+        store.rooms_joined("wa", [("!a", time.time()), ("!not-a-portal-room", time.time())])
     assert store.room_entered("wa", "!a") is not None
     assert store.room_entered("wa", "!not-a-portal-room") is None
     with store.transaction():
         store.set_room_mark("wa", "!a", "$old-a")
         store.set_room_mark("ig", "!b", "$old-b")
-        store.rooms_joined("wa", ["!a"])  # joined again at a start: the mark stays
+        store.rooms_joined("wa", [("!a", time.time())])  # joined again at a start: mark stays
     assert store.room_entered("wa", "!a") is None and store.room_mark("wa", "!a") == "$old-a"
     # Rooms that stay bridged keep their marks, also when they move to another portal (the bot
     # was there all along); a room new to the portals has neither mark nor time yet.
@@ -188,6 +189,12 @@ def test_a_room_is_watched_from_when_the_bot_is_in_it_and_forgets_old_marks(
         assert store.portal_for_room("fbm", "!d") is None
         (kept,) = store.portals()
         store.add_portal_room(kept.portal_id, "ig", "!b")  # linked by a command: bot is in it
+    assert store.room_mark("ig", "!b") is None and store.room_entered("ig", "!b") is not None
+    # The bot joined at an invitation: it was not in the room, whatever a read of a
+    # world-readable room marked before is no mark of what it saw.
+    with store.transaction():
+        store.set_room_mark("ig", "!b", "$read-from-outside")
+        store.rooms_joined("ig", [("!b", time.time())], invited=True)
     assert store.room_mark("ig", "!b") is None and store.room_entered("ig", "!b") is not None
     # A management room is watched from its invitation; the same invitation taken again (its
     # task run again after a crash) does not start it afresh.

@@ -402,6 +402,9 @@ class PeopleStore:
         statements = [
             ("DELETE FROM person_settings WHERE network = ? AND user_id = ?", me),
             ("DELETE FROM profiles WHERE network = ? AND user_id = ?", me),
+            # The marks of their management rooms go with the rooms (as drop_management_room).
+            ("DELETE FROM room_marks WHERE network = ? AND room_id IN (SELECT room_id FROM "
+             "management_rooms WHERE network = ? AND user_id = ?)", (network, *me)),
             ("DELETE FROM management_rooms WHERE network = ? AND user_id = ?", me),
             ("DELETE FROM confirmations WHERE network = ? AND user_id = ?", me),
             ("DELETE FROM link_codes WHERE (to_network = ? AND to_user = ?) "

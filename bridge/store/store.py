@@ -713,14 +713,19 @@ class Store(PeopleStore):
             (network, room_id, time.time()),
         )
 
-    def rooms_joined(self, network: str, rooms: Iterable[str]) -> None:
-        """The bot is in these rooms now: those of them that are portal rooms with neither a
-        mark nor a time of entry (new in the config, or joined only now) enter from now."""
+    def rooms_joined(self, network: str, joins: Iterable[tuple[str, float]], *,
+                     invited: bool = False) -> None:
+        """The bot joined these rooms (room, the wall-clock time just before it asked to): those
+        of them that are portal rooms with neither a mark nor a time of entry (new in the
+        config) are watched from then. With `invited` (the bot was not in them: it joins at
+        an invitation), their marks go too: one set by reading a world-readable room before
+        the bot was in it would relay what was said there before it joined."""
         self.conn.executemany(
-            "INSERT OR IGNORE INTO room_marks (network, room_id, event_id, updated_at) "
-            "SELECT ?, ?, NULL, ? WHERE EXISTS "
+            f"INSERT OR {'REPLACE' if invited else 'IGNORE'} INTO room_marks "
+            "(network, room_id, event_id, updated_at) "
+            "SELECT ?1, ?2, NULL, ?3 WHERE EXISTS "
             "(SELECT 1 FROM portal_rooms WHERE network = ?1 AND room_id = ?2)",
-            ((network, room_id, time.time()) for room_id in rooms),
+            ((network, room_id, at) for room_id, at in joins),
         )
 
     def room_leaves(self, network: str, room_id: str) -> None:
