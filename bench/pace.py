@@ -130,7 +130,7 @@ async def main(args: Any) -> None:
     print("| run | floor | tribridge | tribridge / floor |\n|---|---|---|---|")
     for k in keys:
         f, t = med["floor"][k], med["tribridge"][k]
-        unit = "" if "(" in k or "per message" in k or "/s" in k else " ms/send"
+        unit = " ms/send" if k in ("paced 40/s", "as Synapse") else ""
         print(f"| {k}{unit} | {f:.3f} | {t:.3f} | {t / f if f else 0:.2f}x |")
     if args.profile and await trio.Path(args.profile).exists():
         print("\npy-spy, tribridge during the run as Synapse:\n" + hot_spots(Path(args.profile)))
