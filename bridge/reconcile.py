@@ -309,9 +309,9 @@ class Reconciler:
         newest: str | None = None
         token: str | None = None
         found = False
+        first = FIRST_PAGE if mark is not None or since is not None else 1  # else: the newest
         try:
             for n in range(MAX_PAGES):
-                first = FIRST_PAGE if mark is not None or since is not None else 1
                 page, token = await hs.messages(room_id, first if n == 0 else PAGE, token)
                 if n == 0 and page:
                     newest = str(page[0].get("event_id"))

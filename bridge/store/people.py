@@ -343,13 +343,12 @@ class PeopleStore:
 
     @invalidates
     def delete_portal(self, portal_id: str) -> None:
-        rooms = self.conn.execute(
-            "SELECT network, room_id FROM portal_rooms WHERE portal_id = ?", (portal_id,)
-        ).fetchall()
+        self.conn.execute(
+            "DELETE FROM room_marks WHERE (network, room_id) IN "
+            "(SELECT network, room_id FROM portal_rooms WHERE portal_id = ?)", (portal_id,)
+        )
         self.conn.execute("DELETE FROM portal_rooms WHERE portal_id = ?", (portal_id,))
         self.conn.execute("DELETE FROM portals WHERE portal_id = ?", (portal_id,))
-        for network, room_id in rooms:
-            self.room_leaves(network, room_id)
 
     def portal_info(self, portal_id: str) -> tuple[str, str | None] | None:
         """(origin, creator) of a portal."""

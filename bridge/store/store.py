@@ -410,18 +410,17 @@ class Store(PeopleStore):
                         "INSERT INTO portal_rooms (network, room_id, portal_id) VALUES (?, ?, ?)",
                         (net, room, portal_id),
                     )
-                    if (net, room) not in before:
-                        # New to the portals: no mark from an earlier time it was bridged. Its
-                        # time of entry is when the bot is in it (rooms_joined, at the start).
-                        self.room_leaves(net, room)
                 result.append(Portal(portal_id, dict(rooms)))
             configured = self.conn.execute("SELECT portal_id FROM portals WHERE origin = 'config'")
             stale = [row[0] for row in configured if row[0] not in kept]
             for portal_id in stale:
                 self.conn.execute("DELETE FROM portal_rooms WHERE portal_id = ?", (portal_id,))
                 self.conn.execute("DELETE FROM portals WHERE portal_id = ?", (portal_id,))
+            # Rooms no longer bridged lose their marks; rooms new to the portals have none from
+            # an earlier time they were (their time of entry comes when the bot is in them:
+            # rooms_joined, at the start). Rooms that stay, even in another portal, keep theirs.
             after = set(self.conn.execute("SELECT network, room_id FROM portal_rooms"))
-            for net, room in before - after:
+            for net, room in before ^ after:
                 self.room_leaves(net, room)
         return result
 
