@@ -70,6 +70,9 @@ class Fake:
     # back to the relay on its network, as Synapse pushes an appservice its own users' events
     # (queued echoes go together, one transaction in flight per network).
     answer_delay: float = 0.0
+    # A timeline read (/messages) answered after `read_delay` s: Synapse spends 5-20 ms of CPU on
+    # one, so a start's catch-up of thousands of rooms outlasts its window (bench/scale.py).
+    read_delay: float = 0.0
     echo: bool = False
     echoes: int = 0  # echo transactions pushed
     echoing: int = 0  # echo transactions on their way
@@ -118,6 +121,8 @@ class Fake:
         async def handle(request: Request) -> Response:
             if self.answer_delay and request.method == "PUT" and "/send/" in request.path:
                 await trio.sleep(self.answer_delay)  # the homeserver's time to answer
+            if self.read_delay and request.path.endswith("/messages"):
+                await trio.sleep(self.read_delay)  # the homeserver's time to read a timeline
             response = self.answer(net_id, request)
             if self.echo and request.method == "PUT" and "/send/" in request.path:
                 self._echo_queue[net_id].append(self._echo_of(net_id, request, response))

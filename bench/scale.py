@@ -5,10 +5,14 @@
    seen events and finished outbox rows alike): start-up to READY, RSS, the catch-up's reads
    after READY, CPU per send, and the ratio to the empty store. Both bridges stay up, each on a
    fake of its own, and their runs alternate (--rounds of each; medians).
+   With --read-delay, each timeline read is answered that many ms late, as by a Synapse that
+   spends them on it: the catch-up then outlasts the start's window of distrust, and the
+   window's final sweep reads again only the rooms the catch-up read inside it.
 2. Backlog: --backlog actions queued while the daemon was stopped (as after an outage), then the
    daemon started: how fast they drain, against the steady-state rate, and RSS along the way.
 
     .venv/bin/python bench/scale.py [--portals 10000 --ghosts 100000 --events 1000000]
+                                    [--read-delay MS]
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any
 
+import httpx
 import trio
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -117,6 +122,19 @@ def queue_backlog(path: Path, fake: Fake, count: int) -> None:
     os.sync()  # as generate() does
 
 
+async def timeline_reads(fake: Fake) -> dict[str, int]:
+    """The daemon's timeline reads so far by why (catch-up, sweep, push, minute), from /metrics."""
+    async with httpx.AsyncClient(trust_env=False) as http:
+        text = (await http.get(f"http://127.0.0.1:{fake.bridge_port}/metrics")).text
+    reads: dict[str, int] = {}
+    for line in text.splitlines():
+        if line.startswith("tribridge_timeline_reads_total{"):
+            labels, value = line.rsplit(" ", 1)
+            why = labels.split('why="', 1)[1].split('"', 1)[0]
+            reads[why] = reads.get(why, 0) + int(float(value))
+    return reads
+
+
 async def prepare(fake: Fake, pid: int) -> dict[str, Any]:
     """From READY to steady state: the catch-up, the warm-up, the window's final sweep."""
     started, cpu = trio.current_time(), cpu_seconds(pid)
@@ -143,8 +161,9 @@ async def prepare(fake: Fake, pid: int) -> dict[str, Any]:
             await trio.sleep(0.1)  # polling the fake's counter, under the deadline above
             if fake.reads != swept:
                 quiet_since, swept = trio.current_time(), fake.reads
+    by_why = await timeline_reads(fake)
     return {"caught_up_s": caught_up, "reads": reads, "ms_per_read": cpu * 1000 / reads,
-            "swept": swept - reads}
+            "catch_up": by_why.get("catch-up", 0), "swept": by_why.get("sweep", 0)}
 
 
 async def main(args: Any) -> None:
@@ -158,7 +177,7 @@ async def main(args: Any) -> None:
             # two stores are compared minutes apart on a machine whose load drifts by more
             # than the 10% the comparison is about.
             for name in ("empty", "big"):
-                fake = Fake()
+                fake = Fake(read_delay=args.read_delay / 1000)
                 await nursery.start(fake.serve)
                 workdir = root / name
                 await trio.Path(workdir).mkdir()
@@ -200,9 +219,9 @@ def scale_table(figures: dict[str, dict[str, Any]], args: Any) -> str:
         f"({b['db_mb']:.0f} MB, generated in {b['made_s']:.0f} s).",
         "",
         "| store | start to READY s | RSS at READY MB | catch-up after READY s | "
-        "its CPU ms/read | reads at the window's end | CPU ms/send batch 1 | batch 50 "
+        "its CPU ms/read | catch-up reads | final sweep reads | CPU ms/send batch 1 | batch 50 "
         "| RSS after MB |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, f in (("empty", e), ("big", b)):
         runs = f["runs"]
@@ -210,13 +229,13 @@ def scale_table(figures: dict[str, dict[str, Any]], args: Any) -> str:
                     f"{runs['caught_up_s']:.1f} ({runs['reads']:,} reads) | "
                     # A handful of reads over a second of idling says nothing per read.
                     + (f"{runs['ms_per_read']:.3f}" if runs["reads"] >= 100 else "-")
-                    + f" | {runs['swept']:,} | "
+                    + f" | {runs['catch_up']:,} | {runs['swept']:,} | "
                     f"{runs['batch 1']['cpu_ms_per_send']:.3f} | "
                     f"{runs['batch 50']['cpu_ms_per_send']:.3f} | "
                     f"{runs['batch 50']['rss_mb']:.0f} |")
     ratio = [b["runs"][r]["cpu_ms_per_send"] / e["runs"][r]["cpu_ms_per_send"]
              for r in ("batch 1", "batch 50")]
-    rows.append(f"| big / empty | | | | | | {ratio[0]:.2f}x | {ratio[1]:.2f}x | |")
+    rows.append(f"| big / empty | | | | | | | {ratio[0]:.2f}x | {ratio[1]:.2f}x | |")
     return "\n".join(rows)
 
 
@@ -254,6 +273,8 @@ if __name__ == "__main__":
     parser.add_argument("--events", type=int, default=1_000_000)
     parser.add_argument("--messages", type=int, default=3000)
     parser.add_argument("--backlog", type=int, default=100_000)
+    parser.add_argument("--read-delay", type=float, default=0.0, metavar="MS",
+                        help="answer each timeline read this many ms late, as Synapse does")
     parser.add_argument("--rounds", type=int, default=3,
                         help="runs of each batch size per store, alternating between the stores")
     trio.run(main, parser.parse_args())

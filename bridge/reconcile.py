@@ -101,9 +101,9 @@ class Reconciler:
         self._took = {net: self.metrics.transaction_seconds.labels(net) for net in homeservers}
         self._suspect_until = {net: 0.0 for net in homeservers}
         self._catching_up: set[str] = set()  # networks whose rooms are being read after a start
-        # Networks whose window of distrust ended during their catch-up: the final sweep is
-        # taken when the catch-up is done.
-        self._sweep_owed: set[str] = set()
+        # Networks whose window of distrust ended during their catch-up, and when it ended:
+        # the final sweep is taken when the catch-up is done.
+        self._sweep_owed: dict[str, float] = {}
         self._active: dict[str, set[str]] = {net: set() for net in homeservers}
         # Rooms read back to their mark since the network's last irregularity (a gap or a step
         # back in transaction ids, a start, a homeserver's return): a suspect network's pushes
@@ -114,6 +114,14 @@ class Reconciler:
         self._sweeping: dict[str, trio.Event] = {}  # network -> set when its final sweep ends
         self._last_final: dict[str, float] = {}  # network -> when its last final sweep began
         self._due = {net: 0 for net in homeservers}  # windows over whose final sweep is to come
+        # A final sweep must see every room read since the end of the windows it covers. Each
+        # network's latest window end so far, and the latest a final sweep began by covering:
+        self._ended: dict[str, float] = {}
+        self._covered: dict[str, float] = {}
+        # While a final sweep is owed, when each room's last full read began: a room read since
+        # the windows' end has nothing stranded in it for the sweep to find (a start's catch-up
+        # of thousands of rooms outlasts its window, and would otherwise be read twice over).
+        self._read_at: dict[str, dict[str, float]] = {net: {} for net in homeservers}
         # The last transaction id per network, remembered across restarts, so that even the first
         # push after a start can show a gap.
         self._last_txn: dict[str, int] = {}
@@ -189,10 +197,9 @@ class Reconciler:
             taken = await self.reconcile_network(network, why="catch-up")
         finally:
             self._catching_up.discard(network)
-            owed = network in self._sweep_owed
-            self._sweep_owed.discard(network)
-        if owed:
-            taken += await self._sweep_covering(network, trio.current_time(), budgeted=False)
+            owed = self._sweep_owed.pop(network, None)
+        if owed is not None:
+            taken += await self._sweep_covering(network, owed, budgeted=False)
         return taken
 
     def suspect(self, network: str, seconds: float = SUSPECT_SECONDS, *,
@@ -221,9 +228,13 @@ class Reconciler:
 
     async def reconcile_network(self, network: str, why: str = "sweep") -> int:
         """Reconcile every portal room of `network`; return how many events were taken in."""
+        return await self.reconcile_rooms(network, self._rooms(network), why)
+
+    def _rooms(self, network: str) -> set[str]:
+        """The rooms of `network` the bridge watches: portal rooms and management rooms."""
         rooms = {p.rooms[network] for p in self.portals() if network in p.rooms}
         rooms.update(self.store.management_rooms(network))
-        return await self.reconcile_rooms(network, rooms, why)
+        return rooms
 
     async def reconcile_rooms(self, network: str, rooms: Iterable[str], why: str = "sweep") -> int:
         taken = 0
@@ -245,22 +256,22 @@ class Reconciler:
         await self._sweep_covering(network, trio.current_time(), budgeted)
 
     async def _sweep_covering(self, network: str, ended: float, budgeted: bool) -> int:
-        """See that a final sweep of `network` begins at `ended` or later (a window's end, or
-        the end of the start's catch-up) and return what it found; the network stays suspect
-        until then. With `budgeted`, no sooner than FINAL_SWEEP_INTERVAL after the last one
-        began."""
+        """See that a final sweep of `network` covers a window that ended at `ended` (every
+        room read since) and return what it found; the network stays suspect until then. With
+        `budgeted`, no sooner than FINAL_SWEEP_INTERVAL after the last one began."""
         self._due[network] += 1
+        self._ended[network] = max(self._ended.get(network, ended), ended)
         try:
             while True:
                 now, last = trio.current_time(), self._last_final.get(network)
-                if last is not None and last >= ended:
-                    return 0  # one began since: it reads every room after the window
+                if self._covered.get(network, -1.0) >= ended:
+                    return 0  # one began since: it sees every room read after the window
                 if now < self._suspect_until[network]:
                     return 0  # a later window's end sweeps, later still
                 if network in self._catching_up:
                     # The rooms the catch-up read early were read before a push stranded
                     # meanwhile could show: it takes the final sweep when it is done.
-                    self._sweep_owed.add(network)
+                    self._sweep_owed[network] = max(self._sweep_owed.get(network, ended), ended)
                     return 0
                 running = self._sweeping.get(network)
                 if running is not None:
@@ -273,14 +284,23 @@ class Reconciler:
                 return await self._final_sweep(network)
         finally:
             self._due[network] -= 1
+            if not self._due[network] and network not in self._sweep_owed:
+                # Nothing owed: every later window ends after these reads.
+                self._read_at[network].clear()
 
     async def _final_sweep(self, network: str) -> int:
-        """Every room of `network` once more, after a window: a stranded event in a room that
-        had no push since is found here."""
+        """Every room of `network` not read since the windows it covers ended, after them: a
+        stranded event in a room that had no push since is found here."""
         self._last_final[network] = trio.current_time()
+        # Every window has ended by now (no sweep begins inside one), some perhaps in this very
+        # tick with its own request yet to run: the sweep covers the latest end known either way.
+        covers = max(self._ended[network], self._suspect_until[network])
+        self._covered[network] = covers
         done = self._sweeping[network] = trio.Event()
+        read_at = self._read_at[network]
         try:
-            taken = await self.reconcile_network(network)
+            rooms = {r for r in self._rooms(network) if read_at.get(r, -1.0) < covers}
+            taken = await self.reconcile_rooms(network, rooms)
         finally:
             del self._sweeping[network]
             done.set()
@@ -305,6 +325,7 @@ class Reconciler:
         hs = self.homeservers[network]
         ours = self.inbound.networks[network]
         read = self._read[network]  # the rooms this read may vouch for (see __init__)
+        began = trio.current_time()
         newest_first: list[dict[str, Any]] = []
         newest: str | None = None
         token: str | None = None
@@ -331,7 +352,7 @@ class Reconciler:
             log.info("cannot read %s on %s to reconcile it: %s", room_id, network, exc)
             return 0
         if newest is None or (mark is not None and not newest_first):
-            read.add(room_id)  # nothing new (or, oddly, an empty room)
+            self._was_read(network, room_id, began, read)  # nothing new (or, oddly, an empty room)
             return 0
         if not found and (token is not None or mark is not None):
             log.warning(
@@ -354,8 +375,17 @@ class Reconciler:
         self.inbound.take_events(network, unseen, mark=(room_id, newest))
         # Read back to its mark and what was missed taken in (only now: a failed take vouches
         # for nothing): pushes in sequence into it can be trusted again.
-        read.add(room_id)
+        self._was_read(network, room_id, began, read)
         return len(missed)
+
+    def _was_read(self, network: str, room_id: str, began: float, read: set[str]) -> None:
+        """`room_id` was read back to its mark by a read that began at `began`; `read` is the
+        set of rooms it vouches for, taken when it began (see __init__)."""
+        read.add(room_id)
+        # Only a read since the latest window's end can spare a room the sweep owed for it.
+        if ((self._due[network] or network in self._sweep_owed)
+                and began >= self._ended.get(network, began + 1)):
+            self._read_at[network][room_id] = began
 
 
 def _ends_first_read(event: Any, since: float, network: Network) -> bool:

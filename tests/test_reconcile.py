@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import sqlite3
 import time
 from collections.abc import AsyncIterator
@@ -370,11 +371,15 @@ async def test_a_catch_up_that_outlasts_the_start_window_is_followed_by_the_fina
     rig: Rig, autojump_clock: trio.testing.MockClock
 ) -> None:
     slow = "!wa-slow"  # read after ROOM (rooms are read in order), and slowly
-    rig.store.sync_config_portals([{"wa": ROOM, "ig": "!ig-room"}, {"wa": slow, "ig": "!ig-2"}])
+    late = "!wa-t-late"  # read after the slow room, once the window is over, and slowly
+    rig.store.sync_config_portals([{"wa": ROOM, "ig": "!ig-room"}, {"wa": slow, "ig": "!ig-2"},
+                                   {"wa": late, "ig": "!ig-3"}])
     rig.say(1)
     await rig.reconciler.reconcile_network("wa")
+    reads = {room: rig.fake.room_reads[room] for room in (ROOM, slow, late)}
     await trio.sleep(SUSPECT_SECONDS * 3)
     rig.fake.read_delay[slow] = SUSPECT_SECONDS * 2
+    rig.fake.read_delay[late] = 5.0  # begun after the window's end, done after it too
     # A start: the window of distrust, and the catch-up, which reads ROOM at once and then
     # spends twice the window on the slow room.
     rig.reconciler.suspect("wa")
@@ -388,6 +393,10 @@ async def test_a_catch_up_that_outlasts_the_start_window_is_followed_by_the_fina
     # ROOM was read before the stranding; the window ended while the catch-up went on: the
     # final sweep came after the catch-up and found the message.
     assert rig.queued() == ["m2"]
+    # It read again the rooms whose catch-up read began inside the window, and only those:
+    # the late room was read after the window, and anything stranded in it was read then.
+    assert {room: rig.fake.room_reads[room] - n for room, n in reads.items()} == {
+        ROOM: 2, slow: 2, late: 1}
 
 
 async def after_a_gap(rig: Rig) -> int:
@@ -567,6 +576,62 @@ async def test_a_gap_during_a_sweep_has_the_rooms_it_passed_swept_again(
     await rig.reconciler.push("wa", "45", b"e", [elsewhere])  # the gap shows during the sweep
     await trio.sleep(FINAL_SWEEP_INTERVAL + GAP_SUSPECT_SECONDS)  # its window's sweep, budgeted
     assert rig.queued()[3:] == ["m4"]
+
+
+async def test_a_sweep_begun_as_a_window_ends_covers_that_window(
+    rig: Rig, autojump_clock: trio.testing.MockClock
+) -> None:
+    # A gap's window whose sweep waits for the sweeps' budget, and a second gap whose window
+    # ends when the budget runs out: the waiting request and the second window's end wake in
+    # the same moment, in either order (trio's choice). The sweep must cover the second window
+    # whichever begins it; when it covered only the first, this failed in about half the runs.
+    x = "!wa-x"
+    rig.store.sync_config_portals([{"wa": ROOM, "ig": "!ig-room"}, {"wa": x, "ig": "!ig-x"}])
+    rig.fake.timelines[x] = [text(40) | {"room_id": x}]
+    await after_a_gap(rig)
+    await trio.sleep(GAP_SUSPECT_SECONDS + 1)  # virtual time: that window and its sweep
+    budget_ends = rig.reconciler._last_final["wa"] + FINAL_SWEEP_INTERVAL
+    await rig.reconciler.push("wa", "50", b"x", [rig.say(50)])  # a gap: its sweep must wait
+    # Virtual time: the moment at which the next window would end exactly with the budget.
+    opens = budget_ends - GAP_SUSPECT_SECONDS
+    while opens + GAP_SUSPECT_SECONDS != budget_ends:  # floating point's rounding
+        opens = math.nextafter(opens, budget_ends if opens + GAP_SUSPECT_SECONDS < budget_ends
+                               else 0)
+    await trio.sleep_until(opens)
+    await rig.reconciler.push("wa", "60", b"y", [rig.say(60)])  # a gap ending with the budget
+    pushed = text(61) | {"room_id": x}
+    rig.fake.timelines[x].append(pushed)
+    await rig.reconciler.push("wa", "61", b"z", [pushed])  # in sequence: x is read now
+    await trio.sleep_until(budget_ends - 5)  # (and by the minute's sweep meanwhile)
+    rig.fake.timelines[x].append(text(62) | {"room_id": x})  # in 62, stranded, in the window
+    await trio.sleep_until(budget_ends + 1)
+    # x was read inside the second window: the sweep that began as it ended read it again.
+    assert [i.action.content["body"] for i in rig.store.pending_actions("ig", "!ig-x")] == [
+        "m61", "m62"]
+
+
+async def test_a_sweep_after_another_skips_the_rooms_it_read_after_the_later_window(
+    rig: Rig, autojump_clock: trio.testing.MockClock
+) -> None:
+    # Three slow rooms after ROOM. A gap shows while the first sweep reads the first of them
+    # (the push waits for the network's lock until that read is done); its window ends while
+    # the sweep reads the second, before it begins the third.
+    slow = ["!wa-s1", "!wa-s2", "!wa-s3"]
+    rig.store.sync_config_portals([{"wa": ROOM, "ig": "!ig-room"}] + [
+        {"wa": room, "ig": f"!ig-{n}"} for n, room in enumerate(slow)])
+    await after_a_gap(rig)
+    rig.fake.read_delay.update({room: 40.0 for room in slow})
+    await trio.sleep(GAP_SUSPECT_SECONDS + 1)  # virtual time: the sweep is past ROOM
+    rig.say(4)  # in transaction 44, stranded; ROOM then goes quiet
+    elsewhere = text(99) | {"room_id": "!elsewhere"}  # a room the bridge does not watch
+    await rig.reconciler.push("wa", "45", b"e", [elsewhere])  # after s1's read, before s2's
+    reads = {room: rig.fake.room_reads.get(room, 0) for room in [ROOM, *slow]}
+    await trio.sleep(FINAL_SWEEP_INTERVAL + GAP_SUSPECT_SECONDS * 3)  # the second sweep, done
+    assert rig.queued()[3:] == ["m4"]
+    # The first sweep read s2 inside the gap's window, s3 after it: the second sweep read
+    # again ROOM and s2, not s3. (s1's first read was counted before the gap.)
+    assert {room: rig.fake.room_reads[room] - n for room, n in reads.items()} == {
+        ROOM: 1, "!wa-s1": 1, "!wa-s2": 2, "!wa-s3": 1}
 
 
 async def test_metrics_count_timeline_reads_by_why(
