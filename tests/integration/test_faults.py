@@ -69,7 +69,7 @@ async def test_kill_9_five_times_during_2000_messages(cast: Cast, daemon: Daemon
     # This test promises no loss, not speed: a room's sends go one at a time (its order), and
     # with the rest of the suite beside it a Synapse took them at 3 a second, so the backlog
     # left by the last kill (once 180 still queued after 180 s, all moving) may take minutes.
-    await check_everything_arrived_once_in_order(people, rooms, sent, within=480)
+    await check_everything_arrived_once_in_order(people, rooms, sent, within=480, daemon=daemon)
 
 
 @pytest.mark.alone
