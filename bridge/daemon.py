@@ -121,7 +121,7 @@ class Bridge:
                                         commits)
                 bot = Bot(lambda: self.config, homeservers, store, key,
                           reachable=lambda n: workers[n].reachable, reload=self.reload_from_bot,
-                          wake=wake)
+                          wake=wake, read_room=reconciler.read_soon)
                 for net_id, network in networks.items():
                     workers[net_id] = DeliveryWorker(
                         network, homeservers, networks, store, key,

@@ -226,6 +226,12 @@ class Reconciler:
                     rooms, self._active[network] = self._active[network], set()
                     await self.reconcile_rooms(network, rooms, why="minute")
 
+    def read_soon(self, network: str, room_id: str) -> None:
+        """Read `room_id` back to its mark (or time of entry) soon, in the background: a new
+        management room, in which a command may have come before the bot could see it."""
+        if self._nursery is not None:
+            self._nursery.start_soon(self.reconcile_rooms, network, [room_id], "joined")
+
     async def reconcile_network(self, network: str, why: str = "sweep") -> int:
         """Reconcile every portal room of `network`; return how many events were taken in."""
         return await self.reconcile_rooms(network, self._rooms(network), why)
@@ -322,6 +328,9 @@ class Reconciler:
         # bridge stopped before this first read. With neither, at once: its newest event
         # becomes the mark, and nothing is taken in.
         since = None if mark is not None else self.store.room_entered(network, room_id)
+        # A management room is the bot's from its invitation: what its owner said before the
+        # bot joined is for the bot too (a direct chat created with its first message).
+        invited = since is not None and self.store.management_owner(network, room_id) is not None
         hs = self.homeservers[network]
         ours = self.inbound.networks[network]
         read = self._read[network]  # the rooms this read may vouch for (see __init__)
@@ -342,7 +351,7 @@ class Reconciler:
                     elif since is None:
                         found = True
                     else:
-                        found = _ends_first_read(event, since, ours)
+                        found = _ends_first_read(event, since, ours, invited)
                     if found:
                         break
                     newest_first.append(event)
@@ -388,22 +397,29 @@ class Reconciler:
             self._read_at[network][room_id] = began
 
 
-def _ends_first_read(event: Any, since: float, network: Network) -> bool:
+def _ends_first_read(event: Any, since: float, network: Network, invited: bool = False) -> bool:
     """Whether a room's first read, back to the time `since` it began to be watched, ends at
     `event`: one of the bridge's own (bot or ghost) stamped before that time, or the bot's own
-    join (before it, the bot was not in the room). Timestamps need not grow along a timeline
-    (a remote server's clock, an appservice that sets them for its users): only the bridge's own
-    events, stamped by its homeserver as they were sent, can end it."""
+    join (before it, the bot was not in the room); with `invited` (a management room), the
+    bot's invitation instead of its join. Timestamps need not grow along a timeline (a remote
+    server's clock, an appservice that sets them for its users): only the bridge's own events,
+    stamped by its homeserver as they were sent, and the bot's own membership, can end it."""
     sender = event.get("sender") if isinstance(event, dict) else None
-    if not isinstance(sender, str) or not is_bridge_user(sender, network):
+    if not isinstance(sender, str):
+        return False
+    content = event.get("content")
+    if (invited and event.get("type") == "m.room.member"
+            and event.get("state_key") == network.bot_user_id
+            and isinstance(content, dict) and content.get("membership") == "invite"):
+        return True
+    if not is_bridge_user(sender, network):
         return False
     ts = event.get("origin_server_ts")
     if isinstance(ts, int) and ts < since * 1000:
         return True
-    content = event.get("content")
-    return (event.get("type") == "m.room.member" and event.get("state_key") == sender
-            and sender == network.bot_user_id and isinstance(content, dict)
-            and content.get("membership") == "join")
+    return (not invited and event.get("type") == "m.room.member"
+            and event.get("state_key") == sender and sender == network.bot_user_id
+            and isinstance(content, dict) and content.get("membership") == "join")
 
 
 def _sent_before(event: Any, since: float) -> bool:

@@ -539,12 +539,17 @@ def test_a_bot_invite_into_a_portal_room_makes_it_join() -> None:
 
 
 def test_a_bot_invite_outside_a_portal_asks_the_bot_to_answer_it() -> None:
-    event = member("@tribridge:wa.localhost", "invite", is_direct=True) | {"sender": ALICE_WA}
+    event = member("@tribridge:wa.localhost", "invite", is_direct=True) | {
+        "sender": ALICE_WA, "origin_server_ts": 1_700_000_000_123}
     (task,) = from_wa(event, portal=None).actions
     assert isinstance(task, BotTask)
+    # When it was invited: a management room's commands are read from then (bridge/bot/events.py)
     assert (task.network, task.task, dict(task.data)) == (
-        "wa", "invited", {"inviter": ALICE_WA, "is_direct": True}
+        "wa", "invited", {"inviter": ALICE_WA, "is_direct": True,
+                          "invited_at": 1_700_000_000_123}
     )
+    del event["origin_server_ts"]
+    assert from_wa(event, portal=None).actions[0].data["invited_at"] is None  # type: ignore[union-attr]
 
 
 def test_an_invite_for_another_networks_bot_does_nothing() -> None:

@@ -108,6 +108,37 @@ async def test_what_is_said_after_a_room_entered_its_portal_is_taken_at_its_firs
     assert rig.store.room_mark("wa", ROOM) == "$e3"
 
 
+async def test_a_management_rooms_first_read_takes_what_was_said_since_the_invitation(
+    rig: Rig, autojump_clock: trio.testing.MockClock
+) -> None:
+    # A direct chat created with its first message: the room, the bot's invitation and the
+    # command come at once, before the bot could join; Synapse never pushes the command.
+    room, owner, invited = "!wa-dm", "@+15551234567:wa.test", time.time() - 2
+
+    def event(n: int, stamped: float, **fields: Any) -> dict[str, Any]:
+        return at({"type": "m.room.message", "event_id": f"$d{n}", "room_id": room,
+                   "sender": owner, "content": {"msgtype": "m.text", "body": f"d{n}"}}
+                  | fields, stamped)
+
+    def member(n: int, stamped: float, sender: str, membership: str) -> dict[str, Any]:
+        return event(n, stamped, type="m.room.member", sender=sender,
+                     state_key=WA.bot_user_id, content={"membership": membership})
+
+    rig.fake.timelines[room] = [
+        *(event(n, invited - 600) for n in range(1, 150)),  # the room's history, long
+        member(150, invited, owner, "invite"),
+        event(151, invited + 0.01, content={"msgtype": "m.text", "body": "whoami"}),
+        member(152, invited + 0.2, WA.bot_user_id, "join"),
+    ]
+    with rig.store.transaction():  # as the bot's answer to the invitation does
+        rig.store.add_management_room("wa", room, owner, since=invited)
+    before = rig.fake.reads
+    await rig.reconciler.reconcile_rooms("wa", [room])
+    tasks = [i.action for i in rig.store.pending_actions("wa", room)]
+    assert [(t.task, t.data.get("text")) for t in tasks] == [("command", "whoami")]  # type: ignore[union-attr]
+    assert rig.fake.reads == before + 1  # it stopped at the invitation, not in the history
+
+
 @pytest.mark.parametrize("sender, stamped", [
     ("@someone:lagging.test", -30),  # a server whose clock is half a minute behind
     ("@otherbridge_42:wa.test", -3600),  # a puppet of another bridge here, backfilling

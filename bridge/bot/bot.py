@@ -38,6 +38,7 @@ class Bot:
         reachable: Callable[[str], bool] = lambda network: True,
         reload: Callable[[], str] = lambda: "reload is not available here",
         wake: Callable[[str], object] = lambda network: None,  # its answer is not used
+        read_room: Callable[[str, str], object] = lambda network, room_id: None,
     ) -> None:
         self.config = config
         self.homeservers = homeservers
@@ -50,6 +51,9 @@ class Bot:
         self.reachable = reachable
         self.reload = reload
         self.wake = wake  # new bot tasks were queued for a network
+        # Have a room's timeline read soon (Reconciler.read_soon): for what was said in a new
+        # management room before the bot was in it.
+        self.read_room = read_room
         self._replies: dict[str, int] = {}
         self.busy: set[int] = set()  # DM requests being accepted right now
         self.handlers: Mapping[str, Handler] = HANDLERS

@@ -21,16 +21,28 @@ async def invited(bot: Bot, task: BotTask) -> None:
     room; another room is one they may want to bridge."""
     inviter = str(task.data.get("inviter", ""))
     hs = bot.homeservers[task.network]
+    direct = bool(task.data.get("is_direct"))
+    if direct:
+        # Theirs before the bot joins: a command pushed right after the join is then one. And
+        # read from the invitation on: a client that creates a direct chat with its first
+        # message sends that message before the bot can join, and it is never pushed.
+        stamped = task.data.get("invited_at")
+        with bot.store.transaction():
+            bot.store.add_management_room(
+                task.network, task.room_id, inviter,
+                since=stamped / 1000 if type(stamped) is int else None)
     try:
         await hs.join(task.room_id)
     except MatrixError as exc:
+        if direct:
+            with bot.store.transaction():
+                bot.store.drop_management_room(task.network, task.room_id)
         log.info("could not join a room on %s it was invited to: %s", task.network, exc)
         return
-    if task.data.get("is_direct"):
-        with bot.store.transaction():
-            bot.store.add_management_room(task.network, task.room_id, inviter)
+    if direct:
         await bot.notice(task.network, task.room_id, bot.greeting(task.network, inviter),
                          about=task.about)
+        bot.read_room(task.network, task.room_id)  # what was said before the join
         return
     prefix = bot.config().bridge.command_prefix
     text = (

@@ -232,7 +232,9 @@ def _membership(
                 return _skip("the bridge invited its own bot (a DM it makes)")
             if rules.permissions.level(sender) < Level.RELAY:
                 return _skip("invited by someone the bridge does not serve")
-            return task("invited", inviter=sender, is_direct=content.get("is_direct") is True)
+            stamped = event.get("origin_server_ts")
+            return task("invited", inviter=sender, is_direct=content.get("is_direct") is True,
+                        invited_at=stamped if type(stamped) is int else None)
         removed = membership in ("leave", "ban") and sender != user
         if removed and (portal is not None or room.manager is not None):
             return task("removed", by=sender)

@@ -55,7 +55,7 @@ class PeopleStore:
     def transaction(self) -> AbstractContextManager[None]:
         raise NotImplementedError  # provided by Store
 
-    def room_enters(self, network: str, room_id: str) -> None:
+    def room_enters(self, network: str, room_id: str, at: float | None = None) -> None:
         raise NotImplementedError  # provided by Store
 
     def room_leaves(self, network: str, room_id: str) -> None:
@@ -89,7 +89,10 @@ class PeopleStore:
         ]
 
     @invalidates
-    def add_management_room(self, network: str, room_id: str, user_id: str) -> None:
+    def add_management_room(self, network: str, room_id: str, user_id: str,
+                            since: float | None = None) -> None:
+        """`room_id` is `user_id`'s management room on `network`, its commands read from the
+        wall-clock time `since` (the bot's invitation; by default, now)."""
         new = self._one(
             "SELECT 1 FROM management_rooms WHERE network = ? AND room_id = ?", (network, room_id)
         ) is None
@@ -99,7 +102,7 @@ class PeopleStore:
             (network, room_id, user_id, time.time()),
         )
         if new:  # (the invitation's task run again must not take the commands since as history)
-            self.room_enters(network, room_id)  # commands said from now on are read
+            self.room_enters(network, room_id, since)  # commands said from then on are read
 
     @invalidates
     def drop_management_room(self, network: str, room_id: str) -> None:

@@ -701,15 +701,17 @@ class Store(PeopleStore):
         )
         return row[0] if row else None
 
-    def room_enters(self, network: str, room_id: str) -> None:
+    def room_enters(self, network: str, room_id: str, at: float | None = None) -> None:
         """`room_id` begins to be watched (a portal room, a management room): it has no mark
-        yet, and its first read takes in what was said from now on (Reconciler), even if the
-        bridge stops before that read. A mark left from an earlier time it was watched goes:
-        read back to, it would replay what was said while it was not."""
+        yet, and its first read takes in what was said from now on (or from the wall-clock
+        time `at`: never later than now) (Reconciler), even if the bridge stops before that
+        read. A mark left from an earlier time it was watched goes: read back to, it would
+        replay what was said while it was not."""
+        now = time.time()
         self.conn.execute(
             "INSERT OR REPLACE INTO room_marks (network, room_id, event_id, updated_at) "
             "VALUES (?, ?, NULL, ?)",
-            (network, room_id, time.time()),
+            (network, room_id, now if at is None else min(at, now)),
         )
 
     def rooms_joined(self, network: str, joins: Iterable[tuple[str, float]], *,
