@@ -12,10 +12,12 @@ reconcile reads the room backwards from its newest event to the mark, takes in t
 seen yet in timeline order (through the same path as pushes, so dedupe is by event id), and moves
 the mark, all in one commit. A room that has no mark yet is read back to the moment it began
 to be watched (Store.room_enters, Store.rooms_joined: when a command linked it or the bot first
-joined it, when it became a management room; the store keeps that time in the mark's place):
-linking a room does not replay its history, and what is said there afterwards is taken in even
-if the bridge stopped before the room was ever read. That first read takes in only the events
-stamped (origin_server_ts) after that time, and ends at the bot's own join or at an event of the
+joined it; for a management room, the bot's invitation; the store keeps that time in the mark's
+place): linking a room does not replay its history, and what is said there afterwards is taken
+in even if the bridge stopped before the room was ever read. That first read takes in only the
+events stamped (origin_server_ts) after that time, and ends at the bot's own join (in a
+management room, its invitation: a client that creates a direct chat with its first message
+sends it before the bot could join, and Synapse does not push it) or at an event of the
 bridge's own bot or ghosts stamped before it: their homeserver stamps them as they are sent,
 while a remote server's clock or another appservice's chosen timestamps need not grow along a
 timeline, and must not end it early. A room with neither a mark nor such a time gets its mark at
@@ -39,7 +41,9 @@ When it runs:
   catch-up is done (the rooms it read first were read before a stranding could show); and
   after a gap's window, no sooner than FINAL_SWEEP_INTERVAL after the network's last such
   sweep began (on a homeserver shared with other appservices gaps are routine);
-- every minute, for the rooms that had pushes since the last sweep.
+- every minute, for the rooms that had pushes since the last sweep;
+- a new management room, as soon as the bot joined it (read_soon); until that read is done, a
+  push into it reads it first, so that the command said before the join is taken first.
 A per-network lock keeps a reconcile and a pushed transaction from interleaving.
 """
 
@@ -122,6 +126,9 @@ class Reconciler:
         # the windows' end has nothing stranded in it for the sweep to find (a start's catch-up
         # of thousands of rooms outlasts its window, and would otherwise be read twice over).
         self._read_at: dict[str, dict[str, float]] = {net: {} for net in homeservers}
+        # Rooms whose first read is asked for (read_soon) and not done yet: a push into one
+        # reads it first, suspect or not.
+        self._first: dict[str, set[str]] = {net: set() for net in homeservers}
         # The last transaction id per network, remembered across restarts, so that even the first
         # push after a start can show a gap.
         self._last_txn: dict[str, int] = {}
@@ -140,10 +147,13 @@ class Reconciler:
             self._check_sequence(network, txn_id)
             rooms = _rooms_of(events)
             self._active[network].update(rooms)
-            if self.is_suspect(network):
+            first = self._first[network]
+            if first or self.is_suspect(network):
+                suspect = self.is_suspect(network)
                 pushed = {e.get("event_id") for e in events if isinstance(e, dict)}
                 for room_id in rooms:
-                    if room_id not in self._read[network] and self._watched(network, room_id):
+                    unread = room_id in first or (suspect and room_id not in self._read[network])
+                    if unread and self._watched(network, room_id):
                         await self._reconcile_room(network, room_id, pushed, why="push")
             taken = self.inbound.take_transaction(network, txn_id, body, events,
                                                   defer=self.commits is not None)
@@ -229,6 +239,7 @@ class Reconciler:
     def read_soon(self, network: str, room_id: str) -> None:
         """Read `room_id` back to its mark (or time of entry) soon, in the background: a new
         management room, in which a command may have come before the bot could see it."""
+        self._first[network].add(room_id)
         if self._nursery is not None:
             self._nursery.start_soon(self.reconcile_rooms, network, [room_id], "joined")
 
@@ -391,6 +402,7 @@ class Reconciler:
         """`room_id` was read back to its mark by a read that began at `began`; `read` is the
         set of rooms it vouches for, taken when it began (see __init__)."""
         read.add(room_id)
+        self._first[network].discard(room_id)
         # Only a read since the latest window's end can spare a room the sweep owed for it.
         if ((self._due[network] or network in self._sweep_owed)
                 and began >= self._ended.get(network, began + 1)):

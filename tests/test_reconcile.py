@@ -139,6 +139,32 @@ async def test_a_management_rooms_first_read_takes_what_was_said_since_the_invit
     assert rig.fake.reads == before + 1  # it stopped at the invitation, not in the history
 
 
+async def test_a_command_pushed_before_a_new_management_rooms_read_comes_after_the_earlier(
+    rig: Rig, autojump_clock: trio.testing.MockClock
+) -> None:
+    room, owner, invited = "!wa-dm", "@+15551234567:wa.test", time.time() - 2
+    await trio.sleep(SUSPECT_SECONDS * 3)  # virtual time: pushes are trusted
+
+    def said(n: int, body: str, stamped: float) -> dict[str, Any]:
+        return at({"type": "m.room.message", "event_id": f"$d{n}", "room_id": room,
+                   "sender": owner, "content": {"msgtype": "m.text", "body": body}}, stamped)
+
+    invite = at({"type": "m.room.member", "event_id": "$d0", "room_id": room, "sender": owner,
+                 "state_key": WA.bot_user_id, "content": {"membership": "invite"}}, invited)
+    rig.fake.timelines[room] = [invite, said(1, "whoami", invited + 0.01)]  # never pushed
+    with rig.store.transaction():
+        rig.store.add_management_room("wa", room, owner, since=invited)
+    # The bot joined and asked for the room to be read; before that read, the owner's next
+    # command is pushed (in sequence: nothing makes the network suspect).
+    rig.reconciler.read_soon("wa", room)
+    second = said(2, "status", invited + 1)
+    rig.fake.timelines[room].append(second)
+    await rig.reconciler.push("wa", "7", b"x", [second])
+    await trio.sleep(1)  # virtual time: the read asked for is done too
+    tasks = [i.action for i in rig.store.pending_actions("wa", room)]
+    assert [t.data.get("text") for t in tasks] == ["whoami", "status"]  # type: ignore[union-attr]
+
+
 @pytest.mark.parametrize("sender, stamped", [
     ("@someone:lagging.test", -30),  # a server whose clock is half a minute behind
     ("@otherbridge_42:wa.test", -3600),  # a puppet of another bridge here, backfilling

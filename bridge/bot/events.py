@@ -22,6 +22,7 @@ async def invited(bot: Bot, task: BotTask) -> None:
     inviter = str(task.data.get("inviter", ""))
     hs = bot.homeservers[task.network]
     direct = bool(task.data.get("is_direct"))
+    new = direct and bot.store.management_owner(task.network, task.room_id) is None
     if direct:
         # Theirs before the bot joins: a command pushed right after the join is then one. And
         # read from the invitation on: a client that creates a direct chat with its first
@@ -34,15 +35,19 @@ async def invited(bot: Bot, task: BotTask) -> None:
     try:
         await hs.join(task.room_id)
     except MatrixError as exc:
-        if direct:
+        # Dropped if made by this run, or if the bot cannot be in the room (a retried task's
+        # join may fail for a while, as in a proxy's 502, in a room that works).
+        if direct and (new or exc.status in (403, 404)):
             with bot.store.transaction():
                 bot.store.drop_management_room(task.network, task.room_id)
         log.info("could not join a room on %s it was invited to: %s", task.network, exc)
         return
     if direct:
+        # What was said before the join; asked for before the greeting goes out, so that a
+        # command pushed meanwhile reads it first and keeps its place after the earlier one.
+        bot.read_room(task.network, task.room_id)
         await bot.notice(task.network, task.room_id, bot.greeting(task.network, inviter),
                          about=task.about)
-        bot.read_room(task.network, task.room_id)  # what was said before the join
         return
     prefix = bot.config().bridge.command_prefix
     text = (

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import sqlite3
 from typing import Any
 from urllib.parse import quote
@@ -11,6 +12,7 @@ import pytest
 from bridge.localnet.people import wait_until
 
 from .conftest import Cast, Daemon
+from .test_reconcile import start_window_swept
 
 pytestmark = pytest.mark.synapse
 
@@ -27,17 +29,26 @@ def _answers(events: list[dict[str, Any]]) -> list[str]:
 async def test_a_command_sent_before_the_bot_joined_its_management_room_is_answered(
     cast: Cast, daemon: Daemon
 ) -> None:
-    await daemon.start([])
+    # Another network's portal, so that the start's window of distrust ends with a sweep that
+    # shows: from then on pushes are trusted, and no push reads its room first.
+    dave, erin = await cast.person("wa", "Dave"), await cast.person("ig", "Erin")
+    await daemon.start([{"wa": await cast.room("wa", dave), "ig": await cast.room("ig", erin)}])
     alice = await cast.person("wa", "Alice")
+    await start_window_swept(daemon)
     # As a client that creates a direct chat with its first message does: the room, the
-    # bot's invitation and the command at once, before the bot could join. Synapse does not
-    # push the command (the bot is not in the room yet).
-    room = await alice.create_room(None, invite=[BOT], is_direct=True)
-    await alice.send_text(room, "whoami")
+    # bot's invitation and the command at once. The bridge is frozen meanwhile, so the bot
+    # joins only after the command, which Synapse never pushes (the bot was not in the room).
+    daemon.signal(signal.SIGSTOP)
+    try:
+        room = await alice.create_room(None, invite=[BOT], is_direct=True)
+        await alice.send_text(room, "whoami")
+    finally:
+        daemon.signal(signal.SIGCONT)
     events = await alice.wait_for(room, lambda evs: bool(_answers(evs)), within=20,
                                   what="the answer to whoami")
     (answer,) = _answers(events)
     assert "on WhatsApp" in answer, answer
+    assert f"{room} on wa: 1 event(s) taken in from the timeline" in daemon.log()
     # The room is theirs for what follows, pushed as usual; the first command was run once.
     assert (await alice.command(room, "whoami")).startswith("You are ")
     assert len(_answers(await alice.messages(room, 50))) == 2
