@@ -19,6 +19,25 @@ from bridge.localnet.daemon import ROOT, Daemon
 __all__ = ["ROOT", "Cast", "Daemon"]
 from bridge.localnet.people import Person
 
+# The daemon of each test, by test id, until the test's report is made (pytest-trio runs the
+# fixtures' teardown within the call, and hands the hook its own fixture objects).
+_DAEMONS: dict[str, Daemon] = {}
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    """A failed test shows the end of its daemon's log: what the bridge was doing meanwhile is
+    what explains a failure seen once under CI's load, where nothing else of it is kept."""
+    outcome = yield
+    report = outcome.get_result()
+    daemon = _DAEMONS.pop(item.nodeid, None) if report.when == "call" else None
+    if report.failed and daemon is not None:
+        try:
+            tail = daemon.log()[-8000:]
+        except OSError as exc:
+            tail = f"(no log: {exc})"
+        report.sections.append(("the daemon's log, last lines", tail))
+
 
 @pytest.fixture(scope="session")
 def localnet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalNet]:
@@ -31,8 +50,9 @@ def localnet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalNet]:
 
 
 @pytest.fixture
-async def daemon(localnet: LocalNet, tmp_path: Path) -> AsyncIterator[Daemon]:
-    d = Daemon(localnet, tmp_path)
+async def daemon(localnet: LocalNet, tmp_path: Path,
+                 request: pytest.FixtureRequest) -> AsyncIterator[Daemon]:
+    d = _DAEMONS[request.node.nodeid] = Daemon(localnet, tmp_path)
     try:
         yield d
     finally:
