@@ -559,6 +559,15 @@ async def test_a_homeservers_return_during_a_sweep_has_the_rooms_it_passed_swept
     assert rig.queued()[3:] == ["m4"]
 
 
+async def swept_after_a_gap(rig: Rig, other: str, other_ig: str) -> None:
+    """A second portal, `other` (marked at message 40) with `other_ig`; then a gap's window
+    (after_a_gap) and its final sweep are over."""
+    rig.store.sync_config_portals([{"wa": ROOM, "ig": "!ig-room"}, {"wa": other, "ig": other_ig}])
+    rig.fake.timelines[other] = [text(40) | {"room_id": other}]
+    await after_a_gap(rig)
+    await trio.sleep(GAP_SUSPECT_SECONDS + 1)  # virtual time: that window and its sweep
+
+
 async def test_final_sweeps_of_a_network_begin_at_most_once_an_interval(
     rig: Rig, autojump_clock: trio.testing.MockClock
 ) -> None:
@@ -603,10 +612,7 @@ async def test_a_push_while_a_sweep_waits_reads_its_room_first(
     rig: Rig, autojump_clock: trio.testing.MockClock
 ) -> None:
     quiet = "!wa-quiet"
-    rig.store.sync_config_portals([{"wa": ROOM, "ig": "!ig-room"}, {"wa": quiet, "ig": "!ig-2"}])
-    rig.fake.timelines[quiet] = [text(40) | {"room_id": quiet}]
-    await after_a_gap(rig)
-    await trio.sleep(GAP_SUSPECT_SECONDS + 1)  # virtual time: that window swept
+    await swept_after_a_gap(rig, quiet, "!ig-2")
     rig.fake.timelines[quiet].append(text(50) | {"room_id": quiet})  # in 44, stranded
     await rig.reconciler.push("wa", "45", b"e", [rig.say(4)])  # the gap: ROOM is read
     await trio.sleep(GAP_SUSPECT_SECONDS + 1)  # that window is over, its sweep not begun
@@ -643,10 +649,7 @@ async def test_a_sweep_begun_as_a_window_ends_covers_that_window(
     # the same moment, in either order (trio's choice). The sweep must cover the second window
     # whichever begins it; when it covered only the first, this failed in about half the runs.
     x = "!wa-x"
-    rig.store.sync_config_portals([{"wa": ROOM, "ig": "!ig-room"}, {"wa": x, "ig": "!ig-x"}])
-    rig.fake.timelines[x] = [text(40) | {"room_id": x}]
-    await after_a_gap(rig)
-    await trio.sleep(GAP_SUSPECT_SECONDS + 1)  # virtual time: that window and its sweep
+    await swept_after_a_gap(rig, x, "!ig-x")
     budget_ends = rig.reconciler._last_final["wa"] + FINAL_SWEEP_INTERVAL
     await rig.reconciler.push("wa", "50", b"x", [rig.say(50)])  # a gap: its sweep must wait
     # Virtual time: the moment at which the next window would end exactly with the budget.
