@@ -657,14 +657,14 @@ async def test_a_sweep_begun_as_a_window_ends_covers_that_window(
     while opens + GAP_SUSPECT_SECONDS != budget_ends:  # floating point's rounding
         opens = math.nextafter(opens, budget_ends if opens + GAP_SUSPECT_SECONDS < budget_ends
                                else 0)
-    await trio.sleep_until(opens)
+    await trio.sleep_until(opens)  # virtual time
     await rig.reconciler.push("wa", "60", b"y", [rig.say(60)])  # a gap ending with the budget
     pushed = text(61) | {"room_id": x}
     rig.fake.timelines[x].append(pushed)
     await rig.reconciler.push("wa", "61", b"z", [pushed])  # in sequence: x is read now
-    await trio.sleep_until(budget_ends - 5)  # (and by the minute's sweep meanwhile)
+    await trio.sleep_until(budget_ends - 5)  # virtual time (x read by the minute's sweep too)
     rig.fake.timelines[x].append(text(62) | {"room_id": x})  # in 62, stranded, in the window
-    await trio.sleep_until(budget_ends + 1)
+    await trio.sleep_until(budget_ends + 1)  # virtual time: the window is over
     # x was read inside the second window: the sweep that began as it ended read it again.
     assert [i.action.content["body"] for i in rig.store.pending_actions("ig", "!ig-x")] == [
         "m61", "m62"]
@@ -686,7 +686,7 @@ async def test_a_sweep_after_another_skips_the_rooms_it_read_after_the_later_win
     elsewhere = text(99) | {"room_id": "!elsewhere"}  # a room the bridge does not watch
     await rig.reconciler.push("wa", "45", b"e", [elsewhere])  # after s1's read, before s2's
     reads = {room: rig.fake.room_reads.get(room, 0) for room in [ROOM, *slow]}
-    await trio.sleep(FINAL_SWEEP_INTERVAL + GAP_SUSPECT_SECONDS * 3)  # the second sweep, done
+    await trio.sleep(FINAL_SWEEP_INTERVAL + GAP_SUSPECT_SECONDS * 3)  # virtual: 2nd sweep done
     assert rig.queued()[3:] == ["m4"]
     # The first sweep read s2 inside the gap's window, s3 after it: the second sweep read
     # again ROOM and s2, not s3. (s1's first read was counted before the gap.)
