@@ -105,9 +105,9 @@ class Reconciler:
         self._took = {net: self.metrics.transaction_seconds.labels(net) for net in homeservers}
         self._suspect_until = {net: 0.0 for net in homeservers}
         self._catching_up: set[str] = set()  # networks whose rooms are being read after a start
-        # Networks whose window of distrust ended during their catch-up, and when it ended:
-        # the final sweep is taken when the catch-up is done.
-        self._sweep_owed: dict[str, float] = {}
+        # Networks whose window of distrust ended during their catch-up: the final sweep is
+        # taken when the catch-up is done.
+        self._sweep_owed: set[str] = set()
         self._active: dict[str, set[str]] = {net: set() for net in homeservers}
         # Rooms read back to their mark since the network's last irregularity (a gap or a step
         # back in transaction ids, a start, a homeserver's return): a suspect network's pushes
@@ -147,9 +147,8 @@ class Reconciler:
             self._check_sequence(network, txn_id)
             rooms = _rooms_of(events)
             self._active[network].update(rooms)
-            first = self._first[network]
-            if first or self.is_suspect(network):
-                suspect = self.is_suspect(network)
+            first, suspect = self._first[network], self.is_suspect(network)
+            if first or suspect:
                 pushed = {e.get("event_id") for e in events if isinstance(e, dict)}
                 for room_id in rooms:
                     unread = room_id in first or (suspect and room_id not in self._read[network])
@@ -207,9 +206,12 @@ class Reconciler:
             taken = await self.reconcile_network(network, why="catch-up")
         finally:
             self._catching_up.discard(network)
-            owed = self._sweep_owed.pop(network, None)
-        if owed is not None:
-            taken += await self._sweep_covering(network, owed, budgeted=False)
+            owed = network in self._sweep_owed
+            self._sweep_owed.discard(network)
+        if owed:
+            # It covers the latest window's end (every window had ended by then): the rooms
+            # the catch-up read after it need no second read.
+            taken += await self._sweep_covering(network, self._ended[network], budgeted=False)
         return taken
 
     def suspect(self, network: str, seconds: float = SUSPECT_SECONDS, *,
@@ -288,7 +290,7 @@ class Reconciler:
                 if network in self._catching_up:
                     # The rooms the catch-up read early were read before a push stranded
                     # meanwhile could show: it takes the final sweep when it is done.
-                    self._sweep_owed[network] = max(self._sweep_owed.get(network, ended), ended)
+                    self._sweep_owed.add(network)
                     return 0
                 running = self._sweeping.get(network)
                 if running is not None:
@@ -333,12 +335,11 @@ class Reconciler:
         """Read `room_id` back to its mark and take in what was missed (events not in `pushed`,
         the transaction being taken in); return how many. Call under the lock."""
         self.metrics.timeline_reads.labels(network, why).inc()
-        mark = self.store.room_mark(network, room_id)
         # Where the read stops: at the mark. With none yet, at the time the room began to be
         # watched (Store.room_enters): what was said there since is no history, even if the
         # bridge stopped before this first read. With neither, at once: its newest event
         # becomes the mark, and nothing is taken in.
-        since = None if mark is not None else self.store.room_entered(network, room_id)
+        mark, since = self.store.room_position(network, room_id)
         # A management room is the bot's from its invitation: what its owner said before the
         # bot joined is for the bot too (a direct chat created with its first message).
         invited = since is not None and self.store.management_owner(network, room_id) is not None

@@ -696,10 +696,7 @@ class Store(PeopleStore):
         return {network: count for network, count in rows}
 
     def room_mark(self, network: str, room_id: str) -> str | None:
-        row = self._one(
-            "SELECT event_id FROM room_marks WHERE network = ? AND room_id = ?", (network, room_id)
-        )
-        return row[0] if row else None
+        return self.room_position(network, room_id)[0]
 
     def room_enters(self, network: str, room_id: str, at: float | None = None) -> None:
         """`room_id` begins to be watched (a portal room, a management room): it has no mark
@@ -737,11 +734,18 @@ class Store(PeopleStore):
 
     def room_entered(self, network: str, room_id: str) -> float | None:
         """When an unmarked room began to be watched (None: it has a mark, or no such time)."""
+        return self.room_position(network, room_id)[1]
+
+    def room_position(self, network: str, room_id: str) -> tuple[str | None, float | None]:
+        """Where a read of `room_id` stops, from one row: its mark, or, before it has one,
+        the time it began to be watched (each None when it has none)."""
         row = self._one(
-            "SELECT updated_at FROM room_marks WHERE network = ? AND room_id = ? "
-            "AND event_id IS NULL", (network, room_id)
+            "SELECT event_id, updated_at FROM room_marks WHERE network = ? AND room_id = ?",
+            (network, room_id),
         )
-        return float(row[0]) if row else None
+        if row is None:
+            return None, None
+        return (str(row[0]), None) if row[0] is not None else (None, float(row[1]))
 
     def set_room_mark(self, network: str, room_id: str, event_id: str) -> None:
         self.conn.execute(
