@@ -21,15 +21,14 @@ async def invited(bot: Bot, task: BotTask) -> None:
     room; another room is one they may want to bridge."""
     inviter = str(task.data.get("inviter", ""))
     hs = bot.homeservers[task.network]
-    direct = bool(task.data.get("is_direct"))
-    new = direct and bot.store.management_owner(task.network, task.room_id) is None
+    direct, new = bool(task.data.get("is_direct")), False
     if direct:
         # Theirs before the bot joins: a command pushed right after the join is then one. And
         # read from the invitation on: a client that creates a direct chat with its first
         # message sends that message before the bot can join, and it is never pushed.
         stamped = task.data.get("invited_at")
         with bot.store.transaction():
-            bot.store.add_management_room(
+            new = bot.store.add_management_room(
                 task.network, task.room_id, inviter,
                 since=stamped / 1000 if type(stamped) is int else None)
     try:

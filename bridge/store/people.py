@@ -90,9 +90,10 @@ class PeopleStore:
 
     @invalidates
     def add_management_room(self, network: str, room_id: str, user_id: str,
-                            since: float | None = None) -> None:
+                            since: float | None = None) -> bool:
         """`room_id` is `user_id`'s management room on `network`, its commands read from the
-        wall-clock time `since` (the bot's invitation; by default, now)."""
+        wall-clock time `since` (the bot's invitation; by default, now). True if it was not
+        one before."""
         new = self._one(
             "SELECT 1 FROM management_rooms WHERE network = ? AND room_id = ?", (network, room_id)
         ) is None
@@ -103,6 +104,7 @@ class PeopleStore:
         )
         if new:  # (the invitation's task run again must not take the commands since as history)
             self.room_enters(network, room_id, since)  # commands said from then on are read
+        return new
 
     @invalidates
     def drop_management_room(self, network: str, room_id: str) -> None:
