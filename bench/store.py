@@ -10,6 +10,7 @@ Variants change the schema or the store after it is opened, to weigh a change be
   notxn     without the outbox's unique transaction-id index
   norec     without the per-push transaction record
   rowidless the seen events, transaction records and event map as WITHOUT ROWID tables
+  pageNk    pages of N KiB instead of 4 (e.g. page1k), set by a VACUUM after the store opens
 Joined with "+" (e.g. notxn+norec).
 
     .venv/bin/python bench/store.py [--pushes 3000] [--before 10000] [--rounds 5]
@@ -44,10 +45,10 @@ ROOMS = {"wa": "!wa:wa.test", "ig": "!ig:ig.test", "fbm": "!fbm:fbm.test"}
 CHECKPOINT = 50  # pushes between two counts of the WAL's frames (about 800 of them)
 
 
-def wal_frames(wal: Path) -> float:
+def wal_frames(wal: Path, page: int = 4096) -> float:
     """Frames in a WAL file: a 32-byte header, then per frame a 24-byte header and a page."""
     size = wal.stat().st_size
-    return (size - 32) / (4096 + 24) if size else 0.0
+    return (size - 32) / (page + 24) if size else 0.0
 
 
 def apply(store: Store, variant: str) -> None:
@@ -71,12 +72,18 @@ def apply(store: Store, variant: str) -> None:
                 conn.execute(sql.rstrip() + " WITHOUT ROWID")
             conn.execute("CREATE INDEX idx_event_map_dst_network_dst_event "
                          "ON event_map (dst_network, dst_event)")
+        elif part.startswith("page") and part.endswith("k") and part[4:-1].isdigit():
+            # A smaller page: an index insertion dirties less, a big table's tree is deeper.
+            conn.execute("PRAGMA journal_mode = DELETE")  # VACUUM resizes pages only so
+            conn.execute(f"PRAGMA page_size = {int(part[4:-1]) * 1024}")
+            conn.execute("VACUUM")
+            conn.execute("PRAGMA journal_mode = WAL")
         else:
             raise SystemExit(f"bench/store.py: no variant {part!r} (see --help)")
 
 
-def run(variant: str, pushes: int, before: int) -> tuple[float, float, float, float]:
-    """(take, records, commit) µs of CPU per push, and WAL frames per push."""
+def run(variant: str, pushes: int, before: int) -> tuple[float, float, float, float, float]:
+    """(take, records, commit) µs of CPU per push, WAL frames and KiB per push."""
     with tempfile.TemporaryDirectory() as workdir:
         store = Store(Path(workdir) / "t.db")
         store.sync_config_portals([ROOMS])
@@ -91,6 +98,7 @@ def run(variant: str, pushes: int, before: int) -> tuple[float, float, float, fl
         take = records = commit = 0.0
         frames = 0.0
         wal = Path(workdir) / "t.db-wal"
+        page = store.conn.execute("PRAGMA page_size").fetchone()[0]
         for n in range(before + pushes):
             if n >= before and (n - before) % CHECKPOINT == 0:
                 # The frames written since the last look, counted; then the WAL starts over, as
@@ -99,7 +107,7 @@ def run(variant: str, pushes: int, before: int) -> tuple[float, float, float, fl
                 if n == before:
                     store.conn.execute("PRAGMA wal_autocheckpoint = 0")
                 else:
-                    frames += wal_frames(wal)
+                    frames += wal_frames(wal, page)
                 store.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
             event: dict[str, Any] = {
                 "type": "m.room.message", "event_id": f"${n:08d}AbCdEfGhIjKlMnOpQrStUvWxYz",
@@ -123,9 +131,10 @@ def run(variant: str, pushes: int, before: int) -> tuple[float, float, float, fl
             t3 = time.process_time()
             if n >= before:
                 take, records, commit = take + t1 - t0, records + t2 - t1, commit + t3 - t2
-        frames += wal_frames(wal)
+        frames += wal_frames(wal, page)
         store.close()
-    return take / pushes * 1e6, records / pushes * 1e6, commit / pushes * 1e6, frames / pushes
+    return (take / pushes * 1e6, records / pushes * 1e6, commit / pushes * 1e6, frames / pushes,
+            frames * page / 1024 / pushes)
 
 
 def main() -> None:
@@ -138,23 +147,23 @@ def main() -> None:
     parser.add_argument("--variants", default="current,v3index")
     args = parser.parse_args()
     variants = args.variants.split(",")
-    results: dict[str, list[tuple[float, float, float, float]]] = {v: [] for v in variants}
+    results: dict[str, list[tuple[float, float, float, float, float]]] = {v: [] for v in variants}
     for round_ in range(args.rounds):
         order = variants[round_ % len(variants):] + variants[:round_ % len(variants)]
         for variant in order:
             results[variant].append(run(variant, args.pushes, args.before))
     print(f"{args.pushes:,} pushes after {args.before:,}, medians of {args.rounds} rounds "
-          "(µs of CPU per push; WAL frames per push)")
-    print("| variant | take | delivery records | commit | total | vs first | frames |")
-    print("|---|---|---|---|---|---|---|")
+          "(µs of CPU per push; WAL frames and KiB per push)")
+    print("| variant | take | delivery records | commit | total | vs first | frames | KiB |")
+    print("|---|---|---|---|---|---|---|---|")
     first = None
     for variant in variants:
-        take, recs, comm, frames = (statistics.median(r[i] for r in results[variant])
-                                    for i in range(4))
+        take, recs, comm, frames, kib = (statistics.median(r[i] for r in results[variant])
+                                         for i in range(5))
         total = take + recs + comm
         first = first or total
         print(f"| {variant} | {take:.0f} | {recs:.0f} | {comm:.0f} | {total:.0f} | "
-              f"{total / first:.2f}x | {frames:.1f} |")
+              f"{total / first:.2f}x | {frames:.1f} | {kib:.0f} |")
 
 
 if __name__ == "__main__":

@@ -41,7 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     with_config(p)
     p.add_argument("--network", required=True, help="the network id, e.g. wa")
-    p = sub.add_parser("db", help="the state store: where an event got to, backups")
+    p = sub.add_parser("db", help="the state store: where an event got to, backups, compaction")
     db = p.add_subparsers(dest="db_command", required=True, metavar="DB_COMMAND")
     q = db.add_parser("status", help="where the actions for one source event got to")
     with_config(q)
@@ -50,6 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
     q = db.add_parser("backup", help="copy the database online (safe while the daemon runs)")
     with_config(q)
     q.add_argument("destination", type=Path, help="a new file to write the copy to")
+    q = db.add_parser("compact", help="give pruned space back and use 2-KiB pages (daemon stopped)")
+    with_config(q)
     p = sub.add_parser(
         "demo", help="start three local Synapse homeservers and show a conversation crossing them"
     )
@@ -114,6 +116,7 @@ def _check_config(path: Path) -> int:
 
 def _db(args: argparse.Namespace) -> int:
     from bridge.store import Store
+    from bridge.store.store import PAGE_SIZE
 
     config = load_config(args.config)
     store = Store(config.bridge.database, config.bridge.durability)
@@ -121,6 +124,11 @@ def _db(args: argparse.Namespace) -> int:
         if args.db_command == "backup":
             store.backup(args.destination)
             print(f"backed up {config.bridge.database} to {args.destination}")
+            return EXIT_OK
+        if args.db_command == "compact":
+            page, before, after = store.compact()
+            print(f"compacted {config.bridge.database}: {before:,} -> {after:,} bytes "
+                  f"(pages of {page:,} -> {PAGE_SIZE:,} bytes)")
             return EXIT_OK
         rows = store.delivery_status(args.network, args.event)
         if not rows:

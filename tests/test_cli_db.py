@@ -60,3 +60,64 @@ def test_db_backup_copies_the_store_and_never_overwrites(tmp_path: Path) -> None
     assert copy.stat().st_mode & 0o077 == 0
     again = tribridge("db", "backup", "-c", str(config), str(copy))
     assert again.returncode == 1 and "exists" in again.stderr
+
+
+def page_size_and_mode(path: Path) -> tuple[int, str]:
+    db = sqlite3.connect(path)
+    try:
+        return db.execute("PRAGMA page_size").fetchone()[0], db.execute(
+            "PRAGMA journal_mode").fetchone()[0]
+    finally:
+        db.close()
+
+
+def test_a_new_store_has_2_kib_pages_and_a_4_mb_wal(tmp_path: Path) -> None:
+    store = Store(tmp_path / "new.db")
+    assert store.conn.execute("PRAGMA wal_autocheckpoint").fetchone() == (2048,)
+    store.close()
+    assert page_size_and_mode(tmp_path / "new.db") == (2048, "wal")
+
+
+def old_store(tmp_path: Path) -> Path:
+    """A store as tribridge made it before 2-KiB pages (SQLite's 4 KiB), with pruned space."""
+    config = config_with_an_event(tmp_path)
+    path = tmp_path / "t.db"
+    db = sqlite3.connect(path, isolation_level=None)
+    db.execute("PRAGMA journal_mode = DELETE")
+    db.execute("PRAGMA page_size = 4096")
+    db.execute("VACUUM")
+    db.execute("PRAGMA journal_mode = WAL")
+    # Rows written and deleted again, as pruning does: free pages the file keeps.
+    db.execute("CREATE TABLE filler (x BLOB)")
+    db.executemany("INSERT INTO filler VALUES (?)", [(b"x" * 1000,) for _ in range(2000)])
+    db.execute("DROP TABLE filler")
+    db.close()
+    assert page_size_and_mode(path) == (4096, "wal")
+    return config
+
+
+def test_db_compact_gives_space_back_and_moves_to_2_kib_pages(tmp_path: Path) -> None:
+    config = old_store(tmp_path)
+    path = tmp_path / "t.db"
+    before = path.stat().st_size
+    result = tribridge("db", "compact", "-c", str(config))
+    assert result.returncode == 0, result.stderr
+    assert "pages of 4,096 -> 2,048 bytes" in result.stdout
+    assert page_size_and_mode(path) == (2048, "wal")
+    assert path.stat().st_size < before / 4  # two megabytes of free pages gone
+    status = tribridge("db", "status", "-c", str(config), "--network", "wa", "--event", "$sent")
+    assert status.returncode == 0 and "-> fbm" in status.stdout  # nothing lost
+
+
+def test_db_compact_refuses_while_the_daemon_has_the_store_open(tmp_path: Path) -> None:
+    config = old_store(tmp_path)
+    path = tmp_path / "t.db"
+    daemon = Store(path)  # what the running daemon holds
+    try:
+        result = tribridge("db", "compact", "-c", str(config))
+        assert result.returncode == 1
+        assert "stop the daemon first" in result.stderr
+        assert daemon.pending_actions("ig", "!ig")  # the daemon's store still works
+    finally:
+        daemon.close()
+    assert page_size_and_mode(path) == (4096, "wal")
