@@ -10,7 +10,8 @@ Variants change the schema or the store after it is opened, to weigh a change be
   notxn     without the outbox's unique transaction-id index
   norec     without the per-push transaction record
   rowidless the seen events, transaction records and event map as WITHOUT ROWID tables
-  pageNk    pages of N KiB instead of 4 (e.g. page1k), set by a VACUUM after the store opens
+  pageNk    pages of N KiB instead of the store's 2 (page4k: SQLite's default, a store made
+            before item 40 of docs/performance.md), set by a VACUUM after the store opens
 Joined with "+" (e.g. notxn+norec).
 
     .venv/bin/python bench/store.py [--pushes 3000] [--before 10000] [--rounds 5]

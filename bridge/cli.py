@@ -116,7 +116,6 @@ def _check_config(path: Path) -> int:
 
 def _db(args: argparse.Namespace) -> int:
     from bridge.store import Store
-    from bridge.store.store import PAGE_SIZE
 
     config = load_config(args.config)
     store = Store(config.bridge.database, config.bridge.durability)
@@ -126,9 +125,9 @@ def _db(args: argparse.Namespace) -> int:
             print(f"backed up {config.bridge.database} to {args.destination}")
             return EXIT_OK
         if args.db_command == "compact":
-            page, before, after = store.compact()
+            page, now, before, after = store.compact()
             print(f"compacted {config.bridge.database}: {before:,} -> {after:,} bytes "
-                  f"(pages of {page:,} -> {PAGE_SIZE:,} bytes)")
+                  f"(pages of {page:,} -> {now:,} bytes)")
             return EXIT_OK
         rows = store.delivery_status(args.network, args.event)
         if not rows:

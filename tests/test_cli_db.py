@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import resource
+import signal
 import sqlite3
 import subprocess
 import sys
@@ -117,7 +119,47 @@ def test_db_compact_refuses_while_the_daemon_has_the_store_open(tmp_path: Path) 
         result = tribridge("db", "compact", "-c", str(config))
         assert result.returncode == 1
         assert "stop the daemon first" in result.stderr
-        assert daemon.pending_actions("ig", "!ig")  # the daemon's store still works
+        # The daemon's store still works, writes included.
+        items = daemon.pending_actions("ig", "!ig")
+        assert items and daemon.finish(items[0], "done")
     finally:
         daemon.close()
     assert page_size_and_mode(path) == (4096, "wal")
+
+
+def test_an_old_store_keeps_its_pages_and_a_4_mb_wal_until_compacted(tmp_path: Path) -> None:
+    old_store(tmp_path)
+    store = Store(tmp_path / "t.db")
+    try:
+        assert store.conn.execute("PRAGMA page_size").fetchone() == (4096,)
+        assert store.conn.execute("PRAGMA wal_autocheckpoint").fetchone() == (1024,)
+        assert store.compact()[:2] == (4096, 2048)
+        # The same store goes on, in WAL mode, and no longer holds the file to itself.
+        assert store.conn.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+        assert store.conn.execute("PRAGMA wal_autocheckpoint").fetchone() == (2048,)
+        items = store.pending_actions("ig", "!ig")
+        assert items and store.finish(items[0], "done")
+        other = Store(tmp_path / "t.db")
+        assert not other.pending_actions("ig", "!ig")
+        other.close()
+    finally:
+        store.close()
+
+
+def test_a_compaction_that_fails_says_why_and_leaves_the_store_as_it_was(tmp_path: Path) -> None:
+    config = old_store(tmp_path)
+    path = tmp_path / "t.db"
+    limit = path.stat().st_size // 2  # no room for VACUUM's copy: as a full disk
+
+    def small_disk() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past it fails with EFBIG
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    result = subprocess.run([sys.executable, "-m", "bridge", "db", "compact", "-c", str(config)],
+                            cwd=ROOT, capture_output=True, text=True, timeout=60,
+                            preexec_fn=small_disk)
+    assert result.returncode == 1
+    assert "could not compact" in result.stderr and "Traceback" not in result.stderr
+    assert page_size_and_mode(path) == (4096, "wal")
+    status = tribridge("db", "status", "-c", str(config), "--network", "wa", "--event", "$sent")
+    assert status.returncode == 0 and "-> fbm" in status.stdout

@@ -165,34 +165,69 @@ class Store(PeopleStore):
         except (sqlite3.Error, OSError) as exc:
             raise StoreError(f"backup to {destination} failed: {exc}") from exc
 
-    def compact(self) -> tuple[int, int, int]:
+    def compact(self) -> tuple[int, int, int, int]:
         """Rewrite the database with VACUUM: free pages (rows pruned) given back to the file
         system, and pages of PAGE_SIZE (a store made before 2-KiB pages keeps 4-KiB ones until
         then). Only with no other connection open: the daemon must be stopped. Returns the
-        page size it had, and the file's bytes before and after."""
+        page size before and after, and the bytes before (the WAL's included) and after."""
         self.commit_deferred()
         path = self.conn.execute("PRAGMA database_list").fetchone()[2]
+        if not path:
+            raise StoreError("an in-memory store has nothing to compact")
         before = self.conn.execute("PRAGMA page_size").fetchone()[0]
-        size = Path(path).stat().st_size if path else 0
+        size = sum(f.stat().st_size for f in (Path(path), Path(path + "-wal")) if f.exists())
+        # Locks taken are kept until the end, so that a daemon started meanwhile waits (and
+        # fails after busy_timeout; systemd restarts it) instead of putting the store back
+        # into WAL mode between the switch below and the VACUUM, which would then keep the
+        # old pages.
+        self.conn.execute("PRAGMA locking_mode = EXCLUSIVE")
         try:
-            # VACUUM changes the page size only outside WAL mode, and leaving WAL mode needs
-            # the database to itself: this is where a running daemon is found out.
-            mode = self.conn.execute("PRAGMA journal_mode = DELETE").fetchone()[0]
-        except sqlite3.OperationalError as exc:
-            raise StoreError(f"cannot compact {path}: {exc} (stop the daemon first)") from exc
-        if mode != "delete":
-            raise StoreError(f"cannot compact {path}: it is in use (stop the daemon first)")
+            try:
+                # VACUUM changes the page size only outside WAL mode, and leaving WAL mode
+                # needs the database to itself: this is where a running daemon is found out.
+                mode = self.conn.execute("PRAGMA journal_mode = DELETE").fetchone()[0]
+            except sqlite3.OperationalError as exc:
+                raise StoreError(f"cannot compact {path}: {exc} (stop the daemon first)") from exc
+            if mode != "delete":
+                raise StoreError(f"cannot compact {path}: it is in use (stop the daemon first)")
+            synchronous = self.conn.execute("PRAGMA synchronous").fetchone()[0]
+            try:
+                self.conn.execute(f"PRAGMA page_size = {PAGE_SIZE}")
+                # Outside WAL mode, durability "process" would let a power cut take the copy.
+                self.conn.execute("PRAGMA synchronous = FULL")
+                self.conn.execute("VACUUM")  # all or nothing: a full disk leaves it as it was
+            except sqlite3.Error as exc:
+                raise StoreError(f"could not compact {path}: {exc}") from exc
+            finally:
+                self.conn.execute(f"PRAGMA synchronous = {synchronous}")
+        except StoreError as exc:
+            self._memo.clear()
+            try:
+                self._back_to_wal(path)
+            except StoreError as also:
+                raise StoreError(f"{exc}; and {also}") from exc
+            raise
+        self._memo.clear()
+        self._back_to_wal(path)
+        after = self.conn.execute("PRAGMA page_size").fetchone()[0]
+        return before, after, size, Path(path).stat().st_size
+
+    def _back_to_wal(self, path: str) -> None:
+        """Normal locking and WAL mode again, after compact() (raises StoreError if not)."""
         try:
-            self.conn.execute(f"PRAGMA page_size = {PAGE_SIZE}")
-            self.conn.execute("VACUUM")  # all or nothing: a full disk leaves the store as it was
-        except sqlite3.Error as exc:
-            raise StoreError(f"could not compact {path}: {exc}") from exc
-        finally:
-            self.conn.execute("PRAGMA journal_mode = WAL")
+            self.conn.execute("PRAGMA locking_mode = NORMAL")
+            # The exclusive lock goes at the next access (WAL mode set in exclusive locking
+            # mode could not go back to normal locking).
+            self.conn.execute("SELECT 1 FROM sqlite_master LIMIT 1").fetchall()
+            mode = self.conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
             page = self.conn.execute("PRAGMA page_size").fetchone()[0]
             self.conn.execute(f"PRAGMA wal_autocheckpoint = {WAL_BYTES // page}")
-            self._memo.clear()
-        return before, size, Path(path).stat().st_size if path else 0
+        except sqlite3.Error as exc:
+            mode = str(exc)
+        if mode != "wal":
+            # Nothing lost: the daemon's start puts it back into WAL mode.
+            raise StoreError(f"{path} was left out of WAL mode ({mode}); tribridge run puts "
+                             f"it back")
 
     @contextmanager
     def transaction(self) -> Iterator[None]:
