@@ -7,21 +7,25 @@ together, with the same pushes: whatever the machine does meanwhile, it does to 
 and relay, CPU per relayed send from /proc; the ratio B / A of each run; the median ratio over
 the rounds (the trees swap fakes each round).
 
-- batch 1: N messages back to back, one transaction in flight per relay;
+- batch 1: N messages back to back, one transaction in flight per relay (the faster relay
+  finishes first and the other's tail runs alone: this row leans towards 1.0x);
 - paced 200/s and paced 40/s (Synapse's pace): one message per transaction, the two relays'
   pushes half a period apart.
 
-    .venv/bin/python bench/ab.py --a TREE --b TREE [--messages 2000] [--paced 600] [--rounds 5]
+Each round the trees swap fakes, which of them is started first, and which is pushed to half
+a period ahead; an even number of rounds balances them.
+
+    .venv/bin/python bench/ab.py --a TREE --b TREE [--messages 2000] [--paced 600] [--rounds 6]
 """
 
 from __future__ import annotations
 
 import argparse
+import shutil
 import statistics
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any
 
 import trio
 
@@ -37,14 +41,14 @@ RUNS = ("batch 1", "paced 200/s", "paced 40/s")
 
 
 async def together(fakes: list[Fake], pids: list[int], count: int, rate: float,
-                   tag: str) -> list[float]:
-    """CPU ms per relayed send of each relay, both pushed to at once."""
+                   tag: str, lead: int) -> list[float]:
+    """CPU ms per relayed send of each relay, both pushed to at once (`lead` a moment first)."""
     out = [0.0, 0.0]
 
     async def one(i: int) -> None:
-        if rate:
+        if rate and i != lead:
             # Half a period behind the other: their pushes alternate.
-            await trio.sleep(i / rate / 2)  # an offset, not a wait for an event
+            await trio.sleep(1 / rate / 2)  # an offset, not a wait for an event
         figures = await fakes[i].run(count, 1, pids[i], rate=rate, tag=f"{tag}-{i}")
         out[i] = figures["cpu_ms_per_send"]
 
@@ -55,36 +59,49 @@ async def together(fakes: list[Fake], pids: list[int], count: int, rate: float,
 
 
 async def warm(fakes: list[Fake], pids: list[int], tag: str) -> None:
-    # Past the window after a start in which every push reads timelines (bridge/reconcile.py).
+    """Outlast the window after a start in which every push reads timelines
+    (bridge/reconcile.py), with caches filled and ghosts registered on the way."""
     started, n = trio.current_time(), 0
     while trio.current_time() - started < SUSPECT_SECONDS + 1:
         n += 1
-        await together(fakes, pids, 100, 100.0, f"{tag}-warm{n}")
+        await together(fakes, pids, 100, 100.0, f"{tag}-warm{n}", lead=n % 2)
 
 
-async def main(args: Any) -> None:
+async def main(args: argparse.Namespace) -> None:
+    root = Path(tempfile.mkdtemp(prefix="tribridge-ab-"))
+    try:
+        await rounds(args, root)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+async def rounds(args: argparse.Namespace, root: Path) -> None:
     trees = args.trees
     ratios: dict[str, list[float]] = {run: [] for run in RUNS}
     cpu: dict[str, list[list[float]]] = {run: [[], []] for run in RUNS}
-    root = Path(tempfile.mkdtemp(prefix="tribridge-ab-"))
     async with trio.open_nursery() as nursery:
         fakes = [Fake(), Fake()]
         for fake in fakes:
             await nursery.start(fake.serve)
         for n in range(args.rounds):
-            # Each round the trees swap fakes (ports, and who is pushed to a moment first).
-            order = [0, 1] if n % 2 == 0 else [1, 0]
+            # Each round the trees swap fakes (their ports), which starts first, and which is
+            # pushed to half a period ahead of the other.
+            flip = n % 2
+            by_fake = [fakes[flip], fakes[1 - flip]]  # tree A's fake, tree B's
             for i in range(2):
                 await trio.Path(root / f"r{n}-{i}").mkdir()
-            async with tribridge(fakes[order[0]], root / f"r{n}-0", tree=trees[0]) as pid_a, \
-                    tribridge(fakes[order[1]], root / f"r{n}-1", tree=trees[1]) as pid_b:
-                by_fake = [fakes[order[0]], fakes[order[1]]]
-                pids = [pid_a, pid_b]
+            first, second = (0, 1) if not flip else (1, 0)
+            pids = [0, 0]
+            async with tribridge(by_fake[first], root / f"r{n}-{first}",
+                                 tree=trees[first]) as pid_first, \
+                    tribridge(by_fake[second], root / f"r{n}-{second}",
+                              tree=trees[second]) as pid_second:
+                pids[first], pids[second] = pid_first, pid_second
                 await warm(by_fake, pids, f"r{n}")
                 for run, count, rate in (("batch 1", args.messages, 0.0),
                                          ("paced 200/s", args.paced, 200.0),
                                          ("paced 40/s", args.paced, 40.0)):
-                    a, b = await together(by_fake, pids, count, rate, f"r{n}-{run}")
+                    a, b = await together(by_fake, pids, count, rate, f"r{n}-{run}", lead=flip)
                     cpu[run][0].append(a)
                     cpu[run][1].append(b)
                     ratios[run].append(b / a)
@@ -109,7 +126,9 @@ if __name__ == "__main__":
     parser.add_argument("--b", required=True, metavar="TREE", help="another (the change)")
     parser.add_argument("--messages", type=int, default=2000, help="messages per batch-1 run")
     parser.add_argument("--paced", type=int, default=600, help="messages per paced run")
-    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=6, help="an even number")
     arguments = parser.parse_args()
+    if arguments.rounds < 2 or arguments.rounds % 2:
+        parser.error("--rounds: give an even number, so that each tree leads as often")
     arguments.trees = [Path(arguments.a).resolve(), Path(arguments.b).resolve()]
     trio.run(main, arguments)

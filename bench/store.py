@@ -2,7 +2,8 @@
 into a three-network portal, taken in (`Inbound.take_transaction`, deferred), its two sends'
 delivery records written (event map, outbox row done), then the commit (durability full), as
 the daemon does it for a batch-1 push. CPU per push of each step (process time), medians of
-interleaved rounds, and the WAL frames (4-KiB pages) each push's commits write.
+interleaved rounds, and the WAL frames (pages: 2 KiB, or a variant's size) and KiB each push's
+commits write.
 
 Variants change the schema or the store after it is opened, to weigh a change before making it:
   current   the store as it is

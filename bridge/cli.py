@@ -125,9 +125,12 @@ def _db(args: argparse.Namespace) -> int:
             print(f"backed up {config.bridge.database} to {args.destination}")
             return EXIT_OK
         if args.db_command == "compact":
-            page, now, before, after = store.compact()
-            print(f"compacted {config.bridge.database}: {before:,} -> {after:,} bytes "
-                  f"(pages of {page:,} -> {now:,} bytes)")
+            done = store.compact()
+            pages = (f"pages of {done.page_before:,} -> {done.page_after:,} bytes"
+                     if done.page_before != done.page_after
+                     else f"pages of {done.page_after:,} bytes, unchanged")
+            print(f"compacted {config.bridge.database}: {done.bytes_before:,} -> "
+                  f"{done.bytes_after:,} bytes ({pages})")
             return EXIT_OK
         rows = store.delivery_status(args.network, args.event)
         if not rows:

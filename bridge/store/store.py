@@ -34,8 +34,8 @@ log = logging.getLogger(__name__)
 
 SYNCHRONOUS = {"full": "FULL", "process": "NORMAL"}
 # Pages of 2 KiB, not SQLite's 4: a pushed message's commit rewrites about 19 pages, most of them
-# in indexes keyed by hashes (a random page each time), so a smaller page halves the bytes
-# written and synced, and the copying inside SQLite, for a tree one level deeper at most.
+# in indexes keyed by hashes (a random page each time), so a smaller page cuts the bytes written
+# and synced by about 40%, and the copying inside SQLite, for a tree one level deeper at most.
 # bench/store.py: 0.79x the store's CPU per push at 100,000 messages (docs/performance.md).
 PAGE_SIZE = 2048
 WAL_BYTES = 4 * 1024 * 1024
@@ -51,6 +51,16 @@ class DeliveryStatus:
     state: str  # pending | done | failed
     attempts: int
     last_error: str | None
+
+
+@dataclass(frozen=True)
+class Compacted:
+    """What Store.compact() did: page sizes and file sizes (bytes) before and after."""
+
+    page_before: int
+    page_after: int
+    bytes_before: int  # the WAL's included
+    bytes_after: int
 
 
 @dataclass(frozen=True)
@@ -165,11 +175,10 @@ class Store(PeopleStore):
         except (sqlite3.Error, OSError) as exc:
             raise StoreError(f"backup to {destination} failed: {exc}") from exc
 
-    def compact(self) -> tuple[int, int, int, int]:
+    def compact(self) -> Compacted:
         """Rewrite the database with VACUUM: free pages (rows pruned) given back to the file
         system, and pages of PAGE_SIZE (a store made before 2-KiB pages keeps 4-KiB ones until
-        then). Only with no other connection open: the daemon must be stopped. Returns the
-        page size before and after, and the bytes before (the WAL's included) and after."""
+        then). Only with no other connection open: the daemon must be stopped."""
         self.commit_deferred()
         path = self.conn.execute("PRAGMA database_list").fetchone()[2]
         if not path:
@@ -181,36 +190,49 @@ class Store(PeopleStore):
         # into WAL mode between the switch below and the VACUUM, which would then keep the
         # old pages.
         self.conn.execute("PRAGMA locking_mode = EXCLUSIVE")
+        done = False
         try:
-            try:
-                # VACUUM changes the page size only outside WAL mode, and leaving WAL mode
-                # needs the database to itself: this is where a running daemon is found out.
-                mode = self.conn.execute("PRAGMA journal_mode = DELETE").fetchone()[0]
-            except sqlite3.OperationalError as exc:
-                raise StoreError(f"cannot compact {path}: {exc} (stop the daemon first)") from exc
-            if mode != "delete":
-                raise StoreError(f"cannot compact {path}: it is in use (stop the daemon first)")
-            synchronous = self.conn.execute("PRAGMA synchronous").fetchone()[0]
-            try:
-                self.conn.execute(f"PRAGMA page_size = {PAGE_SIZE}")
-                # Outside WAL mode, durability "process" would let a power cut take the copy.
-                self.conn.execute("PRAGMA synchronous = FULL")
-                self.conn.execute("VACUUM")  # all or nothing: a full disk leaves it as it was
-            except sqlite3.Error as exc:
-                raise StoreError(f"could not compact {path}: {exc}") from exc
-            finally:
-                self.conn.execute(f"PRAGMA synchronous = {synchronous}")
-        except StoreError as exc:
+            self._vacuum(path)
+            done = True
+        except BaseException as exc:  # a Ctrl-C in a long VACUUM too: WAL mode comes back
             self._memo.clear()
             try:
                 self._back_to_wal(path)
             except StoreError as also:
-                raise StoreError(f"{exc}; and {also}") from exc
+                if isinstance(exc, StoreError):
+                    raise StoreError(f"{exc}; and {also}") from exc
+                raise also from exc
             raise
-        self._memo.clear()
-        self._back_to_wal(path)
+        finally:
+            if done:
+                self._memo.clear()
+                try:
+                    self._back_to_wal(path)
+                except StoreError as exc:
+                    raise StoreError(f"{path} was compacted, but {exc}") from exc
         after = self.conn.execute("PRAGMA page_size").fetchone()[0]
-        return before, after, size, Path(path).stat().st_size
+        return Compacted(before, after, size, Path(path).stat().st_size)
+
+    def _vacuum(self, path: str) -> None:
+        try:
+            # VACUUM changes the page size only outside WAL mode, and leaving WAL mode needs
+            # the database to itself: this is where a running daemon is found out.
+            mode = self.conn.execute("PRAGMA journal_mode = DELETE").fetchone()[0]
+        except sqlite3.OperationalError as exc:
+            raise StoreError(f"cannot compact {path}: {exc} (stop the daemon first)") from exc
+        if mode != "delete":
+            raise StoreError(f"cannot compact {path}: it is in use (stop the daemon first)")
+        try:
+            synchronous = self.conn.execute("PRAGMA synchronous").fetchone()[0]
+            self.conn.execute(f"PRAGMA page_size = {PAGE_SIZE}")
+            # Outside WAL mode, durability "process" would let a power cut take the copy.
+            self.conn.execute("PRAGMA synchronous = FULL")
+            try:
+                self.conn.execute("VACUUM")  # all or nothing: a full disk leaves it as it was
+            finally:
+                self.conn.execute(f"PRAGMA synchronous = {synchronous}")
+        except sqlite3.Error as exc:
+            raise StoreError(f"could not compact {path}: {exc}") from exc
 
     def _back_to_wal(self, path: str) -> None:
         """Normal locking and WAL mode again, after compact() (raises StoreError if not)."""
@@ -226,8 +248,8 @@ class Store(PeopleStore):
             mode = str(exc)
         if mode != "wal":
             # Nothing lost: the daemon's start puts it back into WAL mode.
-            raise StoreError(f"{path} was left out of WAL mode ({mode}); tribridge run puts "
-                             f"it back")
+            raise StoreError(f"it was left out of WAL mode ({mode}); tribridge run puts it "
+                             f"back")
 
     @contextmanager
     def transaction(self) -> Iterator[None]:
