@@ -118,6 +118,11 @@ def _db(args: argparse.Namespace) -> int:
     from bridge.store import Store
 
     config = load_config(args.config)
+    if not config.bridge.database.exists():
+        # Opening it would make an empty store there, and report on that.
+        print(f"tribridge: no database at {config.bridge.database}: check bridge.database in "
+              f"{args.config} (the daemon makes it at its first start)", file=sys.stderr)
+        return EXIT_FAILURE
     store = Store(config.bridge.database, config.bridge.durability)
     try:
         if args.db_command == "backup":

@@ -166,3 +166,16 @@ def test_a_compaction_that_fails_says_why_and_leaves_the_store_as_it_was(tmp_pat
     assert page_size_and_mode(path) == (4096, "wal")
     status = tribridge("db", "status", "-c", str(config), "--network", "wa", "--event", "$sent")
     assert status.returncode == 0 and "-> fbm" in status.stdout
+
+
+def test_db_commands_given_no_database_say_so_and_make_none(tmp_path: Path) -> None:
+    text = (ROOT / "config.example.toml").read_text()
+    config = tmp_path / "c.toml"
+    config.write_text(text.replace('database = "tribridge.db"',
+                                   f'database = "{tmp_path}/typo.db"'))
+    for args in (["status", "--network", "wa", "--event", "$x"], ["compact"],
+                 ["backup", str(tmp_path / "copy.db")]):
+        result = tribridge("db", args[0], "-c", str(config), *args[1:])
+        assert result.returncode == 1, args
+        assert f"no database at {tmp_path}/typo.db" in result.stderr, args
+    assert not (tmp_path / "typo.db").exists() and not (tmp_path / "copy.db").exists()
