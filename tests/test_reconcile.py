@@ -75,7 +75,7 @@ async def test_a_room_seen_first_is_marked_without_replaying_history(
     rig.say(1)
     rig.say(2)
     assert await rig.reconciler.reconcile_network("wa") == 0
-    assert rig.store.room_mark("wa", ROOM) == "$e2" and rig.queued() == []
+    assert rig.store.room_position("wa", ROOM)[0] == "$e2" and rig.queued() == []
 
 
 def at(event: dict[str, Any], seconds: float) -> dict[str, Any]:
@@ -88,8 +88,8 @@ def bot_joins(rig: Rig) -> float:
     """The bot is in the room now (at the start, or invited later): it is watched from now."""
     with rig.store.transaction():
         rig.store.rooms_joined("wa", [(ROOM, time.time())])
-    entered = rig.store.room_entered("wa", ROOM)
-    assert entered is not None and rig.store.room_mark("wa", ROOM) is None
+    entered = rig.store.room_position("wa", ROOM)[1]
+    assert entered is not None and rig.store.room_position("wa", ROOM)[0] is None
     return entered
 
 
@@ -101,11 +101,11 @@ async def test_what_is_said_after_a_room_entered_its_portal_is_taken_at_its_firs
     at(rig.say(2), entered + 1)  # after, and never pushed (the bridge stopped, say)
     at(rig.say(3), entered + 2)
     assert await rig.reconciler.catch_up("wa") == 2
-    assert rig.queued() == ["m2", "m3"] and rig.store.room_mark("wa", ROOM) == "$e3"
-    assert rig.store.room_entered("wa", ROOM) is None  # marked now: read back to the mark
+    assert rig.queued() == ["m2", "m3"] and rig.store.room_position("wa", ROOM)[0] == "$e3"
+    assert rig.store.room_position("wa", ROOM)[1] is None  # marked now: read back to the mark
     with rig.store.transaction():
         rig.store.rooms_joined("wa", [(ROOM, time.time())])  # joined again at the next start
-    assert rig.store.room_mark("wa", ROOM) == "$e3"
+    assert rig.store.room_position("wa", ROOM)[0] == "$e3"
 
 
 async def test_a_management_rooms_first_read_takes_what_was_said_since_the_invitation(
@@ -216,12 +216,12 @@ async def test_a_room_with_no_time_of_entry_starts_at_its_newest_event(
     rig: Rig, autojump_clock: trio.testing.MockClock
 ) -> None:
     # A room the bot never joined, or bridged before times of entry were kept.
-    assert rig.store.room_entered("wa", ROOM) is None
+    assert rig.store.room_position("wa", ROOM)[1] is None
     for n in range(1, 30):
         at(rig.say(n), time.time())
     before = rig.fake.reads
     assert await rig.reconciler.reconcile_network("wa") == 0
-    assert rig.queued() == [] and rig.store.room_mark("wa", ROOM) == "$e29"
+    assert rig.queued() == [] and rig.store.room_position("wa", ROOM)[0] == "$e29"
     assert rig.fake.reads == before + 1  # one event read, not pages of history
 
 
@@ -230,10 +230,10 @@ async def test_a_room_bridged_again_does_not_replay_what_was_said_while_it_was_n
 ) -> None:
     rig.say(1)
     await rig.reconciler.reconcile_network("wa")
-    assert rig.store.room_mark("wa", ROOM) == "$e1"
+    assert rig.store.room_position("wa", ROOM)[0] == "$e1"
     with rig.store.transaction():
         rig.store.remove_portal_room("wa", ROOM)  # unlinked; the bot left, nothing is pushed
-    assert rig.store.room_mark("wa", ROOM) is None  # the mark went with the portal
+    assert rig.store.room_position("wa", ROOM)[0] is None  # the mark went with the portal
     for n in range(2, 6):
         at(rig.say(n), time.time() - 1)
     rig.store.sync_config_portals([{"wa": ROOM, "ig": "!ig-room"}])  # and bridged again
@@ -355,7 +355,7 @@ async def test_the_bridges_own_events_in_a_timeline_are_not_counted_as_missed(
     rig.say(6)  # and one message a person sent that no push brought
     assert await rig.reconciler.reconcile_network("wa") == 1
     assert rig.queued() == ["m6"]
-    assert rig.store.room_mark("wa", ROOM) == "$e6"
+    assert rig.store.room_position("wa", ROOM)[0] == "$e6"
     assert not rig.store.event_seen("wa", "$e2")  # echoes still cost no write
 
 

@@ -163,49 +163,52 @@ def test_a_room_is_watched_from_when_the_bot_is_in_it_and_forgets_old_marks(
 ) -> None:
     store = Store(tmp_path / "t.db")
     store.sync_config_portals([{"wa": "!a", "ig": "!b"}])
-    assert store.room_entered("wa", "!a") is None  # the bot is not in it yet
+    assert store.room_position("wa", "!a")[1] is None  # the bot is not in it yet
     with store.transaction():
         store.rooms_joined("wa", [("!a", time.time()), ("!not-a-portal-room", time.time())])
-    assert store.room_entered("wa", "!a") is not None
-    assert store.room_entered("wa", "!not-a-portal-room") is None
+    assert store.room_position("wa", "!a")[1] is not None
+    assert store.room_position("wa", "!not-a-portal-room")[1] is None
     with store.transaction():
         store.set_room_mark("wa", "!a", "$old-a")
         store.set_room_mark("ig", "!b", "$old-b")
         store.rooms_joined("wa", [("!a", time.time())])  # joined again at a start: mark stays
-    assert store.room_entered("wa", "!a") is None and store.room_mark("wa", "!a") == "$old-a"
+    assert store.room_position("wa", "!a") == ("$old-a", None)
     # Rooms that stay bridged keep their marks, also when they move to another portal (the bot
     # was there all along); a room new to the portals has neither mark nor time yet.
     store.sync_config_portals([{"wa": "!a", "fbm": "!c"}, {"ig": "!b", "fbm": "!d"}])
-    assert store.room_mark("wa", "!a") == "$old-a" and store.room_mark("ig", "!b") == "$old-b"
+    assert store.room_position("wa", "!a")[0] == "$old-a"
+    assert store.room_position("ig", "!b")[0] == "$old-b"
     # Out of the portals and back: the mark from before is gone, as after unlink and link.
     store.sync_config_portals([{"ig": "!b", "fbm": "!d"}])
-    assert store.room_mark("wa", "!a") is None
+    assert store.room_position("wa", "!a")[0] is None
     with store.transaction():
         store.set_room_mark("wa", "!a", "$stale")  # as if a read had come in between
     store.sync_config_portals([{"wa": "!a", "fbm": "!c"}, {"ig": "!b", "fbm": "!d"}])
-    assert store.room_mark("wa", "!a") is None
+    assert store.room_position("wa", "!a")[0] is None
     with store.transaction():
         store.remove_portal_room("ig", "!b")  # a portal left with one room is dissolved
         assert store.portal_for_room("fbm", "!d") is None
         (kept,) = store.portals()
         store.add_portal_room(kept.portal_id, "ig", "!b")  # linked by a command: bot is in it
-    assert store.room_mark("ig", "!b") is None and store.room_entered("ig", "!b") is not None
+    mark, entered = store.room_position("ig", "!b")
+    assert mark is None and entered is not None
     # The bot joined at an invitation: it was not in the room, whatever a read of a
     # world-readable room marked before is no mark of what it saw.
     with store.transaction():
         store.set_room_mark("ig", "!b", "$read-from-outside")
         store.rooms_joined("ig", [("!b", time.time())], invited=True)
-    assert store.room_mark("ig", "!b") is None and store.room_entered("ig", "!b") is not None
+    mark, entered = store.room_position("ig", "!b")
+    assert mark is None and entered is not None
     # A management room is watched from its invitation; the same invitation taken again (its
     # task run again after a crash) does not start it afresh.
     with store.transaction():
         store.add_management_room("wa", "!dm", "@alice:wa")
         store.set_room_mark("wa", "!dm", "$cmd")
         store.add_management_room("wa", "!dm", "@alice:wa")
-    assert store.room_mark("wa", "!dm") == "$cmd"
+    assert store.room_position("wa", "!dm")[0] == "$cmd"
     with store.transaction():
         store.drop_management_room("wa", "!dm")
-    assert store.room_mark("wa", "!dm") is None and store.room_entered("wa", "!dm") is None
+    assert store.room_position("wa", "!dm") == (None, None)
 
 
 def test_event_map_and_ghosts_persist(tmp_path: Path) -> None:

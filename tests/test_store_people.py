@@ -295,9 +295,9 @@ def test_forget_person_leaves_no_row_about_them_and_keeps_everyone_elses(store: 
     assert store.settings(*ALICE) == (None, None)
     assert store.linked_accounts(*ALICE) == []
     assert store.portal_info("pa") == ("command", None)  # the portal stays, without its maker
-    assert store.room_entered(ALICE[0], "!ma:wa.localhost") is None  # nor their room's time
+    assert store.room_position(ALICE[0], "!ma:wa.localhost")[1] is None  # nor their room's time
     # Everyone else's rows stay.
-    assert store.room_entered(BOB[0], "!mb:ig.localhost") is not None
+    assert store.room_position(BOB[0], "!mb:ig.localhost")[1] is not None
     assert store.settings(*BOB) == (True, None)
     assert store.profile(*BOB) == (True, "Someone")
     assert store.management_room(*BOB) == "!mb:ig.localhost"

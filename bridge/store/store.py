@@ -794,9 +794,6 @@ class Store(PeopleStore):
         )
         return {network: count for network, count in rows}
 
-    def room_mark(self, network: str, room_id: str) -> str | None:
-        return self.room_position(network, room_id)[0]
-
     def room_enters(self, network: str, room_id: str, at: float | None = None) -> None:
         """`room_id` begins to be watched (a portal room, a management room): it has no mark
         yet, and its first read takes in what was said from now on (or from the wall-clock
@@ -830,10 +827,6 @@ class Store(PeopleStore):
         self.conn.execute(
             "DELETE FROM room_marks WHERE network = ? AND room_id = ?", (network, room_id)
         )
-
-    def room_entered(self, network: str, room_id: str) -> float | None:
-        """When an unmarked room began to be watched (None: it has a mark, or no such time)."""
-        return self.room_position(network, room_id)[1]
 
     def room_position(self, network: str, room_id: str) -> tuple[str | None, float | None]:
         """Where a read of `room_id` stops, from one row: its mark, or, before it has one,
