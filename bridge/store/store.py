@@ -100,6 +100,13 @@ def _outbox_row(item: OutboxItem | int) -> tuple[str, tuple[Any, ...]]:
             (item.id, item.action.network, item.action.txn_id))
 
 
+def _checkpoint_by_bytes(conn: sqlite3.Connection) -> None:
+    """SQLite's default checkpoint interval is 1,000 pages, whatever their size: keep the WAL at
+    about WAL_BYTES between checkpoints, as with SQLite's own 4-KiB pages."""
+    page = conn.execute("PRAGMA page_size").fetchone()[0]
+    conn.execute(f"PRAGMA wal_autocheckpoint = {WAL_BYTES // page}")
+
+
 class Store(PeopleStore):
     def __init__(self, path: Path | str, durability: str = "full") -> None:
         try:
@@ -112,10 +119,7 @@ class Store(PeopleStore):
             # own: changing it takes a VACUUM, see `tribridge db compact`).
             conn.execute(f"PRAGMA page_size = {PAGE_SIZE}")
             conn.execute("PRAGMA journal_mode = WAL")
-            # SQLite's default checkpoint interval is 1,000 pages, whatever their size: keep
-            # the WAL at about 4 MB between checkpoints, as with SQLite's own 4-KiB pages.
-            page = conn.execute("PRAGMA page_size").fetchone()[0]
-            conn.execute(f"PRAGMA wal_autocheckpoint = {WAL_BYTES // page}")
+            _checkpoint_by_bytes(conn)
             conn.execute(f"PRAGMA synchronous = {SYNCHRONOUS[durability]}")
             conn.execute("PRAGMA foreign_keys = ON")
             conn.execute("PRAGMA busy_timeout = 5000")
@@ -190,26 +194,16 @@ class Store(PeopleStore):
         # into WAL mode between the switch below and the VACUUM, which would then keep the
         # old pages.
         self.conn.execute("PRAGMA locking_mode = EXCLUSIVE")
-        done = False
         try:
             self._vacuum(path)
-            done = True
         except BaseException as exc:  # a Ctrl-C in a long VACUUM too: WAL mode comes back
-            self._memo.clear()
-            try:
-                self._back_to_wal(path)
-            except StoreError as also:
-                if isinstance(exc, StoreError):
-                    raise StoreError(f"{exc}; and {also}") from exc
-                raise also from exc
+            trouble = self._back_to_wal()
+            if trouble and isinstance(exc, StoreError):
+                raise StoreError(f"{exc}; and {trouble}") from exc
             raise
-        finally:
-            if done:
-                self._memo.clear()
-                try:
-                    self._back_to_wal(path)
-                except StoreError as exc:
-                    raise StoreError(f"{path} was compacted, but {exc}") from exc
+        trouble = self._back_to_wal()
+        if trouble:
+            raise StoreError(f"{path} was compacted, but {trouble}")
         after = self.conn.execute("PRAGMA page_size").fetchone()[0]
         return Compacted(before, after, size, Path(path).stat().st_size)
 
@@ -234,22 +228,22 @@ class Store(PeopleStore):
         except sqlite3.Error as exc:
             raise StoreError(f"could not compact {path}: {exc}") from exc
 
-    def _back_to_wal(self, path: str) -> None:
-        """Normal locking and WAL mode again, after compact() (raises StoreError if not)."""
+    def _back_to_wal(self) -> str | None:
+        """Normal locking and WAL mode again, after compact(); what went wrong, if anything."""
+        self._memo.clear()  # VACUUM may renumber the rowids of tables without a key of their own
         try:
             self.conn.execute("PRAGMA locking_mode = NORMAL")
             # The exclusive lock goes at the next access (WAL mode set in exclusive locking
             # mode could not go back to normal locking).
             self.conn.execute("SELECT 1 FROM sqlite_master LIMIT 1").fetchall()
             mode = self.conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
-            page = self.conn.execute("PRAGMA page_size").fetchone()[0]
-            self.conn.execute(f"PRAGMA wal_autocheckpoint = {WAL_BYTES // page}")
+            _checkpoint_by_bytes(self.conn)
         except sqlite3.Error as exc:
             mode = str(exc)
-        if mode != "wal":
-            # Nothing lost: the daemon's start puts it back into WAL mode.
-            raise StoreError(f"it was left out of WAL mode ({mode}); tribridge run puts it "
-                             f"back")
+        if mode == "wal":
+            return None
+        # Nothing lost: the daemon's start puts it back into WAL mode.
+        return f"it was left out of WAL mode ({mode}); tribridge run puts it back"
 
     @contextmanager
     def transaction(self) -> Iterator[None]:
