@@ -73,5 +73,9 @@ def test_retry_after_is_capped(attempt: int, jitter: float, retry_after_ms: int)
     assert wait == min(retry_after_ms / 1000, BACKOFF_CAP)
 
 
+def test_a_retry_after_too_big_for_a_float_waits_the_cap() -> None:
+    assert backoff(1, 0.0, retry_after_ms=10**400) == BACKOFF_CAP
+
+
 def test_a_negative_retry_after_is_ignored() -> None:
     assert backoff(3, 0.5, retry_after_ms=-1) == backoff(3, 0.5)

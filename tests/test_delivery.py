@@ -344,6 +344,28 @@ async def test_a_429_storm_honours_retry_after(
     assert rig.fakes["ig"].texts("!ig-room") == ["a", "b"]
 
 
+def _absurd_retry(n: int) -> httpx.Response | None:
+    """A 429 whose retry_after_ms no float can hold, then one with a Retry-After header of 400
+    digits, then one of a digit that is not ASCII; then the send goes through."""
+    if n == 1:
+        return error(429, "M_LIMIT_EXCEEDED", retry_after_ms=10**400)
+    if n in (2, 3):
+        return httpx.Response(429, headers=[(b"Retry-After", b"9" * 400 if n == 2 else b"\xb2")],
+                              json={"errcode": "M_LIMIT_EXCEEDED"})
+    return None
+
+
+@pytest.mark.parametrize("rig", [_absurd_retry], indirect=True)
+async def test_an_absurd_retry_after_waits_the_cap_and_the_message_arrives(
+    rig: Rig, autojump_clock: trio.testing.MockClock
+) -> None:
+    rig.queue("patient")
+    await rig.until(lambda: rig.fakes["ig"].texts("!ig-room") == ["patient"], within=10_000)
+    gaps = [b - a for a, b in itertools.pairwise(rig.fakes["ig"].attempts)]
+    # The huge waits are capped; the unreadable header is ignored for our own backoff (2 s).
+    assert gaps == pytest.approx([BACKOFF_CAP, BACKOFF_CAP, 4 * 0.9995], abs=0.05)
+
+
 @pytest.mark.parametrize("rig", [lambda n: error(503, "M_UNKNOWN")], indirect=True)
 async def test_backoff_doubles_up_to_five_minutes(
     rig: Rig, autojump_clock: trio.testing.MockClock

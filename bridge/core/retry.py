@@ -38,6 +38,9 @@ def backoff(attempt: int, jitter: float, retry_after_ms: int | None = None) -> f
     is honoured but still capped.
     """
     if retry_after_ms is not None and retry_after_ms >= 0:
-        return min(retry_after_ms / 1000.0, BACKOFF_CAP)
+        # Compared before dividing: a server may send any integer, and 10**400 / 1000.0 raises.
+        if retry_after_ms >= BACKOFF_CAP * 1000:
+            return BACKOFF_CAP
+        return retry_after_ms / 1000.0
     exp = BACKOFF_BASE * float(2 ** min(max(attempt - 1, 0), 16))
     return min(exp * (0.5 + jitter / 2), BACKOFF_CAP)

@@ -358,6 +358,10 @@ class Homeserver:
         )
 
 
+# A homeserver's retry_after_ms (or Retry-After) beyond this is read as this: a day.
+MAX_RETRY_AFTER_MS = 86_400_000
+
+
 def _answer(status: int, content: bytes, reason: str, retry_header: str) -> Any:
     """The JSON of an answer, or the MatrixError it stands for."""
     try:
@@ -367,8 +371,10 @@ def _answer(status: int, content: bytes, reason: str, retry_header: str) -> Any:
     if status >= 400:
         payload = answer if isinstance(answer, dict) else {}
         retry = payload.get("retry_after_ms")
-        if not isinstance(retry, int):
-            retry = int(retry_header) * 1000 if retry_header.isdigit() else None
+        if not isinstance(retry, int) or isinstance(retry, bool):
+            retry = _retry_header_ms(retry_header.strip())
+        if retry is not None:
+            retry = max(0, min(retry, MAX_RETRY_AFTER_MS))
         raise MatrixError(
             status,
             str(payload.get("errcode", "M_UNKNOWN")),
@@ -376,6 +382,15 @@ def _answer(status: int, content: bytes, reason: str, retry_header: str) -> Any:
             retry,
         )
     return answer
+
+
+def _retry_header_ms(header: str) -> int | None:
+    """Retry-After in seconds, as milliseconds; None unless it is ASCII digits ("²".isdigit()
+    is true too, and int() refuses it)."""
+    if not (header.isascii() and header.isdigit()):
+        return None
+    # Ten digits are already over MAX_RETRY_AFTER_MS: no need to convert a thousand of them.
+    return int(header) * 1000 if len(header) < 10 else MAX_RETRY_AFTER_MS
 
 
 def _text(value: object) -> str | None:
