@@ -282,7 +282,7 @@ async def _watchdog(notifier: Notifier, store: Store) -> None:
     """WATCHDOG=1 at half of $WATCHDOG_USEC, only while the loop runs and the store answers."""
     usec = os.environ.get("WATCHDOG_USEC", "")
     pid = os.environ.get("WATCHDOG_PID", "")
-    if not usec.isdigit() or (pid and pid != str(os.getpid())):
+    if not (usec.isascii() and usec.isdigit()) or (pid and pid != str(os.getpid())):
         return
     interval = int(usec) / 2_000_000
     while True:

@@ -105,7 +105,7 @@ class MediaCarrier:
         """Stream the downloaded file `got` to the target's upload API as `as_user`."""
         declared = got.headers.get("content-length", "")
         plain = got.headers.get("content-encoding", "identity") == "identity"
-        length = int(declared) if declared.isdigit() and plain else None
+        length = int(declared) if declared.isascii() and declared.isdigit() and plain else None
         if length is not None and length > self.max_bytes:
             raise MediaTooLarge(length, self.max_bytes)
         ctype = got.headers.get("content-type", "application/octet-stream")

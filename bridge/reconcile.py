@@ -133,9 +133,9 @@ class Reconciler:
         # push after a start can show a gap.
         self._last_txn: dict[str, int] = {}
         for net in homeservers:
-            last = store.last_transaction(net)
-            if last is not None and last.isdigit():
-                self._last_txn[net] = int(last)
+            last = _txn_number(store.last_transaction(net))
+            if last is not None:
+                self._last_txn[net] = last
         self._nursery: trio.Nursery | None = None
 
     # -- pushes --------------------------------------------------------------------------------
@@ -149,7 +149,8 @@ class Reconciler:
             self._active[network].update(rooms)
             first, suspect = self._first[network], self.is_suspect(network)
             if first or suspect:
-                pushed = {e.get("event_id") for e in events if isinstance(e, dict)}
+                pushed = {e["event_id"] for e in events
+                          if isinstance(e, dict) and isinstance(e.get("event_id"), str)}
                 for room_id in rooms:
                     unread = room_id in first or (suspect and room_id not in self._read[network])
                     if unread and self._watched(network, room_id):
@@ -168,12 +169,13 @@ class Reconciler:
 
     def _check_sequence(self, network: str, txn_id: str) -> None:
         """A skipped or backward transaction id makes `network` suspect for a while."""
-        if not txn_id.isdigit():
+        number = _txn_number(txn_id)
+        if number is None:
             # Not Synapse's numbering: no hint to read, so no push is known to follow the one
             # before, and while suspect every push reads its rooms.
             self._distrust(network)
             return
-        number, last = int(txn_id), self._last_txn.get(network)
+        last = self._last_txn.get(network)
         self._last_txn[network] = number
         if last is not None and number != last + 1 and number != last:
             self._distrust(network)
@@ -449,3 +451,11 @@ def _rooms_of(events: list[Any]) -> list[str]:
         if isinstance(event, dict) and isinstance(event.get("room_id"), str):
             rooms[event["room_id"]] = None
     return list(rooms)
+
+
+def _txn_number(txn_id: str | None) -> int | None:
+    """Synapse's transaction number, None for any other id ("²" is a digit to str.isdigit, and
+    int() refuses it; int() also refuses over 4,300 digits)."""
+    if txn_id is None or not (txn_id.isascii() and txn_id.isdigit()) or len(txn_id) > 30:
+        return None
+    return int(txn_id)

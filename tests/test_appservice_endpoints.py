@@ -320,6 +320,24 @@ async def test_garbage_events_are_skipped_and_good_ones_queued(bridge: Bridge) -
     ]
 
 
+async def test_half_a_surrogate_pair_becomes_a_replacement_character(bridge: Bridge) -> None:
+    # JSON can escape half of a UTF-16 pair alone; SQLite (and every homeserver) refuses the
+    # text Python makes of it, which used to fail the push on every retry.
+    events = [
+        text_event("$lone:wa.localhost", body="a\ud800b"),
+        text_event("$pair:wa.localhost", body="\U0001f600"),  # escaped as a whole pair: kept
+    ]
+    body = json.dumps({"events": events}).encode()  # ensure_ascii: "\\ud800", "\\ud83d\\ude00"
+    assert b"\\ud800" in body
+    reply = await bridge.client.put(TXN_PATH.format("1"), content=body, headers=hs("wa"))
+    assert reply.status_code == 200
+    bodies = {p["source"]["event_id"]: p["content"]["body"] for n, _, _, p in bridge.outbox()
+              if n == "ig"}
+    assert bodies["$pair:wa.localhost"] == "\U0001f600"
+    lone = bodies["$lone:wa.localhost"]
+    assert lone.startswith("a\ufffd") and lone.endswith("b") and set(lone[1:-1]) == {"\ufffd"}
+
+
 async def test_events_from_the_bridge_itself_are_not_relayed(bridge: Bridge) -> None:
     ghost = ghost_of(bridge.config, "wa", "ig", Identity("handle", "alice"))
     events = [

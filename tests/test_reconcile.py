@@ -426,6 +426,31 @@ async def test_pushes_without_synapses_numbering_read_their_room_each_time(
     assert rig.queued() == ["m2", "m3", "m4"]
 
 
+async def test_malformed_pushes_while_suspect_take_the_good_events(
+    rig: Rig, autojump_clock: trio.testing.MockClock
+) -> None:
+    rig.say(1)
+    await rig.reconciler.reconcile_network("wa")
+    rig.reconciler.suspect("wa")
+    odd: list[Any] = [{**text(90), "event_id": ["$list"]}, {**text(91), "event_id": {"a": 1}}]
+    # Not Synapse's numbering, though str.isdigit says so; and too long for int().
+    for n, txn in ((2, "\u00b2"), (3, "9" * 5000)):
+        await rig.reconciler.push("wa", txn, txn.encode(), [*odd, rig.say(n)])
+    assert rig.queued() == ["m2", "m3"]
+
+
+async def test_half_a_surrogate_pair_in_a_timeline_is_read_as_a_replacement_character(
+    rig: Rig, autojump_clock: trio.testing.MockClock
+) -> None:
+    rig.say(1)
+    await rig.reconciler.reconcile_network("wa")
+    event = rig.say(2)
+    event["content"]["body"] = "m\ud800"  # the fake serves it escaped, as JSON allows
+    await rig.reconciler.reconcile_network("wa")
+    [body] = rig.queued()
+    assert body.startswith("m\ufffd") and set(body[1:]) == {"\ufffd"}
+
+
 async def test_a_catch_up_that_outlasts_the_start_window_is_followed_by_the_final_sweep(
     rig: Rig, autojump_clock: trio.testing.MockClock
 ) -> None:

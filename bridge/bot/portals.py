@@ -30,7 +30,7 @@ async def can_manage(bot: Bot, network: str, room_id: str, user_id: str) -> bool
     state = await bot.homeservers[network].state_events(room_id)
     create = _state_content(state, "m.room.create")
     version = str(create.get("room_version", "1"))
-    if version.isdigit() and int(version) >= 12:
+    if version.isascii() and version.isdigit() and int(version) >= 12:
         creators = {e.get("sender") for e in state if e.get("type") == "m.room.create"}
         extra = create.get("additional_creators")
         if isinstance(extra, list):

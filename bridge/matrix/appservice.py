@@ -7,7 +7,6 @@ listener serves all. Tokens are compared in constant time against every network'
 from __future__ import annotations
 
 import hmac
-import json
 import logging
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol
@@ -17,6 +16,7 @@ from bridge.core.ghosts import parse_ghost_localpart
 from bridge.core.ids import InvalidId, parse_user_id
 from bridge.http.routing import Router
 from bridge.http.types import Request, Response, json_response, matrix_error
+from bridge.matrix import jsontext
 from bridge.store import Store
 
 log = logging.getLogger(__name__)
@@ -139,7 +139,7 @@ def parse_pushed(body: bytes) -> tuple[list[Any], list[Any]]:
     malformed event never makes the homeserver retry (and block) a whole transaction.
     """
     try:
-        doc = json.loads(body)
+        doc = jsontext.loads(body)
     except RecursionError as exc:
         raise InputError("M_BAD_JSON", "the body is nested too deeply") from exc
     except ValueError as exc:  # UnicodeDecodeError and JSONDecodeError are ValueErrors

@@ -22,6 +22,7 @@ import trio
 
 from bridge.http.client import AnswerTooLarge, ConnectionFailed, LeanClient
 from bridge.http.types import compact_json
+from bridge.matrix import jsontext
 
 CLIENT_V3 = "/_matrix/client/v3"
 
@@ -365,7 +366,7 @@ MAX_RETRY_AFTER_MS = 86_400_000
 def _answer(status: int, content: bytes, reason: str, retry_header: str) -> Any:
     """The JSON of an answer, or the MatrixError it stands for."""
     try:
-        answer = json.loads(content) if content else {}
+        answer = jsontext.loads(content) if content else {}
     except ValueError:
         answer = {}
     if status >= 400:
