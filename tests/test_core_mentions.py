@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from urllib.parse import quote
 
 from hypothesis import given
@@ -52,3 +53,98 @@ def test_no_source_phone_id_survives(phone: str, around: str) -> None:
     out = rewrite_user_ids(text, WA, FBM, KEY)
     assert f"@{phone}:wa.localhost" not in out
     assert f"%40{quote(phone, safe='')}%3Awa.localhost" not in out
+
+
+# -- a person mentioned by their number or address (no display name) ------------------------------
+
+PHONE = "+15559876543"
+BOB = f"@{PHONE}:wa.localhost"
+CAROL = "@carol=40example.com:fbm.localhost"
+
+
+def relayed(content: dict[str, object], source: Network = WA,
+            target: Network = IG) -> dict[str, object]:
+    """What `target` gets of a message sent on `source`."""
+    from bridge.core.translate import _for_target
+
+    return _for_target(content, source, target, KEY, lambda _: None)
+
+
+def leaks(out: dict[str, object], *secrets: str) -> list[str]:
+    text = repr(out).lower()
+    return [s for s in secrets if s.lower() in text]
+
+
+def test_a_pill_of_someone_without_a_display_name_does_not_carry_their_number() -> None:
+    # What Element sends when Bob set no name: Synapse's default name is his localpart.
+    content = {
+        "msgtype": "m.text", "body": f"{PHONE}: are you coming?",
+        "format": "org.matrix.custom.html",
+        "formatted_body": f'<a href="https://matrix.to/#/{BOB}">{PHONE}</a>: are you coming?',
+        "m.mentions": {"user_ids": [BOB]},
+    }
+    out = relayed(content)
+    assert leaks(out, "5559876543", "555 987", "987 6543") == []
+    assert out["body"].startswith("WhatsApp user ") and out["body"].endswith(": are you coming?")
+    assert "https://matrix.to/#/@_tb_wa_" in out["formatted_body"]
+    assert out["m.mentions"]["user_ids"][0].startswith("@_tb_wa_")
+
+
+def test_links_in_any_encoding_or_case_are_rewritten() -> None:
+    for link in (
+        "https://matrix.to/#/@%2B15559876543%3Awa.localhost",
+        "https://matrix.to/#/@+15559876543%3Awa.localhost",
+        "https://matrix.to/#/%40%2B15559876543%3AWA.LocalHost",
+        "matrix:u/+15559876543:wa.localhost?action=chat",
+        "https://matrix.to/#/&#64;+15559876543:wa.localhost",
+    ):
+        content = {"msgtype": "m.text", "body": "hi Bob", "format": "org.matrix.custom.html",
+                   "formatted_body": f'<a href="{link}">Bob</a> hi'}
+        out = relayed(content)
+        assert leaks(out, "5559876543") == [], link
+        assert "_tb_wa_" in out["formatted_body"], link
+
+
+def test_a_number_written_with_spaces_beside_a_mention_is_masked() -> None:
+    content = {"msgtype": "m.text", "body": "Bob (+1 555-987 6543) hi",
+               "m.mentions": {"user_ids": [BOB]}}
+    assert leaks(relayed(content), "987", "6543") == []
+
+
+def test_an_email_mentioned_in_any_form_is_masked() -> None:
+    for shown in ("carol@example.com", "Carol@Example.com", "carol=40example.com",
+                  "carol%40example.com"):
+        content = {"msgtype": "m.text", "body": f"{shown}: lunch?",
+                   "format": "org.matrix.custom.html",
+                   "formatted_body": f'<a href="https://matrix.to/#/{CAROL}">{shown}</a>: lunch?',
+                   "m.mentions": {"user_ids": [CAROL]}}
+        out = relayed(content, FBM, WA)
+        assert leaks(out, "carol", "example") == [], shown
+        assert out["body"].startswith("Messenger user ") and out["body"].endswith(": lunch?")
+
+
+def test_numbers_of_people_not_mentioned_and_ghost_ids_are_left_alone() -> None:
+    body = "order 5551234567 for @_tb_ig_2345672345672345:wa.localhost"
+    content = {"msgtype": "m.text", "body": body, "m.mentions": {"user_ids": [BOB]}}
+    assert relayed(content)["body"] == content["body"]
+
+
+@given(
+    st.from_regex(r"\+[1-9][0-9]{7,14}", fullmatch=True),
+    st.sampled_from(["{p}", "{p}%3A", "%2B{d}%3A", "&#43;{d}:"]),
+    st.sampled_from(["", " ", "-", ".", " (", ") "]),
+)
+def test_no_mentioned_number_survives_in_any_form(phone: str, link: str, sep: str) -> None:
+    d = phone[1:]
+    user = f"@{phone}:wa.localhost"
+    href = "https://matrix.to/#/@" + link.format(p=phone, d=d) + (
+        "" if link.endswith((":", "%3A")) else ":") + "wa.localhost"
+    spaced = "+" + sep.join([d[:3], d[3:6], d[6:]])
+    content = {"msgtype": "m.text", "body": f"{phone} / {spaced}: hi",
+               "format": "org.matrix.custom.html",
+               "formatted_body": f'<a href="{href.replace("::", ":")}">{spaced}</a>: hi',
+               "m.mentions": {"user_ids": [user]}}
+    out = relayed(content)
+    # Every run of digits, however separated, that a reader could take for a number.
+    runs = [re.sub(r"\D", "", r) for r in re.findall(r"\d(?:[\s\-.()+]{0,3}\d)*", str(out))]
+    assert not [r for r in runs if d[-7:] in r]

@@ -10,27 +10,43 @@ other servers are left alone: they carry no private identity.
 from __future__ import annotations
 
 import functools
+import html
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
 from urllib.parse import quote, unquote
 
 from bridge.core.ghosts import ghost_localpart, is_bridge_user, parse_ghost_localpart, pseudonym
-from bridge.core.ids import InvalidId, native_identity
+from bridge.core.ids import Identity, InvalidId, email_to_localpart, native_identity
 from bridge.core.model import Network
 
 # A user id as plain text, or percent-encoded as in https://matrix.to/#/%40alice%3Aserver links.
 _PLAIN = r"@[a-z0-9._=\-/+]+:{server}"
 _ENCODED = r"%40(?:[a-z0-9._\-]|%2[bB]|%3[dD]|%2[fF]|=|\+|/)+%3[aA]{server}"
+# A link to a user as clients write them: matrix.to with any mix of percent-encoding (or
+# none), or a matrix: URI (`matrix:u/alice:server`, the id without its @).
+_LINK = re.compile(r"(https?://matrix\.to/#/|matrix:u/)([^\"'<>\s?]+)", re.IGNORECASE)
 
 
 @functools.lru_cache(maxsize=64)
 def _pattern(server_name: str) -> re.Pattern[str]:
     server = re.escape(server_name)
-    # The server name must end there, not run on into a longer host name.
+    # The server name must end there, not run on into a longer host name. Server names are
+    # compared as DNS does, in any case.
     tail = r"(?![A-Za-z0-9.\-])"
     return re.compile(
-        "(" + _PLAIN.format(server=server) + "|" + _ENCODED.format(server=server) + ")" + tail
+        "(" + _PLAIN.format(server=server) + "|" + _ENCODED.format(server=server) + ")" + tail,
+        re.IGNORECASE,
     )
+
+
+def _as_user_id(found: str, source: Network) -> str | None:
+    """`found` (an id as text, or a link's decoded target) as a user id of `source`, its server
+    name spelt as `source` does; None if it is not one."""
+    local, sep, server = found.rpartition(":")
+    if not sep or not local.startswith("@") or server.lower() != source.server_name.lower():
+        return None
+    return f"{local}:{source.server_name}"
 
 
 Owner = Callable[[str], "tuple[str, str] | None"]
@@ -48,16 +64,105 @@ def rewrite_user_ids(
     `target` (`owner` maps a ghost's localpart to their (network, user id)), else their ghost."""
     pattern = _pattern(source.server_name)
 
+    def replace_link(match: re.Match[str]) -> str:
+        prefix, raw = match.group(1), match.group(2)
+        decoded = html.unescape(unquote(html.unescape(raw)))
+        user_id = _as_user_id(decoded if prefix.lower().endswith("#/") else "@" + decoded,
+                              source)
+        ghost = _ghost_id(user_id, source, target, key, owner) if user_id else None
+        if ghost is None:
+            return match.group(0)
+        if not prefix.lower().endswith("#/"):
+            return prefix + ghost[1:]
+        return prefix + (quote(ghost, safe="") if raw.startswith("%") else ghost)  # as it came
+
     def replace(match: re.Match[str]) -> str:
         found = match.group(0)
         encoded = found.startswith("%40")
-        user_id = unquote(found) if encoded else found
-        ghost = _ghost_id(user_id, source, target, key, owner)
+        user_id = _as_user_id(unquote(found) if encoded else found, source)
+        ghost = _ghost_id(user_id, source, target, key, owner) if user_id else None
         if ghost is None:
             return found
         return quote(ghost, safe="") if encoded else ghost
 
+    if "matrix" in text:
+        text = _LINK.sub(replace_link, text)
     return pattern.sub(replace, text)
+
+
+Private = tuple[Identity, str]  # a mentioned person's phone number or email, and what shows instead
+
+
+def mentioned_private(
+    content: Mapping[str, Any], source: Network, key: bytes
+) -> list[Private]:
+    """The people of `source` whose phone number or email `content` may show as a mention:
+    those in its m.mentions, and those its text names by user id or links to, however encoded.
+
+    A person who set no display name is mentioned by their localpart, which on a phone or email
+    network is their number or address: rewriting their id is not enough, the link's text and
+    the body carry it too. Each comes with the name their ghost shows in its stead."""
+    if source.identity not in ("phone", "email"):
+        return []
+    found: set[str] = set()
+    mentions = content.get("m.mentions")
+    users = mentions.get("user_ids") if isinstance(mentions, Mapping) else None
+    if isinstance(users, list):
+        found.update(u for u in users if isinstance(u, str))
+    pattern = _pattern(source.server_name)
+    for field_name in ("body", "formatted_body"):
+        text = content.get(field_name)
+        if isinstance(text, str) and source.server_name.lower() in text.lower():
+            # Undone twice: an entity may hide a percent-escape, and the other way round.
+            plain = html.unescape(unquote(html.unescape(text))).replace("matrix:u/", "@")
+            found.update(m.group(0) for m in pattern.finditer(plain))
+    out: dict[Identity, str] = {}
+    for candidate in found:
+        user_id = _as_user_id(candidate, source)
+        if user_id is None or is_bridge_user(user_id, source):
+            continue
+        try:
+            identity = native_identity(user_id, source.identity, source.server_name)
+        except InvalidId:
+            continue
+        if identity.kind in ("phone", "email"):
+            pseudo = pseudonym(key, source.id, identity)
+            out[identity] = f"{source.label} user {pseudo[:4]}"
+    return list(out.items())
+
+
+def mask_private(text: str, people: Iterable[Private]) -> str:
+    """`text` with every way it shows the phone numbers and emails of `people` replaced by
+    their neutral names (the rule of privacy.reveals_identity: seven digits of a number
+    identify it, whatever the separators)."""
+    for identity, shown in people:
+        if identity.kind == "phone":
+            digits = identity.value.lstrip("+")
+
+            def phone(match: re.Match[str], digits: str = digits, shown: str = shown) -> str:
+                run = re.sub(r"\D", "", match.group(0))
+                reveals = len(run) >= 7 and (run in digits or digits[-7:] in run)
+                return shown if reveals else match.group(0)
+
+            text = _DIGIT_RUN.sub(phone, text)
+        else:
+            forms = {identity.value, email_to_localpart(identity.value)}
+            forms |= {quote(f, safe="") for f in forms}
+            alternatives = "|".join(re.escape(f) for f in sorted(forms, key=len, reverse=True))
+            # A function, not a replacement string: `shown` is not a regex template.
+            text = re.sub(alternatives, functools.partial(_constant, shown), text,
+                          flags=re.IGNORECASE)
+    return text
+
+
+def _constant(value: str, _match: re.Match[str]) -> str:
+    return value
+
+
+# Digits as a number is written: a plus (or its percent-escape) first, then digits with
+# spaces, dashes, dots or brackets between them.
+# Not inside a word (a ghost's pseudonym may hold digits).
+_DIGIT_RUN = re.compile(r"(?<![A-Za-z0-9_])(?:\+|%2[bB])?\d(?:[\s\-.()]{0,3}\d)+(?![A-Za-z_])")
 
 
 def _ghost_id(

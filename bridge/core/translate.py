@@ -37,7 +37,13 @@ from bridge.core.media import (
     media_content,
     parse_mxc,
 )
-from bridge.core.mentions import Owner, no_owner, rewrite_user_ids
+from bridge.core.mentions import (
+    Owner,
+    mask_private,
+    mentioned_private,
+    no_owner,
+    rewrite_user_ids,
+)
 from bridge.core.model import EventRef, Network, Portal
 from bridge.core.permissions import Level, Permissions
 
@@ -357,9 +363,12 @@ def _for_target(
     """The content as `target` gets it: user ids of `source` people become their ghosts, and
     ghosts the people they stand for."""
     out = dict(content)
+    people = mentioned_private(content, source, key)
     for field_name in ("body", "formatted_body", "filename"):
         if field_name in out:
             out[field_name] = rewrite_user_ids(out[field_name], source, target, key, owner)
+            if people and field_name != "filename":
+                out[field_name] = mask_private(out[field_name], people)
     new = out.get("m.new_content")
     if isinstance(new, Mapping):  # an edit's new text names people too
         out["m.new_content"] = _for_target(dict(new), source, target, key, owner)
@@ -379,7 +388,7 @@ def _is_edit(content: Mapping[str, Any]) -> bool:
     return isinstance(relates, Mapping) and relates.get("rel_type") == "m.replace"
 
 
-_MX_REPLY = re.compile(r"^<mx-reply>.*?</mx-reply>", re.S)
+_MX_REPLY = re.compile(r"^\s*<mx-reply>.*?</mx-reply>", re.S)
 
 
 def _without_reply_fallback(content: Mapping[str, Any]) -> Mapping[str, Any]:

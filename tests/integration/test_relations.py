@@ -165,3 +165,19 @@ async def test_mentions_cross_as_the_ghosts_of_the_people_named(cast: Cast, daem
         # The person named is Alice: on this network, that is her ghost, the event's sender.
         assert event["content"]["m.mentions"] == {"user_ids": [event["sender"]]}
         assert phone not in str(event["content"])
+    # A pill as Element writes it for someone who set no display name: Synapse's default name
+    # is the localpart, here the phone number, in the link's text and in the body.
+    await alice.send_text(rooms["wa"], f"{phone}: are you there?", **{
+        "format": "org.matrix.custom.html",
+        "formatted_body": f'<a href="https://matrix.to/#/{alice.user_id}">{phone}</a>: '
+                          "are you there?",
+        "m.mentions": {"user_ids": [alice.user_id]},
+    })
+    digits = phone.lstrip("+")
+    for net_id in ("ig", "fbm"):
+        event = await event_where(
+            people[net_id], rooms[net_id], "the pill",
+            lambda e: "are you there?" in e.get("content", {}).get("body", ""))
+        assert digits not in str(event["content"]) and digits[-7:] not in str(event["content"])
+        pseudo = event["sender"].split("_")[-1][:4]  # the ghost's neutral name stands in
+        assert event["content"]["body"] == f"WhatsApp user {pseudo}: are you there?"
