@@ -12,7 +12,7 @@ from bridge.core.actions import BotTask, txn_id
 from bridge.core.lookup import user_id_for
 from bridge.core.model import Portal
 from bridge.core.permissions import Level
-from bridge.core.translate import E2EE_ALGORITHM
+from bridge.core.translate import E2EE_ALGORITHM, room_text
 from bridge.matrix.client import HomeserverError
 
 if TYPE_CHECKING:
@@ -126,10 +126,11 @@ async def link(bot: Bot, call: Call) -> str:
                 {"type": PORTAL_STATE, "state_key": "", "content": {"portal_id": portal_id}}
             ],
         }
+        source, target = bot.networks[call.network], bot.networks[net_id]
         if isinstance(name, str) and name:
-            body["name"] = name
+            body["name"] = room_text(name, "name", source, target, bot.key)
         if isinstance(topic, str) and topic:
-            body["topic"] = topic
+            body["topic"] = room_text(topic, "topic", source, target, bot.key)
         if algorithm is not None:
             # An encrypted room's portal is encrypted on every network.
             body["initial_state"].append(

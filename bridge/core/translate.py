@@ -560,6 +560,16 @@ MIRRORED_STATE = frozenset({"m.room.name", "m.room.topic", "m.room.avatar"})
 MAX_NAME, MAX_TOPIC = 255, 4096
 
 
+def room_text(
+    value: str, field_name: str, source: Network, target: Network, key: bytes,
+    owner: Owner = no_owner,
+) -> str:
+    """A room's name or topic (`field_name`) as `target` gets it: bounded, and people named in
+    it by user id shown as their ghosts, so that no phone number or email crosses in it."""
+    limit = MAX_NAME if field_name == "name" else MAX_TOPIC
+    return rewrite_user_ids(value[:limit], source, target, key, owner)
+
+
 def _room_state(
     event: Mapping[str, Any], etype: str, content: Mapping[str, Any], source: Network,
     networks: Mapping[str, Network], portal: Portal, key: bytes, owner: Owner,
@@ -579,9 +589,7 @@ def _room_state(
             continue
         out: dict[str, Any] = {}  # empty: the name, topic or avatar was removed
         if isinstance(value, str) and etype != "m.room.avatar":
-            limit = MAX_NAME if etype == "m.room.name" else MAX_TOPIC
-            # A name or topic can name people: no phone number or email crosses in it.
-            out[field_name] = rewrite_user_ids(value[:limit], source, target, key, owner)
+            out[field_name] = room_text(value, field_name, source, target, key, owner)
         elif isinstance(value, str):
             out[field_name] = value
         actions.append(RoomState(target_id, target_room, etype, out, ref,

@@ -264,15 +264,20 @@ async def test_link_makes_the_rooms_and_invite_brings_people_in(
     cast: Cast, daemon: Daemon
 ) -> None:
     await daemon.start([])
-    people, rooms = await linked_portal(cast, "Book club", "Tuesdays at eight")
+    # A topic that names someone by user id, which on a phone network is their number.
+    host = "@+15550001111:wa.localhost"
+    people, rooms = await linked_portal(cast, "Book club", f"Tuesdays at eight; host {host}")
     alice, bob = people["wa"], people["ig"]
 
-    # The rooms the bot made carry the name, the topic and one portal id.
+    # The rooms the bot made carry the name, the topic and one portal id; the person the
+    # topic names is their ghost there, not their number.
     portal_ids = set()
     for net_id in ("ig", "fbm"):
         person, room = people[net_id], rooms[net_id]
         assert (await state(person, room, "m.room.name"))["name"] == "Book club"
-        assert (await state(person, room, "m.room.topic"))["topic"] == "Tuesdays at eight"
+        topic = (await state(person, room, "m.room.topic"))["topic"]
+        assert re.fullmatch(rf"Tuesdays at eight; host @_tb_wa_[a-z2-7]{{16}}:{net_id}\.localhost",
+                            topic), topic
         portal_ids.add((await state(person, room, "org.tribridge.portal"))["portal_id"])
     (portal_id,) = portal_ids
 
