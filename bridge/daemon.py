@@ -14,6 +14,7 @@ and names the keys that only a restart applies.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import os
 import resource
@@ -140,7 +141,9 @@ class Bridge:
                     host, port = config.bridge.listen_host, config.bridge.listen_port
                     server = trio.CancelScope()
                     limits = _connection_limits()
-                    await nursery.start(_in_scope, server, serve, host, port, app.handle, limits)
+                    # Heads decide first: who has no token is refused before sending a body.
+                    listen = functools.partial(serve, admit=app.admit)
+                    await nursery.start(_in_scope, server, listen, host, port, app.handle, limits)
                     log.info("listening on %s:%d for %d networks", host, port, len(networks))
                     if separate:
                         await nursery.start(

@@ -7,6 +7,7 @@ in the outbox for the delivery workers.
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -130,7 +131,8 @@ async def bridge(nursery: trio.Nursery, store: Store, config: Config) -> AsyncIt
     inbound = Inbound(store, networks, derive_key(config.bridge.secret),
                       wake=lambda network, rooms: woken.append(network))
     app = Appservice(config.networks, inbound, store)
-    listeners = await nursery.start(serve, "127.0.0.1", 0, app.handle, Limits())
+    listeners = await nursery.start(functools.partial(serve, admit=app.admit), "127.0.0.1", 0,
+                                    app.handle, Limits())
     port = listeners[0].socket.getsockname()[1]
     async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=5.0) as client:
         yield Bridge(client, store, config, woken)
@@ -234,6 +236,44 @@ async def test_a_wrong_token_is_403_and_nothing_is_queued(
     # The refused push did not mark the transaction as taken in: the real one still counts.
     assert (await bridge.push("1", [text_event()])).status_code == 200
     assert len(bridge.outbox()) == 2
+
+
+async def raw_head(bridge: Bridge, head: str) -> bytes:
+    """Send a request's head alone (the body it announces never follows) and return what the
+    server answers before it closes the connection."""
+    port = bridge.client.base_url.port
+    assert port is not None
+    stream = await trio.open_tcp_stream("127.0.0.1", port)
+    async with stream:
+        await stream.send_all(head.encode())
+        got = b""
+        with trio.fail_after(5):  # answered at once, not after a body that never comes
+            while chunk := await stream.receive_some(65536):
+                got += chunk
+    return got
+
+
+@pytest.mark.parametrize("authorization", ["", "Authorization: Bearer wrong-token-0123456789\r\n"])
+async def test_a_push_without_the_token_is_refused_before_its_body(
+    bridge: Bridge, authorization: str
+) -> None:
+    # Nobody without a token may make the bridge hold a body of megabytes (4,096 connections
+    # of 12 MiB each would be 50 GB), nor get a 100 Continue.
+    got = await raw_head(bridge, f"PUT {TXN_PATH.format(1)} HTTP/1.1\r\nHost: x\r\n"
+                                 f"{authorization}Content-Length: 13000000\r\n"
+                                 "Expect: 100-continue\r\n\r\n")
+    status = 403 if authorization else 401
+    assert got.startswith(f"HTTP/1.1 {status} ".encode()), got[:80]
+    assert b"100 Continue" not in got
+    assert bridge.outbox() == []
+    # The server is still there for the homeserver.
+    assert (await bridge.push("1", [text_event()])).status_code == 200
+
+
+async def test_an_unknown_path_is_refused_before_its_body(bridge: Bridge) -> None:
+    got = await raw_head(bridge, "PUT /_matrix/app/v1/elsewhere HTTP/1.1\r\nHost: x\r\n"
+                                 "Content-Length: 13000000\r\n\r\n")
+    assert got.startswith(b"HTTP/1.1 404 "), got[:80]
 
 
 async def test_the_token_may_come_as_the_access_token_query_parameter(bridge: Bridge) -> None:

@@ -15,7 +15,7 @@ pending read ends at once, and is answered 408 (if its head began) and closed.
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import TypeVar
 from urllib.parse import parse_qs
@@ -29,6 +29,10 @@ from bridge.http.types import Request, Response, matrix_error
 log = logging.getLogger(__name__)
 
 Handler = Callable[[Request], Awaitable[Response]]
+# Decides on a request from its head alone (its body still unread, `body` empty): an answer
+# that refuses it (sent at once, the connection then closed), or the handler and route
+# parameters that take it. Who has no token is refused before sending megabytes.
+Admit = Callable[[Request], "Response | tuple[Handler, Mapping[str, str]]"]
 T = TypeVar("T")
 _ERRCODES = {413: "M_TOO_LARGE"}
 
@@ -86,22 +90,24 @@ async def serve(
     handler: Handler,
     limits: Limits = Limits(),
     *,
+    admit: Admit | None = None,
     task_status: trio.TaskStatus[list[trio.SocketListener]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Listen on host:port and serve until cancelled; started once the socket is bound."""
+    """Listen on host:port and serve until cancelled; started once the socket is bound. With
+    `admit`, each request's head goes to it first, and `handler` is not used."""
     listeners = await trio.open_tcp_listeners(port, host=host)
     slots = trio.Semaphore(limits.max_connections)
     watch = _Watch(limits)
     async with trio.open_nursery() as nursery:
         nursery.start_soon(watch.run)
         for listener in listeners:
-            nursery.start_soon(_accept_loop, listener, handler, limits, slots, watch)
+            nursery.start_soon(_accept_loop, listener, handler, limits, slots, watch, admit)
         task_status.started(listeners)
 
 
 async def _accept_loop(
     listener: trio.SocketListener, handler: Handler, limits: Limits, slots: trio.Semaphore,
-    watch: _Watch,
+    watch: _Watch, admit: Admit | None,
 ) -> None:
     async with listener, trio.open_nursery() as nursery:
         while True:
@@ -111,16 +117,16 @@ async def _accept_loop(
             except BaseException:
                 slots.release()
                 raise
-            nursery.start_soon(_connection, stream, handler, limits, slots, watch)
+            nursery.start_soon(_connection, stream, handler, limits, slots, watch, admit)
 
 
 async def _connection(
     stream: trio.SocketStream, handler: Handler, limits: Limits, slots: trio.Semaphore,
-    watch: _Watch,
+    watch: _Watch, admit: Admit | None,
 ) -> None:
     try:
         async with RawStream.take(stream) as raw:
-            await _serve_connection(raw, handler, limits, watch)
+            await _serve_connection(raw, handler, limits, watch, admit)
     except (OSError, _Closed):
         pass  # the client went away: nothing to answer
     except Exception:
@@ -132,13 +138,14 @@ async def _connection(
 
 
 async def _serve_connection(
-    stream: RawStream, handler: Handler, limits: Limits, watch: _Watch
+    stream: RawStream, handler: Handler, limits: Limits, watch: _Watch, admit: Admit | None
 ) -> None:
     reader = RequestReader(limits.max_head, limits.max_body)
     first = True
     while True:
         try:
-            request, keep_alive = await _read_request(reader, stream, limits, first, watch)
+            request, keep_alive, taker = await _read_request(reader, stream, limits, first,
+                                                             watch, admit)
             first = False
         except _Reject as reject:
             await _send(stream, reject.response, limits, close=True)
@@ -153,7 +160,7 @@ async def _serve_connection(
                         close=True)
             return
         try:
-            response = await handler(request)
+            response = await (taker or handler)(request)
         except Exception:
             log.exception("handler failed for %s %s", request.method, request.path)
             response = matrix_error(500, "M_UNKNOWN", "internal error")
@@ -164,9 +171,11 @@ async def _serve_connection(
 
 
 async def _read_request(
-    reader: RequestReader, stream: RawStream, limits: Limits, first: bool, watch: _Watch
-) -> tuple[Request, bool]:
-    """The next request on the connection and whether the connection may carry another."""
+    reader: RequestReader, stream: RawStream, limits: Limits, first: bool, watch: _Watch,
+    admit: Admit | None,
+) -> tuple[Request, bool, Handler | None]:
+    """The next request on the connection, whether the connection may carry another, and the
+    handler `admit` chose for it (None without `admit`)."""
     # A kept-alive connection may wait idle_timeout for its next request; a new one only
     # head_timeout. Once a request's first byte is in, its head must follow within head_timeout
     # (slow-header clients cannot hold a connection forever).
@@ -193,18 +202,19 @@ async def _read_request(
     finally:
         del watch.due[stream]
         watch.overdue.discard(stream)
+    path, _, query = head.target.partition("?")
+    queried = parse_qs(query, keep_blank_values=True) if query else {}
+    taker: Handler | None = None
+    params: Mapping[str, str] = {}
+    if admit is not None:
+        decision = admit(Request(head.method, path, queried, head.headers, b""))
+        if isinstance(decision, Response):
+            raise _Reject(decision)  # its body unread: the connection closes after the answer
+        taker, params = decision
     body = _parse(reader.body)  # a push's body mostly came with its head: no deadline needed
     if body is None:
         body = await _read_body(reader, stream, limits)
-    path, _, query = head.target.partition("?")
-    request = Request(
-        method=head.method,
-        path=path,
-        query=parse_qs(query, keep_blank_values=True) if query else {},
-        headers=head.headers,
-        body=body,
-    )
-    return request, head.keep_alive
+    return Request(head.method, path, queried, head.headers, body, params), head.keep_alive, taker
 
 
 async def _read_body(reader: RequestReader, stream: RawStream, limits: Limits) -> bytes:

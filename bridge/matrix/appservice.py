@@ -14,7 +14,7 @@ from typing import Any, Protocol
 from bridge.config import NetworkConfig
 from bridge.core.ghosts import parse_ghost_localpart
 from bridge.core.ids import InvalidId, parse_user_id
-from bridge.http.routing import Router
+from bridge.http.routing import Handler, Router
 from bridge.http.types import Request, Response, json_response, matrix_error
 from bridge.matrix import jsontext
 from bridge.store import Store
@@ -53,11 +53,18 @@ class Appservice:
         self.router.add("GET", PREFIX + "/rooms/{alias}", self.query_alias)
         self.router.add("POST", PREFIX + "/ping", self.ping)
 
-    async def handle(self, request: Request) -> Response:
+    def admit(self, request: Request) -> Response | tuple[Handler, Mapping[str, str]]:
+        """What takes `request`, decided from its head (the server reads the body only after
+        this): its route and network, or the refusal (no route, no token, a wrong token)."""
         if self.public is not None:
             public = self.public.find(request.method, request.path)
             if public is not None:
-                return await public[0](request)
+                if request.headers.get("content-length", "0") != "0" or (
+                    "transfer-encoding" in request.headers
+                ):
+                    # Served to anyone: a body is the one thing they could make us hold.
+                    return matrix_error(413, "M_TOO_LARGE", "this endpoint takes no body")
+                return public
         try:
             matched = self.router.match(request.method, request.path)
         except UnicodeDecodeError:
@@ -68,7 +75,15 @@ class Appservice:
         network = self.authenticate(request)
         if isinstance(network, Response):
             return network
-        return await handler(_with_params(request, params, network.id))
+        return handler, {**params, "network": network.id}
+
+    async def handle(self, request: Request) -> Response:
+        """`request` taken whole (for a server without `admit`: its body already read)."""
+        decision = self.admit(request)
+        if isinstance(decision, Response):
+            return decision
+        handler, params = decision
+        return await handler(_with_params(request, params))
 
     def authenticate(self, request: Request) -> NetworkConfig | Response:
         token = _bearer(request)
@@ -165,12 +180,6 @@ def _bearer(request: Request) -> str | None:
     return legacy[0] if legacy else None
 
 
-def _with_params(request: Request, params: dict[str, str], network: str) -> Request:
-    return Request(
-        method=request.method,
-        path=request.path,
-        query=request.query,
-        headers=request.headers,
-        body=request.body,
-        params={**params, "network": network},
-    )
+def _with_params(request: Request, params: Mapping[str, str]) -> Request:
+    return Request(request.method, request.path, request.query, request.headers, request.body,
+                   params)

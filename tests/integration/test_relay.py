@@ -7,6 +7,7 @@ import secrets
 from typing import Any
 
 import pytest
+import trio
 
 from bridge.demo import has_body
 from bridge.localnet.people import Person
@@ -230,3 +231,16 @@ async def test_health_and_metrics_of_a_running_bridge(cast: Cast, daemon: Daemon
         assert float(line.split()[-1]) >= 1
     phone = people["wa"].user_id[1:].split(":")[0]
     assert phone not in metrics and "!" not in metrics.replace("!=", "")  # no ids in labels
+    # Served to anyone, so they take no body; and a push without the token is refused from its
+    # head, before the 12 MB it announces (nobody may make the bridge hold them).
+    async with httpx.AsyncClient(trust_env=False) as http:
+        refused = await http.request("GET", base + "/health", content=b"x" * 1000)
+    assert refused.status_code == 413, refused.text
+    stream = await trio.open_tcp_stream("127.0.0.1", daemon.net.bridge_port)
+    async with stream:
+        await stream.send_all(b"PUT /_matrix/app/v1/transactions/1 HTTP/1.1\r\nHost: x\r\n"
+                              b"Authorization: Bearer not-a-token-0123456789\r\n"
+                              b"Content-Length: 13000000\r\n\r\n")
+        with trio.fail_after(5):
+            answer = await stream.receive_some(4096)
+    assert answer.startswith(b"HTTP/1.1 403 "), answer[:60]
