@@ -501,9 +501,13 @@ def test_the_prefix_word_alone_is_not_stripped_from_a_longer_word() -> None:
 
 
 @pytest.mark.parametrize("in_management", [False, True])
-def test_over_long_text_is_not_a_command(in_management: bool) -> None:
-    assert strip_prefix("!tb " + "x" * MAX_COMMAND, "!tb", in_management) is None
-    assert strip_prefix("!tb " + "x" * (MAX_COMMAND - 4), "!tb", in_management) is not None
+def test_an_over_long_command_is_refused_as_too_long(in_management: bool) -> None:
+    # Still a command (never relayed as a message, never dropped without a word), cut short.
+    long = strip_prefix("!tb invite wa:+15551234567 " + "x" * 50_000, "!tb", in_management)
+    assert long is not None and len(long) == MAX_COMMAND + 1
+    assert refused(long) == "That is too long for a command (at most 2,000 characters)."
+    fits = strip_prefix("!tb " + "x" * (MAX_COMMAND - 4), "!tb", in_management)
+    assert fits is not None and not refused(fits).startswith("That is too long")
 
 
 def test_a_custom_prefix() -> None:
@@ -627,7 +631,7 @@ def test_parse_never_raises_and_answers_within_the_rules(
 @given(st.text(), st.text(min_size=1, max_size=16), st.booleans())
 def test_strip_prefix_never_raises(body: str, prefix: str, in_management: bool) -> None:
     result = strip_prefix(body, prefix, in_management)
-    assert result is None or (isinstance(result, str) and len(result) <= MAX_COMMAND)
+    assert result is None or (isinstance(result, str) and len(result) <= MAX_COMMAND + 1)
     if result is not None and not in_management:
         assert body.strip().startswith(prefix)
 

@@ -213,6 +213,14 @@ def test_a_file_declared_over_the_limit_gets_one_notice_and_goes_nowhere() -> No
     assert [type(a) for a in small_limit.actions] == [SendNotice]
 
 
+def test_a_file_claiming_an_absurd_size_gets_the_notice_too() -> None:
+    # Room versions 1-5 allow integers of any size in events: 10**400 is no float.
+    (notice,) = from_wa(message({**IMAGE, "info": {"size": 10**400}})).actions
+    assert isinstance(notice, SendNotice)
+    assert notice.content["body"] == (
+        "Not delivered: the file is over 1 PB, and this bridge carries files up to 50 MB.")
+
+
 def test_txn_ids_are_deterministic_per_event_and_target() -> None:
     first = sends(from_wa(message({"msgtype": "m.text", "body": "hi"})))
     again = sends(from_wa(message({"msgtype": "m.text", "body": "hi"})))
@@ -701,3 +709,10 @@ def test_a_ghost_mentioned_becomes_the_real_person_on_their_own_network() -> Non
     assert out["ig"].content["m.mentions"] == {"user_ids": [bob_ig]}
     assert "%40bob%3Aig.localhost" in out["ig"].content["formatted_body"]
     assert out["fbm"].content["m.mentions"] == {"user_ids": [f"@{ghost}:fbm.localhost"]}
+
+
+def test_an_over_long_command_goes_to_the_bot_not_to_the_other_networks() -> None:
+    body = "!tb invite wa:+15551234567 " + "x" * 5000
+    (task,) = from_wa(message({"msgtype": "m.text", "body": body})).actions
+    assert isinstance(task, BotTask) and task.task == "command"
+    assert len(task.data["text"]) == 2001  # cut: the bot answers that it is too long

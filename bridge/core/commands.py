@@ -19,7 +19,7 @@ from bridge.core.lookup import BadIdentity, normalise
 from bridge.core.model import Network
 from bridge.core.permissions import Level
 
-MAX_COMMAND = 2000  # characters; longer messages are not commands
+MAX_COMMAND = 2000  # characters; a longer command is refused as too long
 
 
 class Where(Enum):
@@ -149,15 +149,21 @@ class Context:
 def strip_prefix(body: str, prefix: str, in_management: bool) -> str | None:
     """The command text of a message, or None if the message is not meant for the bot."""
     text = body.strip()
-    if len(text) > MAX_COMMAND:
-        return None
     if text == prefix or (text.startswith(prefix) and text[len(prefix)].isspace()):
-        return text[len(prefix):].strip()
-    return text if in_management else None
+        command = text[len(prefix):].strip()
+    elif in_management:
+        command = text
+    else:
+        return None
+    # Cut, not dropped: still meant for the bot (whose reply says it is too long), and never
+    # relayed as a message; cut to one character over, the outbox row stays small.
+    return command[:MAX_COMMAND + 1]
 
 
 def parse(text: str, ctx: Context) -> Invocation | Refusal:
     """Parse the command text (prefix already stripped) typed in `ctx`."""
+    if len(text) > MAX_COMMAND:
+        return Refusal(f"That is too long for a command (at most {MAX_COMMAND:,} characters).")
     words = text.split()
     if not words:
         return Refusal(f"Say {_say('help', ctx)} for the list of commands.")

@@ -99,6 +99,9 @@ def with_uris(content: Mapping[str, Any], copies: Mapping[str, str]) -> dict[str
 
 
 def human_size(size: int) -> str:
+    if size >= 1024**5:
+        # An event may claim any integer; dividing one of 400 digits as a float would raise.
+        return "over 1 PB"
     if size >= 1024 * 1024:
         return f"{size / (1024 * 1024):.0f} MB"
     if size >= 1024:
