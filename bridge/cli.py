@@ -12,7 +12,7 @@ from pathlib import Path
 import trio
 
 from bridge import __version__
-from bridge.config import Config, ConfigError, load_config
+from bridge.config import Config, ConfigError, load_config, load_database_path
 from bridge.logs import setup_logging
 from bridge.store import StoreError
 
@@ -117,38 +117,49 @@ def _check_config(path: Path) -> int:
 def _db(args: argparse.Namespace) -> int:
     from bridge.store import Store
 
-    config = load_config(args.config)
-    if not config.bridge.database.exists():
+    database = load_database_path(args.config)
+    if not database.exists():
         # Opening it would make an empty store there, and report on that.
-        print(f"tribridge: no database at {config.bridge.database}: check bridge.database in "
+        print(f"tribridge: no database at {database}: check bridge.database in "
               f"{args.config} (the daemon makes it at its first start)", file=sys.stderr)
         return EXIT_FAILURE
-    store = Store(config.bridge.database, config.bridge.durability)
+    store = Store(database)
     try:
         if args.db_command == "backup":
             store.backup(args.destination)
-            print(f"backed up {config.bridge.database} to {args.destination}")
+            print(f"backed up {database} to {args.destination}")
             return EXIT_OK
         if args.db_command == "compact":
             done = store.compact()
             pages = (f"pages of {done.page_before:,} -> {done.page_after:,} bytes"
                      if done.page_before != done.page_after
                      else f"pages of {done.page_after:,} bytes, unchanged")
-            print(f"compacted {config.bridge.database}: {done.bytes_before:,} -> "
+            print(f"compacted {database}: {done.bytes_before:,} -> "
                   f"{done.bytes_after:,} bytes ({pages})")
             return EXIT_OK
         rows = store.delivery_status(args.network, args.event)
         if not rows:
             print(f"no actions for {args.event} from {args.network}: not seen, nothing to do, "
-                  f"or finished over {config.bridge.history_days} days ago (history_days)")
+                  "or finished longer ago than bridge.history_days")
             return EXIT_FAILURE
         for row in rows:
-            error = f" ({row.last_error})" if row.last_error else ""
-            print(f"{row.kind:8} -> {row.network:6} {row.state:8} after {row.attempts} "
-                  f"failed tries{error}")
+            print(f"{row.kind:8} -> {row.network:6} {row.state:8} {_tries(row.state, row.attempts)}"
+                  + (f" ({row.last_error})" if row.last_error else ""))
         return EXIT_OK
     finally:
         store.close()
+
+
+def _tries(state: str, failed: int) -> str:
+    """How many times an action was tried: `failed` counts the tries that failed and were
+    retried; a refusal (a failed action's last try) ends it without being counted there."""
+    if state == "failed":
+        tries = failed + 1
+        return f"after {tries} {'try' if tries == 1 else 'tries'}"
+    if state == "pending":
+        return f"{failed} failed {'try' if failed == 1 else 'tries'} so far"
+    return "at the first try" if failed == 0 else (
+        f"after {failed} failed {'try' if failed == 1 else 'tries'}")
 
 
 def _generate_registration(path: Path, network: str) -> int:

@@ -150,7 +150,12 @@ class _Checker:
             return None
         expanded = os.path.expandvars(value)
         if "$" in expanded:
-            self.error(key, f"an environment variable in {value!r} is not set")
+            hint = ""
+            if "CREDENTIALS_DIRECTORY" in expanded:
+                # systemd sets it for the service alone; an admin's shell must name the folder.
+                hint = (" (systemd sets it for the service; in a shell, name the folder the "
+                        "unit loads them from: CREDENTIALS_DIRECTORY=/etc/tribridge/creds)")
+            self.error(key, f"an environment variable in {value!r} is not set{hint}")
             return None
         value = expanded
         try:
@@ -232,8 +237,8 @@ def _listen_or_empty(value: str) -> str | None:
 
 
 def _command_prefix(value: str) -> str | None:
-    if not value or value != value.strip() or " " in value or len(value) > 16:
-        return "must be 1-16 characters without spaces, e.g. !tb"
+    if not value or any(ch.isspace() for ch in value) or len(value) > 16:
+        return "must be 1-16 characters without spaces or tabs, e.g. !tb"
     return None
 
 
@@ -254,17 +259,35 @@ def _token(value: str) -> str | None:
 def load_config(path: str | Path) -> Config:
     """Read and validate the config file at `path`; raise ConfigError listing every problem."""
     path = Path(path)
+    return parse_config(_read_toml(path), path.resolve())
+
+
+def load_database_path(path: str | Path) -> Path:
+    """Only `bridge.database` of the config file at `path`, for the `db` commands: they need
+    no token, and an admin's shell has no $CREDENTIALS_DIRECTORY (systemd sets it for the
+    daemon alone). Raises ConfigError naming what is wrong with that key or the file."""
+    path = Path(path)
+    doc = _read_toml(path)
+    c = _Checker(path.resolve().parent)
+    bridge = c.table(doc, "bridge", "bridge")
+    database = c.string(bridge, "database", "bridge.database", default="tribridge.db")
+    found = c.path(database, "bridge.database") if database is not None else None
+    if c.errors or found is None:
+        raise ConfigError(c.errors)
+    return found
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
     try:
         raw = path.read_bytes()
     except OSError as exc:
         raise ConfigError([(str(path), f"cannot read the config file: {exc.strerror}")]) from exc
     try:
-        doc = tomllib.loads(raw.decode("utf-8"))
+        return tomllib.loads(raw.decode("utf-8"))
     except UnicodeDecodeError as exc:
         raise ConfigError([(str(path), "the config file is not UTF-8 text")]) from exc
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError([(str(path), f"not valid TOML: {exc}")]) from exc
-    return parse_config(doc, path.resolve())
 
 
 def parse_config(doc: Mapping[str, Any], path: Path) -> Config:
@@ -272,7 +295,10 @@ def parse_config(doc: Mapping[str, Any], path: Path) -> Config:
     c.unknown(doc, {"bridge", "networks", "portals", "permissions"}, "")
     bridge = _bridge(c, c.table(doc, "bridge", "bridge"))
     declared = c.table(doc, "networks", "networks")
-    networks = _networks(c, declared)
+    tokens: dict[str, str] = {}
+    if bridge is not None:
+        tokens[bridge.secret.decode("utf-8")] = "bridge.secret"
+    networks = _networks(c, declared, tokens)
     # Portals are checked against every network the file declares, valid or not, so a broken
     # network gets its own error rather than "not a configured network" on its portals too.
     portals = _portals(c, doc.get("portals", []), set(declared))
@@ -414,33 +440,38 @@ _NETWORK_KEYS = {
 }  # fmt: skip
 
 
-def _networks(c: _Checker, t: Mapping[str, Any]) -> dict[str, NetworkConfig]:
+def _networks(
+    c: _Checker, t: Mapping[str, Any], tokens: dict[str, str]
+) -> dict[str, NetworkConfig]:
+    """The valid networks of `t`; `tokens` gets every token read (first key path that used
+    it), those of networks with other errors too."""
     out: dict[str, NetworkConfig] = {}
     if len(t) < 2:
         c.error("networks", f"at least two networks are needed to bridge (got {len(t)})")
     for net_id, table in t.items():
         p = f"networks.{net_id}."
         if not _NETWORK_ID.fullmatch(net_id):
-            c.error(f"networks.{net_id}", "a network id is 1-16 lower-case letters and digits")
+            c.error(f"networks.{net_id}", "a network id is a lower-case letter, then up to 15 "
+                    "lower-case letters and digits")
             continue
         if not isinstance(table, Mapping):
             c.error(f"networks.{net_id}", "must be a table")
             continue
-        net = _network(c, net_id, table, p)
+        net = _network(c, net_id, table, p, tokens)
         if net is not None:
             out[net_id] = net
     _unique(c, out, lambda n: n.network.server_name, "server_name")
-    # No token may serve twice anywhere: an hs_token tells which network pushes, and a token
-    # shared between two homeservers would let one's admin act as the other network.
-    first_use: dict[str, str] = {}
-    for net_id, net in out.items():
-        for key, token in (("as_token", net.as_token), ("hs_token", net.hs_token)):
-            path = f"networks.{net_id}.{key}"
-            if token in first_use:
-                c.error(path, f"same as {first_use[token]}: every token must be unique")
-            else:
-                first_use[token] = path
     return out
+
+
+def _unique_token(c: _Checker, tokens: dict[str, str], path: str, token: str) -> None:
+    """No token may serve twice anywhere in the file: an hs_token tells which network pushes, a
+    token shared between two homeservers would let one's admin act as the other network, and
+    the secret keys every pseudonym."""
+    if token in tokens:
+        c.error(path, f"same as {tokens[token]}: every token must be unique")
+    else:
+        tokens[token] = path
 
 
 def _unique(
@@ -461,7 +492,7 @@ def _unique(
 
 
 def _network(
-    c: _Checker, net_id: str, t: Mapping[str, Any], p: str
+    c: _Checker, net_id: str, t: Mapping[str, Any], p: str, tokens: dict[str, str]
 ) -> NetworkConfig | None:
     c.unknown(t, _NETWORK_KEYS, p)
 
@@ -483,6 +514,8 @@ def _network(
         problem = _token(token) if token is not None else None
         if problem:
             c.error(p + key, problem)
+        elif token is not None:
+            _unique_token(c, tokens, p + key, token)
     identity = c.string(t, "identity", p + "identity")
     if identity is not None and identity not in IDENTITY_KINDS:
         c.error(p + "identity", f"must be one of {', '.join(IDENTITY_KINDS)}")

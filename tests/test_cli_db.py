@@ -35,8 +35,8 @@ def config_with_an_event(tmp_path: Path) -> Path:
             for net in ("ig", "fbm")
         ])
     items = store.pending_actions("fbm", "!fbm")
-    store.note_attempt(items[0].id, "403 M_FORBIDDEN: no")
-    store.finish(items[0].id, "failed", "403 M_FORBIDDEN: no")
+    store.finish(items[0].id, "failed", "403 M_FORBIDDEN: no")  # refused at the first try
+    store.note_attempt(store.pending_actions("ig", "!ig")[0].id, "502 M_UNKNOWN: down")
     store.close()
     return path
 
@@ -45,9 +45,10 @@ def test_db_status_says_where_an_event_got_to(tmp_path: Path) -> None:
     config = config_with_an_event(tmp_path)
     result = tribridge("db", "status", "-c", str(config), "--network", "wa", "--event", "$sent")
     assert result.returncode == 0, result.stderr
-    lines = result.stdout.splitlines()
-    assert any("-> ig" in line and "pending" in line for line in lines)
-    assert any("-> fbm" in line and "failed" in line and "M_FORBIDDEN" in line for line in lines)
+    assert result.stdout.splitlines() == [
+        "message  -> ig     pending  1 failed try so far (502 M_UNKNOWN: down)",
+        "message  -> fbm    failed   after 1 try (403 M_FORBIDDEN: no)",
+    ]
     unknown = tribridge("db", "status", "-c", str(config), "--network", "wa", "--event", "$no")
     assert unknown.returncode == 1 and "no actions for $no" in unknown.stdout
 
@@ -179,3 +180,24 @@ def test_db_commands_given_no_database_say_so_and_make_none(tmp_path: Path) -> N
         assert result.returncode == 1, args
         assert f"no database at {tmp_path}/typo.db" in result.stderr, args
     assert not (tmp_path / "typo.db").exists() and not (tmp_path / "copy.db").exists()
+
+
+def test_db_commands_need_no_token_and_no_credentials_directory(tmp_path: Path) -> None:
+    # The documented systemd config: secrets through ${CREDENTIALS_DIRECTORY}, which systemd
+    # sets for the service alone, not in an admin's shell.
+    config = config_with_an_event(tmp_path)
+    text = config.read_text().replace(
+        'secret = "change-me-to-a-long-random-string-of-48-characters"',
+        'secret_file = "${CREDENTIALS_DIRECTORY}/secret"')
+    assert "CREDENTIALS_DIRECTORY" in text
+    config.write_text(text)
+    status = tribridge("db", "status", "-c", str(config), "--network", "wa", "--event", "$sent")
+    assert status.returncode == 0, status.stderr
+    assert (tribridge("db", "backup", "-c", str(config), str(tmp_path / "b.db")).returncode
+            == 0)
+    # The daemon's own commands need the secret, and say how to give the folder in a shell.
+    check = tribridge("check-config", "-c", str(config))
+    assert check.returncode == 2
+    assert "bridge.secret_file: an environment variable in '${CREDENTIALS_DIRECTORY}/secret' " \
+        "is not set (systemd sets it for the service; in a shell, name the folder the unit " \
+        "loads them from: CREDENTIALS_DIRECTORY=/etc/tribridge/creds)" in check.stderr

@@ -332,6 +332,27 @@ def test_a_token_shared_across_networks_is_refused(tmp_path: Path) -> None:
     }
 
 
+def test_every_problem_is_reported_at_once_across_networks(tmp_path: Path) -> None:
+    # The doc's own example: a broken network's token still counts against the others.
+    doc = good_doc()
+    doc["bridge"]["listen"] = "nowhere"
+    doc["networks"]["ig"]["homeserver"] = "ftp://x"
+    doc["networks"]["ig"]["hs_token"] = TOKENS["wa"][1]
+    assert errors_of(tmp_path, doc) == {
+        "bridge.listen": "must be host:port, e.g. 127.0.0.1:29330",
+        "networks.ig.homeserver": "not an http(s) URL",
+        "networks.ig.hs_token": "same as networks.wa.hs_token: every token must be unique",
+    }
+
+
+def test_the_secret_may_not_be_a_token(tmp_path: Path) -> None:
+    doc = good_doc()
+    doc["networks"]["wa"]["as_token"] = doc["bridge"]["secret"]
+    assert errors_of(tmp_path, doc) == {
+        "networks.wa.as_token": "same as bridge.secret: every token must be unique"
+    }
+
+
 @pytest.mark.parametrize(
     "token", ["short-token", "has a space in it ok", "tab\tin-the-token-x", ""]
 )
@@ -474,7 +495,8 @@ def test_bad_network_id(tmp_path: Path, net_id: str) -> None:
     doc = good_doc()
     doc["networks"][net_id] = doc["networks"].pop("fbm")
     errors = errors_of(tmp_path, doc)
-    assert errors == {f"networks.{net_id}": "a network id is 1-16 lower-case letters and digits"}
+    assert errors == {f"networks.{net_id}": "a network id is a lower-case letter, then up to 15 "
+                                            "lower-case letters and digits"}
 
 
 def test_sixteen_character_network_id_is_fine(tmp_path: Path) -> None:
@@ -676,12 +698,14 @@ def test_a_command_prefix_is_kept(tmp_path: Path, prefix: str) -> None:
     assert load_config(write(tmp_path, doc)).bridge.command_prefix == prefix
 
 
-@pytest.mark.parametrize("prefix", ["! tb", " !tb", "!tb ", "", "!" * 17, "\t!tb"])
+@pytest.mark.parametrize(
+    "prefix", ["! tb", " !tb", "!tb ", "", "!" * 17, "\t!tb", "!t\tb", "!t\u00a0b"]
+)
 def test_a_command_prefix_with_spaces_is_refused(tmp_path: Path, prefix: str) -> None:
     doc = good_doc()
     doc["bridge"]["command_prefix"] = prefix
     assert errors_of(tmp_path, doc) == {
-        "bridge.command_prefix": "must be 1-16 characters without spaces, e.g. !tb"
+        "bridge.command_prefix": "must be 1-16 characters without spaces or tabs, e.g. !tb"
     }
 
 

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -51,3 +53,32 @@ def test_the_unit_is_a_notify_service_with_a_watchdog_and_credentials() -> None:
         assert line in text.splitlines(), line
     assert re.search(r"^WatchdogSec=\d+s$", text, re.M)
     assert re.search(r"^LoadCredential=secret:", text, re.M)
+    assert "RestartPreventExitStatus=2" in text.splitlines()  # a config error is not retried
+
+
+def test_the_services_made_up_user_can_read_the_config_as_installed() -> None:
+    # systemd leaves a ConfigurationDirectory owned by root (systemd.exec(5)), and the
+    # DynamicUser is in no group of it: it reads the directory and file as "others".
+    text = UNIT.read_text()
+    found = re.search(r"^ConfigurationDirectoryMode=(0[0-7]{3})$", text, re.M)
+    install = re.search(r"install -m (0[0-7]{3}) config\.toml /etc/tribridge/config\.toml", text)
+    assert found and install, "the unit names the directory's mode and how to install the file"
+    folder_mode, file_mode = int(found.group(1), 8), int(install.group(1), 8)
+    if shutil.which("setpriv") is None or os.geteuid() != 0:
+        # Without root to become another user, the mode bits say it.
+        assert folder_mode & 0o005 == 0o005 and file_mode & 0o004
+        return
+    with tempfile.TemporaryDirectory(dir="/tmp") as top:  # /tmp/pytest-of-root is 0700
+        Path(top).chmod(0o755)
+        folder = Path(top) / "tribridge"
+        folder.mkdir(mode=folder_mode)
+        folder.chmod(folder_mode)
+        config = folder / "config.toml"
+        config.write_text("[bridge]\n")
+        config.chmod(file_mode)
+        result = subprocess.run(
+            ["setpriv", "--reuid=61234", "--regid=61234", "--clear-groups",
+             "/usr/bin/python3", "-c", f"print(open({str(config)!r}).read(), end='')"],
+            capture_output=True, text=True, timeout=30,
+        )
+    assert result.returncode == 0 and result.stdout == "[bridge]\n", result.stderr

@@ -92,7 +92,8 @@ COMMANDS: tuple[Spec, ...] = (
          "privacy discoverable on|off: whether others can reach you with dm and invite by your "
          "phone number, email or handle (default: off for phone and email, on for handles).\n"
          "privacy show-identity on|off: whether your phone number or email appears on other "
-         "networks beside your name (default: off)."),
+         "networks beside your name (default: off, unless the bridge's admin set "
+         "expose_identity for your network)."),
     Spec("identity link", "link your account on another network to this one", Level.USER,
          (("target", Arg.TARGET, True),), Where.MANAGEMENT,
          "The bot sends a one-time code to your management room on the other network; say "
