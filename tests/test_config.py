@@ -885,7 +885,9 @@ def test_token_files_from_systemd_credentials(
     monkeypatch.delenv("CREDENTIALS_DIRECTORY")
     assert errors_of(tmp_path, doc) == {
         "networks.wa.as_token_file":
-            "an environment variable in '${CREDENTIALS_DIRECTORY}/wa_as_token' is not set"
+            "an environment variable in '${CREDENTIALS_DIRECTORY}/wa_as_token' is not set "
+            "(systemd sets it for the service; in a shell, name the folder the unit loads them "
+            "from: CREDENTIALS_DIRECTORY=/etc/tribridge/creds)"
     }
 
 
