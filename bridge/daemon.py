@@ -75,7 +75,11 @@ class Bridge:
             return "The config has errors; the running config stays:\n" + "\n".join(exc.lines())
         if not self.request_reload(new):
             return "A reload is already waiting; it reads the newest file."
-        return "Reloading the config: portals, permissions and the log level apply now."
+        reply = f"Reloading the config: {RELOADED} apply now."
+        restart = _needs_restart(self.config, new)
+        if restart:
+            reply += f"\nChanged, and applied only by a restart: {', '.join(restart)}."
+        return reply
 
     def request_stop(self) -> None:
         self.stop_requested.set()
@@ -221,11 +225,16 @@ def _connection_limits() -> Limits:
     return default
 
 
+# What a reload applies at once (_with_reloadable), in the bot's words.
+RELOADED = ("portals, permissions, the log level, the command prefix, the default country code, "
+            "room state mirroring and history_days")
+
+
 def _needs_restart(old: Config, new: Config) -> list[str]:
     """The keys whose change only a restart applies."""
     changed = []
     for key in ("listen_host", "listen_port", "database", "secret", "durability", "url",
-                "max_media_bytes"):
+                "max_media_bytes", "log_format", "metrics_listen", "unhealthy_after"):
         if getattr(old.bridge, key) != getattr(new.bridge, key):
             name = {"listen_host": "listen", "listen_port": "listen",
                     "max_media_bytes": "max_media_size"}.get(key, key)

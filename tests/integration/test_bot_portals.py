@@ -254,7 +254,9 @@ async def test_permission_levels_and_an_admin_links_an_existing_room(
     assert answer.startswith("Store:\n"), answer
     assert answer.splitlines()[-1].startswith("Outbox waiting: fbm "), answer
     answer = await admin.command(ada_admin, "admin reload")
-    assert answer == "Reloading the config: portals, permissions and the log level apply now."
+    assert answer == (
+        "Reloading the config: portals, permissions, the log level, the command prefix, the "
+        "default country code, room state mirroring and history_days apply now.")
     await daemon.wait_log("reloaded: ")
     answer = await admin.command(ada_admin, "whoami")
     assert ", level admin." in answer.splitlines()[0], answer

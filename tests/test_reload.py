@@ -1,0 +1,61 @@
+"""What a reload (SIGHUP or the bot's `admin reload`) applies, and what it says needs a restart."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+from bridge.config import BridgeSettings, load_config
+from bridge.daemon import Bridge, _needs_restart, _with_reloadable
+from bridge.notify import Notifier
+
+from .test_config import good_doc, write
+
+RELOADABLE = {"log_level", "command_prefix", "default_country_code", "mirror_room_state",
+              "history_days"}
+
+
+def changed(settings: BridgeSettings, key: str) -> BridgeSettings:
+    """`settings` with `key` set to some other valid value."""
+    other = {
+        "listen_host": "127.0.0.2", "listen_port": settings.listen_port + 1,
+        "url": "http://127.0.0.1:1", "database": Path("/elsewhere.db"),
+        "secret": b"another secret of at least 32 bytes, surely",
+        "log_level": "debug", "durability": "process", "log_format": "json",
+        "metrics_listen": ("127.0.0.1", 9), "unhealthy_after": 12.5, "command_prefix": "!x",
+        "default_country_code": "44", "max_media_bytes": 1024, "mirror_room_state": False,
+        "history_days": 30,
+    }[key]
+    assert getattr(settings, key) != other
+    return dataclasses.replace(settings, **{key: other})
+
+
+def test_every_bridge_key_is_applied_by_a_reload_or_named_as_needing_a_restart(
+    tmp_path: Path
+) -> None:
+    # A key added later must land on one side: a reload never ignores a change silently.
+    old = load_config(write(tmp_path, good_doc()))
+    for field in dataclasses.fields(BridgeSettings):
+        new = dataclasses.replace(old, bridge=changed(old.bridge, field.name))
+        restart = _needs_restart(old, new)
+        applied = _with_reloadable(old, new).bridge == new.bridge
+        if field.name in RELOADABLE:
+            assert applied and restart == [], field.name
+        else:
+            assert not applied and len(restart) == 1, field.name
+            assert restart[0].startswith("bridge."), restart
+
+
+def test_admin_reload_names_the_keys_that_need_a_restart(tmp_path: Path) -> None:
+    doc = good_doc()
+    path = write(tmp_path, doc)
+    bridge = Bridge(load_config(path), Notifier(""))
+    doc["bridge"]["durability"] = "process"
+    doc["bridge"]["log_format"] = "json"
+    doc["bridge"]["log_level"] = "debug"
+    write(tmp_path, doc)
+    assert bridge.reload_from_bot() == (
+        "Reloading the config: portals, permissions, the log level, the command prefix, the "
+        "default country code, room state mirroring and history_days apply now.\n"
+        "Changed, and applied only by a restart: bridge.durability, bridge.log_format.")
+    assert bridge.reloads.receive_nowait().bridge.log_level == "debug"
