@@ -41,7 +41,7 @@ from bridge.http.client import LeanClient
 from bridge.http.server import Limits, serve
 from bridge.inbound import Inbound
 from bridge.matrix.appservice import Appservice
-from bridge.matrix.client import Homeserver, HomeserverError, make_http_client
+from bridge.matrix.client import Homeserver, HomeserverError, Unreachable, make_http_client
 from bridge.metrics import Metrics
 from bridge.notify import Notifier
 from bridge.observe import Observer
@@ -123,7 +123,8 @@ class Bridge:
                 self.inbound = inbound
                 commits = GroupCommit(store)
                 reconciler = Reconciler(store, homeservers, inbound, store.portals, metrics,
-                                        commits)
+                                        commits,
+                                        unreachable=lambda n: workers[n].noticed_unreachable())
                 bot = Bot(lambda: self.config, homeservers, store, key,
                           reachable=lambda n: workers[n].reachable, reload=self.reload_from_bot,
                           wake=wake, read_room=reconciler.read_soon)
@@ -320,6 +321,7 @@ async def _setup_network(
             await hs.register(net.network.bot)
         except HomeserverError as exc:
             log.warning("could not register the bot on %s: %s", where, exc)
+            _silent(exc, net, reconciler)
         joined: list[tuple[str, float]] = []  # (room, just before the bot asked to join it)
         try:
             for portal in portals:
@@ -334,6 +336,7 @@ async def _setup_network(
                         "cannot join portal room %s on %s: %s; invite %s to it and the bot "
                         "joins when invited", room_id, where, exc, net.network.bot_user_id,
                     )
+                    _silent(exc, net, reconciler)
                     continue
                 joined.append((room_id, asked))
                 try:
@@ -359,8 +362,17 @@ async def _setup_network(
             log.info("%s answered the start-up ping (%d ms round trip)", where, took)
         except HomeserverError as exc:
             log.warning("start-up ping of %s failed: %s", where, exc)
+            _silent(exc, net, reconciler)
     if scope.cancelled_caught:
         log.warning("%s did not finish the start-up calls in %.0f s", where, SETUP_TIMEOUT)
+        reconciler.unreachable(net.id)
+
+
+def _silent(exc: HomeserverError, net: NetworkConfig, reconciler: Reconciler) -> None:
+    """A start-up call found the homeserver not answering: /health counts the silence from now
+    (not from the first send that fails), and the probe watches for its return."""
+    if isinstance(exc, Unreachable):
+        reconciler.unreachable(net.id)
 
 
 async def _catch_up(net: NetworkConfig, reconciler: Reconciler) -> None:

@@ -658,6 +658,12 @@ class DeliveryWorker:
 
     # -- reachability --------------------------------------------------------------------------
 
+    def noticed_unreachable(self) -> None:
+        """Another part found the homeserver not answering (a start-up call, a timeline read):
+        it counts as down, for /health and the metrics, until the probe hears it again, as
+        after a failed send."""
+        self._start_probe()
+
     def _start_probe(self) -> None:
         if self._probing or self._nursery is None:
             return

@@ -60,7 +60,7 @@ from bridge.core.ghosts import is_bridge_user
 from bridge.core.model import Network, Portal
 from bridge.inbound import Inbound, Taken
 from bridge.locks import promptly
-from bridge.matrix.client import Homeserver, HomeserverError
+from bridge.matrix.client import Homeserver, HomeserverError, Unreachable
 from bridge.metrics import Metrics
 from bridge.store import Store
 
@@ -90,8 +90,12 @@ class Reconciler:
         portals: Callable[[], Iterable[Portal]],
         metrics: Metrics | None = None,
         commits: GroupCommit | None = None,
+        unreachable: Callable[[str], None] = lambda network: None,
     ) -> None:
         self.metrics = metrics or Metrics()
+        # Told when a read finds a network's homeserver not answering (the delivery worker's
+        # probe then watches for its return, and /health counts the silence).
+        self.unreachable = unreachable
         # With a group commit, a push's writes reach the disk after its sends went out (see
         # bridge/commits.py); without one, before (tests that drive a Reconciler alone).
         self.commits = commits
@@ -373,6 +377,8 @@ class Reconciler:
                     break
         except HomeserverError as exc:
             log.info("cannot read %s on %s to reconcile it: %s", room_id, network, exc)
+            if isinstance(exc, Unreachable):
+                self.unreachable(network)
             return 0
         if newest is None or (mark is not None and not newest_first):
             self._was_read(network, room_id, began, read)  # nothing new (or, oddly, an empty room)

@@ -568,3 +568,23 @@ async def test_health_and_metrics_follow_an_outage(
     assert 'tribridge_delivery_failures_total{class="retry",network="ig"}' in text
     assert 'tribridge_events_relayed_total{kind="message",network="ig"} 1.0' in text
     assert 'tribridge_outbox_pending{network="ig"} 0.0' in text
+
+
+async def test_a_homeserver_found_silent_elsewhere_counts_for_health_until_it_answers(
+    rig: Rig, autojump_clock: trio.testing.MockClock
+) -> None:
+    # Found silent by a start-up call or a timeline read, with nothing queued to send to it:
+    # /health must not say "ok" for as long as nothing is sent there.
+    from bridge.http.types import Request
+    from bridge.observe import Observer
+
+    observer = Observer(rig.store, rig.workers, rig.workers["ig"].metrics, unhealthy_after=300)
+    get = Request("GET", "/health", {}, {}, b"")
+    rig.fakes["ig"].down = True
+    rig.workers["ig"].noticed_unreachable()
+    assert not rig.workers["ig"].reachable
+    await trio.sleep(301)
+    assert (await observer.health(get)).status == 503
+    rig.fakes["ig"].down = False
+    await rig.until(lambda: rig.workers["ig"].reachable, within=PROBE_MAX + 1)
+    assert (await observer.health(get)).status == 200

@@ -426,6 +426,20 @@ async def test_pushes_without_synapses_numbering_read_their_room_each_time(
     assert rig.queued() == ["m2", "m3", "m4"]
 
 
+async def test_a_read_that_finds_the_homeserver_silent_says_so(
+    rig: Rig, autojump_clock: trio.testing.MockClock
+) -> None:
+    silent: list[str] = []
+    rig.reconciler.unreachable = silent.append
+    rig.say(1)
+    rig.fake.down = True
+    await rig.reconciler.reconcile_network("wa")
+    assert silent == ["wa"]  # the delivery worker's probe takes it from there
+    rig.fake.down = False
+    await rig.reconciler.reconcile_network("wa")
+    assert silent == ["wa"]
+
+
 async def test_malformed_pushes_while_suspect_take_the_good_events(
     rig: Rig, autojump_clock: trio.testing.MockClock
 ) -> None:

@@ -130,6 +130,36 @@ async def test_a_homeserver_down_for_60_s_gets_everything_after_and_others_never
 
 
 
+async def test_a_homeserver_down_at_start_shows_in_health_until_it_answers(
+    daemon: Daemon
+) -> None:
+    # Nothing is sent to it: only the start-up calls find it silent, and /health must say so.
+    import httpx
+
+    fbm = daemon.net.servers["fbm"]
+    daemon.bridge_extra = "unhealthy_after = 1"
+    base = f"http://127.0.0.1:{daemon.net.bridge_port}"
+
+    async def health_until(status: int, within: float) -> dict[str, Any]:
+        async with httpx.AsyncClient(trust_env=False) as http:
+            with trio.fail_after(within):
+                while (answer := await http.get(base + "/health")).status_code != status:  # noqa: ASYNC110
+                    await trio.sleep(0.2)  # polling /health, under the deadline above
+        return dict(answer.json())
+
+    fbm.stop()
+    try:
+        await daemon.start([])
+        down = await health_until(503, within=15)
+        assert down["networks"]["fbm"]["reachable"] is False
+        assert down["networks"]["wa"]["reachable"] and down["networks"]["ig"]["reachable"]
+    finally:
+        fbm.start()
+        fbm.wait_ready()
+    up = await health_until(200, within=30)
+    assert up["networks"]["fbm"]["reachable"] is True
+
+
 async def test_the_same_transaction_pushed_100_times_sends_nothing_extra(
     cast: Cast, daemon: Daemon
 ) -> None:
