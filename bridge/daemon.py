@@ -34,7 +34,7 @@ from bridge.core.ghosts import derive_key
 from bridge.core.model import Portal
 from bridge.core.translate import Rules
 from bridge.delivery import DeliveryWorker
-from bridge.encryption import refuse_mixed_portals
+from bridge.encryption import check_until_done, refuse_mixed_portals
 from bridge.ephemeral import Ephemeral
 from bridge.housekeeping import prune_forever
 from bridge.http.client import LeanClient
@@ -65,6 +65,7 @@ class Bridge:
         self.reloads: trio.MemoryReceiveChannel[Config]
         self._reload_send, self.reloads = trio.open_memory_channel[Config](1)
         self.inbound: Inbound | None = None
+        self._nursery: trio.Nursery | None = None  # the running daemon's, for late checks
 
     def reload_from_bot(self) -> str:
         """`admin reload`: what SIGHUP does, with the outcome as the bot's reply."""
@@ -156,6 +157,7 @@ class Bridge:
                         )
                         log.info("/health and /metrics on %s:%d", *separate)
                     workers_done = await nursery.start(_run_workers, list(workers.values()))
+                    self._nursery = nursery
                     await self._setup(homeservers, portals, reconciler)
                     for net in config.networks.values():
                         nursery.start_soon(_catch_up, net, reconciler)
@@ -188,7 +190,9 @@ class Bridge:
         async with trio.open_nursery() as setup:
             for net_id, net in self.config.networks.items():
                 setup.start_soon(_setup_network, net, homeservers[net_id], portals, reconciler)
-        await refuse_mixed_portals(homeservers, reconciler.store, portals)
+        _, unchecked = await refuse_mixed_portals(homeservers, reconciler.store, portals)
+        if unchecked and self._nursery is not None:
+            self._nursery.start_soon(check_until_done, homeservers, reconciler.store, unchecked)
 
     async def _reloader(
         self, store: Store, homeservers: Mapping[str, Homeserver], reconciler: Reconciler

@@ -3,13 +3,17 @@
 `link` refuses such a pair itself (bridge/bot/portals.py); a `[[portals]]` entry is checked at
 start and on reload, once the bot has joined its rooms. A portal whose rooms disagree (or that
 uses Matrix's own Megolm encryption, which cannot cross networks) is not bridged, and the log
-says which entry and why.
+says which entry and why. A portal whose rooms could not all be read (a homeserver down) is
+bridged meanwhile and checked again every RECHECK_SECONDS until it is. (A room that turns
+encryption on later leaves its portal: bridge/bot/portals.py, `encryption_changed`.)
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Mapping
+
+import trio
 
 from bridge.core.model import Portal
 from bridge.core.translate import E2EE_ALGORITHM
@@ -19,11 +23,15 @@ from bridge.store import Store
 log = logging.getLogger(__name__)
 
 
+RECHECK_SECONDS = 30.0
+
+
 async def refuse_mixed_portals(
     homeservers: Mapping[str, Homeserver], store: Store, portals: Iterable[Portal]
-) -> list[Portal]:
-    """Stop bridging every portal whose rooms disagree on encryption; returns those."""
-    refused = []
+) -> tuple[list[Portal], list[Portal]]:
+    """Stop bridging every portal whose rooms disagree on encryption. Returns those, and the
+    portals not checked because a homeserver did not answer."""
+    refused, unchecked = [], []
     for portal in portals:
         algorithms: dict[str, str | None] = {}
         try:
@@ -32,7 +40,9 @@ async def refuse_mixed_portals(
                 algorithm = state.get("algorithm") if state else None
                 algorithms[net_id] = algorithm if isinstance(algorithm, str) else None
         except HomeserverError as exc:
-            log.info("could not read the encryption of portal %s: %s", portal.portal_id, exc)
+            log.warning("could not read the encryption of portal %s (%s): bridged meanwhile, "
+                        "checked again in %.0f s", portal.portal_id, exc, RECHECK_SECONDS)
+            unchecked.append(portal)
             continue
         kinds = set(algorithms.values())
         megolm = [a for a in kinds if a is not None and a != E2EE_ALGORITHM]
@@ -47,4 +57,17 @@ async def refuse_mixed_portals(
             with store.transaction():
                 store.delete_portal(portal.portal_id)
             refused.append(portal)
-    return refused
+    return refused, unchecked
+
+
+async def check_until_done(
+    homeservers: Mapping[str, Homeserver], store: Store, portals: Iterable[Portal]
+) -> None:
+    """Check `portals` (as `refuse_mixed_portals` does) every RECHECK_SECONDS until each one
+    was read whole, or is gone (a reload, an unlink)."""
+    waiting = {portal.portal_id for portal in portals}
+    while waiting:
+        await trio.sleep(RECHECK_SECONDS)  # the retry period, not a wait for an event
+        current = [p for p in (store.portal(i) for i in waiting) if p is not None]
+        _, unchecked = await refuse_mixed_portals(homeservers, store, current)
+        waiting = {portal.portal_id for portal in unchecked}

@@ -46,6 +46,7 @@ class FakeHomeserver(httpx.AsyncBaseTransport):
     reads: int = 0  # /messages requests
     room_reads: dict[str, int] = field(default_factory=dict)  # room -> its /messages requests
     read_delay: dict[str, float] = field(default_factory=dict)  # room -> seconds per read
+    state: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)  # (room, type)
 
     def texts(self, room_id: str) -> list[str]:
         return [s.content.get("body", "") for s in self.sent if s.room_id == room_id]
@@ -73,6 +74,10 @@ class FakeHomeserver(httpx.AsyncBaseTransport):
             return _ok({"room_id": parts[-1]})
         if "/state/m.room.member/" in path:
             return _err(404, "M_NOT_FOUND")
+        if "/state/" in path and request.method == "GET":
+            room_id, event_type = parts[parts.index("rooms") + 1], parts[parts.index("state") + 1]
+            found = self.state.get((room_id, event_type))
+            return _ok(found) if found is not None else _err(404, "M_NOT_FOUND")
         if path.endswith("/messages"):
             room_id = parts[parts.index("rooms") + 1]
             if room_id in self.read_delay:

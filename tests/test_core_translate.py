@@ -716,3 +716,12 @@ def test_an_over_long_command_goes_to_the_bot_not_to_the_other_networks() -> Non
     (task,) = from_wa(message({"msgtype": "m.text", "body": body})).actions
     assert isinstance(task, BotTask) and task.task == "command"
     assert len(task.data["text"]) == 2001  # cut: the bot answers that it is too long
+
+
+def test_encryption_turned_on_in_a_portal_room_asks_the_bot_to_check_the_portal() -> None:
+    event = {"type": "m.room.encryption", "state_key": "", "event_id": "$enc",
+             "room_id": ROOMS["wa"], "sender": ALICE_WA,
+             "content": {"algorithm": "org.tribridge.e2ee.v1"}}
+    (task,) = from_wa(event).actions
+    assert isinstance(task, BotTask) and (task.network, task.room_id, task.task) == (
+        "wa", ROOMS["wa"], "encryption")

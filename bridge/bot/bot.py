@@ -78,6 +78,8 @@ class Bot:
             await dms.accepted(self, task)
         elif task.task == "dm_declined":
             await dms.declined(self, task)
+        elif task.task == "encryption":
+            await portals.encryption_changed(self, task)
         else:
             log.warning("unknown bot task %r on %s", task.task, task.network)
 

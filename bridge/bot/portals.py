@@ -269,6 +269,42 @@ async def room_left(bot: Bot, before: Portal, network: str, why: str, about: str
             log.info("could not tell %s on %s that a room left: %s", room_id, net_id, exc)
 
 
+async def encryption_changed(bot: Bot, task: BotTask) -> None:
+    """A portal room's encryption changed: if it no longer agrees with the portal's other
+    rooms (or is Matrix's own, which cannot cross networks), it leaves the portal, and every
+    room is told why (invariant 6). The rooms' state is read, not the event's content: a
+    task run again, or late, acts on what is true now."""
+    portal = bot.store.portal_for_room(task.network, task.room_id)
+    if portal is None:
+        return
+    here = await encryption_of(bot, task.network, task.room_id)
+    others = {net_id: await encryption_of(bot, net_id, room_id)
+              for net_id, room_id in portal.rooms.items() if net_id != task.network}
+    megolm = here is not None and here != E2EE_ALGORITHM
+    if not megolm and all(algorithm == here for algorithm in others.values()):
+        return
+    with bot.store.transaction():
+        bot.store.remove_portal_room(task.network, task.room_id)
+    label = bot.networks[task.network].label
+    if megolm:
+        why = (" when it turned on Matrix's own end-to-end encryption, which is bound to one "
+               "homeserver and cannot cross networks")
+    else:
+        why = (" when its end-to-end encryption changed: encrypted and unencrypted rooms are "
+               "never linked")
+    log.warning("portal %s: the %s room's encryption no longer matches; it left the portal",
+                portal.portal_id, task.network)
+    await room_left(bot, portal, task.network, why, task.about)
+    await bot.notice(
+        task.network, task.room_id,
+        f"This {label} room is no longer bridged: its end-to-end encryption no longer matches "
+        "the portal's other rooms, and the bridge never links an encrypted room with an "
+        "unencrypted one. To bridge an encrypted conversation, say "
+        f"`{bot.config().bridge.command_prefix} link` in an unbridged room encrypted with "
+        "tribridge's scheme (docs/e2ee.md): the rooms it makes on the other networks are "
+        "encrypted too.", about=task.about)
+
+
 async def leave_ghosts(bot: Bot, network: str, room_id: str) -> None:
     """Every ghost of ours in the room leaves it."""
     net = bot.networks[network]

@@ -146,6 +146,12 @@ def translate(
             return Translation(actions=[task])
     if portal is None:
         return _skip("room is not part of a portal")
+    if etype == "m.room.encryption" and event.get("state_key") == "":
+        # Encryption turned on in one room of a portal: the bot checks the others (invariant 6:
+        # an encrypted room is never linked with an unencrypted one).
+        task = BotTask(source.id, room_id, "encryption", {"sender": sender},
+                       txn_id(source.id, event_id, source.id, "bot"), event_id)
+        return Translation(actions=[task])
     if etype in MIRRORED_STATE and event.get("state_key") == "":
         mirror = rules.mirror_state if portal.mirror_state is None else portal.mirror_state
         if not mirror:

@@ -381,6 +381,46 @@ async def test_linking_an_encrypted_room_with_an_unencrypted_one_is_refused(
     assert "not for the open room" not in [b for _, b in await bob.texts(ig_room)]
 
 
+async def test_a_config_portal_mixing_encrypted_and_unencrypted_rooms_is_not_bridged(
+    cast: Cast, daemon: Daemon
+) -> None:
+    people = {net: await cast.person(net, name)
+              for net, name in (("wa", "Alice"), ("ig", "Bob"), ("fbm", "Carol"))}
+    rooms = {net: await cast.room(net, person) for net, person in people.items()}
+    await people["wa"].call("PUT", f"/rooms/{quote(rooms['wa'])}/state/m.room.encryption/",
+                            {"algorithm": ALGORITHM})
+    daemon.write_config([rooms], "debug")  # it logs why it relays nothing
+    await daemon.start()
+    await daemon.wait_log("mixes encrypted and unencrypted rooms (fbm: not encrypted, "
+                          "ig: not encrypted, wa: encrypted): not bridged", WITHIN)
+    marker = await people["ig"].send_text(rooms["ig"], "not for the encrypted room")
+    await daemon.wait_log(f"{marker} from ig: room is not part of a portal", WITHIN)
+
+
+async def test_turning_on_encryption_in_one_room_of_a_portal_takes_that_room_out(
+    cast: Cast, daemon: Daemon
+) -> None:
+    from bridge.demo import has_body
+
+    from .test_relay import three_way
+
+    people, rooms = await three_way(cast, daemon, ("Alice", "Bob", "Carol"))
+    alice, bob, carol = people["wa"], people["ig"], people["fbm"]
+    await alice.call("PUT", f"/rooms/{quote(rooms['wa'])}/state/m.room.encryption/",
+                     {"algorithm": ALGORITHM})
+    left = ("The WhatsApp room left this portal when its end-to-end encryption changed: "
+            "encrypted and unencrypted rooms are never linked.")
+    await bob.wait_for(rooms["ig"], has_notice(left), WITHIN, "the notice that wa left")
+    await carol.wait_for(rooms["fbm"], has_notice(left), WITHIN, "the notice that wa left")
+    await alice.wait_for(rooms["wa"], has_notice(
+        "This WhatsApp room is no longer bridged: its end-to-end encryption no longer matches"),
+        WITHIN, "the notice in the room that turned encryption on")
+    # The other two still talk; nothing of theirs reaches the encrypted room any more.
+    await bob.send_text(rooms["ig"], "only for carol")
+    await carol.wait_for(rooms["fbm"], has_body("only for carol"), WITHIN, "bob's message")
+    assert "only for carol" not in [b for _, b in await alice.texts(rooms["wa"])]
+
+
 async def test_a_bridge_swapping_a_device_announcement_is_noticed(
     cast: Cast, daemon: Daemon
 ) -> None:

@@ -1,0 +1,65 @@
+"""Invariant 6 for config portals whose rooms could not all be read at start (a homeserver
+down): bridged meanwhile, checked again until they are, and refused if they mix."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import httpx
+import pytest
+import trio
+
+from bridge.core.translate import E2EE_ALGORITHM
+from bridge.encryption import RECHECK_SECONDS, check_until_done, refuse_mixed_portals
+from bridge.matrix.client import Homeserver
+from bridge.store import Store
+
+from .fakehs import FakeHomeserver
+from .rigs import until
+
+ROOMS = {"wa": "!wa-room", "ig": "!ig-room"}
+
+
+@pytest.fixture
+async def rig(tmp_path: Path) -> AsyncIterator[tuple[Store, dict[str, FakeHomeserver],
+                                                    dict[str, Homeserver]]]:
+    fakes = {"wa": FakeHomeserver("wa.test"), "ig": FakeHomeserver("ig.test", down=True)}
+    fakes["wa"].state[(ROOMS["wa"], "m.room.encryption")] = {"algorithm": E2EE_ALGORITHM}
+    store = Store(tmp_path / "t.db", durability="process")
+    store.sync_config_portals([ROOMS])
+    async with (httpx.AsyncClient(transport=fakes["wa"], base_url="http://wa") as wa,
+                httpx.AsyncClient(transport=fakes["ig"], base_url="http://ig") as ig):
+        yield store, fakes, {"wa": Homeserver(wa, "wa.test"), "ig": Homeserver(ig, "ig.test")}
+    store.close()
+
+
+async def test_a_mixed_portal_unread_at_start_is_refused_once_its_homeserver_answers(
+    rig: tuple[Store, dict[str, FakeHomeserver], dict[str, Homeserver]],
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    store, fakes, homeservers = rig
+    refused, unchecked = await refuse_mixed_portals(homeservers, store, store.portals())
+    assert refused == [] and len(unchecked) == 1
+    assert len(store.portals()) == 1  # bridged meanwhile: its pushes are not lost
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(check_until_done, homeservers, store, unchecked)
+        await trio.sleep(RECHECK_SECONDS * 3)  # virtual time: three checks, ig still down
+        assert len(store.portals()) == 1
+        fakes["ig"].down = False  # ig's room is not encrypted, wa's is: they must not be linked
+        await until(lambda: store.portals() == [], within=RECHECK_SECONDS + 1)
+        await until(lambda: not nursery.child_tasks, within=1)  # and the checks end
+
+
+async def test_a_portal_that_agrees_once_read_stays_and_the_checks_end(
+    rig: tuple[Store, dict[str, FakeHomeserver], dict[str, Homeserver]],
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    store, fakes, homeservers = rig
+    fakes["ig"].state[(ROOMS["ig"], "m.room.encryption")] = {"algorithm": E2EE_ALGORITHM}
+    _, unchecked = await refuse_mixed_portals(homeservers, store, store.portals())
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(check_until_done, homeservers, store, unchecked)
+        fakes["ig"].down = False
+        await until(lambda: not nursery.child_tasks, within=RECHECK_SECONDS + 1)
+    assert len(store.portals()) == 1
