@@ -400,7 +400,7 @@ def test_a_target_without_a_network_shows_an_example() -> None:
         ("wa:call me", "'call me': give the number in international form"),
         ("wa:+1 555 CALL NOW", "'+1 555 CALL NOW' is not a phone number such as +15551234567"),
         ("fbm:alice", "'alice' is not an email address such as alice@example.com"),
-        ("ig:Alice", "'Alice' is not a Instagram handle"),
+        ("ig:Al ice", "'Al ice' is not a handle on Instagram"),
         ("ig:", "give the handle of someone on Instagram"),
         ("wa:@+15551234567:matrix.org", "@+15551234567:matrix.org is not on WhatsApp"),
     ],

@@ -110,15 +110,16 @@ def test_what_is_not_an_email_is_named(typed: str) -> None:
 
 
 @pytest.mark.parametrize(("typed", "handle"), [("@alice", "alice"), ("alice", "alice"),
-                                               ("a.b_c-d", "a.b_c-d")])
-def test_handles_lose_a_leading_at(typed: str, handle: str) -> None:
+                                               ("a.b_c-d", "a.b_c-d"), ("@Alice", "alice"),
+                                               ("BOB", "bob")])
+def test_handles_lose_a_leading_at_and_capitals(typed: str, handle: str) -> None:
     assert normalise(IG, typed) == Identity("handle", handle)
 
 
-@pytest.mark.parametrize("typed", ["Alice", "@Alice", "al ice", "alice!"])
+@pytest.mark.parametrize("typed", ["al ice", "alice!", "@", "ali\u00e7e"])
 def test_what_is_not_a_handle_is_named(typed: str) -> None:
     assert bad(IG, typed) == (
-        f"{typed!r} is not a Instagram handle: use lower-case a-z 0-9 . _ = - /"
+        f"{typed!r} is not a handle on Instagram: use a-z 0-9 . _ = - /"
     )
 
 

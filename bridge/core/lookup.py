@@ -58,10 +58,12 @@ def normalise(network: Network, text: str, default_country_code: str = "") -> Id
         if not _EMAIL.fullmatch(email):
             raise BadIdentity(f"{text!r} is not an email address such as alice@example.com")
         return Identity("email", email)
-    handle = text.removeprefix("@")
+    # Lower-cased, as a homeserver makes every new user id (Synapse refuses capitals): people
+    # type "Bob" for @bob.
+    handle = text.removeprefix("@").lower()
     if not is_valid_localpart(handle):
         raise BadIdentity(
-            f"{text!r} is not a {network.label} handle: use lower-case a-z 0-9 . _ = - /"
+            f"{text!r} is not a handle on {network.label}: use a-z 0-9 . _ = - /"
         )
     return Identity("handle", handle)
 
