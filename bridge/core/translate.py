@@ -39,6 +39,7 @@ from bridge.core.media import (
 )
 from bridge.core.mentions import (
     Owner,
+    Private,
     mask_private,
     mentioned_private,
     no_owner,
@@ -181,8 +182,10 @@ def translate(
         if opaque:
             return _to_others(event, relayed, source, networks, portal, key, linked, etype)
         plain = relayed
-        return _to_others(event, lambda target: _for_target(plain, source, target, key, owner),
-                          source, networks, portal, key, linked, etype)
+        people = mentioned_private(plain, source, key)  # the same for every target
+        return _to_others(
+            event, lambda target: _for_target(plain, source, target, key, owner, people),
+            source, networks, portal, key, linked, etype)
     return _skip(f"{etype} not relayed yet")
 
 
@@ -364,12 +367,15 @@ def _ghosts_leave(
 
 
 def _for_target(
-    content: dict[str, Any], source: Network, target: Network, key: bytes, owner: Owner
+    content: dict[str, Any], source: Network, target: Network, key: bytes, owner: Owner,
+    people: list[Private] | None = None,
 ) -> dict[str, Any]:
     """The content as `target` gets it: user ids of `source` people become their ghosts, and
-    ghosts the people they stand for."""
+    ghosts the people they stand for; `people` (`mentioned_private` of the content, computed
+    once for all targets) have their number or email masked."""
     out = dict(content)
-    people = mentioned_private(content, source, key)
+    if people is None:
+        people = mentioned_private(content, source, key)
     for field_name in ("body", "formatted_body", "filename"):
         if field_name in out:
             out[field_name] = rewrite_user_ids(out[field_name], source, target, key, owner)
