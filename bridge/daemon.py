@@ -66,6 +66,7 @@ class Bridge:
         self._reload_send, self.reloads = trio.open_memory_channel[Config](1)
         self.inbound: Inbound | None = None
         self._nursery: trio.Nursery | None = None  # the running daemon's, for late checks
+        self._rechecking: set[str] = set()  # portals whose encryption check waits for an answer
 
     def reload_from_bot(self) -> str:
         """`admin reload`: what SIGHUP does, with the outcome as the bot's reply."""
@@ -192,7 +193,8 @@ class Bridge:
                 setup.start_soon(_setup_network, net, homeservers[net_id], portals, reconciler)
         _, unchecked = await refuse_mixed_portals(homeservers, reconciler.store, portals)
         if unchecked and self._nursery is not None:
-            self._nursery.start_soon(check_until_done, homeservers, reconciler.store, unchecked)
+            self._nursery.start_soon(check_until_done, homeservers, reconciler.store, unchecked,
+                                     self._rechecking)
 
     async def _reloader(
         self, store: Store, homeservers: Mapping[str, Homeserver], reconciler: Reconciler

@@ -16,8 +16,9 @@ from collections.abc import Iterable, Mapping
 import trio
 
 from bridge.core.model import Portal
+from bridge.core.retry import Verdict, classify
 from bridge.core.translate import E2EE_ALGORITHM
-from bridge.matrix.client import Homeserver, HomeserverError
+from bridge.matrix.client import Homeserver, HomeserverError, MatrixError
 from bridge.store import Store
 
 log = logging.getLogger(__name__)
@@ -39,7 +40,19 @@ async def refuse_mixed_portals(
                 state = await homeservers[net_id].state(room_id, "m.room.encryption")
                 algorithm = state.get("algorithm") if state else None
                 algorithms[net_id] = algorithm if isinstance(algorithm, str) else None
-        except HomeserverError as exc:
+        except MatrixError as exc:
+            if classify(exc.status, exc.errcode) is Verdict.RETRY:
+                log.warning("could not read the encryption of portal %s (%s): bridged "
+                            "meanwhile, checked again in %.0f s", portal.portal_id, exc,
+                            RECHECK_SECONDS)
+                unchecked.append(portal)
+            else:
+                # Asking again will not help (the bot is not in a room, say): the log says so
+                # once, and the bot checks the room when its encryption changes.
+                log.warning("could not read the encryption of portal %s (%s): not checked",
+                            portal.portal_id, exc)
+            continue
+        except HomeserverError as exc:  # no answer at all
             log.warning("could not read the encryption of portal %s (%s): bridged meanwhile, "
                         "checked again in %.0f s", portal.portal_id, exc, RECHECK_SECONDS)
             unchecked.append(portal)
@@ -61,13 +74,22 @@ async def refuse_mixed_portals(
 
 
 async def check_until_done(
-    homeservers: Mapping[str, Homeserver], store: Store, portals: Iterable[Portal]
+    homeservers: Mapping[str, Homeserver], store: Store, portals: Iterable[Portal],
+    checking: set[str],
 ) -> None:
     """Check `portals` (as `refuse_mixed_portals` does) every RECHECK_SECONDS until each one
-    was read whole, or is gone (a reload, an unlink)."""
-    waiting = {portal.portal_id for portal in portals}
-    while waiting:
-        await trio.sleep(RECHECK_SECONDS)  # the retry period, not a wait for an event
-        current = [p for p in (store.portal(i) for i in waiting) if p is not None]
-        _, unchecked = await refuse_mixed_portals(homeservers, store, current)
-        waiting = {portal.portal_id for portal in unchecked}
+    was read whole, or is gone (a reload, an unlink). `checking` holds the ids of the portals
+    a check is waiting for, shared by all of them: a portal already there is left to its
+    check (reloads during an outage start no second one)."""
+    waiting = {portal.portal_id for portal in portals} - checking
+    checking |= waiting
+    try:
+        while waiting:
+            await trio.sleep(RECHECK_SECONDS)  # the retry period, not a wait for an event
+            current = [p for p in (store.portal(i) for i in waiting) if p is not None]
+            _, unchecked = await refuse_mixed_portals(homeservers, store, current)
+            left = {portal.portal_id for portal in unchecked}
+            checking -= waiting - left
+            waiting = left
+    finally:
+        checking -= waiting

@@ -270,6 +270,18 @@ async def test_a_push_without_the_token_is_refused_before_its_body(
     assert (await bridge.push("1", [text_event()])).status_code == 200
 
 
+async def test_refusals_without_a_body_keep_the_connection_and_head_gets_no_body(
+    bridge: Bridge
+) -> None:
+    got = await raw_head(bridge, "GET /nothing HTTP/1.1\r\nHost: x\r\n\r\n"
+                                 f"PUT {TXN_PATH.format(1)} HTTP/1.1\r\nHost: x\r\n"
+                                 "Content-Length: 0\r\n\r\n"
+                                 "HEAD /nothing HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    answers = got.split(b"HTTP/1.1 ")[1:]
+    assert [a[:3] for a in answers] == [b"404", b"401", b"404"], got
+    assert answers[-1].endswith(b"\r\n\r\n")  # the HEAD's answer: a head, no body
+
+
 async def test_an_unknown_path_is_refused_before_its_body(bridge: Bridge) -> None:
     got = await raw_head(bridge, "PUT /_matrix/app/v1/elsewhere HTTP/1.1\r\nHost: x\r\n"
                                  "Content-Length: 13000000\r\n\r\n")
@@ -519,3 +531,14 @@ async def test_a_head_request_does_not_take_the_bridge_down(bridge: Bridge) -> N
     reply = await bridge.client.head("/_matrix/app/v1/ping")
     assert 400 <= reply.status_code < 500
     assert (await bridge.push("1", [text_event()])).status_code == 200
+
+
+@pytest.mark.parametrize("body", [
+    b'{"events": [{"event_id": "$\xed\xa0\x80", "type": "m.room.message"}]}',  # CESU-8
+    '{"events": []}'.encode("utf-16"),
+])
+async def test_a_body_that_is_not_utf8_is_400_not_json(bridge: Bridge, body: bytes) -> None:
+    # The spec's JSON is UTF-8: a surrogate as bytes, or UTF-16, would be a 500 on every retry.
+    reply = await bridge.client.put(TXN_PATH.format("1"), content=body, headers=hs("wa"))
+    assert reply.status_code == 400 and reply.json()["errcode"] == "M_NOT_JSON"
+    assert bridge.outbox() == []

@@ -26,6 +26,7 @@ from bridge.core.actions import (
 from bridge.core.ghosts import derive_key, ghost_localpart, parse_ghost_localpart, pseudonym
 from bridge.core.ids import Identity, email_to_localpart
 from bridge.core.model import EventRef, Network, Portal
+from bridge.core.permissions import Level, Permissions
 from bridge.core.translate import Rules, Translation, translate
 
 WA = Network("wa", "WhatsApp", "wa.localhost", "phone", "tribridge", "_tb_", False)
@@ -725,3 +726,8 @@ def test_encryption_turned_on_in_a_portal_room_asks_the_bot_to_check_the_portal(
     (task,) = from_wa(event).actions
     assert isinstance(task, BotTask) and (task.network, task.room_id, task.task) == (
         "wa", ROOMS["wa"], "encryption")
+    # Whoever turned it on, even someone the bridge relays nothing of.
+    nobody = Rules(permissions=Permissions.with_defaults(
+        {ALICE_WA: Level.NONE}, ["wa.localhost", "ig.localhost", "fbm.localhost"]))
+    (task,) = translate(event, WA, NETWORKS, PORTAL, KEY, rules=nobody).actions
+    assert isinstance(task, BotTask) and task.task == "encryption"

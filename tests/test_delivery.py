@@ -366,6 +366,19 @@ async def test_an_absurd_retry_after_waits_the_cap_and_the_message_arrives(
     assert gaps == pytest.approx([BACKOFF_CAP, BACKOFF_CAP, 4 * 0.9995], abs=0.05)
 
 
+@pytest.mark.parametrize(
+    "rig", [lambda n: error(429, "M_LIMIT_EXCEEDED", retry_after_ms=-5000) if n <= 2 else None],
+    indirect=True,
+)
+async def test_a_negative_retry_after_is_ignored_not_taken_for_now(
+    rig: Rig, autojump_clock: trio.testing.MockClock
+) -> None:
+    rig.queue("later")
+    await rig.until(lambda: rig.fakes["ig"].texts("!ig-room") == ["later"])
+    gaps = [b - a for a, b in itertools.pairwise(rig.fakes["ig"].attempts)]
+    assert gaps == pytest.approx([0.9995, 2 * 0.9995], abs=0.05)  # our own backoff
+
+
 @pytest.mark.parametrize("rig", [lambda n: error(503, "M_UNKNOWN")], indirect=True)
 async def test_backoff_doubles_up_to_five_minutes(
     rig: Rig, autojump_clock: trio.testing.MockClock

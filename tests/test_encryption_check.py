@@ -43,7 +43,7 @@ async def test_a_mixed_portal_unread_at_start_is_refused_once_its_homeserver_ans
     assert refused == [] and len(unchecked) == 1
     assert len(store.portals()) == 1  # bridged meanwhile: its pushes are not lost
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(check_until_done, homeservers, store, unchecked)
+        nursery.start_soon(check_until_done, homeservers, store, unchecked, set())
         await trio.sleep(RECHECK_SECONDS * 3)  # virtual time: three checks, ig still down
         assert len(store.portals()) == 1
         fakes["ig"].down = False  # ig's room is not encrypted, wa's is: they must not be linked
@@ -59,7 +59,42 @@ async def test_a_portal_that_agrees_once_read_stays_and_the_checks_end(
     fakes["ig"].state[(ROOMS["ig"], "m.room.encryption")] = {"algorithm": E2EE_ALGORITHM}
     _, unchecked = await refuse_mixed_portals(homeservers, store, store.portals())
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(check_until_done, homeservers, store, unchecked)
+        nursery.start_soon(check_until_done, homeservers, store, unchecked, set())
         fakes["ig"].down = False
         await until(lambda: not nursery.child_tasks, within=RECHECK_SECONDS + 1)
     assert len(store.portals()) == 1
+
+
+async def test_a_second_check_of_a_portal_already_waiting_starts_nothing(
+    rig: tuple[Store, dict[str, FakeHomeserver], dict[str, Homeserver]],
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    # Reloads during an outage each find the portal unchecked: one check waits, not many.
+    store, fakes, homeservers = rig
+    _, unchecked = await refuse_mixed_portals(homeservers, store, store.portals())
+    checking: set[str] = set()
+    async with trio.open_nursery() as nursery:
+        for _ in range(3):
+            nursery.start_soon(check_until_done, homeservers, store, unchecked, checking)
+        await until(lambda: len(nursery.child_tasks) == 1, within=1)
+        assert checking == {unchecked[0].portal_id}
+        fakes["ig"].down = False
+        await until(lambda: not nursery.child_tasks, within=RECHECK_SECONDS + 1)
+    assert checking == set() and store.portals() == []
+
+
+async def test_a_room_the_bot_cannot_read_is_not_asked_about_again(
+    rig: tuple[Store, dict[str, FakeHomeserver], dict[str, Homeserver]],
+) -> None:
+    # A refusal (401: a wrong as_token in the config) is not an outage: no check waits for it,
+    # forever, with a warning every 30 s.
+    store, _, homeservers = rig
+    async with httpx.AsyncClient(transport=_Refusing(), base_url="http://ig") as ig:
+        refusing = {"wa": homeservers["wa"], "ig": Homeserver(ig, "ig.test")}
+        refused, unchecked = await refuse_mixed_portals(refusing, store, store.portals())
+    assert refused == [] and unchecked == [] and len(store.portals()) == 1
+
+
+class _Refusing(httpx.AsyncBaseTransport):
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        return httpx.Response(401, json={"errcode": "M_UNKNOWN_TOKEN", "error": "who are you"})

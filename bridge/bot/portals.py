@@ -12,8 +12,9 @@ from bridge.core.actions import BotTask, txn_id
 from bridge.core.lookup import user_id_for
 from bridge.core.model import Portal
 from bridge.core.permissions import Level
+from bridge.core.retry import Verdict, classify
 from bridge.core.translate import E2EE_ALGORITHM, room_text
-from bridge.matrix.client import HomeserverError
+from bridge.matrix.client import HomeserverError, MatrixError
 
 if TYPE_CHECKING:
     from bridge.bot.bot import Bot
@@ -269,6 +270,13 @@ async def room_left(bot: Bot, before: Portal, network: str, why: str, about: str
             log.info("could not tell %s on %s that a room left: %s", room_id, net_id, exc)
 
 
+class _ElsewhereSilent(HomeserverError):
+    """Another network's homeserver did not answer: the task is tried again later (a 503 to
+    the retry rules), without this task's own homeserver counting as down."""
+
+    status = 503
+
+
 async def encryption_changed(bot: Bot, task: BotTask) -> None:
     """A portal room's encryption changed: if it no longer agrees with the portal's other
     rooms (or is Matrix's own, which cannot cross networks), it leaves the portal, and every
@@ -278,10 +286,23 @@ async def encryption_changed(bot: Bot, task: BotTask) -> None:
     if portal is None:
         return
     here = await encryption_of(bot, task.network, task.room_id)
-    others = {net_id: await encryption_of(bot, net_id, room_id)
-              for net_id, room_id in portal.rooms.items() if net_id != task.network}
     megolm = here is not None and here != E2EE_ALGORITHM
-    if not megolm and all(algorithm == here for algorithm in others.values()):
+    matching = not megolm
+    for net_id, room_id in portal.rooms.items():
+        if net_id == task.network or not matching:
+            continue
+        try:
+            matching = await encryption_of(bot, net_id, room_id) == here
+        except MatrixError as exc:
+            if classify(exc.status, exc.errcode) is Verdict.RETRY:
+                raise _ElsewhereSilent(f"{net_id}: {exc}") from exc
+            # The bot cannot read that room (it is not in it): the two cannot be shown to
+            # match, and an encrypted room is never left linked on a guess.
+            log.info("could not read the encryption of %s on %s: %s", room_id, net_id, exc)
+            matching = False
+        except HomeserverError as exc:
+            raise _ElsewhereSilent(f"{net_id}: {exc}") from exc
+    if matching:
         return
     with bot.store.transaction():
         bot.store.remove_portal_room(task.network, task.room_id)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import html
 import re
+import unicodedata
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 from urllib.parse import quote, unquote
@@ -33,7 +34,7 @@ def _pattern(server_name: str) -> re.Pattern[str]:
     server = re.escape(server_name)
     # The server name must end there, not run on into a longer host name. Server names are
     # compared as DNS does, in any case.
-    tail = r"(?![A-Za-z0-9.\-])"
+    tail = r"(?![A-Za-z0-9\-]|\.[A-Za-z0-9\-])"  # a full stop after it ends a sentence
     return re.compile(
         "(" + _PLAIN.format(server=server) + "|" + _ENCODED.format(server=server) + ")" + tail,
         re.IGNORECASE,
@@ -133,36 +134,69 @@ def mentioned_private(
 
 def mask_private(text: str, people: Iterable[Private]) -> str:
     """`text` with every way it shows the phone numbers and emails of `people` replaced by
-    their neutral names (the rule of privacy.reveals_identity: seven digits of a number
-    identify it, whatever the separators)."""
+    their neutral names. A run of digits shows a number if it is seven or more of its digits,
+    or holds its last seven (privacy.reveals_identity's rule), whatever the separators, digits
+    and entities it is written with; an email shows by itself, its localpart form or their
+    percent-escapes. One pass over the text for all the people: a message naming thousands
+    costs what it is long, not its length times their number."""
+    last7: dict[str, str] = {}  # a number's last seven digits -> the name shown
+    windows: dict[str, list[tuple[str, str]]] = {}  # seven digits in a row -> (number, name)
+    emails: dict[str, str] = {}  # an email's form, lower-cased -> the name shown
     for identity, shown in people:
         if identity.kind == "phone":
             digits = identity.value.lstrip("+")
-
-            def phone(match: re.Match[str], digits: str = digits, shown: str = shown) -> str:
-                run = re.sub(r"\D", "", match.group(0))
-                reveals = len(run) >= 7 and (run in digits or digits[-7:] in run)
-                return shown if reveals else match.group(0)
-
-            text = _DIGIT_RUN.sub(phone, text)
+            last7.setdefault(digits[-7:], shown)
+            for i in range(len(digits) - 6):
+                windows.setdefault(digits[i:i + 7], []).append((digits, shown))
         else:
             forms = {identity.value, email_to_localpart(identity.value)}
-            forms |= {quote(f, safe="") for f in forms}
-            alternatives = "|".join(re.escape(f) for f in sorted(forms, key=len, reverse=True))
-            # A function, not a replacement string: `shown` is not a regex template.
-            text = re.sub(alternatives, functools.partial(_constant, shown), text,
-                          flags=re.IGNORECASE)
+            for form in forms | {quote(f, safe="") for f in forms}:
+                emails.setdefault(form.lower(), shown)
+    if not last7 and not emails:
+        return text
+    if "&#" in text:
+        text = _ENTITY.sub(_plain_entity, text)
+    if last7:
+
+        def phone(match: re.Match[str]) -> str:
+            run = "".join(str(unicodedata.decimal(ch)) for ch in match.group(0)
+                          if unicodedata.decimal(ch, None) is not None)
+            for digits, shown in windows.get(run[:7], ()):
+                if run in digits:  # seven or more of the number's digits
+                    return shown
+            for i in range(len(run) - 6):
+                found = last7.get(run[i:i + 7])
+                if found is not None:  # the number's last seven, among others
+                    return found
+            return match.group(0)
+
+        text = _DIGIT_RUN.sub(phone, text)
+    if emails:
+        alternatives = "|".join(re.escape(f) for f in sorted(emails, key=len, reverse=True))
+        # Whole addresses only: not carol@example.com inside bcarol@example.community.
+        pattern = re.compile(rf"(?<![\w.+\-])(?:{alternatives})(?![\w\-]|\.\w)", re.IGNORECASE)
+        text = pattern.sub(lambda m: emails[m.group(0).lower()], text)
     return text
 
 
-def _constant(value: str, _match: re.Match[str]) -> str:
-    return value
+def _plain_entity(match: re.Match[str]) -> str:
+    """A numeric character reference as its character, for the characters numbers and
+    addresses are made of (none of which HTML needs escaped); any other left as it is."""
+    hexa, decimal = match.group(1), match.group(2)
+    code = int(hexa, 16) if hexa else int(decimal)
+    ch = chr(code) if code < 0x110000 else ""
+    return ch if ch and (ch.isalnum() or ch in "@+.-_=%") else match.group(0)
 
 
-# Digits as a number is written: a plus (or its percent-escape) first, then digits with
-# spaces, dashes, dots or brackets between them.
-# Not inside a word (a ghost's pseudonym may hold digits).
-_DIGIT_RUN = re.compile(r"(?<![A-Za-z0-9_])(?:\+|%2[bB])?\d(?:[\s\-.()]{0,3}\d)+(?![A-Za-z_])")
+_ENTITY = re.compile(r"&#(?:[xX]([0-9a-fA-F]{1,6})|([0-9]{1,7}));")
+# Digits as a number is written: a plus (or its percent-escape, or the full-width one) first,
+# then digits (of any script) with up to four separators between them: spaces, dashes of every
+# kind, dots, slashes, commas, underscores, brackets. Not inside a word (a ghost's pseudonym
+# may hold digits).
+_SEPARATOR = r"[\s\-.()/,_\u2010-\u2015\u2212]"
+_DIGIT_RUN = re.compile(
+    r"(?<![A-Za-z0-9_])(?:\+|%2[bB]|\uff0b)?\d(?:" + _SEPARATOR + r"{0,4}\d)+(?![A-Za-z])"
+)
 
 
 def _ghost_id(

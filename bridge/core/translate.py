@@ -123,6 +123,13 @@ def translate(
                            owner)
     if is_bridge_user(sender, source):
         return _skip("sent by the bridge itself")
+    if etype == "m.room.encryption" and event.get("state_key") == "" and portal is not None:
+        # Encryption turned on in one room of a portal, by whoever may (whatever their level
+        # here): the bot checks the others (invariant 6: an encrypted room is never linked
+        # with an unencrypted one).
+        task = BotTask(source.id, room_id, "encryption", {"sender": sender},
+                       txn_id(source.id, event_id, source.id, "bot"), event_id)
+        return Translation(actions=[task])
     if rules.permissions.level(sender) is Level.NONE:
         return _skip("the sender's permission level is none")
     is_message = etype == "m.room.message" and "state_key" not in event
@@ -147,12 +154,6 @@ def translate(
             return Translation(actions=[task])
     if portal is None:
         return _skip("room is not part of a portal")
-    if etype == "m.room.encryption" and event.get("state_key") == "":
-        # Encryption turned on in one room of a portal: the bot checks the others (invariant 6:
-        # an encrypted room is never linked with an unencrypted one).
-        task = BotTask(source.id, room_id, "encryption", {"sender": sender},
-                       txn_id(source.id, event_id, source.id, "bot"), event_id)
-        return Translation(actions=[task])
     if etype in MIRRORED_STATE and event.get("state_key") == "":
         mirror = rules.mirror_state if portal.mirror_state is None else portal.mirror_state
         if not mirror:

@@ -53,9 +53,10 @@ class Limits:
 class _Reject(Exception):
     """Stop reading this request: answer with `response` and close the connection."""
 
-    def __init__(self, response: Response) -> None:
+    def __init__(self, response: Response, *, head_only: bool = False) -> None:
         super().__init__(response.status)
         self.response = response
+        self.head_only = head_only  # the answer to a HEAD request carries no body
 
 
 class _Closed(Exception):
@@ -148,7 +149,7 @@ async def _serve_connection(
                                                              watch, admit)
             first = False
         except _Reject as reject:
-            await _send(stream, reject.response, limits, close=True)
+            await _send(stream, reject.response, limits, close=True, head_only=reject.head_only)
             return
         # One pass through the scheduler per request, as trio's own streams made after every
         # receive (RawStream makes none when the bytes are there already): tasks that became
@@ -209,8 +210,15 @@ async def _read_request(
     if admit is not None:
         decision = admit(Request(head.method, path, queried, head.headers, b""))
         if isinstance(decision, Response):
-            raise _Reject(decision)  # its body unread: the connection closes after the answer
-        taker, params = decision
+            if "transfer-encoding" in head.headers or head.headers.get(
+                "content-length", "0"
+            ) != "0":
+                # A body announced and unread: answered, then the connection is closed.
+                raise _Reject(decision, head_only=head.method == "HEAD")
+            # No body: the refusal is the answer, and the connection may carry the next one.
+            taker, params = _Refusal(decision), {}
+        else:
+            taker, params = decision
     body = _parse(reader.body)  # a push's body mostly came with its head: no deadline needed
     if body is None:
         body = await _read_body(reader, stream, limits)
@@ -233,6 +241,16 @@ async def _read_body(reader: RequestReader, stream: RawStream, limits: Limits) -
     if body is None:  # the deadline passed
         raise _Reject(matrix_error(408, "M_UNKNOWN", "request body took too long"))
     return body
+
+
+class _Refusal:
+    """A handler that answers with what `admit` decided."""
+
+    def __init__(self, response: Response) -> None:
+        self.response = response
+
+    async def __call__(self, request: Request) -> Response:
+        return self.response
 
 
 def _parse(step: Callable[[], T | None]) -> T | None:

@@ -375,7 +375,8 @@ def _answer(status: int, content: bytes, reason: str, retry_header: str) -> Any:
         if not isinstance(retry, int) or isinstance(retry, bool):
             retry = _retry_header_ms(retry_header.strip())
         if retry is not None:
-            retry = max(0, min(retry, MAX_RETRY_AFTER_MS))
+            # A negative wait means nothing (our own backoff applies); a huge one, a day.
+            retry = None if retry < 0 else min(retry, MAX_RETRY_AFTER_MS)
         raise MatrixError(
             status,
             str(payload.get("errcode", "M_UNKNOWN")),

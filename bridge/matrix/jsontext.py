@@ -18,8 +18,10 @@ _SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
 
 
 def loads(raw: bytes) -> Any:
-    """`json.loads`, with lone surrogates replaced; raises what json.loads raises."""
-    doc = json.loads(raw)
+    """`json.loads` of UTF-8 (strictly: the spec's encoding; json.loads of bytes would let
+    surrogates encoded as bytes through, and guess UTF-16), with lone surrogates from escapes
+    replaced; raises ValueError (UnicodeDecodeError, JSONDecodeError) or RecursionError."""
+    doc = json.loads(raw.decode("utf-8"))
     if b"\\u" in raw and _SURROGATE_ESCAPE.search(raw):
         # Rare (escaped emoji, or a broken sender): a second round trip is affordable here.
         text = json.dumps(doc, ensure_ascii=False)

@@ -421,6 +421,30 @@ async def test_turning_on_encryption_in_one_room_of_a_portal_takes_that_room_out
     assert "only for carol" not in [b for _, b in await alice.texts(rooms["wa"])]
 
 
+async def test_encryption_turned_on_while_another_homeserver_is_down_is_checked_when_it_is_back(
+    cast: Cast, daemon: Daemon
+) -> None:
+    from .test_relay import three_way
+
+    people, rooms = await three_way(cast, daemon, ("Alice", "Bob", "Carol"))
+    alice, bob = people["wa"], people["ig"]
+    fbm = daemon.net.servers["fbm"]
+    fbm.stop()
+    try:
+        await alice.call("PUT", f"/rooms/{quote(rooms['wa'])}/state/m.room.encryption/",
+                         {"algorithm": ALGORITHM})
+        # The check waits for fbm; wa, whose worker runs it, is not taken for down meanwhile.
+        await daemon.wait_log("delivery to wa.localhost failed", WITHIN)
+        async with httpx.AsyncClient(trust_env=False) as http:
+            health = (await http.get(f"http://127.0.0.1:{daemon.net.bridge_port}/health")).json()
+        assert health["networks"]["wa"]["reachable"] is True, health
+    finally:
+        fbm.start()
+        fbm.wait_ready()
+    await bob.wait_for(rooms["ig"], has_notice("The WhatsApp room left this portal"), WITHIN,
+                       "the notice that wa left, once fbm answers")
+
+
 async def test_a_bridge_swapping_a_device_announcement_is_noticed(
     cast: Cast, daemon: Daemon
 ) -> None:
