@@ -196,3 +196,15 @@ def test_no_mentioned_number_survives_in_any_form(phone: str, link: str, sep: st
     found = re.findall(r"\d(?:[\s\-.()+/,_\u2013]{0,4}\d)*", str(out))
     runs = [re.sub(r"\D", "", r) for r in found]
     assert not [r for r in runs if d[-7:] in r]
+
+
+def test_an_edit_masks_whoever_its_new_content_mentions_in_its_fallback_too() -> None:
+    content = {
+        "msgtype": "m.text", "body": f"* {PHONE}: are you coming?",
+        "m.new_content": {"msgtype": "m.text", "body": f"{PHONE}: are you coming?",
+                          "m.mentions": {"user_ids": [BOB]}},
+        "m.relates_to": {"rel_type": "m.replace", "event_id": "$orig"},
+    }
+    out = relayed(content)
+    assert leaks(out, "5559876543") == []
+    assert out["body"].startswith("* WhatsApp user ")

@@ -106,17 +106,21 @@ def mentioned_private(
     if source.identity not in ("phone", "email"):
         return []
     found: set[str] = set()
-    mentions = content.get("m.mentions")
-    users = mentions.get("user_ids") if isinstance(mentions, Mapping) else None
-    if isinstance(users, list):
-        found.update(u for u in users if isinstance(u, str))
     pattern = _pattern(source.server_name)
-    for field_name in ("body", "formatted_body"):
-        text = content.get(field_name)
-        if isinstance(text, str) and source.server_name.lower() in text.lower():
-            # Undone twice: an entity may hide a percent-escape, and the other way round.
-            plain = html.unescape(unquote(html.unescape(text))).replace("matrix:u/", "@")
-            found.update(m.group(0) for m in pattern.finditer(plain))
+    # An edit's fallback text and its new content are one message: whoever either mentions
+    # is masked in both.
+    new = content.get("m.new_content")
+    for part in (content, new) if isinstance(new, Mapping) else (content,):
+        mentions = part.get("m.mentions")
+        users = mentions.get("user_ids") if isinstance(mentions, Mapping) else None
+        if isinstance(users, list):
+            found.update(u for u in users if isinstance(u, str))
+        for field_name in ("body", "formatted_body"):
+            text = part.get(field_name)
+            if isinstance(text, str) and source.server_name.lower() in text.lower():
+                # Undone twice: an entity may hide a percent-escape, and the other way round.
+                plain = html.unescape(unquote(html.unescape(text))).replace("matrix:u/", "@")
+                found.update(m.group(0) for m in pattern.finditer(plain))
     out: dict[Identity, str] = {}
     for candidate in found:
         user_id = _as_user_id(candidate, source)

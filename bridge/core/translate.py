@@ -384,7 +384,7 @@ def _for_target(
                 out[field_name] = mask_private(out[field_name], people)
     new = out.get("m.new_content")
     if isinstance(new, Mapping):  # an edit's new text names people too
-        out["m.new_content"] = _for_target(dict(new), source, target, key, owner)
+        out["m.new_content"] = _for_target(dict(new), source, target, key, owner, people)
     mentions = out.get("m.mentions")
     if isinstance(mentions, Mapping):
         # Source people become their ghosts; ids that mean nothing on the target (another
