@@ -199,7 +199,9 @@ class GhostKeeper:
         """Set the display name of the person's registered ghosts again (after a privacy
         change); returns how many changed."""
         changed = 0
-        for target_id, localpart in self.ghosts_of(network_id, user_id):
+        # Their own ghosts only: a ghost shared through an identity link whose earliest
+        # account is someone else's is named after that account, not this one.
+        for target_id, localpart in self.ghosts_of(network_id, user_id, own_only=True):
             registered, current = self.store.ghost(target_id, localpart)
             if not registered:
                 continue
@@ -211,14 +213,20 @@ class GhostKeeper:
                 changed += 1
         return changed
 
-    async def neutralise(self, network_id: str, user_id: str) -> list[tuple[str, str]]:
-        """Give the person's registered ghosts the neutral fallback name ("forget me");
-        returns every ghost that may stand for them, for the store to forget."""
+    async def neutralise(
+        self, network_id: str, user_id: str
+    ) -> tuple[list[tuple[str, str]], list[str]]:
+        """Give the person's registered ghosts the neutral fallback name ("forget me"). Returns
+        the ghosts that may stand for them and were dealt with, for the store to forget, and
+        the networks whose homeserver failed to reset theirs: those stay on record, so that
+        a `forget me` said again finds them, and the person is told."""
         source = self.networks[network_id]
-        ghosts = self.ghosts_of(network_id, user_id, own_only=True)
-        for target_id, localpart in ghosts:
+        done: list[tuple[str, str]] = []
+        failed: list[str] = []
+        for target_id, localpart in self.ghosts_of(network_id, user_id, own_only=True):
             registered, _ = self.store.ghost(target_id, localpart)
             if not registered:
+                done.append((target_id, localpart))
                 continue
             name = f"{source.label} user {localpart[-16:][:4]}"
             ghost = self.networks[target_id].user_id(localpart)
@@ -228,14 +236,18 @@ class GhostKeeper:
             # Synapse copies a new profile into a member event in every room the user is in,
             # in a background task of its own, which would race with these leaves and put two
             # needless events in each room.
-            for room_id in self.store.ghost_rooms_of(target_id, localpart):
-                try:
-                    await hs.leave(room_id, as_user=ghost)
-                except HomeserverError as exc:
-                    log.info("a forgotten person's ghost could not leave a room: %s", exc)
             try:
+                for room_id in self.store.ghost_rooms_of(target_id, localpart):
+                    try:
+                        await hs.leave(room_id, as_user=ghost)
+                    except MatrixError as exc:  # not in it any more, say: nothing to undo
+                        log.info("a forgotten person's ghost could not leave a room: %s", exc)
                 await hs.set_display_name(ghost, name)
                 await hs.set_avatar_url(ghost, "")  # their picture goes with their name
             except HomeserverError as exc:
-                log.warning("could not reset a ghost's name on %s: %s", target_id, exc)
-        return ghosts
+                log.warning("could not reset a forgotten person's ghost on %s: %s", target_id,
+                            exc)
+                failed.append(target_id)
+                continue
+            done.append((target_id, localpart))
+        return done, sorted(set(failed))

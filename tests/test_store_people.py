@@ -291,7 +291,14 @@ def test_forget_person_leaves_no_row_about_them_and_keeps_everyone_elses(store: 
     with store.transaction():
         store.forget_person(*ALICE, ghosts=[("ig", alice_ghost)])
 
-    assert list(store.rows_mentioning([ALICE[1], "+15551234567", alice_ghost])) == []
+    assert list(store.rows_mentioning([ALICE[1], alice_ghost])) == []
+    # Her number stays only where Dave typed it, in his request, which no longer names her
+    # account and reads "no answer" like any unanswered one: deleted, it would have vanished
+    # from his `status`, telling him the number was someone's on the bridge.
+    assert [table for table, _ in store.rows_mentioning(["+15551234567"])] == ["dm_requests"]
+    [dave_asked] = store.dm_requests_of(*DAVE)
+    assert (dave_asked.to_user, dave_asked.to_shown, dave_asked.state) == (
+        "", "+15551234567", "failed")
     assert store.settings(*ALICE) == (None, None)
     assert store.linked_accounts(*ALICE) == []
     assert store.portal_info("pa") == ("command", None)  # the portal stays, without its maker

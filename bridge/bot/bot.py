@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Mapping
 
-from bridge.bot import dms, events, portals
+from bridge.bot import dms, events, people, portals
 from bridge.bot.call import Call, Denied, Handler
 from bridge.bot.handlers import HANDLERS
 from bridge.config import Config
@@ -80,6 +80,8 @@ class Bot:
             await dms.declined(self, task)
         elif task.task == "encryption":
             await portals.encryption_changed(self, task)
+        elif task.task == "link_code":
+            await people.send_link_code(self, task)
         else:
             log.warning("unknown bot task %r on %s", task.task, task.network)
 

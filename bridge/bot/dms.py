@@ -138,6 +138,12 @@ async def _accept(bot: Bot, request_id: int) -> None:
             bot.store.update_dm_request(request.id, home_room=room_id)
     await hs.join(room_id)
     with bot.store.transaction():
+        now = bot.store.dm_request(request.id)
+        if now is None or now.state != "pending":
+            # Declined (or its target forgotten) while this acceptance was on its way: the
+            # decline stands, and no portal links a room the bot has left.
+            log.info("a DM request on %s was no longer pending when accepted", source.id)
+            return
         portal = bot.store.create_portal(
             {source.id: request.room_id, home.id: room_id}, "dm", None
         )

@@ -13,6 +13,7 @@ import nacl.utils
 
 from bridge.bot.call import Call, Denied
 from bridge.bot.info import discoverable
+from bridge.core.actions import BotTask, txn_id
 from bridge.core.ghosts import forget_remembered
 from bridge.core.ids import native_identity
 from bridge.core.lookup import user_id_for
@@ -78,25 +79,43 @@ async def identity_link(bot: Bot, call: Call) -> str:
         f"{CODE_SECONDS // 60} minutes."
     )
     await bot.notice(call.network, call.room_id, answer, about=call.event_id)
-    room = bot.store.management_room(net_id, other)
-    if room is None:
-        return ""
+    # The code goes out in a queue of its own, as `dm`'s lookups do: done here, it would hold
+    # this room's next command back by a round trip exactly when the other account has a
+    # management room, and the time of that answer would say so.
+    with bot.store.transaction():
+        bot.store.enqueue([BotTask(
+            net_id, f"link:{call.event_id}", "link_code",
+            {"to": other, "from_network": call.network, "from_user": call.sender},
+            txn_id(call.network, call.event_id, net_id, "link_code"), call.event_id,
+        )])
+    bot.wake(net_id)
+    return ""
+
+
+async def send_link_code(bot: Bot, task: BotTask) -> None:
+    """The one-time code of an `identity link`, to the other account's management room on
+    `task.network`, if it has one."""
+    to = (task.network, str(task.data.get("to", "")))
+    asker = (str(task.data.get("from_network", "")), str(task.data.get("from_user", "")))
+    room = bot.store.management_room(*to)
+    if room is None or asker[0] not in bot.networks:
+        return
     code = new_code()
     with bot.store.transaction():
-        bot.store.put_link_code((net_id, other), (call.network, call.sender),
-                                _code_hash(bot, code), time.time() + CODE_SECONDS)
-    here = bot.networks[call.network].label
+        bot.store.put_link_code(to, asker, _code_hash(bot, code), time.time() + CODE_SECONDS)
+    here = bot.networks[asker[0]].label
     try:
         await bot.notice(
-            net_id, room,
+            task.network, room,
             f"Someone on {here} asked to link their account with this one. If it was you, say "
             f"`identity confirm {code}` here within {CODE_SECONDS // 60} minutes. If not, "
             "ignore this.",
-            about=call.event_id,
+            about=task.about,
         )
     except HomeserverError as exc:
-        log.info("could not send a link code on %s: %s", net_id, exc)
-    return ""
+        # Not retried: a retry would send its new code under the same transaction id, which
+        # the homeserver answers with the first notice, and the codes would not match.
+        log.info("could not send a link code on %s: %s", task.network, exc)
 
 
 async def identity_confirm(bot: Bot, call: Call) -> str:
@@ -168,17 +187,23 @@ async def forget_me(bot: Bot, call: Call) -> str:
             f"Say {call.say('forget me')} first, then {call.say('forget me confirm')} within "
             f"{FORGET_SECONDS // 60} minutes."
         )
-    ghosts = await bot.ghosts.neutralise(call.network, call.sender)
-    rooms = [
-        r for r in (bot.store.management_room(call.network, call.sender),) if r is not None
-    ]
+    ghosts, failed = await bot.ghosts.neutralise(call.network, call.sender)
+    # Every management room they have: all are forgotten, and the bot leaves them all.
+    rooms = bot.store.management_rooms_of(call.network, call.sender)
     with bot.store.transaction():
         bot.store.forget_person(call.network, call.sender, ghosts)
     forget_remembered()  # memos that hold identities (phone numbers, emails) in memory
     log.info("forgot a person on %s", call.network)
+    if failed:
+        labels = ", ".join(bot.networks[n].label for n in failed)
+        done = (f"Done, except on {labels}: that homeserver did not answer, so your ghost "
+                "there keeps its name, and the bridge still knows it. Say "
+                f"{call.say('forget me')} again later to finish.")
+    else:
+        done = "Done: the bridge has forgotten you."
     await bot.notice(
         call.network, call.room_id,
-        "Done: the bridge has forgotten you. Messages already relayed stay where they are."
+        done + " Messages already relayed stay where they are."
         + (" The bot leaves this room now; invite it again any time." if rooms else ""),
         about=call.event_id,
     )

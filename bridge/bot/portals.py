@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import uuid
 from typing import TYPE_CHECKING, Any
@@ -28,6 +29,15 @@ async def can_manage(bot: Bot, network: str, room_id: str, user_id: str) -> bool
     """Whether `user_id` may change the room's state: its power level reaches state_default,
     or it is one of the room's creators, who from room version 12 on have unlimited power and
     are not listed in the power levels."""
+    return await _has_power(bot, network, room_id, user_id, "state_default", 50)
+
+
+async def _has_power(
+    bot: Bot, network: str, room_id: str, user_id: str, action: str, default: int
+) -> bool:
+    """Whether `user_id`'s power level in the room reaches the level of `action` (a key of
+    m.room.power_levels: "state_default", "invite"; `default` when the room sets none), or
+    it is one of the room's creators (room version 12 on: unlimited power, not listed)."""
     state = await bot.homeservers[network].state_events(room_id)
     create = _state_content(state, "m.room.create")
     version = str(create.get("room_version", "1"))
@@ -42,7 +52,7 @@ async def can_manage(bot: Bot, network: str, room_id: str, user_id: str) -> bool
     users = levels.get("users") if isinstance(levels.get("users"), dict) else {}
     assert isinstance(users, dict)
     mine = users.get(user_id, levels.get("users_default", 0))
-    needed = levels.get("state_default", 50)
+    needed = levels.get(action, default)
     return isinstance(mine, int) and isinstance(needed, int) and mine >= needed
 
 
@@ -179,6 +189,18 @@ async def _link_existing(bot: Bot, call: Call, net_id: str, room: str) -> str:
         )
     if bot.store.portal_for_room(net_id, room_id) is not None:
         raise Denied(f"link: {room} is already part of a portal.")
+    not_theirs = Denied(
+        f"link: you must be able to manage the {target.label} room too. Link your "
+        f"{target.label} account with {call.say('identity link')}, or ask an admin."
+    )
+    own: list[str] | None = None  # an admin's need not be theirs
+    if call.ctx.level < Level.ADMIN:
+        # Asked before the bot joins anything: nobody without an account there makes it join
+        # rooms of that network, nor learns whether it can.
+        own = [u for n, u in bot.store.linked_accounts(call.network, call.sender) if n == net_id]
+        if not own:
+            raise not_theirs
+    joined_now = False
     if await hs.membership(room_id, target.bot_user_id) != "join":
         try:
             await hs.join(room_id)
@@ -186,20 +208,22 @@ async def _link_existing(bot: Bot, call: Call, net_id: str, room: str) -> str:
             raise Denied(
                 f"link: the bot is not in {room}. Invite {target.bot_user_id} there first."
             ) from None
-    here_alg = await encryption_of(bot, call.network, call.room_id)
-    _refuse_megolm(here_alg)
-    if here_alg != await encryption_of(bot, net_id, room_id):
-        raise Denied(
-            "link: one of the two rooms is end-to-end encrypted and the other is not; an "
-            "encrypted room and an unencrypted one are never linked."
-        )
-    if call.ctx.level < Level.ADMIN:
-        own = [u for n, u in bot.store.linked_accounts(call.network, call.sender) if n == net_id]
-        if not own or not await can_manage(bot, net_id, room_id, own[0]):
+        joined_now = True
+    try:
+        if own is not None and not await can_manage(bot, net_id, room_id, own[0]):
+            raise not_theirs
+        here_alg = await encryption_of(bot, call.network, call.room_id)
+        _refuse_megolm(here_alg)
+        if here_alg != await encryption_of(bot, net_id, room_id):
             raise Denied(
-                f"link: you must be able to manage the {target.label} room too. Link your "
-                f"{target.label} account with {call.say('identity link')}, or ask an admin."
+                "link: one of the two rooms is end-to-end encrypted and the other is not; an "
+                "encrypted room and an unencrypted one are never linked."
             )
+    except Denied:
+        if joined_now:  # joined for this link only: the bot does not stay where it was refused
+            with contextlib.suppress(HomeserverError):
+                await hs.leave(room_id)
+        raise
     with bot.store.transaction():
         if call.portal is None:
             portal = bot.store.create_portal(
@@ -344,6 +368,15 @@ async def invite(bot: Bot, call: Call) -> str:
     target = bot.networks[net_id]
     if net_id == call.network:
         raise Denied("invite: they are on this network; invite them to this room yourself.")
+    origin, _ = bot.store.portal_info(portal.portal_id) or ("command", None)
+    if origin == "dm":
+        raise Denied("invite: this is a chat between two people; to talk with more, make a "
+                     f"group and say {call.say('link')} in it.")
+    # Whoever may not invite here may not invite there either (the bot does it for them).
+    if call.ctx.level < Level.ADMIN and not await _has_power(
+        bot, call.network, call.room_id, call.sender, "invite", 0
+    ):
+        raise Denied("invite: you need the power to invite people to this room to do this.")
     room_id = portal.rooms.get(net_id)
     if room_id is None:
         raise Denied(

@@ -80,6 +80,16 @@ class PeopleStore:
         )
         return row[0] if row else None
 
+    def management_rooms_of(self, network: str, user_id: str) -> list[str]:
+        """Every management room of the person on `network`, oldest first."""
+        return [
+            r[0]
+            for r in self.conn.execute(
+                "SELECT room_id FROM management_rooms WHERE network = ? AND user_id = ? "
+                "ORDER BY created_at", (network, user_id),
+            )
+        ]
+
     def management_rooms(self, network: str) -> list[str]:
         return [
             r[0]
@@ -413,8 +423,12 @@ class PeopleStore:
             ("DELETE FROM confirmations WHERE network = ? AND user_id = ?", me),
             ("DELETE FROM link_codes WHERE (to_network = ? AND to_user = ?) "
              "OR (from_network = ? AND from_user = ?)", me + me),
-            ("DELETE FROM dm_requests WHERE (to_network = ? AND to_user = ?) "
-             "OR (from_network = ? AND from_user = ?)", me + me),
+            ("DELETE FROM dm_requests WHERE from_network = ? AND from_user = ?", me),
+            # Requests others made to them stay the requesters' (what they typed, and how it
+            # went): deleted, they would vanish from the requester's `status` and say that the
+            # number or address was someone's on the bridge. An unanswered one is answered no.
+            ("UPDATE dm_requests SET to_user = '', state = CASE state WHEN 'pending' THEN "
+             "'failed' ELSE state END WHERE to_network = ? AND to_user = ?", me),
             ("UPDATE portals SET creator = NULL WHERE creator = ?", (user_id,)),
             ("DELETE FROM outbox WHERE state != 'pending' AND src_network = ? "
              "AND json_extract(payload, '$.source.sender') = ?", me),

@@ -471,3 +471,39 @@ async def test_forget_me_erases_the_person_and_neutralises_their_ghosts(
         await wait_until(gone, what=f"{ghost} leaving {net}")
         texts = await person.texts(rooms[net])
         assert (ghost, "walter before") in texts and (ghost, "walter after") in texts
+
+
+async def test_forget_me_with_a_homeserver_down_says_so_and_said_again_finishes(
+    cast: Cast, daemon: Daemon
+) -> None:
+    walter, ivy, fred = await register(cast, ("wa", "Walter"), ("ig", "Ivy"), ("fbm", "Fred"))
+    rooms = await three_rooms(cast, {"wa": walter, "ig": ivy, "fbm": fred})
+    await daemon.start([rooms])
+    room = await manage(walter)
+    await walter.send_text(rooms["wa"], "before")
+    (ghost_fbm,) = senders_of(await fred.wait_for(rooms["fbm"], has_body("before")), "before")
+    await ivy.wait_for(rooms["ig"], has_body("before"))
+    localpart = ghost_fbm[1:].split(":")[0]
+    fbm = daemon.net.servers["fbm"]
+    fbm.stop()
+    try:
+        await walter.command(room, "forget me")
+        answer = await walter.command(room, "forget me confirm")
+    finally:
+        fbm.start()
+        fbm.wait_ready()
+    assert answer.startswith(
+        "Done, except on Messenger: that homeserver did not answer, so your ghost there keeps "
+        "its name, and the bridge still knows it. Say `forget me` again later to finish."
+    ), answer
+    # The ghost it could not reset is still on record: a `forget me` said again finds it.
+    assert query(daemon, "SELECT 1 FROM ghosts WHERE network = 'fbm' AND localpart = ?",
+                 (localpart,))
+    again = await manage(walter)
+    await walter.command(again, "forget me")
+    answer = await walter.command(again, "forget me confirm")
+    assert answer.startswith("Done: the bridge has forgotten you."), answer
+    assert not query(daemon, "SELECT 1 FROM ghosts WHERE network = 'fbm' AND localpart = ?",
+                     (localpart,))
+    profile = await fred.call("GET", f"/profile/{quote(ghost_fbm)}/displayname")
+    assert profile["displayname"] == f"WhatsApp user {localpart[-16:][:4]}"

@@ -401,3 +401,23 @@ async def test_leaving_kicking_the_bot_and_a_config_portal(cast: Cast, daemon: D
     assert "after the kick from fbm" not in [b for _, b in await alice.texts(rooms["wa"])]
     assert "after the kick from fbm" not in [b for _, b in await bob.texts(rooms["ig"])]
     assert "after the kick from wa" not in [b for _, b in await carol.texts(rooms["fbm"])]
+
+
+async def test_invite_asks_for_the_power_to_invite(cast: Cast, daemon: Daemon) -> None:
+    # Bob joined the Instagram room the bot made. Once that room lets only moderators invite,
+    # he may not invite through the bot either.
+    import httpx
+
+    await daemon.start([])
+    people, rooms = await linked_portal(cast)
+    bob = people["ig"]
+    levels = await state(bob, rooms["ig"], "m.room.power_levels")
+    levels["invite"] = 50
+    url = (f"{daemon.net.url('ig')}/_matrix/client/v3/rooms/{quote(rooms['ig'])}/state/"
+           "m.room.power_levels/")
+    async with httpx.AsyncClient(trust_env=False, timeout=30) as http:
+        response = await http.put(url, json=levels, headers={  # as the bot, the room's admin
+            "Authorization": f"Bearer {daemon.net.as_tokens['ig']}"})
+    assert response.status_code == 200, response.text
+    answer = await bob.command(rooms["ig"], "!tb invite fbm:someone@example.com")
+    assert answer == "invite: you need the power to invite people to this room to do this.", answer
