@@ -556,6 +556,7 @@ def _portals(c: _Checker, value: Any, networks: set[str]) -> tuple[Mapping[str, 
         return ()
     out: list[Mapping[str, str]] = []
     where: dict[tuple[str, str], int] = {}
+    named: dict[str, str] = {}  # room id -> the first key that named it
     for i, entry in enumerate(value):
         p = f"portals[{i}]"
         if not isinstance(entry, Mapping):
@@ -571,8 +572,14 @@ def _portals(c: _Checker, value: Any, networks: set[str]) -> tuple[Mapping[str, 
                 c.error(key, "must be a room id such as '!abc123:example.org'")
             elif (net_id, room) in where:
                 c.error(key, f"room already in portals[{where[(net_id, room)]}]")
+            elif room in named:
+                # One room id on two networks is one room federated between their homeservers:
+                # bridged to itself, its messages would go round and round.
+                c.error(key, f"the same room as {named[room]}: a room federated between two "
+                        "networks' homeservers is reached through one network only")
             else:
                 where[(net_id, room)] = i
+                named[room] = key
                 rooms[net_id] = room
         if len(entry) < 2:
             c.error(p, "a portal links rooms on at least two networks")

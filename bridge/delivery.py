@@ -122,8 +122,9 @@ class DeliveryWorker:
         self._relayed: dict[str, Any] = {}
         # A failed commit takes back delivery records ("done" marks) of any room: look at
         # every room with pending actions again, or those would wait for their room's next push.
-        store.on_lost(self.wake)
+        store.on_lost(self._lost)
         store.on_cancel(self._cancel)
+        self._losses = 0  # failed commits so far (see _lost)
 
     # -- control -------------------------------------------------------------------------------
 
@@ -196,6 +197,14 @@ class DeliveryWorker:
             parked = self._parked.pop(room_id)
             parked.stay = stay
             parked.event.set()
+
+    def _lost(self) -> None:
+        """A failed commit took back delivery records (event map rows, "done" marks) of any
+        room. Their actions are pending again, and must go before whatever refers to them:
+        every drain drops the rest of the rows it holds and reads its room again (a redaction
+        held in memory would otherwise find no copy to redact, and be done with nothing)."""
+        self._losses += 1
+        self.wake()
 
     def _cancel(self, network: str, room_id: str, row_id: int) -> None:
         """A pending action was cancelled (its message redacted before it went out). A room
@@ -279,7 +288,10 @@ class DeliveryWorker:
                         emptied = True
                         break
                     continue
+                losses = self._losses
                 for item in items:
+                    if self._losses != losses:
+                        break  # records lost (see _lost): read the room again, in order
                     cancelled = self._cancelled.get(room_id) if self._cancelled else None
                     if cancelled and item.id in cancelled:
                         # Done already, unsent. (Should the cancelling commit be lost, the row

@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from bridge.core.digest import blake2b_hex
-from bridge.core.ghosts import is_bridge_user
+from bridge.core.ghosts import is_bridge_user, is_our_user
 from bridge.core.model import Network
 from bridge.core.translate import DEFAULT_RULES, RoomInfo, Rules, translate
 from bridge.store import OutboxItem, Store
@@ -73,7 +73,7 @@ class Inbound:
 
     def is_echo(self, event: Any, network_id: str) -> bool:
         """An event by the bridge's own bot or ghosts that asks nothing of the bridge."""
-        return _echo(event, self.networks[network_id])
+        return _echo(event, self.networks[network_id], self.networks.values())
 
     async def push(self, network_id: str, txn_id: str, body: bytes, events: list[Any]) -> None:
         """The `Intake` interface (bridge/matrix/appservice.py) without reconciliation."""
@@ -182,13 +182,14 @@ class Inbound:
         return RoomInfo(manager)
 
 
-def _echo(event: Any, source: Network) -> bool:
-    """An event by the bridge's own bot or ghosts that asks nothing of the bridge (translate
-    skips these too); a membership counts only when it is the bridge's own as well."""
+def _echo(event: Any, source: Network, networks: Iterable[Network]) -> bool:
+    """An event by the bridge's own bot or ghosts (of any network: see is_our_user) that asks
+    nothing of the bridge (translate skips these too); a membership counts only when it is the
+    bridge's own as well."""
     if not isinstance(event, dict):
         return False
     sender = event.get("sender")
-    if not isinstance(sender, str) or not is_bridge_user(sender, source):
+    if not isinstance(sender, str) or not is_our_user(sender, source, networks):
         return False
     if event.get("type") == "m.room.member":
         user = event.get("state_key")

@@ -332,6 +332,16 @@ def test_a_token_shared_across_networks_is_refused(tmp_path: Path) -> None:
     }
 
 
+def test_one_room_on_two_networks_is_refused(tmp_path: Path) -> None:
+    # A room federated between two bridged homeservers, bridged to itself, would loop.
+    doc = good_doc()
+    doc["portals"] = [{"wa": "!same:wa.localhost", "ig": "!same:wa.localhost"}]
+    assert errors_of(tmp_path, doc) == {
+        "portals[0].ig": "the same room as portals[0].wa: a room federated between two "
+                         "networks' homeservers is reached through one network only"
+    }
+
+
 def test_every_problem_is_reported_at_once_across_networks(tmp_path: Path) -> None:
     # The doc's own example: a broken network's token still counts against the others.
     doc = good_doc()

@@ -731,3 +731,10 @@ def test_encryption_turned_on_in_a_portal_room_asks_the_bot_to_check_the_portal(
         {ALICE_WA: Level.NONE}, ["wa.localhost", "ig.localhost", "fbm.localhost"]))
     (task,) = translate(event, WA, NETWORKS, PORTAL, KEY, rules=nobody).actions
     assert isinstance(task, BotTask) and task.task == "encryption"
+
+
+def test_another_networks_ghost_in_a_federated_room_is_not_relayed_again() -> None:
+    # Invariant 3: ig's ghost of Alice, seen in a wa push (the room federated), is ours.
+    ghost_on_ig = "@_tb_wa_aaaaaaaaaaaaaaaa:ig.localhost"
+    result = from_wa(message({"msgtype": "m.text", "body": "hi"}) | {"sender": ghost_on_ig})
+    assert result.actions == [] and result.skipped == "sent by the bridge itself"

@@ -189,6 +189,12 @@ async def _link_existing(bot: Bot, call: Call, net_id: str, room: str) -> str:
         )
     if bot.store.portal_for_room(net_id, room_id) is not None:
         raise Denied(f"link: {room} is already part of a portal.")
+    if room_id == call.room_id or (call.portal is not None
+                                   and room_id in call.portal.rooms.values()):
+        # The same room, federated between the two homeservers: linked to itself, its
+        # messages would go round and round.
+        raise Denied(f"link: {room} is this same room, reached from {target.label} by "
+                     "federation; a portal links different rooms.")
     not_theirs = Denied(
         f"link: you must be able to manage the {target.label} room too. Link your "
         f"{target.label} account with {call.say('identity link')}, or ask an admin."

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import functools
+from collections.abc import Iterable
 
 import nacl.encoding
 import nacl.hash
@@ -66,6 +67,16 @@ def is_bridge_user(user_id: str, network: Network) -> bool:
     if parsed.server_name != network.server_name:
         return False
     return parsed.localpart == network.bot or parsed.localpart.startswith(network.ghost_prefix)
+
+
+def is_our_user(user_id: str, source: Network, networks: Iterable[Network]) -> bool:
+    """`is_bridge_user` for `source`, or for any other network: a room federated between two
+    bridged homeservers carries one network's ghosts into the other's pushes, and relaying
+    them would send every message round and round (invariant 3)."""
+    if is_bridge_user(user_id, source):
+        return True
+    return any(user_id.endswith(":" + net.server_name) and is_bridge_user(user_id, net)
+               for net in networks if net is not source)
 
 
 def parse_ghost_localpart(

@@ -27,7 +27,7 @@ from bridge.core.actions import (
     txn_id,
 )
 from bridge.core.commands import strip_prefix
-from bridge.core.ghosts import ghost_localpart, is_bridge_user, pseudonym
+from bridge.core.ghosts import ghost_localpart, is_bridge_user, is_our_user, pseudonym
 from bridge.core.ids import InvalidId, native_identity
 from bridge.core.media import (
     DEFAULT_MAX_BYTES,
@@ -121,7 +121,7 @@ def translate(
     if etype == "m.room.member":
         return _membership(event, content, source, networks, portal, key, room, rules, linked,
                            owner)
-    if is_bridge_user(sender, source):
+    if is_our_user(sender, source, networks.values()):
         return _skip("sent by the bridge itself")
     if etype == "m.room.encryption" and event.get("state_key") == "" and portal is not None:
         # Encryption turned on in one room of a portal, by whoever may (whatever their level

@@ -8,6 +8,7 @@ means a COMMIT that returned is on disk, so the HTTP 200 that follows it is hone
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -143,6 +144,10 @@ class Store(PeopleStore):
         self._epoch = 0
         self._lost: set[int] = set()
         self._deferred_block = _Deferred(self)
+        # Rows from this id on were written by this process, since its last lost commit: a
+        # pending one of them that was never tried has provably never been sent. An older
+        # pending row may have been, its "done" lost to a crash or a failed commit.
+        self._unsent_from = self._next_outbox_id()
 
     @property
     def memo_epoch(self) -> int:
@@ -340,6 +345,8 @@ class Store(PeopleStore):
                 self._memo.clear()
                 if self.conn.in_transaction:
                     self.conn.execute("ROLLBACK")
+                with contextlib.suppress(sqlite3.Error):
+                    self._unsent_from = self._next_outbox_id()
                 for listener in self._lost_listeners:
                     listener()
                 raise
@@ -702,13 +709,20 @@ class Store(PeopleStore):
         rows = self.conn.execute(
             "UPDATE outbox SET state = 'done', last_error = ?, updated_at = ? "
             "WHERE src_network = ? AND src_event = ? AND state = 'pending' AND kind = 'message' "
-            "RETURNING id, network, room_id",
-            (why, time.time(), src_network, src_event),
+            # Only what provably never left: written by this process and never tried. Another
+            # may have reached the homeserver with its record lost (a crash, a failed commit):
+            # it goes out again, idempotently, and the redaction after it finds it.
+            "AND id >= ? AND attempts = 0 RETURNING id, network, room_id",
+            (why, time.time(), src_network, src_event, self._unsent_from),
         ).fetchall()
         for row_id, network, room_id in rows:
             for listener in self._cancel_listeners:
                 listener(network, room_id, row_id)
         return rows
+
+    def _next_outbox_id(self) -> int:
+        row = self.conn.execute("SELECT COALESCE(MAX(id), 0) + 1 FROM outbox").fetchone()
+        return int(row[0])
 
     def note_attempt(self, item: OutboxItem | int, error: str) -> None:
         where, key = _outbox_row(item)
