@@ -44,6 +44,14 @@ async def dm(bot: Bot, call: Call) -> str:
         about=call.event_id,
     )
     to_user = user_id_for(target, identity)
+    asked = [r for r in bot.store.dm_requests_of(call.network, call.sender)
+             if (r.from_network, r.from_user, r.to_network, r.to_user)
+             == (call.network, call.sender, net_id, to_user)]
+    if any(r.state in ("pending", "declined") for r in asked):
+        # Once is enough: one waiting, or already declined, is not asked again (a new room and
+        # an invite each time would let anyone pester a discoverable person). The same words
+        # were answered: whether they exist still does not show.
+        return ""
     with bot.store.transaction():
         request_id = bot.store.add_dm_request(
             (call.network, call.sender), (net_id, to_user), identity.value

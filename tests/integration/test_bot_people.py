@@ -234,6 +234,11 @@ async def test_a_declined_dm_reads_as_no_answer_like_a_nobody(
     seen = notices(await rita.messages(room))
     assert seen[1:] == [declined, no_one, status], seen
     assert await rita.invites() == {}
+    # Asking again gets the same words, and Tom no second request.
+    assert await rita.command(room, f"dm {target(tom)}") == declined
+    await outbox_drained(daemon)
+    assert len(query(daemon, "SELECT 1 FROM dm_requests WHERE to_user = ?", (tom.user_id,))) == 1
+    assert await tom.invites() == {}
 
 
 async def test_an_undiscoverable_person_reads_as_nobody(cast: Cast, daemon: Daemon) -> None:
