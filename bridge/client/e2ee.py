@@ -4,7 +4,9 @@ It reads a portal room's timeline, keeps the devices announced there (pinning ea
 identity key on first sight, warning when it changes), opens the key shares sealed to its own
 device, decrypts what it can and says why it cannot decrypt the rest. Sending starts or rotates
 its session when needed (a member left, a device went, 100 messages), shares the session with
-every current device, then sends the ciphertext. State is in memory.
+every current device, then sends the ciphertext. State can be saved to a file (save_state).
+The bridge is not trusted (docs/e2ee.md): its bot gets no key, a device id stays its first
+owner's, a revoked device stays revoked, and a message shows under its device owner's name only.
 """
 
 from __future__ import annotations
@@ -62,7 +64,12 @@ class Received:
 @dataclass
 class _Room:
     portal_id: str
+    bridge_bot: str = ""  # who published the portal id: the bridge's bot, never a person
     devices: dict[str, tuple[str, DeviceCert]] = field(default_factory=dict)  # id -> sender, cert
+    # Every device id ever announced here -> (its owner, its identity key), kept after the
+    # device leaves: its old messages are still checked against it, and nobody else takes it.
+    owners: dict[str, tuple[str, bytes]] = field(default_factory=dict)
+    revoked: set[str] = field(default_factory=set)  # withdrawn for good by their owners
     inbound: dict[tuple[str, bytes], InboundSession] = field(default_factory=dict)
     outbound: OutboundSession | None = None
     shared_with: set[str] = field(default_factory=set)
@@ -82,7 +89,9 @@ class E2EEClient:
         self.user_id = user_id
         self.identity = identity or IdentityKey.generate()
         self.device = Device.generate(self.identity, origin)
-        self.pinned: dict[str, bytes] = {}  # sender user id -> identity key first seen
+        # Sender user id -> identity key first seen; this person's own is known, not learned
+        # (a homeserver announcing "another device of mine" with a foreign key is refused).
+        self.pinned: dict[str, bytes] = {user_id: self.identity.public}
         self.warnings: list[str] = []
         self.rooms: dict[str, _Room] = {}
 
@@ -117,13 +126,19 @@ class E2EEClient:
     async def enter(self, room_id: str) -> None:
         """Pin the room's portal id (the bot publishes it as state) and announce this device."""
         if room_id not in self.rooms:
-            state = await self._call(
-                "GET", f"/rooms/{quote(room_id)}/state/{quote(PORTAL_STATE)}/"
-            )
-            portal_id = state.get("portal_id")
+            state = await self._call("GET", f"/rooms/{quote(room_id)}/state")
+            found = [e for e in state if isinstance(e, dict) and e.get("type") == PORTAL_STATE
+                     and e.get("state_key") == ""]
+            content = found[0].get("content") if found else None
+            portal_id = content.get("portal_id") if isinstance(content, dict) else None
             if not isinstance(portal_id, str):
                 raise RuntimeError(f"{room_id} has no portal id: it is not a tribridge portal")
-            self.rooms[room_id] = _Room(portal_id)
+            for other_id, other in self.rooms.items():
+                if other.portal_id == portal_id:
+                    # Messages are bound to their portal: the bridge giving a second room the
+                    # same id could replay one conversation's messages in another.
+                    raise RuntimeError(f"{room_id} claims the portal id of {other_id}: refused")
+            self.rooms[room_id] = _Room(portal_id, bridge_bot=str(found[0].get("sender", "")))
         await self._send(room_id, DEVICE_EVENT, self.device.announcement())
 
     # -- reading --------------------------------------------------------------------------------
@@ -136,7 +151,10 @@ class E2EEClient:
             if not isinstance(event_id, str) or event_id in room.seen:
                 continue
             room.seen.add(event_id)
-            self._take(room, event)
+            try:
+                self._take(room, event)
+            except Rejected as exc:  # one malformed event costs itself, not the reading
+                self.warnings.append(f"an event from {event.get('sender')} was refused: {exc}")
         for event_id, (at, sender, content) in list(room.waiting.items()):
             again = self._decrypt(room, event_id, sender, content)
             if again.error != "no_key":
@@ -151,7 +169,7 @@ class E2EEClient:
         if etype == DEVICE_EVENT:
             self._announced(room, sender, content)
         elif etype == KEYSHARE_EVENT:
-            self._shared(room, content)
+            self._shared(room, sender, content)
         elif etype == "m.room.encrypted" and content.get("algorithm") == ALGORITHM:
             event_id = str(event["event_id"])
             if event_id in room.mine:  # a device holds no key share for itself
@@ -174,10 +192,22 @@ class E2EEClient:
         if "revoke" in content:
             self._revoked(room, sender, content)
             return
+        if sender == room.bridge_bot:
+            # The bridge relays ciphertext and must never hold a key: its bot owns no device.
+            self.warnings.append(f"WARNING: the bridge's bot {sender} announced a device; "
+                                 "refused (the bridge must not read this conversation)")
+            return
         try:
             cert = DeviceCert.from_announcement(content)
         except Rejected as exc:
             self.warnings.append(f"a device announcement from {sender} was refused: {exc}")
+            return
+        owner = room.owners.get(cert.device_id)
+        if cert.device_id in room.revoked or (
+            owner is not None and owner != (sender, cert.identity)
+        ):
+            self.warnings.append(f"a device announcement from {sender} was refused: device "
+                                 f"{cert.device_id} is revoked, or someone else's")
             return
         pinned = self.pinned.setdefault(sender, cert.identity)
         if pinned != cert.identity:
@@ -188,6 +218,7 @@ class E2EEClient:
             return
         if cert.device_id != self.device.device_id:
             room.devices[cert.device_id] = (sender, cert)
+            room.owners[cert.device_id] = (sender, cert.identity)
 
     def _revoked(self, room: _Room, sender: str, content: dict[str, Any]) -> None:
         """A device withdrawn by its owner's identity key: no more shares go to it, and the
@@ -200,18 +231,19 @@ class E2EEClient:
         except Rejected as exc:
             self.warnings.append(f"a device revocation from {sender} was refused: {exc}")
             return
-        if device_id is not None and room.devices.get(device_id, ("", None))[0] == sender:
-            del room.devices[device_id]
-            room.rotate = True
+        if device_id is not None and room.owners.get(device_id, ("",))[0] == sender:
+            room.revoked.add(device_id)  # its old announcement, replayed, is refused
+            if room.devices.pop(device_id, None) is not None:
+                room.rotate = True
 
     async def revoke(self, room_id: str) -> None:
         """Withdraw this device from the room (before it is retired or lost)."""
         await self._send(room_id, DEVICE_EVENT, self.device.revocation())
 
-    def _shared(self, room: _Room, content: dict[str, Any]) -> None:
+    def _shared(self, room: _Room, sender: str, content: dict[str, Any]) -> None:
         found = room.devices.get(str(content.get("device")))
-        if found is None:
-            return
+        if found is None or found[0] != sender:
+            return  # not a device here, or not the sender's own
         try:
             session = open_keyshare(content, self.device, found[1], room.portal_id)
         except Rejected as exc:
@@ -225,7 +257,11 @@ class E2EEClient:
             return
         replaced = content.get("replaces")
         if isinstance(replaced, str):
-            old = room.inbound.get((session.device_id, unb64(replaced, "session id", 16)))
+            try:
+                replaced_id = unb64(replaced, "session id", 16)
+            except Rejected:
+                replaced_id = b""
+            old = room.inbound.get((session.device_id, replaced_id))
             after = content.get("replaced_after")
             if old is not None and isinstance(after, int):
                 old.retired_after = after
@@ -237,6 +273,10 @@ class E2EEClient:
             key = (str(content.get("device")), unb64(content.get("session"), "session id", 16))
         except Rejected as exc:
             return Received(event_id, sender, None, error=exc.reason)
+        owner = room.owners.get(key[0])
+        if owner is not None and owner[0] != sender:
+            # Sealed with someone else's key, sent under this sender's name.
+            return Received(event_id, sender, None, error="wrong_sender")
         session = room.inbound.get(key)
         if session is None:
             return Received(event_id, sender, None, error="no_key")
@@ -244,7 +284,8 @@ class E2EEClient:
             plaintext, message_id = session.decrypt(content)
         except Rejected as exc:
             return Received(event_id, sender, None, error=exc.reason)
-        body = plaintext.get("content", {}).get("body")
+        inner = plaintext.get("content")
+        body = inner.get("body") if isinstance(inner, dict) else None
         relates_to, checked = None, False
         inside = plaintext.get("relates_to")
         if isinstance(inside, dict) and isinstance(inside.get("message_id"), str):
@@ -329,6 +370,7 @@ class E2EEClient:
             nacl.public.PrivateKey(unb64(doc["exchange"], "exchange key", 32)),
         )
         self.pinned = {u: unb64(k, "pinned key", 32) for u, k in doc.get("pinned", {}).items()}
+        self.pinned[self.user_id] = self.identity.public
         self.rooms = {
             room_id: _room_from_state(self.device, state)
             for room_id, state in doc.get("rooms", {}).items()
@@ -344,6 +386,15 @@ def _room_state(room: _Room) -> dict[str, Any]:
     out = room.outbound
     return {
         "portal": room.portal_id,
+        "bridge_bot": room.bridge_bot,
+        # The devices and what was learnt of them go with the events already read: those are
+        # never read again, and a device or a leave forgotten at a restart would have the next
+        # session shared with nobody, or with someone who left.
+        "devices": {d: {"sender": sender, "cert": cert.fields()}
+                    for d, (sender, cert) in room.devices.items()},
+        "owners": {d: [sender, b64(key)] for d, (sender, key) in room.owners.items()},
+        "revoked": sorted(room.revoked),
+        "rotate": room.rotate,
         "seen": sorted(room.seen),
         "shared_with": sorted(room.shared_with),
         "outbound": None if out is None else {
@@ -363,8 +414,18 @@ def _room_state(room: _Room) -> dict[str, Any]:
 
 
 def _room_from_state(device: Device, state: dict[str, Any]) -> _Room:
-    room = _Room(str(state["portal"]), seen=set(state.get("seen", [])),
-                 shared_with=set(state.get("shared_with", [])))
+    room = _Room(str(state["portal"]), bridge_bot=str(state.get("bridge_bot", "")),
+                 seen=set(state.get("seen", [])),
+                 shared_with=set(state.get("shared_with", [])),
+                 revoked=set(state.get("revoked", [])), rotate=bool(state.get("rotate")))
+    for device_id, saved in state.get("devices", {}).items():
+        cert = saved["cert"]
+        room.devices[device_id] = (str(saved["sender"]), DeviceCert(
+            unb64(cert["identity"], "identity key", 32), str(cert["origin"]),
+            str(cert["device"]), unb64(cert["signing"], "device key", 32),
+            unb64(cert["exchange"], "exchange key", 32)))
+    room.owners = {d: (str(sender), unb64(key, "identity key", 32))
+                   for d, (sender, key) in state.get("owners", {}).items()}
     out = state.get("outbound")
     if out:
         room.outbound = OutboundSession(
