@@ -664,7 +664,7 @@ class DeliveryWorker:
         for thumb in uris[1:]:
             try:
                 copies[thumb] = await self.media.carry(src_network, thumb, self.network.id, ghost)
-            except MatrixError as exc:
+            except HomeserverError as exc:  # refused, or no answer: the message goes without
                 log.info("a thumbnail was not carried to %s: %s", self.network.id, exc)
         return with_uris(content, copies)
 

@@ -72,7 +72,8 @@ class MediaCarrier:
             with trio.fail_after(TRANSFER_DEADLINE):
                 copy = await self._transfer(source, target, *parsed, as_user)
         except trio.TooSlowError as exc:
-            raise Unreachable(f"a file took over {TRANSFER_DEADLINE:g} s to carry") from exc
+            # Either side may be the slow one: retried with backoff, no side taken for down.
+            raise SourceBusy(f"a file took over {TRANSFER_DEADLINE:g} s to carry") from exc
         except httpx.TransportError as exc:
             raise Unreachable(f"carrying a file: {type(exc).__name__}: {exc}") from exc
         self.store.save_media_copy(src_network, mxc, dst_network, copy)
@@ -91,7 +92,8 @@ class MediaCarrier:
                 # The sender's homeserver is away: try again later, but this says nothing
                 # about the target's homeserver (whose reachability probe must not start).
                 raise SourceBusy(f"{source.server_name} did not answer: {exc}") from exc
-            if got.status_code >= 400:
+            if not 200 <= got.status_code < 300:
+                # A redirect too (a proxy sending http to https, say): its body is no file.
                 error = _error(got, await _head_of(got))
                 if got.status_code in (429, 500, 503, 504):
                     raise SourceBusy(f"{source.server_name}: {error}")
@@ -137,13 +139,21 @@ class MediaCarrier:
     ) -> AsyncIterator[bytes]:
         """The chunks, refused past the limit (or past a declared length: a lying server)."""
         total = 0
-        async for chunk in chunks:
-            total += len(chunk)
-            if total > self.max_bytes:
-                raise MediaTooLarge(total, self.max_bytes)
-            if length is not None and total > length:
-                raise MediaGone("the file was longer than its server said")
-            yield chunk
+        try:
+            async for chunk in chunks:
+                total += len(chunk)
+                if total > self.max_bytes:
+                    raise MediaTooLarge(total, self.max_bytes)
+                if length is not None and total > length:
+                    raise MediaGone("the file was longer than its server said")
+                yield chunk
+        except httpx.TransportError as exc:
+            # The download broke off (a reset, a stall, a body shorter than its length): the
+            # source's trouble, raised here inside the upload; taken for the target's, it
+            # would start its probe and cut the backoff short, every half second.
+            raise SourceBusy(f"the file's download broke off: {type(exc).__name__}") from exc
+        if length is not None and total < length:
+            raise SourceBusy("the file's download ended before its length")
 
 
 async def _once(body: bytes) -> AsyncIterator[bytes]:

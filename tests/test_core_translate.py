@@ -738,3 +738,14 @@ def test_another_networks_ghost_in_a_federated_room_is_not_relayed_again() -> No
     ghost_on_ig = "@_tb_wa_aaaaaaaaaaaaaaaa:ig.localhost"
     result = from_wa(message({"msgtype": "m.text", "body": "hi"}) | {"sender": ghost_on_ig})
     assert result.actions == [] and result.skipped == "sent by the bridge itself"
+
+
+def test_a_topic_or_reason_naming_someone_masks_their_number_too() -> None:
+    from bridge.core.translate import plain_text_for, room_text
+
+    text = "Ask @+15559876543:wa.localhost (+1 555 987 6543) about it"
+    for out in (room_text(text, "topic", WA, NETWORKS["ig"], KEY),
+                room_text(text, "name", WA, NETWORKS["ig"], KEY),
+                plain_text_for(text, WA, NETWORKS["fbm"], KEY)):
+        assert "555" not in out and "987" not in out, out
+        assert out.startswith("Ask @_tb_wa_") and "(WhatsApp user " in out, out

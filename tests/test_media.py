@@ -103,3 +103,56 @@ async def test_a_file_the_source_no_longer_has_is_a_permanent_failure(tmp_path: 
     assert classify(caught.value.status, caught.value.errcode) is Verdict.PERMANENT
     with pytest.raises(MediaGone):
         await media.carry("wa", "https://wa.test/abc", "ig", "@ghost:ig.test")
+
+
+class Broken(Media):
+    """A media API whose downloads break off after `after` bytes (a reset, or a body shorter
+    than its Content-Length), or answer with a redirect."""
+
+    def __init__(self, files: dict[str, bytes], *, after: int = 0, redirect: bool = False,
+                 ) -> None:
+        super().__init__(files)
+        self.after, self.redirect = after, redirect
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        if self.redirect:
+            return httpx.Response(302, headers={"Location": "https://elsewhere/"},
+                                  content=b"<html>moved</html>")
+        data = self.files[request.url.path.rsplit("/", 1)[1]]
+
+        async def breaking() -> AsyncIterator[bytes]:
+            yield data[:self.after]
+            raise httpx.ReadError("connection reset by peer")
+
+        return httpx.Response(200, content=breaking(),
+                              headers={"Content-Length": str(len(data))})
+
+
+async def test_a_download_that_breaks_off_is_the_sources_trouble_not_the_targets(
+    tmp_path: Path,
+) -> None:
+    # Taken for the target's (Unreachable), it started the target's probe, whose quick
+    # "it answers" cut the backoff short: the file was fetched again every half second.
+    from bridge.media import SourceBusy
+
+    target = Media({})
+    media = carrier(tmp_path, Broken({"abc": FILE}, after=1000), target)
+    with pytest.raises(SourceBusy) as broke:
+        await media.carry("wa", "mxc://wa.test/abc", "ig", "@ghost:ig.test")
+    assert classify(broke.value.status, broke.value.errcode) is Verdict.RETRY
+    assert media.store.media_copy("wa", "mxc://wa.test/abc", "ig") is None
+
+
+async def test_a_redirect_is_no_file(tmp_path: Path) -> None:
+    target = Media({})
+    media = carrier(tmp_path, Broken({"abc": FILE}, redirect=True), target)
+    with pytest.raises(MediaGone, match="302"):
+        await media.carry("wa", "mxc://wa.test/abc", "ig", "@ghost:ig.test")
+    assert target.uploads == [] and media.store.media_copy("wa", "mxc://wa.test/abc", "ig") is None
+
+
+@pytest.mark.parametrize("uri", ["mxc://../config", "mxc://./x", "mxc://a..b/x", "mxc://.a/x"])
+def test_an_mxc_uri_cannot_climb_out_of_the_download_path(uri: str) -> None:
+    from bridge.core.media import parse_mxc
+
+    assert parse_mxc(uri) is None

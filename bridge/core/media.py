@@ -27,7 +27,9 @@ def parse_mxc(uri: object) -> tuple[str, str] | None:
     if not isinstance(uri, str):
         return None
     match = _MXC.fullmatch(uri)
-    return (match.group(1), match.group(2)) if match else None
+    if match is None or match.group(1).startswith(".") or ".." in match.group(1):
+        return None  # "mxc://../x" would become a path one level up, to another endpoint
+    return match.group(1), match.group(2)
 
 
 def _info(info: object, *, thumbnail: bool = True) -> dict[str, Any]:

@@ -345,7 +345,7 @@ def _members(
     for target, target_room, ghost in _ghost_targets(user, source, networks, portal, key, linked):
         actor = None if sender == user else ghost_for(sender, source, target, networks, key)
         # A reason can name people too: no phone number or email crosses in it.
-        said = rewrite_user_ids(reason[:300], source, target, key, owner) if reason else None
+        said = plain_text_for(reason[:300], source, target, key, owner) if reason else None
         actions.append(Member(target.id, target_room, ghost, user, op, ref, actor, said,
                               txn_id(source.id, event_id, target.id, "member")))
     return actions
@@ -561,7 +561,7 @@ def _redaction(
     ref = EventRef(source.id, room_id, event_id, sender)
     actions: list[Action] = [
         Redact(target.id, room, ghost, ref, redacts,
-               rewrite_user_ids(reason[:300], source, target, key, owner)
+               plain_text_for(reason[:300], source, target, key, owner)
                if isinstance(reason, str) else None,
                txn_id(source.id, event_id, target.id, "redact"))
         for target, room, ghost in _ghost_targets(sender, source, networks, portal, key, linked)
@@ -580,7 +580,18 @@ def room_text(
     """A room's name or topic (`field_name`) as `target` gets it: bounded, and people named in
     it by user id shown as their ghosts, so that no phone number or email crosses in it."""
     limit = MAX_NAME if field_name == "name" else MAX_TOPIC
-    return rewrite_user_ids(value[:limit], source, target, key, owner)
+    return plain_text_for(value[:limit], source, target, key, owner)[:limit]
+
+
+def plain_text_for(
+    text: str, source: Network, target: Network, key: bytes, owner: Owner = no_owner
+) -> str:
+    """A short text of `source` (a room name or topic, a kick's or redaction's reason) as
+    `target` gets it: people named by user id shown as their ghosts, and the number or email
+    of each person it names masked wherever it shows (as a message's mentions are)."""
+    out = rewrite_user_ids(text, source, target, key, owner)
+    people = mentioned_private({"body": text}, source, key)
+    return mask_private(out, people) if people else out
 
 
 def _room_state(
