@@ -112,6 +112,10 @@ class GhostKeeper:
             self.store.save_ghost(target_id, localpart, base[0], name, base[1])
         pictured = await self._avatar(target_id, localpart, ghost, *base)
         if room_id is not None and not self.store.ghost_in_room(target_id, localpart, room_id):
+            if self.store.ghost_removed(target_id, localpart, room_id):
+                # A moderator there removed it: the bridge's bot does not undo that.
+                raise MatrixError(403, "TB_GHOST_REMOVED",
+                                  "the room's moderators removed this person's ghost")
             try:
                 await hs.invite(room_id, ghost)
             except MatrixError as exc:

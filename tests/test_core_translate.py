@@ -749,3 +749,16 @@ def test_a_topic_or_reason_naming_someone_masks_their_number_too() -> None:
                 plain_text_for(text, WA, NETWORKS["fbm"], KEY)):
         assert "555" not in out and "987" not in out, out
         assert out.startswith("Ask @_tb_wa_") and "(WhatsApp user " in out, out
+
+
+def test_a_moderator_removing_a_ghost_is_remembered_and_its_own_leave_is_not() -> None:
+    ghost = "@_tb_ig_aaaaaaaaaaaaaaaa:wa.localhost"
+    for membership in ("leave", "ban"):
+        kicked = member(ghost, membership) | {"sender": ALICE_WA}
+        (task,) = from_wa(kicked).actions
+        assert isinstance(task, BotTask) and (task.task, dict(task.data)) == (
+            "ghost_removed", {"ghost": "_tb_ig_aaaaaaaaaaaaaaaa", "by": ALICE_WA})
+    (task,) = from_wa(member(ghost, "invite") | {"sender": ALICE_WA}).actions
+    assert isinstance(task, BotTask) and task.task == "ghost_invited"
+    assert from_wa(member(ghost, "leave")).actions == []  # the bridge's own doing
+    assert from_wa(member(ghost, "leave") | {"sender": ALICE_WA}, portal=None).actions == []

@@ -82,6 +82,8 @@ class Bot:
             await portals.encryption_changed(self, task)
         elif task.task == "link_code":
             await people.send_link_code(self, task)
+        elif task.task in ("ghost_removed", "ghost_invited"):
+            events.ghost_moderated(self, task)
         else:
             log.warning("unknown bot task %r on %s", task.task, task.network)
 

@@ -80,3 +80,14 @@ async def removed(bot: Bot, task: BotTask) -> None:
     log.warning("the bot was removed from a portal room on %s; the room left its portal%s",
                 task.network, " (it is in the config: remove it there)" if in_config else "")
     await room_left(bot, portal, task.network, ": the bot was removed from it", task.about)
+
+
+def ghost_moderated(bot: Bot, task: BotTask) -> None:
+    """A moderator removed one of the bridge's ghosts from a portal room (or invited it back):
+    the store remembers, so that the ghost is not brought back by the bridge meanwhile."""
+    ghost = str(task.data.get("ghost", ""))
+    removed = task.task == "ghost_removed"
+    with bot.store.transaction():
+        bot.store.set_ghost_removed(task.network, ghost, task.room_id, removed)
+    if removed:
+        log.info("a moderator removed a ghost from a portal room on %s", task.network)

@@ -21,6 +21,7 @@ _REASONS = {
     "M_BAD_JSON": "that server could not read it",
     "M_NOT_JSON": "that server could not read it",
     "TB_MEDIA_GONE": "the file could not be fetched from your server",
+    "TB_GHOST_REMOVED": "the room's moderators there removed you from it",
 }
 
 

@@ -256,6 +256,14 @@ def _membership(
             return task("removed", by=sender)
         return _skip("bot membership needs nothing")
     if is_bridge_user(user, source):
+        moderated = portal is not None and sender != user and not is_bridge_user(sender, source)
+        if moderated and membership in ("leave", "ban"):
+            # A moderator of this room removed a ghost: the bridge does not bring it back with
+            # its bot's power; what that person says no longer reaches this room, and they are
+            # told so, until someone invites the ghost again.
+            return task("ghost_removed", ghost=user[1:].partition(":")[0], by=sender)
+        if moderated and membership == "invite":
+            return task("ghost_invited", ghost=user[1:].partition(":")[0])
         return _skip("ghost membership")
     if any(user.endswith(":" + n.server_name) for n in networks.values() if n is not source):
         # Someone of another bridged network, on this server by federation: the bridge

@@ -175,7 +175,15 @@ def _v4(db: sqlite_utils.Database) -> None:
     )
 
 
-MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_v1, _v2, _v3, _v4]
+def _v5(db: sqlite_utils.Database) -> None:
+    """Ghosts a room's moderators removed: not brought back by the bridge."""
+    db.table("ghost_removals").create(
+        {"network": str, "localpart": str, "room_id": str},
+        pk=("network", "localpart", "room_id"),
+    )
+
+
+MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_v1, _v2, _v3, _v4, _v5]
 LATEST = len(MIGRATIONS)
 
 

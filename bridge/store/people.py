@@ -449,6 +449,9 @@ class PeopleStore:
             self.conn.execute(
                 "DELETE FROM ghost_rooms WHERE network = ? AND localpart = ?", ghost
             )
+            self.conn.execute(
+                "DELETE FROM ghost_removals WHERE network = ? AND localpart = ?", ghost
+            )
 
     def rows_mentioning(self, needles: Iterable[str]) -> Iterator[tuple[str, str]]:
         """(table, row) of every row in which one of `needles` appears: for tests and audits."""

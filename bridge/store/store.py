@@ -642,6 +642,25 @@ class Store(PeopleStore):
             sql = "DELETE FROM ghost_rooms WHERE network = ? AND localpart = ? AND room_id = ?"
         self.conn.execute(sql, (network, localpart, room_id))
 
+    def ghost_removed(self, network: str, localpart: str, room_id: str) -> bool:
+        """Whether a moderator of the room removed the ghost (and nobody invited it since)."""
+        return self._one(
+            "SELECT 1 FROM ghost_removals WHERE network = ? AND localpart = ? AND room_id = ?",
+            (network, localpart, room_id),
+        ) is not None
+
+    @invalidates
+    def set_ghost_removed(self, network: str, localpart: str, room_id: str,
+                          removed: bool) -> None:
+        if removed:
+            self.conn.execute("INSERT OR IGNORE INTO ghost_removals (network, localpart, room_id) "
+                              "VALUES (?, ?, ?)", (network, localpart, room_id))
+            self.conn.execute("DELETE FROM ghost_rooms WHERE network = ? AND localpart = ? "
+                              "AND room_id = ?", (network, localpart, room_id))
+        else:
+            self.conn.execute("DELETE FROM ghost_removals WHERE network = ? AND localpart = ? "
+                              "AND room_id = ?", (network, localpart, room_id))
+
     # -- outbox and event map ------------------------------------------------------------------
 
     def enqueue(self, actions: Sequence[Action]) -> list[OutboxItem] | None:

@@ -256,3 +256,29 @@ async def test_typing_and_read_receipts_are_shown_by_the_ghosts(
             return False
 
         await wait_until(read, WITHIN, f"{src}'s ghost's read receipt on {reader_net}")
+
+
+async def test_a_ghost_a_moderator_removed_is_not_brought_back(
+    cast: Cast, daemon: Daemon
+) -> None:
+    from bridge.demo import has_body
+
+    people, rooms = await three_way(cast, daemon, ("Alice", "Bob", "Carol"))
+    alice, bob, carol = people["wa"], people["ig"], people["fbm"]
+    await alice.send_text(rooms["wa"], "hello all")
+    events = await bob.wait_for(rooms["ig"], has_body("hello all"))
+    (ghost,) = {e["sender"] for e in events if e.get("content", {}).get("body") == "hello all"}
+    # Bob made the Instagram room: he moderates it, and removes Alice's ghost.
+    await bob.call("POST", f"/rooms/{quote(rooms['ig'])}/kick",
+                   {"user_id": ghost, "reason": "not here, please"})
+    await alice.send_text(rooms["wa"], "after the kick")
+    await carol.wait_for(rooms["fbm"], has_body("after the kick"))
+    await alice.wait_for(rooms["wa"], has_body(
+        "Not delivered to Instagram: the room's moderators there removed you from it."),
+        what="the notice that Instagram's moderators removed her")
+    assert ghost not in await bob.members(rooms["ig"])
+    assert "after the kick" not in [b for _, b in await bob.texts(rooms["ig"])]
+    # Invited back by Bob, the ghost comes back with the next message.
+    await bob.call("POST", f"/rooms/{quote(rooms['ig'])}/invite", {"user_id": ghost})
+    await alice.send_text(rooms["wa"], "back again")
+    await bob.wait_for(rooms["ig"], has_body("back again"))
