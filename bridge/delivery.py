@@ -300,7 +300,12 @@ class DeliveryWorker:
                         cancelled.discard(item.id)
                         self._known.pop(room_id, None)
                         continue
-                    if self._stop.is_set() or not await self._deliver(item):
+                    if self._stop.is_set():
+                        return
+                    delivered = await self._deliver(item, losses)
+                    if delivered is None:
+                        break  # records lost meanwhile: read the room again, in order
+                    if not delivered:
                         return
                     done += 1
                     if done % UNWAITED == 0:
@@ -334,12 +339,17 @@ class DeliveryWorker:
         # Told to end, rows may still have come between that and now: then it goes on.
         return parked.stay or self._stop.is_set() or self._known.get(room_id) != []
 
-    async def _deliver(self, item: OutboxItem) -> bool:
-        """Carry out one action until done or failed; False if stopped before either."""
+    async def _deliver(self, item: OutboxItem, losses: int) -> bool | None:
+        """Carry out one action until done or failed; False if stopped before either, None if
+        a commit was lost since the drain read it (`losses` then): what it refers to may be
+        pending again, and must go first, so the drain reads its room again."""
         attempt = item.attempts
         while True:
             try:
                 async with promptly(self._slots):
+                    if self._losses != losses:  # checked after every wait: a slot, a backoff
+                        return None
+                    self.store.sending(item.action.txn_id)
                     started = trio.current_time()
                     await self._perform(item)
                     self._send_seconds.observe(trio.current_time() - started)

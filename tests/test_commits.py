@@ -368,12 +368,12 @@ async def test_a_command_whose_push_was_lost_runs_once_when_pushed_again(db: Db)
     with pytest.raises(StoreError):
         await commits.durable()  # the push's commit fails: answered 500
     store.conn = real
-    await worker._deliver(item)  # the worker gets to it after the failure
+    await worker._deliver(item, worker._losses)  # the worker gets to it after the failure
     assert ran == []  # not run: the homeserver will push it again
     with store.transaction():
         store.enqueue([command])  # the homeserver's retry
     (again,) = store.pending_actions("ig", "!dm")
-    await worker._deliver(again)
+    await worker._deliver(again, worker._losses)
     assert ran == ["!tb help"]  # once
 
 

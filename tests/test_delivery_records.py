@@ -115,6 +115,45 @@ async def test_a_failed_commit_while_a_redaction_waits_behind_its_message(
     store.close()
 
 
+async def test_a_failed_commit_while_a_redaction_waits_to_try_again(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    # Deterministic: the redaction's first try is refused with a 502, and the commit holding
+    # M's record fails right then, while the redaction waits out its backoff.
+    store = Store(tmp_path / "t.db", durability="process")
+    store.sync_config_portals([PORTAL])
+    with store.transaction():
+        store.enqueue([message("M"),
+                       Redact("ig", "!ig-room", GHOST, EventRef("wa", "!wa-room", "$red", SENDER),
+                              "$src-M", None, txn_id("wa", "$red", "ig", "redact"))])
+
+    class FailsOnce(Redacting):
+        async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+            if "/redact/" in request.url.path and not self.redacted and not failed:
+                failed.append(True)
+                real, store.conn = store.conn, CommitFails(store.conn)  # type: ignore[assignment]
+                try:
+                    store.commit_deferred()
+                except sqlite3.OperationalError:
+                    pass
+                finally:
+                    store.conn = real
+                return httpx.Response(502, json={"errcode": "M_UNKNOWN", "error": "busy"})
+            return await super().handle_async_request(request)
+
+    failed: list[bool] = []
+    ig = FailsOnce("ig.test")
+
+    async def script(inbound: Inbound) -> None:
+        await until(lambda: store.outbox_depth().get("ig", 0) == 0, 600)
+
+    await bridged(store, ig, script)
+    copy = store.mapped_event("wa", "$src-M", "ig")
+    assert failed and copy is not None and ig.redacted == [copy]
+    assert [s.last_error for s in store.delivery_status("wa", "$red")] == [None]
+    store.close()
+
+
 async def test_a_message_delivered_before_a_crash_is_redacted_after_it(
     tmp_path: Path, autojump_clock: trio.testing.MockClock
 ) -> None:
@@ -149,4 +188,30 @@ async def test_a_message_delivered_before_a_crash_is_redacted_after_it(
     copy = store.mapped_event("wa", "$src-M", "ig")
     assert ig.texts("!ig-room") == ["M0", "M"]  # the resend of M was the same copy
     assert copy is not None and ig.redacted == [copy]
+    store.close()
+
+
+def test_a_redaction_cancels_only_what_provably_never_left(tmp_path: Path) -> None:
+    store = Store(tmp_path / "t.db", durability="process")
+    store.sync_config_portals([PORTAL])
+    with store.deferred():  # a push, its commit deferred: its send leaves before the commit
+        (item,) = store.enqueue([message("M")])
+    store.sending(item.action.txn_id)
+    with store.deferred():
+        store.map_event("wa", "!wa-room", "$src-M", "ig", "!ig-room", "$copy")
+        store.finish(item, "done")
+    real, store.conn = store.conn, CommitFails(store.conn)  # type: ignore[assignment]
+    try:
+        store.commit_deferred()  # the commit fails: M's row, its map and its mark are gone
+    except sqlite3.OperationalError:
+        pass
+    finally:
+        store.conn = real
+    with store.transaction():  # the homeserver pushes it again, then its redaction comes
+        store.enqueue([message("M")])
+        assert store.cancel_pending("wa", "$src-M", "redacted before delivery") == []
+        # A message never sent, written since, is cancelled: it never leaves.
+        (fresh,) = store.enqueue([message("N")])
+        assert store.cancel_pending("wa", "$src-N", "redacted before delivery") == [
+            (fresh.id, "ig", "!ig-room")]
     store.close()

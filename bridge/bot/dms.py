@@ -15,6 +15,7 @@ so a step cut off by an error or a crash is retried without making a second room
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from typing import TYPE_CHECKING
 
@@ -47,6 +48,17 @@ async def dm(bot: Bot, call: Call) -> str:
     asked = [r for r in bot.store.dm_requests_of(call.network, call.sender)
              if (r.from_network, r.from_user, r.to_network, r.to_user)
              == (call.network, call.sender, net_id, to_user)]
+    unsent = [r for r in asked if r.state == "pending" and r.room_id is None]
+    if unsent:
+        # Asked before, and nothing reached them yet (not discoverable then, say): the same
+        # request is tried again, no new one made.
+        with bot.store.transaction():
+            bot.store.enqueue([BotTask(
+                net_id, f"dm-request:{unsent[0].id}", "dm_request", {"request": unsent[0].id},
+                txn_id(call.network, call.event_id, net_id, "dm_request"), call.event_id,
+            )])
+        bot.wake(net_id)
+        return ""
     if any(r.state in ("pending", "declined") for r in asked):
         # Once is enough: one waiting, or already declined, is not asked again (a new room and
         # an invite each time would let anyone pester a discoverable person). The same words
@@ -134,8 +146,12 @@ async def _accept(bot: Bot, request_id: int) -> None:
         return
     hs = bot.homeservers[home.id]
     room_id = request.home_room
+    ghost_id = home.user_id(ghost)
     if room_id is None:
         ghost_id = await bot.ghosts.ensure(home.id, ghost, source.id, request.to_user)
+        now = bot.store.dm_request(request.id)
+        if now is None or now.state != "pending":
+            return  # declined (or forgotten) meanwhile: nothing made yet, nothing to undo
         room_id = await hs.create_room(
             {"preset": "private_chat", "is_direct": True,
              "invite": [request.from_user, home.bot_user_id]},
@@ -147,15 +163,26 @@ async def _accept(bot: Bot, request_id: int) -> None:
     await hs.join(room_id)
     with bot.store.transaction():
         now = bot.store.dm_request(request.id)
-        if now is None or now.state != "pending":
-            # Declined (or its target forgotten) while this acceptance was on its way: the
-            # decline stands, and no portal links a room the bot has left.
-            log.info("a DM request on %s was no longer pending when accepted", source.id)
-            return
-        portal = bot.store.create_portal(
-            {source.id: request.room_id, home.id: room_id}, "dm", None
-        )
-        bot.store.update_dm_request(request.id, state="accepted", portal_id=portal.portal_id)
+        gone = now is None or now.state != "pending"
+        if not gone:
+            portal = bot.store.create_portal(
+                {source.id: request.room_id, home.id: room_id}, "dm", None
+            )
+            bot.store.update_dm_request(request.id, state="accepted",
+                                        portal_id=portal.portal_id)
+    if gone:
+        # Declined (or its target forgotten) while this acceptance was on its way: the decline
+        # stands. The requester's invitation is taken back and the room left, or it would say
+        # that the person exists and answered.
+        log.info("a DM request on %s was no longer pending when accepted", source.id)
+        with contextlib.suppress(HomeserverError):
+            await hs.kick(room_id, request.from_user, as_user=ghost_id)
+        for who in (ghost_id, None):
+            with contextlib.suppress(HomeserverError):
+                await hs.leave(room_id, as_user=who)
+        with bot.store.transaction():
+            bot.store.set_ghost_in_room(home.id, ghost, room_id, False)
+        return
     log.info("a DM request from %s to %s was accepted", home.id, source.id)
 
 

@@ -118,6 +118,9 @@ async def link(bot: Bot, call: Call) -> str:
     await _require_manager(bot, call)
     if "network" in call.args:
         return await _link_existing(bot, call, call.args["network"], call.args["room"])
+    if call.portal is None and bot.store.room_in_any_portal(call.room_id):
+        raise Denied("link: this room is already in a portal through another network (it is "
+                     "federated there); a portal links different rooms.")
     portal = call.portal
     missing = [n for n in bot.networks if portal is None or n not in portal.rooms]
     missing = [n for n in missing if n != call.network]
@@ -189,8 +192,7 @@ async def _link_existing(bot: Bot, call: Call, net_id: str, room: str) -> str:
         )
     if bot.store.portal_for_room(net_id, room_id) is not None:
         raise Denied(f"link: {room} is already part of a portal.")
-    if room_id == call.room_id or (call.portal is not None
-                                   and room_id in call.portal.rooms.values()):
+    if room_id == call.room_id or bot.store.room_in_any_portal(room_id):
         # The same room, federated between the two homeservers: linked to itself, its
         # messages would go round and round.
         raise Denied(f"link: {room} is this same room, reached from {target.label} by "
@@ -225,7 +227,7 @@ async def _link_existing(bot: Bot, call: Call, net_id: str, room: str) -> str:
                 "link: one of the two rooms is end-to-end encrypted and the other is not; an "
                 "encrypted room and an unencrypted one are never linked."
             )
-    except Denied:
+    except (Denied, HomeserverError):
         if joined_now:  # joined for this link only: the bot does not stay where it was refused
             with contextlib.suppress(HomeserverError):
                 await hs.leave(room_id)

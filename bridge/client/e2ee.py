@@ -125,7 +125,8 @@ class E2EEClient:
 
     async def enter(self, room_id: str) -> None:
         """Pin the room's portal id (the bot publishes it as state) and announce this device."""
-        if room_id not in self.rooms:
+        known = self.rooms.get(room_id)
+        if known is None or not known.bridge_bot:  # new, or from an older state file
             state = await self._call("GET", f"/rooms/{quote(room_id)}/state")
             found = [e for e in state if isinstance(e, dict) and e.get("type") == PORTAL_STATE
                      and e.get("state_key") == ""]
@@ -133,12 +134,17 @@ class E2EEClient:
             portal_id = content.get("portal_id") if isinstance(content, dict) else None
             if not isinstance(portal_id, str):
                 raise RuntimeError(f"{room_id} has no portal id: it is not a tribridge portal")
-            for other_id, other in self.rooms.items():
-                if other.portal_id == portal_id:
-                    # Messages are bound to their portal: the bridge giving a second room the
-                    # same id could replay one conversation's messages in another.
-                    raise RuntimeError(f"{room_id} claims the portal id of {other_id}: refused")
-            self.rooms[room_id] = _Room(portal_id, bridge_bot=str(found[0].get("sender", "")))
+            bot = str(found[0].get("sender", ""))
+            if known is not None:
+                known.bridge_bot = bot  # its pinned portal id stays as it was
+            else:
+                for other_id, other in self.rooms.items():
+                    if other.portal_id == portal_id:
+                        # Messages are bound to their portal: the bridge giving a second room
+                        # the same id could replay one conversation's messages in another.
+                        raise RuntimeError(
+                            f"{room_id} claims the portal id of {other_id}: refused")
+                self.rooms[room_id] = _Room(portal_id, bridge_bot=bot)
         await self._send(room_id, DEVICE_EVENT, self.device.announcement())
 
     # -- reading --------------------------------------------------------------------------------

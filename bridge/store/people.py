@@ -365,6 +365,11 @@ class PeopleStore:
         self.conn.execute("DELETE FROM portal_rooms WHERE portal_id = ?", (portal_id,))
         self.conn.execute("DELETE FROM portals WHERE portal_id = ?", (portal_id,))
 
+    def room_in_any_portal(self, room_id: str) -> bool:
+        """Whether `room_id` is in a portal under any network (a room federated between two
+        bridged homeservers has one id on both)."""
+        return self._one("SELECT 1 FROM portal_rooms WHERE room_id = ?", (room_id,)) is not None
+
     def portal_info(self, portal_id: str) -> tuple[str, str | None] | None:
         """(origin, creator) of a portal."""
         row = self._one("SELECT origin, creator FROM portals WHERE portal_id = ?", (portal_id,))

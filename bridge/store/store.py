@@ -38,6 +38,7 @@ SYNCHRONOUS = {"full": "FULL", "process": "NORMAL"}
 # in indexes keyed by hashes (a random page each time), so a smaller page cuts the bytes written
 # and synced by about 40%, and the copying inside SQLite, for a tree one level deeper at most.
 # bench/store.py: 0.79x the store's CPU per push at 100,000 messages (docs/performance.md).
+SENDING_KEPT = 50_000  # sends remembered as begun: far more than a lost commit can hold
 PAGE_SIZE = 2048
 WAL_BYTES = 4 * 1024 * 1024
 # Deferred blocks that may wait for one commit: what a crash could take back at most (those
@@ -148,6 +149,9 @@ class Store(PeopleStore):
         # pending one of them that was never tried has provably never been sent. An older
         # pending row may have been, its "done" lost to a crash or a failed commit.
         self._unsent_from = self._next_outbox_id()
+        # Transaction ids whose send began in this process, the newest SENDING_KEPT of them
+        # (insertion-ordered): see cancel_pending.
+        self._sending: dict[str, None] = {}
 
     @property
     def memo_epoch(self) -> int:
@@ -725,19 +729,35 @@ class Store(PeopleStore):
         """Mark the still-pending sends of one source event done without sending them; (row id,
         target network, room) of each. Whoever holds those rows in memory is told too
         (`on_cancel`): they must not be sent."""
-        rows = self.conn.execute(
-            "UPDATE outbox SET state = 'done', last_error = ?, updated_at = ? "
-            "WHERE src_network = ? AND src_event = ? AND state = 'pending' AND kind = 'message' "
-            # Only what provably never left: written by this process and never tried. Another
-            # may have reached the homeserver with its record lost (a crash, a failed commit):
-            # it goes out again, idempotently, and the redaction after it finds it.
-            "AND id >= ? AND attempts = 0 RETURNING id, network, room_id",
-            (why, time.time(), src_network, src_event, self._unsent_from),
+        # Only what provably never left: written by this process since its last lost commit,
+        # never tried, and no send of it (by transaction id) begun. Another may have reached
+        # the homeserver with its record lost (a crash; a failed commit, after which the
+        # homeserver pushes it again as a new row): it goes out again, idempotently, and the
+        # redaction after it finds it.
+        candidates = self.conn.execute(
+            "SELECT id, txn_id FROM outbox WHERE src_network = ? AND src_event = ? "
+            "AND state = 'pending' AND kind = 'message' AND id >= ? AND attempts = 0",
+            (src_network, src_event, self._unsent_from),
         ).fetchall()
+        rows = []
+        for row_id, txn in candidates:
+            if txn in self._sending:
+                continue
+            rows.extend(self.conn.execute(
+                "UPDATE outbox SET state = 'done', last_error = ?, updated_at = ? WHERE id = ? "
+                "RETURNING id, network, room_id", (why, time.time(), row_id),
+            ).fetchall())
         for row_id, network, room_id in rows:
             for listener in self._cancel_listeners:
                 listener(network, room_id, row_id)
         return rows
+
+    def sending(self, txn_id: str) -> None:
+        """A send with this transaction id is about to leave (see cancel_pending)."""
+        sending = self._sending
+        sending[txn_id] = None
+        if len(sending) > SENDING_KEPT:
+            del sending[next(iter(sending))]
 
     def _next_outbox_id(self) -> int:
         row = self.conn.execute("SELECT COALESCE(MAX(id), 0) + 1 FROM outbox").fetchone()
