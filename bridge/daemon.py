@@ -13,6 +13,7 @@ and names the keys that only a restart applies.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import logging
@@ -76,7 +77,7 @@ class Bridge:
             log.error("admin reload: the config has errors; keeping the running config")
             return "The config has errors; the running config stays:\n" + "\n".join(exc.lines())
         if not self.request_reload(new):
-            return "A reload is already waiting; it reads the newest file."
+            return "A reload was already waiting; it applies this newest file instead."
         reply = f"Reloading the config: {RELOADED} apply now."
         restart = _needs_restart(self.config, new)
         if restart:
@@ -87,10 +88,15 @@ class Bridge:
         self.stop_requested.set()
 
     def request_reload(self, config: Config) -> bool:
+        """Queue `config` to be applied; False if another was waiting (it is replaced: the
+        reload applies the newest file read, never an older one)."""
         try:
             self._reload_send.send_nowait(config)
         except trio.WouldBlock:
-            return False  # a reload is already waiting; the newest file is read then
+            with contextlib.suppress(trio.WouldBlock):
+                self.reloads.receive_nowait()  # the older one, not applied yet
+            self._reload_send.send_nowait(config)
+            return False
         return True
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -191,7 +197,9 @@ class Bridge:
         async with trio.open_nursery() as setup:
             for net_id, net in self.config.networks.items():
                 setup.start_soon(_setup_network, net, homeservers[net_id], portals, reconciler)
-        _, unchecked = await refuse_mixed_portals(homeservers, reconciler.store, portals)
+        # Bounded: what is not checked by then is checked after READY (check_until_done).
+        _, unchecked = await refuse_mixed_portals(homeservers, reconciler.store, portals,
+                                                  within=SETUP_TIMEOUT)
         if unchecked and self._nursery is not None:
             self._nursery.start_soon(check_until_done, homeservers, reconciler.store, unchecked,
                                      self._rechecking)
@@ -322,7 +330,7 @@ async def _setup_network(
     where = f"{net.network.label} ({net.network.server_name})"
     # Pushes right after a restart are the ones Synapse strands or reorders: distrust them.
     reconciler.suspect(net.id)
-    with trio.move_on_after(SETUP_TIMEOUT) as scope:
+    with trio.move_on_after(SETUP_TIMEOUT) as scope:  # registering and joining
         try:
             await hs.register(net.network.bot)
         except HomeserverError as exc:
@@ -332,8 +340,10 @@ async def _setup_network(
         try:
             for portal in portals:
                 room_id = portal.rooms.get(net.id)
-                if room_id is None:
-                    continue
+                if room_id is None or reconciler.store.room_position(net.id, room_id) != (
+                    None, None
+                ):
+                    continue  # not on this network, or joined at an earlier start already
                 asked = time.time()
                 try:
                     await hs.join(room_id)
@@ -357,20 +367,26 @@ async def _setup_network(
             if joined:
                 with reconciler.store.transaction():
                     reconciler.store.rooms_joined(net.id, joined)
-        # The backlog is pushed now; while the network is suspect (until the catch-up after
-        # READY has read every room), each pushed transaction first reads its rooms back to
-        # their marks, so order holds in rooms the catch-up has not reached yet. The window is
-        # counted again from here: registering and joining thousands of rooms can take longer
-        # than the window itself, which must cover the pushes the ping sets off.
-        reconciler.suspect(net.id)
+    if scope.cancelled_caught:
+        # Answered, but many: the rooms not reached join when the bot is invited to them.
+        log.warning("%s: the bot did not finish joining portal rooms in %.0f s", where,
+                    SETUP_TIMEOUT)
+    # The backlog is pushed now; while the network is suspect (until the catch-up after READY
+    # has read every room), each pushed transaction first reads its rooms back to their marks,
+    # so order holds in rooms the catch-up has not reached yet. The window is counted again
+    # from here: registering and joining can take longer than the window itself, which must
+    # cover the pushes the ping sets off. The ping has a deadline of its own: however long the
+    # joins took, it is sent (without it Synapse may hold the backlog for minutes).
+    reconciler.suspect(net.id)
+    with trio.move_on_after(SETUP_TIMEOUT) as pinging:
         try:
             took = await hs.ping_appservice(net.appservice_id, f"tribridge-start-{uuid.uuid4()}")
             log.info("%s answered the start-up ping (%d ms round trip)", where, took)
         except HomeserverError as exc:
             log.warning("start-up ping of %s failed: %s", where, exc)
             _silent(exc, net, reconciler)
-    if scope.cancelled_caught:
-        log.warning("%s did not finish the start-up calls in %.0f s", where, SETUP_TIMEOUT)
+    if pinging.cancelled_caught:
+        log.warning("%s did not answer the start-up ping in %.0f s", where, SETUP_TIMEOUT)
         reconciler.unreachable(net.id)
 
 

@@ -11,6 +11,7 @@ encryption on later leaves its portal: bridge/bot/portals.py, `encryption_change
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Iterable, Mapping
 
 import trio
@@ -28,49 +29,63 @@ RECHECK_SECONDS = 30.0
 
 
 async def refuse_mixed_portals(
-    homeservers: Mapping[str, Homeserver], store: Store, portals: Iterable[Portal]
+    homeservers: Mapping[str, Homeserver], store: Store, portals: Iterable[Portal],
+    within: float | None = None,
 ) -> tuple[list[Portal], list[Portal]]:
     """Stop bridging every portal whose rooms disagree on encryption. Returns those, and the
-    portals not checked because a homeserver did not answer."""
-    refused, unchecked = [], []
-    for portal in portals:
-        algorithms: dict[str, str | None] = {}
-        try:
-            for net_id, room_id in portal.rooms.items():
-                state = await homeservers[net_id].state(room_id, "m.room.encryption")
-                algorithm = state.get("algorithm") if state else None
-                algorithms[net_id] = algorithm if isinstance(algorithm, str) else None
-        except MatrixError as exc:
-            if classify(exc.status, exc.errcode) is Verdict.RETRY:
-                log.warning("could not read the encryption of portal %s (%s): bridged "
-                            "meanwhile, checked again in %.0f s", portal.portal_id, exc,
-                            RECHECK_SECONDS)
+    portals not checked: a homeserver did not answer, or `within` seconds ran out first (the
+    start waits for this; one silent homeserver must not hold READY past systemd's limit)."""
+    refused: list[Portal] = []
+    unchecked: list[Portal] = []
+    todo = list(portals)
+    done = 0
+    with trio.move_on_after(within if within is not None else math.inf):
+        for portal in todo:
+            verdict = await _check(homeservers, store, portal)
+            if verdict == "refused":
+                refused.append(portal)
+            elif verdict == "unchecked":
                 unchecked.append(portal)
-            else:
-                # Asking again will not help (the bot is not in a room, say): the log says so
-                # once, and the bot checks the room when its encryption changes.
-                log.warning("could not read the encryption of portal %s (%s): not checked",
-                            portal.portal_id, exc)
-            continue
-        except HomeserverError as exc:  # no answer at all
-            log.warning("could not read the encryption of portal %s (%s): bridged meanwhile, "
-                        "checked again in %.0f s", portal.portal_id, exc, RECHECK_SECONDS)
-            unchecked.append(portal)
-            continue
-        kinds = set(algorithms.values())
-        megolm = [a for a in kinds if a is not None and a != E2EE_ALGORITHM]
-        if len(kinds) > 1 or megolm:
-            why = (
-                "uses Matrix's own encryption, which cannot cross networks" if megolm
-                else "mixes encrypted and unencrypted rooms ("
-                + ", ".join(f"{n}: {'encrypted' if a else 'not encrypted'}"
-                            for n, a in sorted(algorithms.items())) + ")"
-            )
-            log.error("portal %s %s: not bridged; fix its [[portals]] entry", portal.portal_id, why)
-            with store.transaction():
-                store.delete_portal(portal.portal_id)
-            refused.append(portal)
-    return refused, unchecked
+            done += 1
+    return refused, unchecked + todo[done:]
+
+
+async def _check(homeservers: Mapping[str, Homeserver], store: Store, portal: Portal) -> str:
+    """"refused" (and no longer bridged), "unchecked" (to be asked again) or "ok"."""
+    algorithms: dict[str, str | None] = {}
+    try:
+        for net_id, room_id in portal.rooms.items():
+            state = await homeservers[net_id].state(room_id, "m.room.encryption")
+            algorithm = state.get("algorithm") if state else None
+            algorithms[net_id] = algorithm if isinstance(algorithm, str) else None
+    except MatrixError as exc:
+        if classify(exc.status, exc.errcode) is not Verdict.RETRY:
+            # Asking again will not help (a wrong token, say): the log says so once, and the
+            # bot checks the room when its encryption changes.
+            log.warning("could not read the encryption of portal %s (%s): not checked",
+                        portal.portal_id, exc)
+            return "ok"
+        log.warning("could not read the encryption of portal %s (%s): bridged meanwhile, "
+                    "checked again in %.0f s", portal.portal_id, exc, RECHECK_SECONDS)
+        return "unchecked"
+    except HomeserverError as exc:  # no answer at all
+        log.warning("could not read the encryption of portal %s (%s): bridged meanwhile, "
+                    "checked again in %.0f s", portal.portal_id, exc, RECHECK_SECONDS)
+        return "unchecked"
+    kinds = set(algorithms.values())
+    megolm = [a for a in kinds if a is not None and a != E2EE_ALGORITHM]
+    if len(kinds) <= 1 and not megolm:
+        return "ok"
+    why = (
+        "uses Matrix's own encryption, which cannot cross networks" if megolm
+        else "mixes encrypted and unencrypted rooms ("
+        + ", ".join(f"{n}: {'encrypted' if a else 'not encrypted'}"
+                    for n, a in sorted(algorithms.items())) + ")"
+    )
+    log.error("portal %s %s: not bridged; fix its [[portals]] entry", portal.portal_id, why)
+    with store.transaction():
+        store.delete_portal(portal.portal_id)
+    return "refused"
 
 
 async def check_until_done(

@@ -50,6 +50,7 @@ A per-network lock keeps a reconcile and a pushed transaction from interleaving.
 from __future__ import annotations
 
 import logging
+import sqlite3
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
@@ -62,7 +63,7 @@ from bridge.inbound import Inbound, Taken
 from bridge.locks import promptly
 from bridge.matrix.client import Homeserver, HomeserverError, Unreachable
 from bridge.metrics import Metrics
-from bridge.store import Store
+from bridge.store import Store, StoreError
 
 log = logging.getLogger(__name__)
 
@@ -240,9 +241,11 @@ class Reconciler:
             task_status.started()
             while True:
                 await trio.sleep(SWEEP_SECONDS)  # the sweep period itself, not a wait for events
-                for network in self.homeservers:
-                    rooms, self._active[network] = self._active[network], set()
-                    await self.reconcile_rooms(network, rooms, why="minute")
+                # Networks side by side: one homeserver that hangs must not hold the others'.
+                async with trio.open_nursery() as sweeps:
+                    for network in self.homeservers:
+                        rooms, self._active[network] = self._active[network], set()
+                        sweeps.start_soon(self.reconcile_rooms, network, rooms, "minute")
 
     def read_soon(self, network: str, room_id: str) -> None:
         """Read `room_id` back to its mark (or time of entry) soon, in the background: a new
@@ -379,6 +382,7 @@ class Reconciler:
             log.info("cannot read %s on %s to reconcile it: %s", room_id, network, exc)
             if isinstance(exc, Unreachable):
                 self.unreachable(network)
+            self._owe_read(network, room_id)
             return 0
         if newest is None or (mark is not None and not newest_first):
             self._was_read(network, room_id, began, read)  # nothing new (or, oddly, an empty room)
@@ -401,11 +405,27 @@ class Reconciler:
             log.info("%s on %s: %d event(s) taken in from the timeline", room_id, network,
                      len(missed))
             self.metrics.reconciled.labels(network).inc(len(missed))
-        self.inbound.take_events(network, unseen, mark=(room_id, newest))
+        try:
+            self.inbound.take_events(network, unseen, mark=(room_id, newest))
+        except (sqlite3.Error, StoreError) as exc:
+            if why == "push":
+                raise  # the push fails with it (answered 500), and comes again
+            # A sweep's failing disk: the room stays owed a read; the daemon goes on.
+            log.error("could not take in what %s on %s missed: %s", room_id, network, exc)
+            self._owe_read(network, room_id)
+            return 0
         # Read back to its mark and what was missed taken in (only now: a failed take vouches
         # for nothing): pushes in sequence into it can be trusted again.
         self._was_read(network, room_id, began, read)
         return len(missed)
+
+    def _owe_read(self, network: str, room_id: str) -> None:
+        """A read of `room_id` failed (an error answer, a page that broke off, a failing
+        disk): the next push into it reads it first, and the minute's sweep tries it again,
+        until a read gets through. Otherwise what it missed would come only after what is
+        pushed next (or, in a quiet room, at the next start)."""
+        self._first[network].add(room_id)
+        self._active[network].add(room_id)
 
     def _was_read(self, network: str, room_id: str, began: float, read: set[str]) -> None:
         """`room_id` was read back to its mark by a read that began at `began`; `read` is the

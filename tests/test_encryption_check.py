@@ -98,3 +98,25 @@ async def test_a_room_the_bot_cannot_read_is_not_asked_about_again(
 class _Refusing(httpx.AsyncBaseTransport):
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         return httpx.Response(401, json={"errcode": "M_UNKNOWN_TOKEN", "error": "who are you"})
+
+
+class _Hanging(httpx.AsyncBaseTransport):
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        await trio.sleep_forever()
+        raise AssertionError("unreachable")
+
+
+async def test_a_homeserver_that_never_answers_holds_the_check_no_longer_than_its_bound(
+    rig: tuple[Store, dict[str, FakeHomeserver], dict[str, Homeserver]],
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    # The start waits for this check: one silent homeserver must not hold READY for ever.
+    store, _, homeservers = rig
+    async with httpx.AsyncClient(transport=_Hanging(), base_url="http://ig") as ig:
+        silent = {"wa": homeservers["wa"], "ig": Homeserver(ig, "ig.test", deadline=3600)}
+        began = trio.current_time()
+        refused, unchecked = await refuse_mixed_portals(silent, store, store.portals(),
+                                                        within=20)
+    assert trio.current_time() - began == pytest.approx(20)
+    assert refused == [] and [p.portal_id for p in unchecked] == [
+        p.portal_id for p in store.portals()]

@@ -440,6 +440,27 @@ async def test_a_read_that_finds_the_homeserver_silent_says_so(
     assert silent == ["wa"]
 
 
+async def test_a_read_that_fails_is_owed_and_the_next_push_reads_first(
+    rig: Rig, autojump_clock: trio.testing.MockClock
+) -> None:
+    rig.say(1)
+    await rig.reconciler.reconcile_network("wa")
+    await trio.sleep(SUSPECT_SECONDS + 1)  # past every window: pushes are trusted again
+    for n in (2, 3, 4):
+        rig.say(n)  # missed by pushes
+
+    def failing(room_id: str, params: httpx.QueryParams) -> httpx.Response:
+        return httpx.Response(502, json={"errcode": "M_UNKNOWN", "error": "proxy"})
+
+    rig.fake._messages = failing  # type: ignore[method-assign]
+    await rig.reconciler.reconcile_network("wa", why="sweep")  # a proxy's 502: nothing taken
+    del rig.fake._messages
+    assert rig.queued() == []
+    # The next push into the room reads it first: m2-m4 keep their place before m5.
+    await rig.reconciler.push("wa", "t5", b"t5", [rig.say(5)])
+    assert rig.queued() == ["m2", "m3", "m4", "m5"]
+
+
 async def test_malformed_pushes_while_suspect_take_the_good_events(
     rig: Rig, autojump_clock: trio.testing.MockClock
 ) -> None:

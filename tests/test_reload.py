@@ -5,6 +5,9 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
+import pytest
+import trio
+
 from bridge.config import BridgeSettings, load_config
 from bridge.daemon import Bridge, _needs_restart, _with_reloadable
 from bridge.notify import Notifier
@@ -59,3 +62,15 @@ def test_admin_reload_names_the_keys_that_need_a_restart(tmp_path: Path) -> None
         "default country code, room state mirroring and history_days apply now.\n"
         "Changed, and applied only by a restart: bridge.durability, bridge.log_format.")
     assert bridge.reloads.receive_nowait().bridge.log_level == "debug"
+
+
+def test_a_reload_asked_while_another_waits_applies_the_newest_file(tmp_path: Path) -> None:
+    doc = good_doc()
+    path = write(tmp_path, doc)
+    bridge = Bridge(load_config(path), Notifier(""))
+    for level in ("debug", "warning", "error"):  # three SIGHUPs while the first waits
+        doc["bridge"]["log_level"] = level
+        bridge.request_reload(load_config(write(tmp_path, doc)))
+    assert bridge.reloads.receive_nowait().bridge.log_level == "error"
+    with pytest.raises(trio.WouldBlock):
+        bridge.reloads.receive_nowait()  # one reload, of the newest
