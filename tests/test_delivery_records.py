@@ -62,6 +62,17 @@ class CommitFails:
         return getattr(self.real, name)
 
 
+def fail_a_commit(store: Store) -> None:
+    """The deferred writes' commit fails, as on a full disk: they are rolled back."""
+    real, store.conn = store.conn, CommitFails(store.conn)  # type: ignore[assignment]
+    try:
+        store.commit_deferred()
+    except sqlite3.OperationalError:
+        pass
+    finally:
+        store.conn = real
+
+
 def message(body: str) -> SendMessage:
     event = f"$src-{body}"
     return SendMessage("ig", "!ig-room", GHOST, EventRef("wa", "!wa-room", event, SENDER),
@@ -97,13 +108,7 @@ async def test_a_failed_commit_while_a_redaction_waits_behind_its_message(
     async def script(inbound: Inbound) -> None:
         # Once M is delivered, another task's commit fails: M's record goes with it.
         await until(lambda: store.mapped_event("wa", "$src-M", "ig") is not None, 60)
-        real, store.conn = store.conn, CommitFails(store.conn)  # type: ignore[assignment]
-        try:
-            store.commit_deferred()
-        except sqlite3.OperationalError:
-            pass
-        finally:
-            store.conn = real
+        fail_a_commit(store)
         await until(lambda: store.outbox_depth().get("ig", 0) == 0, 60)
 
     await bridged(store, ig, script)
@@ -131,13 +136,7 @@ async def test_a_failed_commit_while_a_redaction_waits_to_try_again(
         async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
             if "/redact/" in request.url.path and not self.redacted and not failed:
                 failed.append(True)
-                real, store.conn = store.conn, CommitFails(store.conn)  # type: ignore[assignment]
-                try:
-                    store.commit_deferred()
-                except sqlite3.OperationalError:
-                    pass
-                finally:
-                    store.conn = real
+                fail_a_commit(store)
                 return httpx.Response(502, json={"errcode": "M_UNKNOWN", "error": "busy"})
             return await super().handle_async_request(request)
 
@@ -200,13 +199,7 @@ def test_a_redaction_cancels_only_what_provably_never_left(tmp_path: Path) -> No
     with store.deferred():
         store.map_event("wa", "!wa-room", "$src-M", "ig", "!ig-room", "$copy")
         store.finish(item, "done")
-    real, store.conn = store.conn, CommitFails(store.conn)  # type: ignore[assignment]
-    try:
-        store.commit_deferred()  # the commit fails: M's row, its map and its mark are gone
-    except sqlite3.OperationalError:
-        pass
-    finally:
-        store.conn = real
+    fail_a_commit(store)  # the commit fails: M's row, its map and its mark are gone
     with store.transaction():  # the homeserver pushes it again, then its redaction comes
         store.enqueue([message("M")])
         assert store.cancel_pending("wa", "$src-M", "redacted before delivery") == []
