@@ -193,10 +193,13 @@ class Bridge:
         homeservers: Mapping[str, Homeserver],
         portals: list[Portal],
         reconciler: Reconciler,
+        *,
+        starting: bool = True,
     ) -> None:
         async with trio.open_nursery() as setup:
             for net_id, net in self.config.networks.items():
-                setup.start_soon(_setup_network, net, homeservers[net_id], portals, reconciler)
+                setup.start_soon(functools.partial(_setup_network, starting=starting), net,
+                                 homeservers[net_id], portals, reconciler)
         # Bounded: what is not checked by then is checked after READY (check_until_done).
         _, unchecked = await refuse_mixed_portals(homeservers, reconciler.store, portals,
                                                   within=SETUP_TIMEOUT)
@@ -211,11 +214,17 @@ class Bridge:
             self.notifier.send("RELOADING=1", f"MONOTONIC_USEC={time.monotonic_ns() // 1000}")
             restart = _needs_restart(self.config, new)
             logging.getLogger().setLevel(new.bridge.log_level.upper())
+            before = {frozenset(p.rooms.items()) for p in store.portals()}
             portals = store.sync_config_portals(new.portals)
             self.config = _with_reloadable(self.config, new)
             if self.inbound is not None:
                 self.inbound.rules = _rules(self.config)
-            await self._setup(homeservers, portals, reconciler)
+            # Only what the new file changed needs the bot: portals whose rooms are not what
+            # they were (their rooms joined if new to it, their encryption checked). A reload
+            # is no restart: nothing was missed, so no window of distrust opens, no room is
+            # swept, no ping is sent.
+            changed = [p for p in portals if frozenset(p.rooms.items()) not in before]
+            await self._setup(homeservers, changed, reconciler, starting=False)
             self.notifier.send("READY=1", "STATUS=bridging")
             log.info("reloaded: %d portals, log level %s", len(portals), new.bridge.log_level)
             if restart:
@@ -323,16 +332,20 @@ async def _watchdog(notifier: Notifier, store: Store) -> None:
 
 
 async def _setup_network(
-    net: NetworkConfig, hs: Homeserver, portals: list[Portal], reconciler: Reconciler
+    net: NetworkConfig, hs: Homeserver, portals: list[Portal], reconciler: Reconciler,
+    *, starting: bool = True,
 ) -> None:
     """Register the bot, join its portal rooms, publish portal ids, take in what was missed
-    while we were away, and ping the homeserver so it pushes its backlog now."""
+    while we were away, and ping the homeserver so it pushes its backlog now. Not `starting`
+    (a reload): join the new portal rooms, nothing else."""
     where = f"{net.network.label} ({net.network.server_name})"
-    # Pushes right after a restart are the ones Synapse strands or reorders: distrust them.
-    reconciler.suspect(net.id)
+    if starting:
+        # Pushes right after a restart are the ones Synapse strands or reorders: distrust them.
+        reconciler.suspect(net.id)
     with trio.move_on_after(SETUP_TIMEOUT) as scope:  # registering and joining
         try:
-            await hs.register(net.network.bot)
+            if starting:
+                await hs.register(net.network.bot)
         except HomeserverError as exc:
             log.warning("could not register the bot on %s: %s", where, exc)
             _silent(exc, net, reconciler)
@@ -371,6 +384,8 @@ async def _setup_network(
         # Answered, but many: the rooms not reached join when the bot is invited to them.
         log.warning("%s: the bot did not finish joining portal rooms in %.0f s", where,
                     SETUP_TIMEOUT)
+    if not starting:
+        return
     # The backlog is pushed now; while the network is suspect (until the catch-up after READY
     # has read every room), each pushed transaction first reads its rooms back to their marks,
     # so order holds in rooms the catch-up has not reached yet. The window is counted again

@@ -74,3 +74,41 @@ def test_a_reload_asked_while_another_waits_applies_the_newest_file(tmp_path: Pa
     assert bridge.reloads.receive_nowait().bridge.log_level == "error"
     with pytest.raises(trio.WouldBlock):
         bridge.reloads.receive_nowait()  # one reload, of the newest
+
+
+async def test_a_reload_joins_new_rooms_and_neither_pings_nor_distrusts(tmp_path: Path) -> None:
+    # A reload is no restart: nothing was missed, so no window of distrust (and so no sweep of
+    # every room) opens, and no ping asks the homeserver for a backlog.
+    import httpx
+
+    from bridge.core.model import Portal
+    from bridge.daemon import _setup_network
+    from bridge.matrix.client import Homeserver
+    from bridge.store import Store
+
+    from .fakehs import FakeHomeserver
+
+    config = load_config(write(tmp_path, good_doc()))
+    net = config.networks["wa"]
+    fake = FakeHomeserver(net.network.server_name)
+    store = Store(tmp_path / "t.db", durability="process")
+    suspected: list[str] = []
+
+    class Reconciler:
+        def __init__(self) -> None:
+            self.store = store
+
+        def suspect(self, network: str, *args: object, **kwargs: object) -> None:
+            suspected.append(network)
+
+        def unreachable(self, network: str) -> None:
+            raise AssertionError("nothing was silent")
+
+    portal = Portal("p1", {"wa": "!new:wa.localhost", "ig": "!b:ig.localhost"})
+    async with httpx.AsyncClient(transport=fake, base_url="http://wa") as http:
+        hs = Homeserver(http, net.network.server_name)
+        await _setup_network(net, hs, [portal], Reconciler(), starting=False)  # type: ignore[arg-type]
+    assert ("!new:wa.localhost", f"@tribridge:{net.network.server_name}") in fake.joined
+    assert suspected == [] and fake.registered == set()
+    assert fake.requests == 2  # the join and the portal id: no register, no ping
+    store.close()
