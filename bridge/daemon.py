@@ -435,16 +435,29 @@ async def run_until_signalled(config_path: Path, config: Config) -> None:
     bridge = Bridge(config, Notifier())
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
         async with trio.open_nursery() as nursery:
-            await nursery.start(bridge.run)
+            ready = trio.Event()
+
+            async def start() -> None:
+                await nursery.start(bridge.run)
+                ready.set()
+
+            # Signals are heard from the first moment, not from READY on: a start held up by a
+            # slow homeserver (up to a minute) must still stop when systemd asks.
+            nursery.start_soon(start)
             async for signum in signals:
                 if signum == signal.SIGHUP:
                     new = _load_for_reload(config_path)
                     if new is not None:
-                        bridge.request_reload(new)
+                        bridge.request_reload(new)  # applied once started
                     continue
                 log.info("%s: stopping", signal.Signals(signum).name)
                 bridge.notifier.send("STOPPING=1")
-                bridge.request_stop()
+                if ready.is_set():
+                    bridge.request_stop()  # in-flight sends get their time to finish
+                else:
+                    # Still starting: nothing was acknowledged that is not on disk (a push is
+                    # answered only after its commit), so the start is simply given up.
+                    nursery.cancel_scope.cancel()
                 break
     log.info("stopped")
 
