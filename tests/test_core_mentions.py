@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from bridge.core.ghosts import derive_key
-from bridge.core.mentions import rewrite_user_ids
+from bridge.core.mentions import mentioned_private, rewrite_user_ids
 from bridge.core.model import Network
 
 KEY = derive_key(b"k" * 32)
@@ -67,7 +67,8 @@ def relayed(content: dict[str, object], source: Network = WA,
     """What `target` gets of a message sent on `source`."""
     from bridge.core.translate import _for_target
 
-    return _for_target(content, source, target, KEY, lambda _: None)
+    return _for_target(content, source, target, KEY, lambda _: None,
+                       mentioned_private(content, source, KEY))
 
 
 def leaks(out: dict[str, object], *secrets: str) -> list[str]:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import functools
 import html
 import re
-import unicodedata
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 from urllib.parse import quote, unquote
@@ -20,6 +19,7 @@ from urllib.parse import quote, unquote
 from bridge.core.ghosts import ghost_localpart, is_bridge_user, parse_ghost_localpart, pseudonym
 from bridge.core.ids import Identity, InvalidId, email_to_localpart, native_identity
 from bridge.core.model import Network
+from bridge.core.privacy import decimal_digits
 
 # A user id as plain text, or percent-encoded as in https://matrix.to/#/%40alice%3Aserver links.
 _PLAIN = r"@[a-z0-9._=\-/+]+:{server}"
@@ -163,8 +163,7 @@ def mask_private(text: str, people: Iterable[Private]) -> str:
     if last7:
 
         def phone(match: re.Match[str]) -> str:
-            run = "".join(str(unicodedata.decimal(ch)) for ch in match.group(0)
-                          if unicodedata.decimal(ch, None) is not None)
+            run = decimal_digits(match.group(0))
             for digits, shown in windows.get(run[:7], ()):
                 if run in digits:  # seven or more of the number's digits
                     return shown

@@ -27,7 +27,7 @@ def clean_display_name(name: object) -> str | None:
     return folded[:MAX_NAME].rstrip() or None
 
 
-def _decimal_digits(text: str) -> str:
+def decimal_digits(text: str) -> str:
     """Every decimal digit in `text`, in any script (Arabic-Indic, full-width, ...), as 0-9."""
     out = []
     for ch in unicodedata.normalize("NFKC", text):
@@ -42,7 +42,7 @@ def reveals_identity(name: str, identity: Identity) -> bool:
     lowered = name.lower()
     if identity.kind == "phone":
         phone_digits = identity.value.lstrip("+")
-        name_digits = _decimal_digits(name)
+        name_digits = decimal_digits(name)
         # Seven trailing digits identify a subscriber in every numbering plan.
         return len(name_digits) >= 7 and (
             name_digits in phone_digits or phone_digits[-7:] in name_digits

@@ -377,14 +377,12 @@ def _ghosts_leave(
 
 def _for_target(
     content: dict[str, Any], source: Network, target: Network, key: bytes, owner: Owner,
-    people: list[Private] | None = None,
+    people: list[Private],
 ) -> dict[str, Any]:
     """The content as `target` gets it: user ids of `source` people become their ghosts, and
     ghosts the people they stand for; `people` (`mentioned_private` of the content, computed
     once for all targets) have their number or email masked."""
     out = dict(content)
-    if people is None:
-        people = mentioned_private(content, source, key)
     for field_name in ("body", "formatted_body", "filename"):
         if field_name in out:
             out[field_name] = rewrite_user_ids(out[field_name], source, target, key, owner)
