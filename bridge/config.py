@@ -19,6 +19,7 @@ from urllib.parse import urlsplit
 from bridge.core.ids import is_valid_localpart, is_valid_server_name
 from bridge.core.model import IDENTITY_KINDS, Network
 from bridge.core.permissions import Level, Permissions, is_rule_key
+from bridge.logs import mask_private
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
 # "full": a transaction acknowledged to a homeserver survives a crash of the machine (fsync on
@@ -37,7 +38,10 @@ class ConfigError(Exception):
         super().__init__("; ".join(f"{k}: {m}" for k, m in errors))
 
     def lines(self) -> list[str]:
-        return [f"{key}: {message}" for key, message in self.errors]
+        """The errors as lines to show. Phone numbers and emails (a permission's key is a
+        person's user id) are masked as in the logs: these lines go to the journal, and
+        `admin reload` sends them as a chat message, perhaps to another network's server."""
+        return [mask_private(f"{key}: {message}") for key, message in self.errors]
 
 
 @dataclass(frozen=True)

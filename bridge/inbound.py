@@ -16,9 +16,11 @@ import logging
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
+from bridge.core.actions import SendNotice
 from bridge.core.digest import blake2b_hex
 from bridge.core.ghosts import is_bridge_user, is_our_user
-from bridge.core.model import Network
+from bridge.core.model import EventRef, Network
+from bridge.core.notices import untranslated_notice
 from bridge.core.translate import DEFAULT_RULES, RoomInfo, Rules, translate
 from bridge.store import OutboxItem, Store
 
@@ -129,8 +131,19 @@ class Inbound:
                                    owner=self._owner(network_id, room_id))
             except Exception:
                 # A bug of ours: failing the whole transaction would make the homeserver retry
-                # it forever and stall this network. Skip the one event, loudly.
+                # it forever and stall this network. Skip the one event, loudly, and tell the
+                # room, so that nobody believes a message reached the others that did not.
                 log.exception("could not translate %s from %s; skipped it", event_id, network_id)
+                notice = _untranslated_notice(event, network_id, portal is not None, source)
+                if notice is not None:
+                    written = self.store.enqueue([notice])
+                    rooms = targets.setdefault(network_id, {})
+                    queue = rooms.setdefault(room_id, [])
+                    if written is None:
+                        rooms[room_id] = None  # which rows: not known, so the worker reads
+                    elif queue is not None:
+                        queue.extend(written)
+                    queued += 1
                 continue
             if result.skipped:
                 log.debug("%s from %s: %s", event_id, network_id, result.skipped)
@@ -180,6 +193,23 @@ class Inbound:
         if request is not None and request.state == "pending":
             return RoomInfo(manager, request.id, request.to_user)
         return RoomInfo(manager)
+
+
+# Events a person sees in the room as something said: if one cannot be relayed, they are told.
+_SAID = frozenset({"m.room.message", "m.room.encrypted", "m.sticker", "m.reaction"})
+
+
+def _untranslated_notice(
+    event: Mapping[str, Any], network_id: str, in_portal: bool, source: Network
+) -> SendNotice | None:
+    """The notice for an event of a person's, in a portal room, that the bridge failed on."""
+    sender = event.get("sender")
+    if not in_portal or event.get("type") not in _SAID or not isinstance(sender, str):
+        return None
+    if is_bridge_user(sender, source):
+        return None
+    return untranslated_notice(
+        EventRef(network_id, str(event["room_id"]), str(event["event_id"]), sender))
 
 
 def _echo(event: Any, source: Network, networks: Iterable[Network]) -> bool:

@@ -25,8 +25,10 @@ _PRIORITY = {logging.DEBUG: 7, logging.INFO: 6, logging.WARNING: 4, logging.ERRO
              logging.CRITICAL: 2}
 
 # E.164 numbers, as bare text or as a Matrix localpart; emails, plain or in the spec's escaping.
-_PHONE = re.compile(r"(?<![\w+])\+[1-9][0-9]{6,14}(?![0-9])")
-_EMAIL = re.compile(r"[A-Za-z0-9._%+\-]+@[A-Za-z0-9\-]+(?:\.[A-Za-z0-9\-]+)+")
+# Any script's letters and digits: an address need not be ASCII. A plus may be percent-escaped
+# (an id in a URL's path or query), and so may an email's at sign.
+_PHONE = re.compile(r"(?:(?<![\w+%])\+|%2[bB])[1-9][0-9]{6,14}(?![0-9])")
+_EMAIL = re.compile(r"[\w.%+\-]+(?:@|%40)[\w\-]+(?:\.[\w\-]+)+")
 _ESCAPED_EMAIL = re.compile(r"[a-z0-9._=\-]+=40[a-z0-9.\-]+")
 
 

@@ -679,6 +679,19 @@ def test_a_bad_permission_level_is_named(tmp_path: Path) -> None:
     }
 
 
+def test_an_error_shown_does_not_carry_a_phone_number_or_email(tmp_path: Path) -> None:
+    # The lines go to the journal (tribridge run) and, by admin reload, into a chat.
+    doc = good_doc()
+    doc["permissions"] = {"@+15551234567:wa.localhost": "admn",
+                          "@carol=40example.com:fbm.localhost": "boss"}
+    with pytest.raises(ConfigError) as info:
+        load_config(write(tmp_path, doc))
+    shown = "\n".join(info.value.lines())
+    assert "5551234567" not in shown and "example.com" not in shown
+    assert "permissions.'@<phone>:wa.localhost': 'admn' is not a level" in shown
+    assert "permissions.'@<email>:fbm.localhost': 'boss' is not a level" in shown
+
+
 def test_permissions_must_be_a_table(tmp_path: Path) -> None:
     doc = good_doc()
     doc["permissions"] = "admin"

@@ -124,6 +124,23 @@ def test_an_email_mentioned_in_any_form_is_masked() -> None:
         assert out["body"].startswith("Messenger user ") and out["body"].endswith(": lunch?")
 
 
+def test_an_email_spelled_with_a_letter_that_only_matches_case_blind_is_masked() -> None:
+    # Case-blind matching takes the long s for an s and the dotless i for an i, which lower()
+    # keeps: such a spelling used to raise in the middle of a translation, and the message
+    # was dropped (with the address in an ERROR log's traceback).
+    chris = "@chris=40example.com:fbm.localhost"
+    for shown in ("chri\u017f@example.com", "chr\u0131s@example.com", "CHRIS@EXAMPLE.COM",
+                  "chr\u0130s@example.com", "\u212aate-chris@example.com"):
+        content = {"msgtype": "m.text", "body": f"ask {shown} now",
+                   "m.mentions": {"user_ids": [chris]}}
+        out = relayed(content, FBM, WA)
+        if shown.startswith("\u212a"):  # another address (kate-chris@): left alone
+            assert out["body"] == f"ask {shown} now"
+            continue
+        assert str(out["body"]).startswith("ask Messenger user "), shown
+        assert "example" not in str(out["body"]) and str(out["body"]).endswith(" now")
+
+
 def test_numbers_of_people_not_mentioned_and_ghost_ids_are_left_alone() -> None:
     # The ghost's pseudonym holds seven digits of the mentioned number (2345672): inside a
     # word, they are not a number, and the id must stay whole.

@@ -265,6 +265,34 @@ async def test_a_message_and_its_redaction_in_one_push_send_nothing(
         "redacted before delivery"]
 
 
+async def test_a_message_the_bridge_fails_on_is_skipped_and_its_room_is_told(
+    rig: Rig, autojump_clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import bridge.inbound
+
+    real = bridge.inbound.translate
+
+    def buggy(event: dict[str, Any], *args: Any, **kwargs: Any) -> Any:
+        if event.get("event_id") == "$bad":  # a bug of ours, met by this one event
+            raise KeyError("something")
+        return real(event, *args, **kwargs)
+
+    monkeypatch.setattr(bridge.inbound, "translate", buggy)
+    inbound = Inbound(rig.store, NETWORKS, KEY, wake=lambda n, rooms: rig.workers[n].wake(rooms))
+    sender = "@+15551234567:wa.test"
+    inbound.take_transaction("wa", "t1", b"{}", [
+        {"type": "m.room.message", "event_id": f"${name}", "room_id": "!wa-room",
+         "sender": sender, "content": {"msgtype": "m.text", "body": name}}
+        for name in ("before", "bad", "after")
+    ])
+    await rig.until(lambda: rig.fakes["ig"].texts("!ig-room") == ["before", "after"]
+                    and len(rig.fakes["wa"].sent) == 1)
+    (notice,) = rig.fakes["wa"].sent
+    assert notice.room_id == "!wa-room" and notice.sender == "@tribridge:wa.test"
+    assert notice.content["body"].startswith("Not bridged to the other networks: the bridge failed")
+    assert notice.content["m.relates_to"]["m.in_reply_to"]["event_id"] == "$bad"
+
+
 async def test_a_drain_lingers_then_ends_and_the_room_is_served_after(
     rig: Rig, autojump_clock: trio.testing.MockClock
 ) -> None:

@@ -49,6 +49,19 @@ def test_exceptions_are_masked_too() -> None:
     assert TOKEN not in out and "5551234567" not in out
 
 
+def test_escaped_and_non_ascii_addresses_are_masked_too() -> None:
+    for text, gone in (
+        ("GET /profile/%40%2B15551234567%3Awa.localhost", "5551234567"),
+        ("user_id=%2b15551234567", "5551234567"),
+        ("alice%40example.com wrote", "example.com"),
+        ("jos\u00e9@example.com wrote", "example.com"),
+        ("bob@ex\u00e4mple.de wrote", "mple.de"),
+        ("chri\u017f@example.com wrote", "example.com"),
+    ):
+        out = mask_private(text)
+        assert gone not in out and ("<phone>" in out or "<email>" in out), text
+
+
 def test_room_and_event_ids_and_plain_numbers_survive() -> None:
     text = "room !Kq3xA34:wa.localhost event $Ab+Cd12 at 2026-11-26 took 1234567 us"
     assert mask_private(text) == text

@@ -178,8 +178,21 @@ def mask_private(text: str, people: Iterable[Private]) -> str:
         alternatives = "|".join(re.escape(f) for f in sorted(emails, key=len, reverse=True))
         # Whole addresses only: not carol@example.com inside bcarol@example.community.
         pattern = re.compile(rf"(?<![\w.+\-])(?:{alternatives})(?![\w\-]|\.\w)", re.IGNORECASE)
-        text = pattern.sub(lambda m: emails[m.group(0).lower()], text)
+        text = pattern.sub(lambda m: _shown_for(m.group(0), emails), text)
     return text
+
+
+def _shown_for(found: str, emails: Mapping[str, str]) -> str:
+    """The name for an address the case-blind pattern matched. Its lower case is nearly always
+    a key; but the pattern also takes the long s for an s and the dotless i for an i, which
+    lower() keeps, so those are matched again form by form."""
+    shown = emails.get(found.lower())
+    if shown is not None:
+        return shown
+    for form, name in emails.items():
+        if re.fullmatch(re.escape(form), found, re.IGNORECASE):
+            return name
+    return found  # not reached: the pattern matched one of the forms
 
 
 def _plain_entity(match: re.Match[str]) -> str:

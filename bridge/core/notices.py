@@ -47,3 +47,18 @@ def failure_notice(source: EventRef, target_network: str, target_label: str,
         content=content,
         txn_id=txn_id(source.network, source.event_id, target_network, "failure-notice"),
     )
+
+
+def untranslated_notice(source: EventRef) -> SendNotice:
+    """The notice for the sender of `source`, which the bridge itself failed on (a bug of its
+    own, logged): it reached none of the other networks."""
+    body = ("Not bridged to the other networks: the bridge failed on this message (an error "
+            "of its own, logged for its admin).")
+    return SendNotice(
+        network=source.network,
+        room_id=source.room_id,
+        about=source.event_id,
+        content={"msgtype": "m.notice", "body": body,
+                 "m.relates_to": {"m.in_reply_to": {"event_id": source.event_id}}},
+        txn_id=txn_id(source.network, source.event_id, source.network, "untranslated"),
+    )

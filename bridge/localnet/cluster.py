@@ -9,7 +9,7 @@ from __future__ import annotations
 import secrets
 import shutil
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from bridge.config import load_config
@@ -29,9 +29,10 @@ class LocalNet:
     root: Path
     bridge_port: int
     servers: dict[str, Synapse]
-    as_tokens: dict[str, str]
-    hs_tokens: dict[str, str]
-    secret: str
+    # Not in repr(): it lands in test reports and tracebacks.
+    as_tokens: dict[str, str] = field(repr=False)
+    hs_tokens: dict[str, str] = field(repr=False)
+    secret: str = field(repr=False)
 
     @classmethod
     def create(cls, root: Path) -> LocalNet:
