@@ -158,9 +158,11 @@ class Bridge:
                     listen = functools.partial(serve, admit=app.admit)
                     await nursery.start(_in_scope, server, listen, host, port, app.handle, limits)
                     log.info("listening on %s:%d for %d networks", host, port, len(networks))
+                    # A scope of its own (a scope holds one task); stopped with the other.
+                    observed = trio.CancelScope()
                     if separate:
                         await nursery.start(
-                            _in_scope, server, serve, *separate, observer.handle, Limits()
+                            _in_scope, observed, serve, *separate, observer.handle, Limits()
                         )
                         log.info("/health and /metrics on %s:%d", *separate)
                     workers_done = await nursery.start(_run_workers, list(workers.values()))
@@ -177,6 +179,7 @@ class Bridge:
                     task_status.started()
                     await self.stop_requested.wait()
                     server.cancel()
+                    observed.cancel()
                     for worker in workers.values():
                         worker.stop()
                     with trio.move_on_after(DRAIN_SECONDS) as drain:

@@ -10,11 +10,13 @@ import sys
 import time
 from pathlib import Path
 
+import httpx
 import pytest
 
 from bridge.demo import has_body
 from bridge.localnet.cluster import LocalNet
 from bridge.localnet.people import Person
+from bridge.localnet.synapse import free_port
 
 from .conftest import ROOT, Cast, Daemon
 
@@ -65,8 +67,23 @@ async def test_sighup_applies_a_new_portal_without_a_restart(cast: Cast, daemon:
 
 async def test_the_watchdog_is_petted_while_healthy(cast: Cast, daemon: Daemon) -> None:
     await daemon.start([], env={"WATCHDOG_USEC": "400000"})
-    daemon.notices.clear()
-    await daemon.wait_notice("WATCHDOG=1", within=5)
+    for _ in range(5):  # petted again and again, not once at the start
+        daemon.notices.clear()
+        await daemon.wait_notice("WATCHDOG=1", within=5)
+
+
+async def test_health_and_metrics_on_a_listener_of_their_own(cast: Cast, daemon: Daemon) -> None:
+    port = free_port()
+    daemon.bridge_extra = f'metrics_listen = "127.0.0.1:{port}"'
+    await daemon.start([])
+    async with httpx.AsyncClient(timeout=10) as http:
+        health = await http.get(f"http://127.0.0.1:{port}/health")
+        metrics = await http.get(f"http://127.0.0.1:{port}/metrics")
+        main = await http.get(f"http://127.0.0.1:{daemon.net.bridge_port}/health")
+    assert health.status_code == 200 and health.json()["status"] == "ok", health.text
+    assert metrics.status_code == 200 and "tribridge_" in metrics.text
+    assert main.status_code != 200  # only on their own listener, as documented
+    assert await daemon.stop() == 0
 
 
 def test_a_busy_listen_port_is_a_clear_error(localnet: LocalNet, tmp_path: Path) -> None:
