@@ -116,6 +116,7 @@ def _check_config(path: Path) -> int:
 
 def _db(args: argparse.Namespace) -> int:
     from bridge.store import Store
+    from bridge.store.migrations import LATEST
 
     database = load_database_path(args.config)
     if not database.exists():
@@ -123,7 +124,9 @@ def _db(args: argparse.Namespace) -> int:
         print(f"tribridge: no database at {database}: check bridge.database in "
               f"{args.config} (the daemon makes it at its first start)", file=sys.stderr)
         return EXIT_FAILURE
-    store = Store(database)
+    # As it is: a `db backup` taken before an upgrade must be of the old schema, and the old
+    # daemon may still be running on it.
+    store = Store(database, upgrade=False)
     try:
         if args.db_command == "backup":
             store.backup(args.destination)
@@ -137,6 +140,12 @@ def _db(args: argparse.Namespace) -> int:
             print(f"compacted {database}: {done.bytes_before:,} -> "
                   f"{done.bytes_after:,} bytes ({pages})")
             return EXIT_OK
+        if store.schema_before < LATEST:
+            print(f"tribridge: {database} is at schema version {store.schema_before}; this "
+                  f"tribridge reads version {LATEST}. Start the daemon to upgrade it (after "
+                  "`tribridge db backup`, which copies it as it is), or ask the tribridge "
+                  "that wrote it.", file=sys.stderr)
+            return EXIT_FAILURE
         rows = store.delivery_status(args.network, args.event)
         if not rows:
             print(f"no actions for {args.event} from {args.network}: not seen, nothing to do, "

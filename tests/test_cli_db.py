@@ -201,3 +201,38 @@ def test_db_commands_need_no_token_and_no_credentials_directory(tmp_path: Path) 
     assert "bridge.secret_file: an environment variable in '${CREDENTIALS_DIRECTORY}/secret' " \
         "is not set (systemd sets it for the service; in a shell, name the folder the unit " \
         "loads them from: CREDENTIALS_DIRECTORY=/etc/tribridge/creds)" in check.stderr
+
+
+def store_of_schema(path: Path, version: int) -> None:
+    """A store as a tribridge of schema `version` left it."""
+    import sqlite_utils
+
+    from bridge.store.migrations import MIGRATIONS
+
+    db = sqlite_utils.Database(path)
+    for number, step in enumerate(MIGRATIONS[:version], start=1):
+        step(db)
+        db.execute(f"PRAGMA user_version = {number}")
+    db.close()
+
+
+def test_db_commands_never_upgrade_the_store(tmp_path: Path) -> None:
+    # An admin backs up before an upgrade, perhaps with the new package installed and the old
+    # daemon still running: the copy, and the store, must stay as the old daemon had them.
+    from bridge.store.migrations import LATEST
+
+    config = config_with_an_event(tmp_path)
+    database = tmp_path / "t.db"
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{database}{suffix}").unlink(missing_ok=True)
+    store_of_schema(database, LATEST - 1)
+    copy = tmp_path / "before-upgrade.db"
+    backup = tribridge("db", "backup", "-c", str(config), str(copy))
+    assert backup.returncode == 0, backup.stderr
+    status = tribridge("db", "status", "-c", str(config), "--network", "wa", "--event", "$x")
+    assert status.returncode == 1
+    assert f"at schema version {LATEST - 1}; this tribridge reads version {LATEST}" in (
+        status.stderr)
+    for path in (database, copy):
+        version = sqlite3.connect(path).execute("PRAGMA user_version").fetchone()[0]
+        assert version == LATEST - 1, path

@@ -31,15 +31,24 @@ def message(n: int, room: str = "!r:ig", network: str = "ig") -> SendMessage:
 def test_a_new_database_is_migrated_to_the_latest_schema_in_wal_with_full_sync(
     tmp_path: Path,
 ) -> None:
-    store = Store(tmp_path / "sub" / "t.db")
+    store = Store(tmp_path / "t.db")
     assert store.schema_before == 0
     assert store.conn.execute("PRAGMA user_version").fetchone()[0] == LATEST
     assert store.conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     assert store.conn.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
     store.close()
-    again = Store(tmp_path / "sub" / "t.db")
+    again = Store(tmp_path / "t.db")
     assert again.schema_before == LATEST
     again.close()
+
+
+def test_a_database_in_a_directory_that_does_not_exist_is_refused_not_made(
+    tmp_path: Path,
+) -> None:
+    # A typo in bridge.database must not start the bridge on an empty store somewhere new.
+    with pytest.raises(StoreError, match=r"no directory .*/nope \(check bridge.database\)"):
+        Store(tmp_path / "nope" / "t.db")
+    assert not (tmp_path / "nope").exists()
 
 
 def test_the_database_and_its_wal_are_private(tmp_path: Path) -> None:

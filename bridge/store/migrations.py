@@ -187,14 +187,20 @@ MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_v1, _v2, _v3, _v4,
 LATEST = len(MIGRATIONS)
 
 
-def migrate(db: sqlite_utils.Database) -> int:
-    """Bring `db` to the latest schema; return the version it was at before."""
-    start = int(db.execute("PRAGMA user_version").fetchone()[0])
-    if start > LATEST:
+def schema_version(db: sqlite_utils.Database) -> int:
+    """The schema version `db` is at; refused if this tribridge cannot read it."""
+    version = int(db.execute("PRAGMA user_version").fetchone()[0])
+    if version > LATEST:
         raise StoreError(
-            f"the database is at schema version {start}, newer than this tribridge knows "
+            f"the database is at schema version {version}, newer than this tribridge knows "
             f"({LATEST}): run a newer tribridge or restore a backup"
         )
+    return version
+
+
+def migrate(db: sqlite_utils.Database) -> int:
+    """Bring `db` to the latest schema; return the version it was at before."""
+    start = schema_version(db)
     for version in range(start + 1, LATEST + 1):
         db.execute("BEGIN IMMEDIATE")
         try:

@@ -28,7 +28,7 @@ from bridge.core.actions import Action, from_payload
 from bridge.core.model import Portal
 from bridge.store.cache import MAX_ENTRIES, Memo, invalidates, memoised
 from bridge.store.errors import StoreError
-from bridge.store.migrations import migrate
+from bridge.store.migrations import migrate, schema_version
 from bridge.store.people import PeopleStore
 
 log = logging.getLogger(__name__)
@@ -110,12 +110,27 @@ def _checkpoint_by_bytes(conn: sqlite3.Connection) -> None:
 
 
 class Store(PeopleStore):
-    def __init__(self, path: Path | str, durability: str = "full") -> None:
+    def __init__(self, path: Path | str, durability: str = "full", *, upgrade: bool = True) -> None:
+        """Open (or, with `upgrade`, make) the store at `path`, and bring it to the latest
+        schema. Without `upgrade` (the `db` commands) it is opened as it is: never made, never
+        migrated; `schema_before` tells its version."""
         try:
             if str(path) != ":memory:":
-                Path(path).parent.mkdir(parents=True, exist_ok=True)
+                where = Path(path)
+                # Not made: a typo in bridge.database must not start the bridge on an empty
+                # store in a new directory, its portals and event map elsewhere.
+                if not where.parent.is_dir():
+                    raise StoreError(f"cannot open the database {path}: there is no directory "
+                                     f"{where.parent} (check bridge.database)")
+                new = not where.exists()
+                if new and not upgrade:
+                    raise StoreError(f"no database at {path} (check bridge.database)")
                 # Created 0600 before SQLite opens it: its -wal and -shm files take the same mode.
                 os.close(os.open(path, os.O_CREAT | os.O_RDWR, 0o600))
+                if new:
+                    # Worth seeing at a start that was not the first: the path may be wrong.
+                    log.info("no database at %s: made a new, empty one (right at the first "
+                             "start; otherwise check bridge.database)", path)
             conn = sqlite3.connect(str(path), isolation_level=None)
             # Before WAL mode, which fixes a new file's page size (an existing store keeps its
             # own: changing it takes a VACUUM, see `tribridge db compact`).
@@ -129,7 +144,10 @@ class Store(PeopleStore):
             # the event map and outbox hold millions of rows (bench/scale.py).
             conn.execute("PRAGMA cache_size = -8192")
             self.db = sqlite_utils.Database(conn)
-            self.schema_before = migrate(self.db)
+            self.schema_before = migrate(self.db) if upgrade else schema_version(self.db)
+            if not upgrade and self.schema_before == 0:
+                conn.close()
+                raise StoreError(f"{path} is not a tribridge database")
         except (sqlite3.Error, OSError) as exc:
             raise StoreError(f"cannot open the database {path}: {exc}") from exc
         self.conn = conn
