@@ -468,6 +468,14 @@ class DeliveryWorker:
         ):
             self.store.finish(item, "done", "a reaction to an event never relayed here")
             return
+        if _is_replacement(action.content) and not (
+            isinstance(relates, Mapping) and "event_id" in relates
+        ):
+            # Its original never came here: a command (whose edit would carry the arguments
+            # to everyone), a message refused here (its sender was told), or one from before
+            # the portal. Not sent as a message of its own, as a client would not show it.
+            self.store.finish(item, "done", "an edit of an event never relayed here")
+            return
         event_id = await self._send_as_ghost(action, content)
         with self.store.deferred():  # committed with the next ones: see Store.deferred
             self.store.map_event(
@@ -504,9 +512,6 @@ class DeliveryWorker:
             log.info("%s refers to an event never relayed to %s: sent without the relation",
                      action.source.event_id, self.network.id)
         content = dict(action.content)
-        if "rel_type" not in mapped and "m.new_content" in content:
-            # An edit whose original never came here arrives as a message of its own.
-            content = {k: v for k, v in content.items() if k != "m.new_content"}
         if mapped:
             content["m.relates_to"] = mapped
         else:
@@ -720,3 +725,9 @@ class DeliveryWorker:
 async def _wait_then_cancel(event: trio.Event, scope: trio.CancelScope) -> None:
     await event.wait()
     scope.cancel()
+
+
+def _is_replacement(content: Mapping[str, Any]) -> bool:
+    """An edit (`m.replace`): readable in the clear even on an encrypted event."""
+    relates = content.get("m.relates_to")
+    return isinstance(relates, Mapping) and relates.get("rel_type") == "m.replace"

@@ -482,7 +482,13 @@ def test_arguments_may_be_separated_by_tabs_or_newlines_like_the_command_name() 
         ("help", False, None),  # ordinary talk in a group room
         ("hello everyone", False, None),
         ("!tbx help", False, None),  # another bot's prefix, not ours
-        ("!TB help", False, None),
+        ("!TB help", False, "help"),  # any case: not relayed with its arguments
+        ("!Tb invite wa:+15551234567", False, "invite wa:+15551234567"),
+        ("!tb: help", False, "help"),  # as one addresses someone
+        ("!tb, help", False, "help"),
+        ("!tb:", False, ""),
+        ("!tb:help", False, None),  # not the prefix and a space: someone else's word
+        ("!TBx help", False, None),
         ("help", True, "help"),  # the management room needs no prefix
         ("  whoami  ", True, "whoami"),
         ("!tb help", True, "help"),  # ... but takes one

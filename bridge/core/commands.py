@@ -150,8 +150,14 @@ class Context:
 def strip_prefix(body: str, prefix: str, in_management: bool) -> str | None:
     """The command text of a message, or None if the message is not meant for the bot."""
     text = body.strip()
-    if text == prefix or (text.startswith(prefix) and text[len(prefix)].isspace()):
-        command = text[len(prefix):].strip()
+    # In any case (a phone's keyboard capitalises the first letter: "!Tb"), and as people
+    # address someone: "!tb: help", "!tb, help". Otherwise the command, arguments and all,
+    # would be relayed to every network as a message.
+    rest = text[len(prefix):] if text[:len(prefix)].lower() == prefix.lower() else None
+    if rest is not None and rest[:1] in (":", ","):
+        rest = rest[1:]
+    if rest is not None and (not rest or rest[0].isspace()):
+        command = rest.strip()
     elif in_management:
         command = text
     else:

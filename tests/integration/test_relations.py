@@ -181,3 +181,22 @@ async def test_mentions_cross_as_the_ghosts_of_the_people_named(cast: Cast, daem
         assert digits not in str(event["content"]) and digits[-7:] not in str(event["content"])
         pseudo = event["sender"].split("_")[-1][:4]  # the ghost's neutral name stands in
         assert event["content"]["body"] == f"WhatsApp user {pseudo}: are you there?"
+
+
+async def test_a_command_edited_into_plain_text_does_not_cross(cast: Cast, daemon: Daemon) -> None:
+    # The command was never relayed, so its edit has no original elsewhere: sent as a message
+    # of its own, it would carry whatever the correction says (here a number) to everyone.
+    people, rooms = await three_way(cast, daemon, ("Alice", "Bob", "Carol"))
+    alice = people["wa"]
+    command = await alice.send_text(rooms["wa"], "!tb status")
+    await send(alice, rooms["wa"], "m.room.message", {
+        "msgtype": "m.text", "body": "* oops, call +1 555 123 4567",
+        "m.new_content": {"msgtype": "m.text", "body": "oops, call +1 555 123 4567"},
+        "m.relates_to": {"rel_type": "m.replace", "event_id": command},
+    })
+    await alice.send_text(rooms["wa"], "after the edit")
+    for net_id in ("ig", "fbm"):
+        person, room = people[net_id], rooms[net_id]
+        await copy_of(person, room, "after the edit")  # sent after the edit, in order
+        bodies = [str(e.get("content", {}).get("body")) for e in await person.messages(room)]
+        assert not [b for b in bodies if "oops" in b or "status" in b], bodies
