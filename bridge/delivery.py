@@ -36,7 +36,7 @@ from bridge.core.actions import (
 from bridge.core.media import DEFAULT_MAX_BYTES, STICKER, media_uris, with_uris
 from bridge.core.model import Network
 from bridge.core.notices import failure_notice
-from bridge.core.retry import Verdict, backoff, classify
+from bridge.core.retry import Verdict, backoff, classify, misconfigured
 from bridge.ghostkeeper import GhostKeeper
 from bridge.locks import promptly
 from bridge.matrix.client import Homeserver, HomeserverError, MatrixError, Unreachable
@@ -370,6 +370,11 @@ class DeliveryWorker:
                 if isinstance(exc, Unreachable):
                     self._start_probe()
                 delay = backoff(attempt, self.jitter(), exc.retry_after_ms)
+                if misconfigured(exc.status, exc.errcode):
+                    log.error("%s refuses the bridge's as_token (%s): check networks.%s's "
+                              "as_token against the registration file it reads; what is "
+                              "queued for it waits (try %d in %.0f s)", self.network.server_name,
+                              exc.errcode, self.network.id, attempt + 1, delay)
                 log.info(
                     "delivery to %s failed (%s); try %d in %.1f s",
                     self.network.server_name, exc, attempt + 1, delay,

@@ -17,7 +17,7 @@ from collections.abc import Iterable, Mapping
 import trio
 
 from bridge.core.model import Portal
-from bridge.core.retry import Verdict, classify
+from bridge.core.retry import Verdict, classify, misconfigured
 from bridge.core.translate import E2EE_ALGORITHM
 from bridge.matrix.client import Homeserver, HomeserverError, MatrixError
 from bridge.store import Store
@@ -59,9 +59,11 @@ async def _check(homeservers: Mapping[str, Homeserver], store: Store, portal: Po
             algorithm = state.get("algorithm") if state else None
             algorithms[net_id] = algorithm if isinstance(algorithm, str) else None
     except MatrixError as exc:
-        if classify(exc.status, exc.errcode) is not Verdict.RETRY:
-            # Asking again will not help (a wrong token, say): the log says so once, and the
-            # bot checks the room when its encryption changes.
+        if classify(exc.status, exc.errcode) is not Verdict.RETRY or misconfigured(
+                exc.status, exc.errcode):
+            # Asking again will not help (a wrong token, mended only by a restart, which
+            # checks again): the log says so once, and the bot checks the room when its
+            # encryption changes.
             log.warning("could not read the encryption of portal %s (%s): not checked",
                         portal.portal_id, exc)
             return "ok"

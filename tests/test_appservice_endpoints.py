@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -236,6 +237,22 @@ async def test_a_wrong_token_is_403_and_nothing_is_queued(
     # The refused push did not mark the transaction as taken in: the real one still counts.
     assert (await bridge.push("1", [text_event()])).status_code == 200
     assert len(bridge.outbox()) == 2
+
+
+async def test_refused_tokens_are_logged_now_and_then_without_the_token(
+    bridge: Bridge, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A homeserver with a stale registration retries in vain: the admin must hear of it,
+    # once a minute, not once a push.
+    wrong = "Bearer stale-token-from-an-old-registration"
+    for txn in range(5):
+        reply = await bridge.push(str(txn), [text_event()], headers={"Authorization": wrong})
+        assert reply.status_code == 403
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING
+                and r.name == "bridge.matrix.appservice"]
+    assert len(warnings) == 1
+    assert "generate-registration" in warnings[0].getMessage()
+    assert "stale-token" not in caplog.text
 
 
 async def raw_head(bridge: Bridge, head: str) -> bytes:

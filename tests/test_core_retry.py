@@ -25,6 +25,13 @@ def test_rate_limit_errcode_is_retried_whatever_the_status(status: int | None) -
     assert classify(status, "M_LIMIT_EXCEEDED") is Verdict.RETRY
 
 
+def test_a_homeserver_that_does_not_know_our_token_is_retried_not_refused() -> None:
+    # The registration file and the config disagree: an admin's mistake, mended by them.
+    assert classify(401, "M_UNKNOWN_TOKEN") is Verdict.RETRY
+    assert classify(401, "M_MISSING_TOKEN") is Verdict.RETRY
+    assert classify(403, "M_UNKNOWN_TOKEN") is Verdict.PERMANENT
+
+
 def test_the_first_retry_waits_about_the_base() -> None:
     assert BACKOFF_BASE / 2 <= backoff(1, 0.0) <= BACKOFF_BASE
     assert BACKOFF_BASE / 2 <= backoff(1, 0.999) <= BACKOFF_BASE

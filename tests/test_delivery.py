@@ -457,6 +457,20 @@ async def test_a_refusal_fails_that_message_and_tells_the_sender(
     assert len(rig.fakes["ig"].attempts) == 4
 
 
+@pytest.mark.parametrize(
+    "rig", [lambda n: error(401, "M_UNKNOWN_TOKEN") if n <= 4 else None], indirect=True
+)
+async def test_a_homeserver_that_refuses_our_token_holds_the_messages_until_mended(
+    rig: Rig, autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    rig.queue("held", "and this")
+    await rig.until(lambda: rig.fakes["ig"].texts("!ig-room") == ["held", "and this"])
+    assert rig.fakes["wa"].sent == []  # nobody told "not delivered": it was delivered
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert errors and "refuses the bridge's as_token" in errors[0]
+    assert "networks.ig's as_token" in errors[0]
+
+
 async def test_a_homeserver_back_from_an_outage_is_served_within_seconds(
     rig: Rig, autojump_clock: trio.testing.MockClock
 ) -> None:

@@ -18,6 +18,10 @@ class Verdict(Enum):
 # (connection refused or reset, timeout).
 _RETRY_STATUS = frozenset({None, 408, 425, 429, 500, 502, 503, 504})
 _RETRY_ERRCODES = frozenset({"M_LIMIT_EXCEEDED"})
+# The homeserver does not know the bridge's as_token: its registration file and the config
+# disagree, which the admin fixes. What waits to be sent waits for that, rather than being
+# dropped, every message with a notice, for a mistake in a file.
+_MISCONFIGURED = frozenset({"M_UNKNOWN_TOKEN", "M_MISSING_TOKEN"})
 
 BACKOFF_BASE = 1.0  # seconds before the first retry
 BACKOFF_CAP = 300.0  # never wait longer than five minutes between tries
@@ -26,9 +30,17 @@ BACKOFF_CAP = 300.0  # never wait longer than five minutes between tries
 def classify(status: int | None, errcode: str | None) -> Verdict:
     if status in _RETRY_STATUS or errcode in _RETRY_ERRCODES:
         return Verdict.RETRY
+    if status == 401 and errcode in _MISCONFIGURED:
+        return Verdict.RETRY
     if status is not None and status >= 500:
         return Verdict.RETRY
     return Verdict.PERMANENT
+
+
+def misconfigured(status: int | None, errcode: str | None) -> bool:
+    """The homeserver refuses the bridge's own token: a mistake in the config or the
+    registration file, retried (see classify) until the admin mends it."""
+    return status == 401 and errcode in _MISCONFIGURED
 
 
 def backoff(attempt: int, jitter: float, retry_after_ms: int | None = None) -> float:

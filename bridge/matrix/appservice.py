@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hmac
 import logging
+import time
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
@@ -20,6 +21,10 @@ from bridge.matrix import jsontext
 from bridge.store import Store
 
 log = logging.getLogger(__name__)
+
+# Seconds between two warnings about refused tokens: a homeserver with a stale registration
+# retries its pushes for ever, and each is refused.
+TOKEN_WARNING_EVERY = 60.0
 
 PREFIX = "/_matrix/app/v1"
 _TAKEN = json_response(200, {})  # the answer to every transaction taken in (never changed)
@@ -47,6 +52,7 @@ class Appservice:
         self.store = store
         self.public = public  # routes that need no token (/health, /metrics)
         self.ephemeral = ephemeral  # where typing and receipts go (best effort, never blocks)
+        self._warned_at = -TOKEN_WARNING_EVERY
         self.router = Router()
         self.router.add("PUT", PREFIX + "/transactions/{txn_id}", self.transaction)
         self.router.add("GET", PREFIX + "/users/{user_id}", self.query_user)
@@ -88,6 +94,7 @@ class Appservice:
     def authenticate(self, request: Request) -> NetworkConfig | Response:
         token = _bearer(request)
         if token is None:
+            self._warn_refused("without a token")
             return matrix_error(401, "M_UNAUTHORIZED", "no access token: send the hs_token")
         found = None
         given = token.encode("utf-8", "replace")
@@ -96,8 +103,21 @@ class Appservice:
             if hmac.compare_digest(expected, given):
                 found = net
         if found is None:
+            self._warn_refused("with a token that is no network's hs_token")
             return matrix_error(403, "M_FORBIDDEN", "the access token is not a known hs_token")
         return found
+
+    def _warn_refused(self, how: str) -> None:
+        """Say, now and then, that requests are refused: a homeserver whose registration file
+        is older than the config's tokens pushes in vain, and nothing else would show it."""
+        now = time.monotonic()
+        if now - self._warned_at < TOKEN_WARNING_EVERY:
+            return
+        self._warned_at = now
+        log.warning("refused a request %s (at most one such warning a minute): a homeserver "
+                    "whose registration file predates a change of the config's tokens, url or "
+                    "listen must be given the file `tribridge generate-registration` writes "
+                    "now, and restarted", how)
 
     async def transaction(self, request: Request) -> Response:
         network = request.params["network"]
