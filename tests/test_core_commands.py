@@ -237,7 +237,7 @@ def test_usage_outside_the_management_room_carries_the_prefix() -> None:
 def test_link_checks_its_network_and_room(text: str, problem: str) -> None:
     message = refused(text, ctx(in_management=False))
     assert message.startswith(f"link: {problem}\n")
-    assert message.endswith("Usage: `!tb link [<network>] [<room id or alias>]`")
+    assert message.endswith("Usage: `!tb link [<network> <room id or alias>]`")
 
 
 def test_link_accepts_an_alias_and_a_network_label() -> None:
@@ -442,7 +442,7 @@ def test_privacy_settings(text: str, args: dict[str, Any]) -> None:
 )
 def test_privacy_refusals_name_the_problem(text: str, problem: str) -> None:
     assert refused(text, ctx(Level.RELAY)) == (
-        f"privacy: {problem}\nUsage: `privacy [discoverable|show-identity] [on|off]`"
+        f"privacy: {problem}\nUsage: `privacy [discoverable|show-identity on|off]`"
     )
 
 
@@ -527,9 +527,13 @@ def test_a_custom_prefix() -> None:
 @pytest.mark.parametrize("level", [Level.NONE, Level.RELAY, Level.USER, Level.ADMIN])
 def test_help_lists_only_the_commands_open_to_the_level(level: Level) -> None:
     text = help_text(ctx(level))
+    named = [name for line in text.splitlines() if line.startswith("Only ")
+             for name in line.split(": ", 1)[1].rstrip(".").split(", ")]
     for spec in COMMANDS:
         listed = f"- `{spec.usage}`: {spec.summary}" in text.splitlines()
-        assert listed == (level >= spec.level), spec.name
+        elsewhere = spec.where in (Where.GROUP, Where.PORTAL)  # not in a management room
+        assert listed == (level >= spec.level and not elsewhere), spec.name
+        assert (spec.name in named) == (level >= spec.level and elsewhere), spec.name
     assert text.startswith("tribridge commands. In this management room, type commands as")
     assert text.endswith("Say `help <command>` for more about one.")
 
@@ -541,7 +545,7 @@ def test_help_for_a_relay_user_lists_exactly_their_commands() -> None:
         "help [<command>]",
         "version",
         "whoami",
-        "privacy [discoverable|show-identity] [on|off]",
+        "privacy [discoverable|show-identity on|off]",
         "forget me [confirm]",
     ]
 
@@ -549,8 +553,18 @@ def test_help_for_a_relay_user_lists_exactly_their_commands() -> None:
 def test_help_outside_the_management_room_shows_the_prefix() -> None:
     text = help_text(ctx(Level.USER, in_management=False))
     assert "In this room, start commands with !tb." in text
-    assert "- `!tb dm <network>:<identity>`: " in text
+    assert "- `!tb ping`: " in text
     assert text.endswith("Say `!tb help <command>` for more about one.")
+
+
+def test_help_in_a_group_room_names_the_personal_commands_without_offering_them() -> None:
+    # Typed here, an identity (dm wa:+1...) would be read by the whole room.
+    text = help_text(ctx(Level.USER, in_management=False))
+    assert "`!tb dm" not in text and "`!tb identity link" not in text
+    assert ("Only in your management room (a direct chat with @tribridge:wa.localhost): "
+            "whoami, dm, privacy, identity link, identity confirm, identity unlink, "
+            "forget me.") in text.splitlines()
+    assert "Only in a bridged room: unlink, mirror, invite." in text.splitlines()
 
 
 def test_help_for_one_command_shows_its_usage_and_details() -> None:
@@ -722,3 +736,20 @@ def test_levels_are_ordered() -> None:
 )
 def test_is_rule_key(key: str, ok: bool) -> None:
     assert is_rule_key(key) is ok
+
+
+def test_a_bare_matrix_id_is_read_by_its_server_and_a_room_needs_its_network_first() -> None:
+    dm = invoked("dm @bob:ig.localhost")
+    assert dm.args["target"] == ("ig", Identity("handle", "bob"))
+    assert invoked("dm @+15551234567:wa.localhost").args["target"] == (
+        "wa", Identity("phone", "+15551234567"))
+    assert "is on none of the bridged networks" in refused("dm @bob:elsewhere.org")
+    room = refused("link !abc:ig.localhost x", ctx(in_management=False))
+    assert room.startswith("link: '!abc:ig.localhost' is a room: give its network first")
+
+
+def test_a_command_copied_from_the_help_with_its_code_marks_runs() -> None:
+    assert strip_prefix("`!tb help`", "!tb", in_management=False) == "help"
+    assert strip_prefix("`whoami`", "!tb", in_management=True) == "whoami"
+    assert invoked("dm `wa:+15551234567`").args["target"] == (
+        "wa", Identity("phone", "+15551234567"))

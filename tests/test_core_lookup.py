@@ -35,6 +35,9 @@ def bad(network: Network, text: str, country: str = "") -> str:
         "  +15551234567  ",
         "0015551234567",
         "00 1 555 123 4567",
+        "\u202d+1 (555) 123\u20114567\u202c",  # as a contacts app copies it: marks and all
+        "+1 555\u2013123\u20134567",  # en dashes
+        "\u200e+1 555 123 4567",
     ],
 )
 def test_phone_spellings_normalise_to_e164(typed: str) -> None:
@@ -186,11 +189,12 @@ def test_user_id_for(network: Network, identity: Identity, user_id: str) -> None
 
 
 LOCAL = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._+-"
-LABEL = "abcdefghijklmnopqrstuvwxyz0123456789-"
 emails = st.builds(
     lambda local, labels, tld: f"{local}@{'.'.join(labels)}.{tld}",
     st.text(LOCAL, min_size=1, max_size=24),
-    st.lists(st.text(LABEL, min_size=1, max_size=12), min_size=1, max_size=3),
+    # A label starts and ends with a letter or digit (RFC 1035).
+    st.lists(st.from_regex(r"[a-z0-9](?:[a-z0-9\-]{0,10}[a-z0-9])?", fullmatch=True),
+             min_size=1, max_size=3),
     st.text("abcdefghijklmnopqrstuvwxyz", min_size=2, max_size=6),
 )
 phones = st.from_regex(r"\+[1-9][0-9]{6,14}", fullmatch=True)
@@ -237,3 +241,21 @@ def test_normalise_gives_an_identity_of_the_network_kind_or_bad_identity(
         assert str(exc)
     else:
         assert identity.kind == network.identity
+
+
+@pytest.mark.parametrize(
+    "typed", ['"Dave@Example.com"', "<dave@example.com>", "dave@example.com.", "`dave@example.com`"]
+)
+def test_an_email_pasted_with_quotes_brackets_or_a_full_stop_is_read(typed: str) -> None:
+    assert normalise(FBM, typed) == Identity("email", "dave@example.com")
+
+
+@pytest.mark.parametrize("typed", ["dave@example", "dave@.com", "dave@example.c", "da ve@x.org",
+                                   "dave@exa mple.com", "dave,x@example.com"])
+def test_what_is_not_an_email_address_is_refused(typed: str) -> None:
+    assert "is not an email address such as alice@example.com" in bad(FBM, typed)
+
+
+def test_a_handle_too_long_for_a_user_id_is_refused_at_once() -> None:
+    assert bad(IG, "x" * 300) == "that handle is too long for Instagram (at most 200 characters)"
+    assert "is not an email address" in bad(FBM, "x" * 300 + "@example.com")

@@ -49,9 +49,12 @@ class Spec:
     args: tuple[tuple[str, Arg, bool], ...] = ()  # (name, kind, required)
     where: Where = Where.ANYWHERE
     details: str = ""
+    shown_usage: str = ""  # where the arguments go together: both or neither
 
     @property
     def usage(self) -> str:
+        if self.shown_usage:
+            return self.shown_usage
         parts = [self.name]
         for name, kind, required in self.args:
             shown = "discoverable|show-identity" if name == "setting" else kind.value
@@ -70,7 +73,8 @@ COMMANDS: tuple[Spec, ...] = (
          Level.USER, (("network", Arg.NETWORK, False), ("room", Arg.ROOM, False)), Where.GROUP,
          "Without arguments the bridge creates a room on every other network, with this room's "
          "name and topic. With a network and a room, that existing room joins this room's "
-         "portal: invite the bot there first; you must be allowed to manage both rooms."),
+         "portal: invite the bot there first; you must be allowed to manage both rooms.",
+         "link [<network> <room id or alias>]"),
     Spec("unlink", "take this room out of its portal", Level.USER, (), Where.PORTAL,
          "The ghosts leave this room and the other rooms get a notice."),
     Spec("mirror", "show or change whether this portal's rooms share their name, topic and "
@@ -93,7 +97,8 @@ COMMANDS: tuple[Spec, ...] = (
          "phone number, email or handle (default: off for phone and email, on for handles).\n"
          "privacy show-identity on|off: whether your phone number or email appears on other "
          "networks beside your name (default: off, unless the bridge's admin set "
-         "expose_identity for your network)."),
+         "expose_identity for your network).",
+         "privacy [discoverable|show-identity on|off]"),
     Spec("identity link", "link your account on another network to this one", Level.USER,
          (("target", Arg.TARGET, True),), Where.MANAGEMENT,
          "The bot sends a one-time code to your management room on the other network; say "
@@ -150,6 +155,8 @@ class Context:
 def strip_prefix(body: str, prefix: str, in_management: bool) -> str | None:
     """The command text of a message, or None if the message is not meant for the bot."""
     text = body.strip()
+    if len(text) > 2 and text[0] == text[-1] == "`":
+        text = text[1:-1].strip()  # copied from the help, code marks and all
     # In any case (a phone's keyboard capitalises the first letter: "!Tb"), and as people
     # address someone: "!tb: help", "!tb, help". Otherwise the command, arguments and all,
     # would be relayed to every network as a message.
@@ -285,6 +292,8 @@ def _network_id(word: str, ctx: Context) -> str:
     net = word.lower()
     if net in ctx.networks:
         return net
+    if word[:1] in ("!", "#"):
+        raise ValueError(f"{word!r} is a room: give its network first")
     for net_id, network in ctx.networks.items():  # "WhatsApp" works as well as "wa"
         if network.label.lower() == net:
             return net_id
@@ -293,6 +302,18 @@ def _network_id(word: str, ctx: Context) -> str:
 
 
 def _target(text: str, ctx: Context) -> tuple[str, Any]:
+    text = text.strip().strip("`")
+    if text.startswith("@") and ":" in text:
+        # A whole Matrix user id: its server says which network.
+        server = text.partition(":")[2].strip()
+        for net_id, network in ctx.networks.items():
+            if network.server_name == server:
+                try:
+                    return net_id, normalise(network, text, ctx.default_country_code)
+                except BadIdentity as exc:
+                    raise ValueError(str(exc)) from None
+        raise ValueError(f"{text!r} is on none of the bridged networks; write the person as "
+                         f"<network>:<identity>, e.g. {_example(ctx)}")
     net_word, sep, identity = text.partition(":")
     if not sep:
         raise ValueError(f"write the person as <network>:<identity>, e.g. {_example(ctx)}")
@@ -347,12 +368,32 @@ def help_text(ctx: Context, command: str | None = None) -> str:
                 lines.append(f"(needs the {s.level.label} level; you have {ctx.level.label})")
         return "\n".join(lines)
     open_to_you = [s for s in COMMANDS if ctx.level >= s.level]
+    here = [s for s in open_to_you if _works_here(s, ctx)]
+    elsewhere = [s for s in open_to_you if not _works_here(s, ctx)]
     where = (
         "In this management room, type commands as they are."
         if ctx.in_management
         else f"In this room, start commands with {ctx.prefix}."
     )
     lines = [f"tribridge commands. {where}"]
-    lines += [f"- {_say(s.usage, ctx)}: {s.summary}" for s in open_to_you]
+    lines += [f"- {_say(s.usage, ctx)}: {s.summary}" for s in here]
+    # Named, not offered: typed in a group room, an identity would be read by the whole room.
+    bot = ctx.networks[ctx.here].bot_user_id if ctx.here in ctx.networks else "the bot"
+    places = {Where.MANAGEMENT: f"in your management room (a direct chat with {bot})",
+              Where.PORTAL: "in a bridged room", Where.GROUP: "in the room to bridge"}
+    for where, place in places.items():
+        names = [s.name for s in elsewhere if s.where is where]
+        if names:
+            lines.append(f"Only {place}: {', '.join(names)}.")
     lines.append(f"Say {_say('help <command>', ctx)} for more about one.")
     return "\n".join(lines)
+
+
+def _works_here(spec: Spec, ctx: Context) -> bool:
+    if spec.where is Where.MANAGEMENT:
+        return ctx.in_management
+    if spec.where is Where.GROUP:
+        return not ctx.in_management
+    if spec.where is Where.PORTAL:
+        return ctx.in_portal
+    return True

@@ -25,10 +25,20 @@ from bridge.core.ids import (
 )
 from bridge.core.model import Network
 
-_PHONE_NOISE = re.compile(r"[\s\-.()\u00a0]")
+# Spaces, dashes of every kind, dots, brackets, and the invisible marks (bidi, zero-width) a
+# number copied from a contacts app carries.
+_PHONE_NOISE = re.compile(r"[\s\-.()\u00a0\u2010-\u2015\u2212\ufe58\ufe63\uff0d"
+                          r"\u200b-\u200f\u202a-\u202e\u2060-\u2064\ufeff]")
 # "+44 (0)20 7946 0958": the bracketed trunk zero is dialled only from inside the country.
 _INTERNATIONAL = re.compile(r"\s*(\+|00)\d+\s*\(0\)")
-_EMAIL = re.compile(r"[^@\s]+@[^@\s]+\.[^@\s]+")
+# A domain of labels (letters, digits, hyphens; any script) with a dot, and no quotes,
+# brackets or commas in the local part: what a mistyped or pasted address carries.
+_EMAIL = re.compile(r"[^@\s\"'<>(),;:\[\]]+@(?:[^\W_](?:[\w-]*[^\W_])?\.)+[^\W\d_]{2,}")
+# A Matrix user id is at most 255 characters; the server name and "@:" take their share.
+_MAX_LOCALPART = 200
+
+
+_INVISIBLE = re.compile(r"[\u200b-\u200f\u202a-\u202e\u2060-\u2064\ufeff]")
 
 
 class BadIdentity(ValueError):
@@ -37,7 +47,11 @@ class BadIdentity(ValueError):
 
 def normalise(network: Network, text: str, default_country_code: str = "") -> Identity:
     """`text` as an identity of `network`'s kind; raise BadIdentity naming what is wrong."""
-    text = text.strip()
+    # What a paste brings along: invisible marks, quotes or angle brackets round an address,
+    # a full stop after it.
+    text = _INVISIBLE.sub("", text).strip().strip("\"'<>`")
+    if network.identity == "email":
+        text = text.rstrip(".,;")
     if not text:
         raise BadIdentity(f"give the {network.identity} of someone on {network.label}")
     if text.startswith("@") and ":" in text:
@@ -55,7 +69,7 @@ def normalise(network: Network, text: str, default_country_code: str = "") -> Id
         return Identity("phone", _phone(text, default_country_code))
     if network.identity == "email":
         email = text.lower()
-        if not _EMAIL.fullmatch(email):
+        if not _EMAIL.fullmatch(email) or len(email_to_localpart(email)) > _MAX_LOCALPART:
             raise BadIdentity(f"{text!r} is not an email address such as alice@example.com")
         return Identity("email", email)
     # Lower-cased, as a homeserver makes every new user id (Synapse refuses capitals): people
@@ -65,6 +79,9 @@ def normalise(network: Network, text: str, default_country_code: str = "") -> Id
         raise BadIdentity(
             f"{text!r} is not a handle on {network.label}: use a-z 0-9 . _ = - /"
         )
+    if len(handle) > _MAX_LOCALPART:
+        raise BadIdentity(f"that handle is too long for {network.label} "
+                          f"(at most {_MAX_LOCALPART} characters)")
     return Identity("handle", handle)
 
 
