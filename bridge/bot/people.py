@@ -100,22 +100,45 @@ async def send_link_code(bot: Bot, task: BotTask) -> None:
     room = bot.store.management_room(*to)
     if room is None or asker[0] not in bot.networks:
         return
+    now = time.time()
+    if any((c.from_network, c.from_user) == asker and c.expires_at >= now
+           for c in bot.store.link_codes(*to)):
+        # One live code per asking account: asking again and again must not flood the room
+        # with codes (and nothing tells the asker either way).
+        log.info("a link code on %s not sent: one from the same account is still live",
+                 task.network)
+        return
     code = new_code()
     with bot.store.transaction():
-        bot.store.put_link_code(to, asker, _code_hash(bot, code), time.time() + CODE_SECONDS)
+        bot.store.put_link_code(to, asker, _code_hash(bot, code), now + CODE_SECONDS)
     here = bot.networks[asker[0]].label
+    # Named as this network shows them (a ghost's name: never their number or email unless
+    # they chose to show it), so that a request from a stranger does not look like one's own.
+    who = await _shown_here(bot, task.network, *asker)
     try:
         await bot.notice(
             task.network, room,
-            f"Someone on {here} asked to link their account with this one. If it was you, say "
-            f"`identity confirm {code}` here within {CODE_SECONDS // 60} minutes. If not, "
-            "ignore this.",
+            f"{who} on {here} asked to link their account with this one. Only if that is "
+            f"your own account, say `identity confirm {code}` here within "
+            f"{CODE_SECONDS // 60} minutes: linked, it shares your ghost on the other networks "
+            "and sees your linked accounts. If not, ignore this.",
             about=task.about,
         )
     except HomeserverError as exc:
         # Not retried: a retry would send its new code under the same transaction id, which
         # the homeserver answers with the first notice, and the codes would not match.
         log.info("could not send a link code on %s: %s", task.network, exc)
+
+
+async def _shown_here(bot: Bot, network: str, asker_network: str, asker: str) -> str:
+    """How `network` shows the person `asker` of `asker_network`: their ghost's name there."""
+    for net_id, localpart in bot.ghosts.ghosts_of(asker_network, asker, own_only=True):
+        if net_id == network:
+            try:
+                return f'"{await bot.ghosts.name(localpart, asker_network, asker)}"'
+            except HomeserverError:
+                break
+    return "Someone"
 
 
 async def identity_confirm(bot: Bot, call: Call) -> str:

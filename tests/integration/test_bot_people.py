@@ -357,6 +357,15 @@ async def test_identity_link_codes_run_out_and_expire(cast: Cast, daemon: Daemon
 
     await bea.command(bea_room, f"identity link {target(bea_fbm)}")
     code = await link_code(bea_fbm, fbm_room)
+    # The request names who asked, as Messenger shows them (never their number).
+    (request,) = [b for b in notices(await bea_fbm.messages(fbm_room)) if code in b]
+    assert request.startswith('"Bea (WhatsApp)" on WhatsApp asked to link'), request
+    assert bea.user_id[1:].split(":")[0] not in request
+    # Asked again while that code lives: no second code, no flood of the room.
+    await bea.command(bea_room, f"identity link {target(bea_fbm)}")
+    await outbox_drained(daemon)
+    sent = [b for b in notices(await bea_fbm.messages(fbm_room)) if CODE.search(b)]
+    assert len(sent) == 1, sent
     answers = [await bea_fbm.command(fbm_room, f"identity confirm {wrong(code)}")
                for _ in range(5)]
     assert answers[:4] == [
