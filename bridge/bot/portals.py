@@ -85,6 +85,24 @@ async def _publish(bot: Bot, network: str, room_id: str, portal_id: str) -> bool
     return True
 
 
+async def _pin_all(bot: Bot, portal: Portal) -> list[str]:
+    """Publish the portal id in every room of `portal` that lacks it (what PIN_WARNING asks
+    for: saying `link` again). The labels of the networks where it still could not be."""
+    failed = []
+    for net_id, room_id in portal.rooms.items():
+        if net_id not in bot.networks:
+            continue
+        try:
+            pinned = (await bot.homeservers[net_id].state(room_id, PORTAL_STATE) or {}).get(
+                "portal_id")
+        except HomeserverError:
+            pinned = None
+        if pinned != portal.portal_id and not await _publish(bot, net_id, room_id,
+                                                             portal.portal_id):
+            failed.append(bot.networks[net_id].label)
+    return failed
+
+
 async def encryption_of(bot: Bot, network: str, room_id: str) -> str | None:
     """The room's end-to-end encryption algorithm, None if it is not encrypted."""
     state = await bot.homeservers[network].state(room_id, "m.room.encryption")
@@ -124,11 +142,19 @@ async def link(bot: Bot, call: Call) -> str:
     portal = call.portal
     missing = [n for n in bot.networks if portal is None or n not in portal.rooms]
     missing = [n for n in missing if n != call.network]
-    if not missing:
-        return "This room is already bridged to every network."
     hs = bot.homeservers[call.network]
     algorithm = await encryption_of(bot, call.network, call.room_id)
     _refuse_megolm(algorithm)
+    # Encrypted messages are bound to the portal id: saying `link` again (as PIN_WARNING
+    # asks) publishes it where it is missing.
+    unpinned = [] if portal is None or algorithm is None else await _pin_all(bot, portal)
+    if not missing:
+        if unpinned:
+            return ("This room is already bridged to every network, but the bot still may not "
+                    f"publish the portal id in its {', '.join(unpinned)} room: give it the "
+                    "power to change room settings there, then say "
+                    f"{call.say('link')} again.")
+        return "This room is already bridged to every network."
     name = (await hs.state(call.room_id, "m.room.name") or {}).get("name")
     topic = (await hs.state(call.room_id, "m.room.topic") or {}).get("topic")
     portal_id = portal.portal_id if portal else str(uuid.uuid4())
@@ -150,7 +176,15 @@ async def link(bot: Bot, call: Call) -> str:
             body["initial_state"].append(
                 {"type": "m.room.encryption", "state_key": "", "content": {"algorithm": algorithm}}
             )
-        made[net_id] = await bot.homeservers[net_id].create_room(body)
+        try:
+            made[net_id] = await bot.homeservers[net_id].create_room(body)
+        except HomeserverError:
+            # Not left behind: the rooms made so far are known nowhere else, and each new try
+            # would make more. The bot leaves them (its only member), and the reply says why.
+            for other, room in made.items():
+                with contextlib.suppress(HomeserverError):
+                    await bot.homeservers[other].leave(room)
+            raise
     with bot.store.transaction():
         if portal is None:
             bot.store.create_portal({call.network: call.room_id, **made}, "command",
@@ -192,6 +226,10 @@ async def _link_existing(bot: Bot, call: Call, net_id: str, room: str) -> str:
         )
     if bot.store.portal_for_room(net_id, room_id) is not None:
         raise Denied(f"link: {room} is already part of a portal.")
+    if bot.store.management_owner(net_id, room_id) is not None:
+        # Every message its owner writes there is a command: linked, none would be relayed.
+        raise Denied(f"link: {room} is a management room (a direct chat with the bot); link "
+                     "a group room.")
     if room_id == call.room_id or bot.store.room_in_any_portal(room_id):
         # The same room, federated between the two homeservers: linked to itself, its
         # messages would go round and round.
@@ -241,13 +279,16 @@ async def _link_existing(bot: Bot, call: Call, net_id: str, room: str) -> str:
         else:
             portal_id = call.portal.portal_id
             bot.store.add_portal_room(portal_id, net_id, room_id)
-    await _publish(bot, net_id, room_id, portal_id)
+    published = await _publish(bot, net_id, room_id, portal_id)
     if call.portal is None:
-        await _publish(bot, call.network, call.room_id, portal_id)
+        published = await _publish(bot, call.network, call.room_id, portal_id) and published
     here = bot.networks[call.network].label
     await bot.notice(net_id, room_id, f"This room is now bridged with {here}.",
                      about=call.event_id)
-    return f"This room is now bridged with the {target.label} room {room}."
+    answer = f"This room is now bridged with the {target.label} room {room}."
+    if here_alg is not None and not published:
+        answer += PIN_WARNING.format(prefix=call.ctx.prefix)
+    return answer
 
 
 async def unlink(bot: Bot, call: Call) -> str:

@@ -381,8 +381,8 @@ def help_text(ctx: Context, command: str | None = None) -> str:
     bot = ctx.networks[ctx.here].bot_user_id if ctx.here in ctx.networks else "the bot"
     places = {Where.MANAGEMENT: f"in your management room (a direct chat with {bot})",
               Where.PORTAL: "in a bridged room", Where.GROUP: "in the room to bridge"}
-    for where, place in places.items():
-        names = [s.name for s in elsewhere if s.where is where]
+    for kind, place in places.items():
+        names = [s.name for s in elsewhere if s.where is kind]
         if names:
             lines.append(f"Only {place}: {', '.join(names)}.")
     lines.append(f"Say {_say('help <command>', ctx)} for more about one.")

@@ -9,6 +9,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 from urllib.parse import quote
 
+import httpx
 import pytest
 import trio
 
@@ -217,10 +218,11 @@ async def test_permission_levels_and_an_admin_links_an_existing_room(
     )
     await daemon.start([])
 
-    rita_room, user_room, ada_room, ada_admin, ig_room, closed = await together(
+    rita_room, user_room, ada_room, ada_admin, ig_room, closed, bobs_own = await together(
         group_room(relay_person, "Rita's room"), management_room(user),
         group_room(admin, "Ada's room"), management_room(admin), group_room(bob, "Bob's room"),
         bob.create_room("no bot here"),  # the bot is never invited there
+        management_room(bob),
     )
 
     # relay: what they say crosses, but they may not make portals.
@@ -238,6 +240,10 @@ async def test_permission_levels_and_an_admin_links_an_existing_room(
     answer = await admin.command(ada_room, f"!tb link ig {closed}")
     assert answer == f"link: the bot is not in {closed}. Invite @tribridge:ig.localhost there " \
                      "first.", answer
+    # Someone's management room: all its owner writes there is a command, so never a portal.
+    answer = await admin.command(ada_room, f"!tb link ig {bobs_own}")
+    assert answer == f"link: {bobs_own} is a management room (a direct chat with the bot); " \
+                     "link a group room.", answer
     answer = await admin.command(ada_room, f"!tb link ig {ig_room}")
     assert answer == f"This room is now bridged with the Instagram room {ig_room}.", answer
     await bob.wait_for(ig_room, has_notice("This room is now bridged with WhatsApp."))
@@ -314,6 +320,35 @@ async def test_link_makes_the_rooms_and_invite_brings_people_in(
     await erin.wait_for_invite(lambda r, _: r == rooms["wa"])
     # Commands of one room run one after the other: Dave's was done before Erin's began.
     assert set(await dave.invites()) == set()
+
+
+async def test_a_link_that_fails_half_way_leaves_no_room_behind(
+    cast: Cast, daemon: Daemon
+) -> None:
+    await daemon.start([])
+    (alice,) = await register(cast, ("wa", "Alice"))
+    room = await group_room(alice, "Half made")
+
+    async def bot_rooms() -> set[str]:
+        async with httpx.AsyncClient(timeout=10) as http:
+            answer = await http.get(
+                f"{daemon.net.url('ig')}/_matrix/client/v3/joined_rooms",
+                headers={"Authorization": f"Bearer {daemon.net.as_tokens['ig']}"})
+        return set(answer.json()["joined_rooms"])
+
+    before = await bot_rooms()
+    fbm = daemon.net.servers["fbm"]
+    fbm.stop()  # the Messenger room cannot be made: the Instagram one was made first
+    try:
+        answer = await alice.command(room, "!tb link")
+    finally:
+        fbm.start()
+        fbm.wait_ready()
+    assert answer.startswith("link failed"), answer
+    assert await bot_rooms() == before  # the bot left the Instagram room it made for it
+    answer = await alice.command(room, "!tb link")
+    assert answer.startswith("This room is now bridged to Instagram "), answer
+    assert len(await bot_rooms() - before) == 1
 
 
 async def test_unlink_takes_one_room_out_of_a_linked_portal(cast: Cast, daemon: Daemon) -> None:

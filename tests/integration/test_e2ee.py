@@ -73,11 +73,12 @@ async def room_version_default(person: Person) -> str:
     return str(caps["capabilities"]["m.room_versions"]["default"])
 
 
-async def encrypted_room(person: Person, name: str) -> str:
+async def encrypted_room(person: Person, name: str, bot_power: bool = True) -> str:
     """A room encrypted with tribridge's scheme, the bot invited with the power to change its
-    settings (it publishes the portal id there); returned once the bot has said hello."""
+    settings (it publishes the portal id there) unless not `bot_power`; returned once the bot
+    has said hello."""
     bot = bot_of(net_of(person))
-    users = {bot: 100}
+    users = {bot: 100} if bot_power else {}
     version = await room_version_default(person)
     if not (version.isdigit() and int(version) >= 12):
         users[person.user_id] = 100  # before room version 12, creators are listed too
@@ -355,6 +356,30 @@ async def test_a_leaver_cannot_read_what_follows(cast: Cast, daemon: Daemon) -> 
     assert ig.device.device_id in recipients, recipients
     assert open_keyshare(newest, fbm.device, wa.device.cert, t.portal_id) is None
     assert open_keyshare(newest, ig.device, wa.device.cert, t.portal_id) is not None
+
+
+async def test_link_said_again_publishes_the_portal_id_it_could_not_publish_before(
+    cast: Cast, daemon: Daemon
+) -> None:
+    (ada,) = await register(cast, ("wa", "Ada"))
+    await daemon.start([])
+    room = await encrypted_room(ada, "Secret", bot_power=False)
+    answer = await ada.command(room, "!tb link", WITHIN)
+    assert answer.endswith("The bot could not publish the portal id in this room, and encrypted "
+                           "messages are bound to it: give the bot the power to change room "
+                           "settings, then say `!tb link` again."), answer
+    levels = await ada.call("GET", f"/rooms/{quote(room)}/state/m.room.power_levels/")
+    answer = await ada.command(room, "!tb link", WITHIN)
+    assert answer == (
+        "This room is already bridged to every network, but the bot still may not publish the "
+        "portal id in its WhatsApp room: give it the power to change room settings there, then "
+        "say `!tb link` again."), answer
+    levels["users"][bot_of("wa")] = 100
+    await ada.call("PUT", f"/rooms/{quote(room)}/state/m.room.power_levels/", levels)
+    answer = await ada.command(room, "!tb link", WITHIN)
+    assert answer == "This room is already bridged to every network.", answer
+    pinned = await ada.call("GET", f"/rooms/{quote(room)}/state/org.tribridge.portal/")
+    assert pinned.get("portal_id"), pinned
 
 
 async def test_linking_an_encrypted_room_with_an_unencrypted_one_is_refused(
