@@ -18,8 +18,10 @@ from bridge.config import Config
 from bridge.core.actions import BotTask, txn_id
 from bridge.core.commands import Context, Refusal, help_text, parse
 from bridge.core.model import Network
+from bridge.core.retry import Verdict, classify
 from bridge.ghostkeeper import GhostKeeper
-from bridge.matrix.client import Homeserver, HomeserverError
+from bridge.logs import mask_private
+from bridge.matrix.client import Homeserver, HomeserverError, MatrixError, Unreachable
 from bridge.store import Store
 
 log = logging.getLogger(__name__)
@@ -104,7 +106,7 @@ class Bot:
             answer = str(exc)
         except HomeserverError as exc:
             log.warning("command %s on %s failed: %s", parsed.name, task.network, exc)
-            answer = f"{parsed.name} failed: a homeserver said {exc}. Try again in a moment."
+            answer = failure_reply(parsed.name, exc, self.networks)
         except Exception:
             # A bug of ours: the person still gets an answer, and the daemon goes on.
             log.exception("command %s on %s failed unexpectedly", parsed.name, task.network)
@@ -146,3 +148,19 @@ class Bot:
         ctx = Context(self.networks, network, self.config().permissions.level(user_id), False,
                       True, self.config().bridge.command_prefix)
         return "Hello! This is your management room with the tribridge bot.\n" + help_text(ctx)
+
+
+def failure_reply(command: str, exc: HomeserverError, networks: Mapping[str, Network]) -> str:
+    """What the person hears when a homeserver failed their command: which network, whether
+    trying again can help, and the refusal's words (masked: another network's homeserver may
+    name people by ids that are phone numbers)."""
+    label = next((n.label for n in networks.values() if n.server_name == exc.server_name),
+                 "a homeserver")
+    if isinstance(exc, Unreachable) or exc.status is None:
+        return f"{command} failed: {label} did not answer. Try again in a moment."
+    if classify(exc.status, exc.errcode) is Verdict.RETRY:
+        return (f"{command} failed: {label} could not do it just now ({exc.errcode}). Try "
+                "again in a moment.")
+    said = mask_private(exc.message)[:200] if isinstance(exc, MatrixError) else ""
+    return (f"{command} failed: {label} refused it ({exc.errcode}{': ' + said if said else ''}"
+            "). Trying again will not help; ask the bridge's admin if it should be allowed.")

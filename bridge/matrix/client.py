@@ -31,6 +31,7 @@ class HomeserverError(Exception):
     status: int | None = None
     errcode: str | None = None
     retry_after_ms: int | None = None
+    server_name: str | None = None  # whose error: the bot names the network in its replies
 
 
 class Unreachable(HomeserverError):
@@ -43,12 +44,15 @@ class TooBig(Unreachable):
 
 class MatrixError(HomeserverError):
     def __init__(
-        self, status: int, errcode: str, message: str, retry_after_ms: int | None = None
+        self, status: int, errcode: str, message: str, retry_after_ms: int | None = None,
+        server_name: str | None = None,
     ) -> None:
         super().__init__(f"{status} {errcode}: {message}")
         self.status = status
         self.errcode = errcode
+        self.message = message
         self.retry_after_ms = retry_after_ms
+        self.server_name = server_name
 
 
 def _q(part: str) -> str:
@@ -121,11 +125,16 @@ class Homeserver:
                     headers={"Content-Type": "application/json"} if body is not None else None,
                 )
         except httpx.TransportError as exc:
-            raise Unreachable(f"{self.server_name}: {type(exc).__name__}: {exc}") from exc
+            raise self._unreachable(f"{type(exc).__name__}: {exc}") from exc
         except trio.TooSlowError as exc:
-            raise Unreachable(f"{self.server_name}: no answer in {self.deadline:g} s") from exc
+            raise self._unreachable(f"no answer in {self.deadline:g} s") from exc
         return _answer(response.status_code, response.content, response.reason_phrase,
-                       response.headers.get("retry-after", ""))
+                       response.headers.get("retry-after", ""), self.server_name)
+
+    def _unreachable(self, why: str, kind: type[Unreachable] | None = None) -> Unreachable:
+        error = (kind or Unreachable)(f"{self.server_name}: {why}")
+        error.server_name = self.server_name
+        return error
 
     async def _fast_json(self, method: str, target: str, body: Any) -> Any:
         """http_json over the lean client: `target` is the path with its query, encoded."""
@@ -137,10 +146,11 @@ class Homeserver:
                 method, target, compact_json(body).encode() if body is not None else None,
                 within=self.deadline)
         except AnswerTooLarge as exc:
-            raise TooBig(f"{self.server_name}: {exc}") from exc
+            raise self._unreachable(str(exc), TooBig) from exc
         except ConnectionFailed as exc:
-            raise Unreachable(f"{self.server_name}: {exc}") from exc
-        return _answer(answer.status, answer.body, answer.reason, answer.retry_after)
+            raise self._unreachable(str(exc)) from exc
+        return _answer(answer.status, answer.body, answer.reason, answer.retry_after,
+                       self.server_name)
 
     # -- the calls the bridge makes ------------------------------------------------------------
 
@@ -363,7 +373,8 @@ class Homeserver:
 MAX_RETRY_AFTER_MS = 86_400_000
 
 
-def _answer(status: int, content: bytes, reason: str, retry_header: str) -> Any:
+def _answer(status: int, content: bytes, reason: str, retry_header: str,
+            server_name: str | None = None) -> Any:
     """The JSON of an answer, or the MatrixError it stands for."""
     try:
         answer = jsontext.loads(content) if content else {}
@@ -382,6 +393,7 @@ def _answer(status: int, content: bytes, reason: str, retry_header: str) -> Any:
             str(payload.get("errcode", "M_UNKNOWN")),
             str(payload.get("error", reason))[:300],
             retry,
+            server_name,
         )
     return answer
 
