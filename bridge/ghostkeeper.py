@@ -199,23 +199,32 @@ class GhostKeeper:
                 found.add((target_id, via_links))
         return sorted(found)
 
-    async def rename(self, network_id: str, user_id: str) -> int:
+    async def rename(self, network_id: str, user_id: str) -> tuple[int, list[str]]:
         """Set the display name of the person's registered ghosts again (after a privacy
-        change); returns how many changed."""
-        changed = 0
+        change); returns how many changed, and the networks whose homeserver failed (each is
+        tried on its own: one silent homeserver does not keep the others' names)."""
+        changed, failed = 0, []
         # Their own ghosts only: a ghost shared through an identity link whose earliest
         # account is someone else's is named after that account, not this one.
         for target_id, localpart in self.ghosts_of(network_id, user_id, own_only=True):
             registered, current = self.store.ghost(target_id, localpart)
             if not registered:
                 continue
-            name = await self.name(localpart, network_id, user_id)
-            if name != current:
+            try:
+                name = await self.name(localpart, network_id, user_id)
+                if name == current:
+                    continue
                 ghost = self.networks[target_id].user_id(localpart)
                 await self.homeservers[target_id].set_display_name(ghost, name)
-                self.store.save_ghost(target_id, localpart, network_id, name)
-                changed += 1
-        return changed
+            except HomeserverError as exc:
+                # The stored name stays the old one: the ghost's next send (ensure) sees the
+                # difference and sets the new name then.
+                log.info("a ghost was not renamed on %s: %s", target_id, exc)
+                failed.append(target_id)
+                continue
+            self.store.save_ghost(target_id, localpart, network_id, name)
+            changed += 1
+        return changed, failed
 
     async def neutralise(
         self, network_id: str, user_id: str

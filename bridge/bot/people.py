@@ -49,9 +49,14 @@ async def privacy(bot: Bot, call: Call) -> str:
             "You can now be reached with dm and invite." if value
             else "You can no longer be reached with dm and invite; people who try learn nothing."
         )
-    renamed = await bot.ghosts.rename(call.network, call.sender)
+    renamed, failed = await bot.ghosts.rename(call.network, call.sender)
     what = "now shows" if value else "no longer shows"
-    return f"Your phone number or email {what} on other networks ({renamed} name(s) updated)."
+    answer = f"Your phone number or email {what} on other networks ({renamed} name(s) updated)."
+    if failed:
+        labels = " and ".join(bot.networks[n].label for n in failed)
+        answer += (f" {labels} did not answer: your name there changes with the next message "
+                   "the bridge carries there for you, or say this again later.")
+    return answer
 
 
 def _code_hash(bot: Bot, code: str) -> str:
