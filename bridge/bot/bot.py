@@ -81,7 +81,10 @@ class Bot:
         elif task.task == "dm_declined":
             await dms.declined(self, task)
         elif task.task == "encryption":
-            await portals.encryption_changed(self, task)
+            if self.store.management_owner(task.network, task.room_id) is not None:
+                await events.encryption_in_management(self, task)
+            else:
+                await portals.encryption_changed(self, task)
         elif task.task == "link_code":
             await people.send_link_code(self, task)
         elif task.task in ("ghost_removed", "ghost_invited"):

@@ -42,6 +42,9 @@ async def invited(bot: Bot, task: BotTask) -> None:
         log.info("could not join a room on %s it was invited to: %s", task.network, exc)
         return
     if direct:
+        if await hs.state(task.room_id, "m.room.encryption"):
+            await management_encrypted(bot, task)
+            return
         # What was said before the join; asked for before the greeting goes out, so that a
         # command pushed meanwhile reads it first and keeps its place after the earlier one.
         bot.read_room(task.network, task.room_id)
@@ -61,6 +64,35 @@ async def invited(bot: Bot, task: BotTask) -> None:
             f"{bot.networks[task.network].bot_user_id})."
         )
     await bot.notice(task.network, task.room_id, text, about=task.about)
+
+
+ENCRYPTED_MANAGEMENT = (
+    "This chat is end-to-end encrypted, so the bot cannot read what you write here, by design: "
+    "it holds no keys. For commands, make a room without encryption (in Element: a new room "
+    "with \"Enable end-to-end encryption\" turned off), invite {bot} to it, and mark it as a "
+    "direct chat, or invite the bot to it and use it as your management room. The bot leaves "
+    "this one."
+)
+
+
+async def management_encrypted(bot: Bot, task: BotTask) -> None:
+    """A management room that is (or just became) encrypted: the bot could read no command
+    there, and would answer none. It says so, and leaves, rather than stay silent."""
+    with bot.store.transaction():
+        bot.store.drop_management_room(task.network, task.room_id)
+    bot_id = bot.networks[task.network].bot_user_id
+    await bot.notice(task.network, task.room_id, ENCRYPTED_MANAGEMENT.format(bot=bot_id),
+                     about=task.about)
+    with contextlib.suppress(HomeserverError):
+        await bot.homeservers[task.network].leave(task.room_id)
+    log.info("left an encrypted management room on %s", task.network)
+
+
+async def encryption_in_management(bot: Bot, task: BotTask) -> None:
+    """Encryption turned on in a management room (read from the room: a task run late acts
+    on what is true now)."""
+    if await bot.homeservers[task.network].state(task.room_id, "m.room.encryption"):
+        await management_encrypted(bot, task)
 
 
 async def removed(bot: Bot, task: BotTask) -> None:

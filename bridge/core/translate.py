@@ -123,7 +123,8 @@ def translate(
                            owner)
     if is_our_user(sender, source, networks.values()):
         return _skip("sent by the bridge itself")
-    if etype == "m.room.encryption" and event.get("state_key") == "" and portal is not None:
+    if etype == "m.room.encryption" and event.get("state_key") == "" and (
+            portal is not None or room.manager is not None):
         # Encryption turned on in one room of a portal, by whoever may (whatever their level
         # here): the bot checks the others (invariant 6: an encrypted room is never linked
         # with an unencrypted one).

@@ -351,6 +351,36 @@ async def test_a_link_that_fails_half_way_leaves_no_room_behind(
     assert len(await bot_rooms() - before) == 1
 
 
+async def test_an_encrypted_direct_chat_is_told_it_cannot_be_a_management_room(
+    cast: Cast, daemon: Daemon
+) -> None:
+    # Element encrypts direct chats by default: the bot could read no command there, and
+    # must say so rather than greet and then stay silent.
+    await daemon.start([])
+    (ana,) = await register(cast, ("wa", "Ana"))
+    megolm = {"type": "m.room.encryption", "state_key": "",
+              "content": {"algorithm": "m.megolm.v1.aes-sha2"}}
+    created = await ana.call("POST", "/createRoom", {
+        "preset": "trusted_private_chat", "is_direct": True, "invite": [bot_of("wa")],
+        "initial_state": [megolm]})
+    room = str(created["room_id"])
+    await ana.wait_for(room, has_notice("This chat is end-to-end encrypted, so the bot cannot "
+                                        "read what you write here"), what="the bot's warning")
+
+    async def bot_gone(r: str = room) -> bool:
+        return bot_of("wa") not in await ana.members(r)
+
+    await wait_until(bot_gone, what="the bot leaving the encrypted chat")
+
+    # And one that turns encryption on later.
+    later = await management_room(ana)
+    assert "whoami" in await ana.command(later, "help")
+    await ana.call("PUT", f"/rooms/{quote(later)}/state/m.room.encryption/", megolm["content"])
+    await ana.wait_for(later, has_notice("This chat is end-to-end encrypted"),
+                       what="the bot's warning")
+    await wait_until(lambda: bot_gone(later), what="the bot leaving")
+
+
 async def test_unlink_takes_one_room_out_of_a_linked_portal(cast: Cast, daemon: Daemon) -> None:
     daemon.write_config([], "debug")
     await daemon.start()
