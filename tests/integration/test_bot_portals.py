@@ -354,8 +354,8 @@ async def test_a_link_that_fails_half_way_leaves_no_room_behind(
 async def test_an_encrypted_direct_chat_is_told_it_cannot_be_a_management_room(
     cast: Cast, daemon: Daemon
 ) -> None:
-    # Element encrypts direct chats by default: the bot could read no command there, and
-    # must say so rather than greet and then stay silent.
+    # A client may encrypt a direct chat (Element does when the invitee has device keys):
+    # the bot could read no command there, and must say so rather than greet and go silent.
     await daemon.start([])
     (ana,) = await register(cast, ("wa", "Ana"))
     megolm = {"type": "m.room.encryption", "state_key": "",
