@@ -149,6 +149,10 @@ def translate(
     elif is_message and content.get("msgtype") == "m.text" and isinstance(content.get("body"), str):
         in_management = room.manager is not None
         command = strip_prefix(str(content["body"]), rules.prefix, in_management)
+        if command is not None and _of_another_network(sender, source, networks):
+            # Someone of another bridged network, here by federation, where both networks'
+            # bots are in the room: their own network's bot answers them, not this one too.
+            return _skip("a command by a member of another bridged network")
         if command is not None:
             task = BotTask(source.id, room_id, "command", {"sender": sender, "text": command},
                            txn_id(source.id, event_id, source.id, "bot"), event_id)
@@ -318,6 +322,10 @@ def _membership(
                                                         linked)
     ]
     return Translation(actions=syncs, profiles=[profile])
+
+
+def _of_another_network(user: str, source: Network, networks: Mapping[str, Network]) -> bool:
+    return any(user.endswith(":" + n.server_name) for n in networks.values() if n is not source)
 
 
 def _text(value: object) -> str | None:
