@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import errno
 import logging
 import os
 import sys
@@ -13,6 +12,7 @@ import trio
 
 from bridge import __version__
 from bridge.config import Config, ConfigError, load_config, load_database_path
+from bridge.http.server import ListenError
 from bridge.logs import setup_logging
 from bridge.store import StoreError
 
@@ -196,9 +196,10 @@ def _run(path: Path) -> int:
         cause = _environment_failure(exc)
         if cause is None:
             raise  # our own bug: crash loudly, with the traceback
-        if isinstance(cause, OSError) and cause.errno == errno.EADDRINUSE:
-            log.error("cannot listen on %s:%d: the address is in use (bridge.listen)",
-                      config.bridge.listen_host, config.bridge.listen_port)
+        if isinstance(cause, ListenError):
+            listen = (config.bridge.listen_host, config.bridge.listen_port)
+            key = "bridge.listen" if (cause.host, cause.port) == listen else "bridge.metrics_listen"
+            log.error("cannot listen on %s:%d: %s (%s)", cause.host, cause.port, cause.why(), key)
         else:
             log.error("cannot run: %s", cause)
         return EXIT_FAILURE

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -322,3 +323,31 @@ def test_run_with_a_missing_config(tmp_path: Path) -> None:
     assert str(missing) in result.stderr
     assert "Traceback" not in result.stderr
     assert not (tmp_path / "tribridge.db").exists()
+
+
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        ({"listen": "192.0.2.1:29331"},  # TEST-NET-1: no machine's own address
+         "cannot listen on 192.0.2.1:29331: that address is not one of this machine's "
+         "(bridge.listen)"),
+        ({"listen": "no-such-host.invalid:29331"},
+         "cannot listen on no-such-host.invalid:29331: the host name does not resolve"),
+        ({"listen": "127.0.0.1:FREE", "metrics_listen": "192.0.2.1:29332"},
+         "cannot listen on 192.0.2.1:29332: that address is not one of this machine's "
+         "(bridge.metrics_listen)"),
+    ],
+)
+def test_a_listener_that_cannot_be_bound_names_its_key(
+    tmp_path: Path, overrides: dict[str, str], expected: str
+) -> None:
+    path = tmp_path / "c.toml"
+    with socket.socket() as probe:  # a port free now, for the listener that must work
+        probe.bind(("127.0.0.1", 0))
+        free = str(probe.getsockname()[1])
+    overrides = {k: v.replace("FREE", free) for k, v in overrides.items()}
+    path.write_text(config_text(portal=False, database=str(tmp_path / "t.db"), **overrides))
+    result = tribridge("run", "-c", path)
+    assert result.returncode == 1, result.stderr
+    assert expected in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr

@@ -14,7 +14,9 @@ pending read ends at once, and is answered 408 (if its head began) and closed.
 
 from __future__ import annotations
 
+import errno
 import logging
+import socket
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import TypeVar
@@ -85,6 +87,25 @@ class _Watch:
                     stream.stop_reading()
 
 
+class ListenError(OSError):
+    """The listening socket could not be bound; `cause` says why."""
+
+    def __init__(self, host: str, port: int, cause: OSError) -> None:
+        super().__init__(cause.errno, cause.strerror or str(cause))
+        self.host, self.port, self.cause = host, port, cause
+
+    def why(self) -> str:
+        if self.cause.errno == errno.EADDRINUSE:
+            return "the address is in use"
+        if isinstance(self.cause, socket.gaierror):
+            return f"the host name does not resolve ({self.cause.strerror})"
+        if self.cause.errno == errno.EADDRNOTAVAIL:
+            return "that address is not one of this machine's"
+        if self.cause.errno == errno.EACCES:
+            return "permission denied (ports below 1024 need privileges)"
+        return self.cause.strerror or str(self.cause)
+
+
 async def serve(
     host: str,
     port: int,
@@ -95,8 +116,12 @@ async def serve(
     task_status: trio.TaskStatus[list[trio.SocketListener]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Listen on host:port and serve until cancelled; started once the socket is bound. With
-    `admit`, each request's head goes to it first, and `handler` is not used."""
-    listeners = await trio.open_tcp_listeners(port, host=host)
+    `admit`, each request's head goes to it first, and `handler` is not used. A socket that
+    cannot be bound raises ListenError."""
+    try:
+        listeners = await trio.open_tcp_listeners(port, host=host)
+    except OSError as exc:  # in use, not this machine's address, a name that does not resolve
+        raise ListenError(host, port, exc) from exc
     slots = trio.Semaphore(limits.max_connections)
     watch = _Watch(limits)
     async with trio.open_nursery() as nursery:
