@@ -11,7 +11,7 @@ from pathlib import Path
 import trio
 
 from bridge import __version__
-from bridge.config import Config, ConfigError, load_config, load_database_path
+from bridge.config import Config, ConfigError, load_config, load_database_path, load_network_ids
 from bridge.http.server import ListenError
 from bridge.logs import setup_logging
 from bridge.store import StoreError
@@ -119,6 +119,12 @@ def _db(args: argparse.Namespace) -> int:
     from bridge.store.migrations import LATEST
 
     database = load_database_path(args.config)
+    if args.db_command == "status":
+        known = load_network_ids(args.config)
+        if args.network not in known:
+            print(f"tribridge: --network: no network {args.network!r} in the config (known: "
+                  f"{', '.join(known)})", file=sys.stderr)
+            return EXIT_CONFIG
     if not database.exists():
         # Opening it would make an empty store there, and report on that.
         print(f"tribridge: no database at {database}: check bridge.database in "

@@ -281,6 +281,13 @@ def load_database_path(path: str | Path) -> Path:
     return found
 
 
+def load_network_ids(path: str | Path) -> list[str]:
+    """The network ids the config file at `path` declares (its [networks] tables), read
+    without checking the rest, for the `db` commands."""
+    networks = _read_toml(Path(path)).get("networks")
+    return sorted(networks) if isinstance(networks, Mapping) else []
+
+
 def _read_toml(path: Path) -> dict[str, Any]:
     try:
         raw = path.read_bytes()
@@ -394,6 +401,10 @@ def _bridge(c: _Checker, t: Mapping[str, Any]) -> BridgeSettings | None:
         unhealthy_after = None
     prefix = c.string(t, "command_prefix", p + "command_prefix", default="!tb",
                       check=_command_prefix)
+    raw_country = t.get("default_country_code", "")
+    if isinstance(raw_country, int) and not isinstance(raw_country, bool) and raw_country > 0:
+        # Written as a number (default_country_code = 44): the digits are the same.
+        t = {**t, "default_country_code": str(raw_country)}
     country = c.string(t, "default_country_code", p + "default_country_code", default="",
                        check=_country_code)
     max_media = _size(c, t.get("max_media_size", "50MB"), p + "max_media_size")
@@ -515,11 +526,13 @@ def _network(
     as_token = c.inline_or_file(t, "as_token", p, "token")
     hs_token = c.inline_or_file(t, "hs_token", p, "token")
     for key, token in (("as_token", as_token), ("hs_token", hs_token)):
+        # Named by the key the admin wrote: the token's file, if it came from one.
+        named = p + (key + "_file" if key + "_file" in t and key not in t else key)
         problem = _token(token) if token is not None else None
         if problem:
-            c.error(p + key, problem)
+            c.error(named, problem)
         elif token is not None:
-            _unique_token(c, tokens, p + key, token)
+            _unique_token(c, tokens, named, token)
     identity = c.string(t, "identity", p + "identity")
     if identity is not None and identity not in IDENTITY_KINDS:
         c.error(p + "identity", f"must be one of {', '.join(IDENTITY_KINDS)}")

@@ -236,3 +236,10 @@ def test_db_commands_never_upgrade_the_store(tmp_path: Path) -> None:
     for path in (database, copy):
         version = sqlite3.connect(path).execute("PRAGMA user_version").fetchone()[0]
         assert version == LATEST - 1, path
+
+
+def test_db_status_names_a_network_the_config_does_not_have(tmp_path: Path) -> None:
+    config = config_with_an_event(tmp_path)
+    result = tribridge("db", "status", "-c", str(config), "--network", "zz", "--event", "$sent")
+    assert result.returncode == 2
+    assert "--network: no network 'zz' in the config (known: fbm, ig, wa)" in result.stderr

@@ -213,6 +213,19 @@ def test_secret_and_tokens_from_files_relative_to_the_config(tmp_path: Path) -> 
     assert config.networks["wa"].hs_token == TOKENS["wa"][1]
 
 
+def test_a_bad_token_from_a_file_is_named_by_its_file_key(tmp_path: Path) -> None:
+    write_secret(tmp_path / "wa_as", "short\n")
+    write_secret(tmp_path / "wa_hs", TOKENS["ig"][1] + "\n")  # ig's hs_token again
+    doc = good_doc()
+    wa = doc["networks"]["wa"]
+    del wa["as_token"], wa["hs_token"]
+    wa["as_token_file"], wa["hs_token_file"] = "wa_as", "wa_hs"
+    errors = errors_of(tmp_path, doc)
+    assert set(errors) >= {"networks.wa.as_token_file"}
+    assert any(k in errors for k in ("networks.wa.hs_token_file", "networks.ig.hs_token")), errors
+    assert "networks.wa.as_token" not in errors and "networks.wa.hs_token" not in errors
+
+
 def test_repr_of_a_config_holds_no_token_or_secret(tmp_path: Path) -> None:
     config = load_config(write(tmp_path, good_doc()))
     text = repr(config) + str(config)
@@ -732,21 +745,22 @@ def test_a_command_prefix_with_spaces_is_refused(tmp_path: Path, prefix: str) ->
     }
 
 
-@pytest.mark.parametrize(("code", "kept"), [("44", "44"), ("+1", "1"), ("1", "1"), ("", "")])
-def test_a_default_country_code_is_accepted(tmp_path: Path, code: str, kept: str) -> None:
+@pytest.mark.parametrize(
+    ("code", "kept"), [("44", "44"), ("+1", "1"), ("1", "1"), ("", ""), (44, "44"), (1, "1")])
+def test_a_default_country_code_is_accepted(tmp_path: Path, code: object, kept: str) -> None:
     doc = good_doc()
     doc["bridge"]["default_country_code"] = code
     assert load_config(write(tmp_path, doc)).bridge.default_country_code == kept
 
 
-@pytest.mark.parametrize("code", ["0", "abc", "1234", "+", "+0", "044", "4 4", 44])
+@pytest.mark.parametrize("code", ["0", "abc", "1234", "+", "+0", "044", "4 4", 0, 1234, True])
 def test_a_bad_default_country_code_is_refused(tmp_path: Path, code: object) -> None:
     doc = good_doc()
     doc["bridge"]["default_country_code"] = code
     errors = errors_of(tmp_path, doc)
     assert set(errors) == {"bridge.default_country_code"}
     expected = (
-        "must be a string, not int" if isinstance(code, int)
+        f"must be a string, not {type(code).__name__}" if code in (0, True)
         else "must be a country calling code such as 44 or +1 (or empty)"
     )
     assert errors["bridge.default_country_code"] == expected

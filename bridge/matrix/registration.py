@@ -33,7 +33,9 @@ def registration_yaml(config: Config, network_id: str) -> str:
     lines = [
         f"# Appservice registration for tribridge on {net.network.label} "
         f"({net.network.server_name}).",
-        "# Give this file to Synapse in app_service_config_files; it holds secrets: mode 0600.",
+        "# Give this file to Synapse in app_service_config_files. It holds secrets: readable "
+        "by Synapse alone (e.g. mode 0640, group matrix-synapse). Write it again, and restart "
+        "Synapse, whenever the config's tokens, url, bot, ghost_prefix or server_name change.",
         f"id: {_quote(net.appservice_id)}",
         f"url: {_quote(config.bridge.url)}",
         f"as_token: {_quote(net.as_token)}",
