@@ -17,6 +17,7 @@ from bridge.bot.handlers import HANDLERS
 from bridge.config import Config
 from bridge.core.actions import BotTask, txn_id
 from bridge.core.commands import Context, Refusal, help_text, parse
+from bridge.core.markup import to_html
 from bridge.core.model import Network
 from bridge.core.retry import Verdict, classify
 from bridge.ghostkeeper import GhostKeeper
@@ -138,11 +139,16 @@ class Bot:
         """A notice from the bot; `about` (an event id, or any stable tag) plus a counter make
         its transaction id, so running the same task again sends nothing twice."""
         n = self._replies.get(about, 0)
-        self._replies[about] = n + 1
-        if len(self._replies) > 10_000:  # a bound, not a cache: counters only matter within a task
+        if len(self._replies) > 10_000:
+            # A bound, not a cache: counters only matter within a task, but the running task's
+            # is kept, or its next notice would reuse a transaction id and never be sent.
             self._replies.clear()
+        self._replies[about] = n + 1
         txn = txn_id(network, about, network, f"reply{n}")
         content = {"msgtype": "m.notice", "body": text}
+        formatted = to_html(text)
+        if formatted is not None:
+            content |= {"format": "org.matrix.custom.html", "formatted_body": formatted}
         await self.homeservers[network].send_event(
             room_id, "m.room.message", content, txn, self.networks[network].bot_user_id
         )

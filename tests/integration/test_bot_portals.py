@@ -162,10 +162,16 @@ async def test_management_room_commands_and_nothing_of_it_is_relayed(
     assert "- `help [<command>]`: list the commands, or explain one" in lines
     assert "- `dm <network>:<identity>`: start a one-to-one chat with a person of another " \
            "network" in lines
-    assert "- `link [<network>] [<room id or alias>]`: make this room a portal, or add a room " \
-           "of another network to its portal" in lines
+    # Named with where they work, not offered here.
+    assert "Only in a bridged room: unlink, mirror, invite." in lines
+    assert "Only in the room to bridge: link." in lines
     assert not any("admin" in line for line in lines), answer  # alice has the user level
     assert lines[-1] == "Say `help <command>` for more about one."
+    # Formatted for clients that show it: code as code, the list as a list.
+    (shown,) = [e["content"] for e in await alice.messages(room)
+                if e.get("content", {}).get("body") == answer]
+    assert shown.get("format") == "org.matrix.custom.html"
+    assert "<li><code>help [&lt;command&gt;]</code>: list the commands" in shown["formatted_body"]
 
     answer = await alice.command(room, "help dm")
     assert answer.startswith(
