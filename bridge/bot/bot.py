@@ -86,6 +86,9 @@ class Bot:
                 await events.encryption_in_management(self, task)
             else:
                 await portals.encryption_changed(self, task)
+        elif task.task == "edited_command":
+            await self.reply(task, "An edit of a command is not run (it could run it twice): "
+                                   "send the command again.")
         elif task.task == "link_code":
             await people.send_link_code(self, task)
         elif task.task in ("ghost_removed", "ghost_invited"):

@@ -144,7 +144,12 @@ def translate(
         new = content.get("m.new_content")
         new_body = new.get("body") if isinstance(new, Mapping) else content.get("body")
         text = new_body if isinstance(new_body, str) else ""
-        if room.manager is not None or strip_prefix(text, rules.prefix, False) is not None:
+        if room.manager is not None:
+            # Someone fixing a typo by editing hears why nothing happens.
+            task = BotTask(source.id, room_id, "edited_command", {"sender": sender},
+                           txn_id(source.id, event_id, source.id, "bot"), event_id)
+            return Translation(actions=[task], skipped="an edit of a command")
+        if strip_prefix(text, rules.prefix, False) is not None:
             return _skip("an edit of a command")
     elif is_message and content.get("msgtype") == "m.text" and isinstance(content.get("body"), str):
         in_management = room.manager is not None

@@ -173,6 +173,15 @@ async def test_management_room_commands_and_nothing_of_it_is_relayed(
     assert shown.get("format") == "org.matrix.custom.html"
     assert "<li><code>help [&lt;command&gt;]</code>: list the commands" in shown["formatted_body"]
 
+    # Fixing a typo by editing: not run (it could run twice), and she is told so.
+    typo = await alice.send_text(room, "whoamii")
+    await alice.wait_for(room, has_notice("Unknown command 'whoamii'"), what="the refusal")
+    await alice.call("PUT", f"/rooms/{quote(room)}/send/m.room.message/edit-{typo[1:9]}", {
+        "msgtype": "m.text", "body": "* whoami",
+        "m.new_content": {"msgtype": "m.text", "body": "whoami"},
+        "m.relates_to": {"rel_type": "m.replace", "event_id": typo}})
+    await alice.wait_for(room, has_notice("An edit of a command is not run"), what="the answer")
+
     answer = await alice.command(room, "help dm")
     assert answer.startswith(
         "`dm <network>:<identity>`: start a one-to-one chat with a person of another network.\n"
