@@ -112,9 +112,13 @@ COMMANDS: tuple[Spec, ...] = (
          "Erases your identity links, privacy settings and profile; your ghosts on other "
          "networks go back to a neutral name. Messages already relayed stay where they are."),
     Spec("status", "this portal's rooms and health, or your chats and portals", Level.USER),
-    Spec("admin portals", "every portal and its rooms", Level.ADMIN),
-    Spec("admin stats", "counts from the store and the outbox", Level.ADMIN),
-    Spec("admin reload", "reload the config file, as SIGHUP does", Level.ADMIN),
+    # In the management room: their answers list every portal's rooms (two people's DM
+    # portals among them), which a group room's other members must not read.
+    Spec("admin portals", "every portal and its rooms", Level.ADMIN, (), Where.MANAGEMENT),
+    Spec("admin stats", "counts from the store and the outbox", Level.ADMIN, (),
+         Where.MANAGEMENT),
+    Spec("admin reload", "reload the config file, as SIGHUP does", Level.ADMIN, (),
+         Where.MANAGEMENT),
 )
 
 _BY_NAME = {spec.name: spec for spec in COMMANDS}

@@ -267,6 +267,9 @@ async def test_permission_levels_and_an_admin_links_an_existing_room(
     await bob.send_text(ig_room, "hello whatsapp")
     await admin.wait_for(ada_room, has_body("hello whatsapp"))
 
+    # Not in a group room: the list names every portal's rooms, DM portals among them.
+    answer = await admin.command(ada_room, "!tb admin portals")
+    assert answer.startswith("admin portals works only in your management room"), answer
     answer = await admin.command(ada_admin, "admin portals")
     assert answer.splitlines()[0] == "1 portal(s):", answer
     assert re.search(rf"^- \S+ \(command\): ig {re.escape(ig_room)}, wa {re.escape(ada_room)}$",
