@@ -315,35 +315,31 @@ async def test_the_last_transaction_id_survives_a_restart(
 async def test_pushes_read_their_room_first_until_the_start_up_catch_up_is_done(
     rig: Rig, autojump_clock: trio.testing.MockClock
 ) -> None:
+    slow = "!wa-a-slow"  # caught up before ROOM (rooms are read in order), and slowly
+    rig.store.sync_config_portals([{"wa": ROOM, "ig": "!ig-room"}, {"wa": slow, "ig": "!ig-2"}])
     rig.say(1)
     await rig.reconciler.reconcile_network("wa")
-    await trio.sleep(SUSPECT_SECONDS * 3)  # the start's suspect window is long over
+    assert not rig.reconciler.is_suspect("wa")  # no window is open: only the catch-up distrusts
     rig.say(2)  # sent while the bridge was down, never pushed
-    gate = trio.Event()
-    reads_before = rig.fake.reads
+    rig.fake.read_delay[slow] = SUSPECT_SECONDS * 2
+    requests = rig.fake.requests
+    caught_up: list[int] = []
 
-    async def slow_catch_up() -> None:
-        # As catch_up() does, held open by the gate: the rooms read before vouch for nothing.
-        rig.reconciler._catching_up.add("wa")
-        rig.reconciler._read["wa"].clear()
-        try:
-            await gate.wait()
-        finally:
-            rig.reconciler._catching_up.discard("wa")
+    async def catch_up() -> None:
+        caught_up.append(await rig.reconciler.catch_up("wa"))
 
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(slow_catch_up)
-        await trio.testing.wait_all_tasks_blocked()
-        assert rig.reconciler.is_suspect("wa")
-        # A new message is pushed before the catch-up reached its room: the missed one comes
-        # first, read from the timeline.
+        nursery.start_soon(catch_up)
+        await until(lambda: rig.fake.requests > requests)  # it is reading the slow room
+        reads = rig.fake.room_reads[ROOM]
+        # A new message is pushed before the catch-up reached its room: the push reads the
+        # room itself, and the missed message comes first.
         await rig.reconciler.push("wa", "77", b"x", [rig.say(3)])
         assert rig.queued() == ["m2", "m3"]
-        assert rig.fake.reads > reads_before
-        gate.set()
-    assert not rig.reconciler.is_suspect("wa")
-    assert await rig.reconciler.catch_up("wa") == 0  # nothing left: every event taken once
+        assert rig.fake.room_reads[ROOM] == reads + 1 and caught_up == []  # still catching up
+    assert caught_up == [0]  # the catch-up found nothing left: every event taken once
     assert rig.queued() == ["m2", "m3"]
+    assert not rig.reconciler.is_suspect("wa")
 
 
 async def test_the_bridges_own_events_in_a_timeline_are_not_counted_as_missed(

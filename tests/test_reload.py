@@ -3,15 +3,26 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
+from contextlib import AsyncExitStack
 from pathlib import Path
+from urllib.parse import unquote
 
+import httpx
 import pytest
 import trio
 
 from bridge.config import BridgeSettings, load_config
+from bridge.core.ghosts import derive_key
 from bridge.daemon import Bridge, _needs_restart, _with_reloadable
+from bridge.inbound import Inbound
+from bridge.matrix.client import Homeserver
 from bridge.notify import Notifier
+from bridge.reconcile import Reconciler
+from bridge.store import Store
 
+from .fakehs import FakeHomeserver
+from .rigs import until
 from .test_config import good_doc, write
 
 RELOADABLE = {"log_level", "command_prefix", "default_country_code", "mirror_room_state",
@@ -76,39 +87,86 @@ def test_a_reload_asked_while_another_waits_applies_the_newest_file(tmp_path: Pa
         bridge.reloads.receive_nowait()  # one reload, of the newest
 
 
-async def test_a_reload_joins_new_rooms_and_neither_pings_nor_distrusts(tmp_path: Path) -> None:
+@dataclasses.dataclass
+class RecordingHomeserver(FakeHomeserver):
+    """The fake homeserver, keeping each call it was asked ("POST /path") and answering the
+    appservice ping as Synapse does."""
+
+    calls: list[str] = dataclasses.field(default_factory=list)
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        self.calls.append(f"{request.method} {unquote(request.url.path)}")
+        if request.url.path.endswith("/ping"):
+            return httpx.Response(200, json={"duration_ms": 1})
+        return await super().handle_async_request(request)
+
+    def asked(self, suffix: str) -> list[str]:
+        return [call for call in self.calls if call.endswith(suffix)]
+
+
+class Systemd(Notifier):
+    """What the bridge tells systemd, kept."""
+
+    def __init__(self) -> None:
+        super().__init__("")
+        self.sent: list[tuple[str, ...]] = []
+
+    def send(self, *states: str) -> bool:
+        self.sent.append(states)
+        return True
+
+
+async def test_a_reload_joins_new_rooms_and_neither_pings_nor_distrusts(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
     # A reload is no restart: nothing was missed, so no window of distrust (and so no sweep of
-    # every room) opens, and no ping asks the homeserver for a backlog.
-    import httpx
-
-    from bridge.core.model import Portal
-    from bridge.daemon import _setup_network
-    from bridge.matrix.client import Homeserver
-    from bridge.store import Store
-
-    from .fakehs import FakeHomeserver
-
-    config = load_config(write(tmp_path, good_doc()))
-    net = config.networks["wa"]
-    fake = FakeHomeserver(net.network.server_name)
+    # every room) opens, no ping asks the homeservers for a backlog, and the bot joins only the
+    # rooms of the portal the file added. Driven through request_reload, as SIGHUP does.
+    doc = good_doc()  # one portal, on wa and ig
+    config = load_config(write(tmp_path, doc))
+    fakes = {n: RecordingHomeserver(net.network.server_name) for n, net in config.networks.items()}
     store = Store(tmp_path / "t.db", durability="process")
-    suspected: list[str] = []
+    systemd = Systemd()
+    bridge = Bridge(config, systemd)
+    root_level = logging.getLogger().level  # a reload sets the log level: restored after
+    try:
+        async with AsyncExitStack() as stack:
+            homeservers = {
+                n: Homeserver(await stack.enter_async_context(
+                    httpx.AsyncClient(transport=fake, base_url=f"http://{n}")
+                ), fake.server_name)
+                for n, fake in fakes.items()
+            }
+            networks = {n: net.network for n, net in config.networks.items()}
+            inbound = Inbound(store, networks, derive_key(config.bridge.secret),
+                              wake=lambda n, rooms: None)
+            reconciler = Reconciler(store, homeservers, inbound, store.portals)
+            async with trio.open_nursery() as nursery:
+                await nursery.start(reconciler.run)
+                # The start, as Bridge.run does it: every homeserver pinged, a window opened.
+                await bridge._setup(homeservers, store.sync_config_portals(config.portals),
+                                    reconciler)
+                assert all(len(fake.asked("/ping")) == 1 for fake in fakes.values())
+                assert all(reconciler.is_suspect(n) for n in fakes)
+                await until(lambda: not any(reconciler.is_suspect(n) for n in fakes))
+                joined_at_start = {n: set(fake.joined) for n, fake in fakes.items()}
+                for fake in fakes.values():
+                    fake.calls.clear()
+                nursery.start_soon(bridge._reloader, store, homeservers, reconciler)
 
-    class Reconciler:
-        def __init__(self) -> None:
-            self.store = store
+                doc["portals"].append({"wa": "!new:wa.localhost", "fbm": "!new:fbm.localhost"})
+                bridge.request_reload(load_config(write(tmp_path, doc)))
+                await until(lambda: ("READY=1", "STATUS=bridging") in systemd.sent)
 
-        def suspect(self, network: str, *args: object, **kwargs: object) -> None:
-            suspected.append(network)
-
-        def unreachable(self, network: str) -> None:
-            raise AssertionError("nothing was silent")
-
-    portal = Portal("p1", {"wa": "!new:wa.localhost", "ig": "!b:ig.localhost"})
-    async with httpx.AsyncClient(transport=fake, base_url="http://wa") as http:
-        hs = Homeserver(http, net.network.server_name)
-        await _setup_network(net, hs, [portal], Reconciler(), starting=False)  # type: ignore[arg-type]
-    assert ("!new:wa.localhost", f"@tribridge:{net.network.server_name}") in fake.joined
-    assert suspected == [] and fake.registered == set()
-    assert fake.requests == 2  # the join and the portal id: no register, no ping
-    store.close()
+                assert [fake.asked("/ping") for fake in fakes.values()] == [[], [], []]
+                assert [fake.asked("/register") for fake in fakes.values()] == [[], [], []]
+                assert not any(reconciler.is_suspect(n) for n in fakes)
+                assert {n: fake.joined - joined_at_start[n] for n, fake in fakes.items()} == {
+                    "wa": {("!new:wa.localhost", "@tribridge:wa.localhost")},
+                    "ig": set(),
+                    "fbm": {("!new:fbm.localhost", "@tribridge:fbm.localhost")},
+                }
+                nursery.cancel_scope.cancel()
+    finally:
+        logging.getLogger().setLevel(root_level)
+        store.close()
