@@ -86,6 +86,8 @@ class Bot:
                 await events.encryption_in_management(self, task)
             else:
                 await portals.encryption_changed(self, task)
+        elif task.task == "management_shared":
+            await events.management_shared(self, task)
         elif task.task == "edited_command":
             await self.reply(task, "An edit of a command is not run (it could run it twice): "
                                    "send the command again.")

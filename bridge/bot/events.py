@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 
 from bridge.bot.portals import room_left
 from bridge.core.actions import BotTask
+from bridge.core.ghosts import is_bridge_user
 from bridge.matrix.client import HomeserverError, MatrixError
 
 if TYPE_CHECKING:
@@ -41,10 +42,16 @@ async def invited(bot: Bot, task: BotTask) -> None:
                 bot.store.drop_management_room(task.network, task.room_id)
         log.info("could not join a room on %s it was invited to: %s", task.network, exc)
         return
+    if direct and await hs.state(task.room_id, "m.room.encryption"):
+        await management_encrypted(bot, task)
+        return
+    if direct and await _others_in(bot, task.network, task.room_id, inviter):
+        # A "direct" chat of several (some clients mark a group DM so): the answers about
+        # the inviter would be read by the others. An ordinary room, then.
+        with bot.store.transaction():
+            bot.store.drop_management_room(task.network, task.room_id)
+        direct = False
     if direct:
-        if await hs.state(task.room_id, "m.room.encryption"):
-            await management_encrypted(bot, task)
-            return
         # What was said before the join; asked for before the greeting goes out, so that a
         # command pushed meanwhile reads it first and keeps its place after the earlier one.
         bot.read_room(task.network, task.room_id)
@@ -56,6 +63,9 @@ async def invited(bot: Bot, task: BotTask) -> None:
         f"Hello! Say `{prefix} link` to bridge this room with the other networks, or "
         f"`{prefix} help` for everything the bot does."
     )
+    if task.data.get("is_direct"):
+        text += (" Other people are in this chat, so it is not a management room: for "
+                 "commands about yourself, start a direct chat with the bot alone.")
     if await hs.state(task.room_id, "m.room.encryption"):
         # The bot holds no key here, by design: encrypted commands are unreadable to it.
         text += (
@@ -86,6 +96,37 @@ async def management_encrypted(bot: Bot, task: BotTask) -> None:
     with contextlib.suppress(HomeserverError):
         await bot.homeservers[task.network].leave(task.room_id)
     log.info("left an encrypted management room on %s", task.network)
+
+
+async def _others_in(bot: Bot, network: str, room_id: str, owner: str) -> list[str]:
+    """Members (joined or invited) of the room besides its owner and the bridge's own users."""
+    me = bot.networks[network]
+    others = []
+    for event in await bot.homeservers[network].state_events(room_id):
+        user, content = event.get("state_key"), event.get("content")
+        if (event.get("type") == "m.room.member" and isinstance(user, str) and user != owner
+                and isinstance(content, dict) and content.get("membership") in ("join", "invite")
+                and user != me.bot_user_id and not is_bridge_user(user, me)):
+            others.append(user)
+    return others
+
+
+async def management_shared(bot: Bot, task: BotTask) -> None:
+    """Someone else joined (or was invited to) a management room: it is one no longer, since
+    every answer about its owner would be read there. The bot says so, and leaves."""
+    owner = bot.store.management_owner(task.network, task.room_id)
+    if owner is None:
+        return
+    with bot.store.transaction():
+        bot.store.drop_management_room(task.network, task.room_id)
+    await bot.notice(
+        task.network, task.room_id,
+        "Someone else is in this chat now, so it is no longer your management room: the "
+        "bot's answers about you would be read here. For commands, start a new direct chat "
+        f"with {bot.networks[task.network].bot_user_id}. The bot leaves this one.",
+        about=task.about)
+    with contextlib.suppress(HomeserverError):
+        await bot.homeservers[task.network].leave(task.room_id)
 
 
 async def encryption_in_management(bot: Bot, task: BotTask) -> None:

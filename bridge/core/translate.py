@@ -286,6 +286,9 @@ def _membership(
             return task("dm_declined", request=room.dm_request)
     if membership in ("leave", "ban") and room.manager is not None and user == room.manager:
         return task("removed", by=user)
+    if membership in ("join", "invite") and room.manager is not None and user != room.manager:
+        # Someone else in a management room would read every answer about its owner.
+        return task("management_shared", by=sender)
     name, avatar = _text(content.get("displayname")), content.get("avatar_url")
     avatar = avatar if parse_mxc(avatar) else None
     profile = ProfileSeen(source.id, user, name, avatar)

@@ -399,6 +399,29 @@ async def test_an_encrypted_direct_chat_is_told_it_cannot_be_a_management_room(
     await wait_until(lambda: bot_gone(later), what="the bot leaving")
 
 
+async def test_a_direct_chat_with_others_in_it_is_no_management_room(
+    cast: Cast, daemon: Daemon
+) -> None:
+    # The answers of a management room (whoami, status) are about its owner alone.
+    await daemon.start([])
+    ana, ben = await register(cast, ("wa", "Ana"), ("wa", "Ben"))
+    group_dm = await ana.create_room(None, invite=[bot_of("wa"), ben.user_id], is_direct=True)
+    await ana.wait_for(group_dm, has_notice("Other people are in this chat, so it is not a "
+                                            "management room"), what="the bot's hello")
+    answer = await ana.command(group_dm, "!tb whoami")
+    assert answer.startswith("whoami works only in your management room"), answer
+
+    own = await management_room(ana)
+    await ana.call("POST", f"/rooms/{quote(own)}/invite", {"user_id": ben.user_id})
+    await ana.wait_for(own, has_notice("Someone else is in this chat now, so it is no longer "
+                                       "your management room"), what="the bot's warning")
+
+    async def bot_gone() -> bool:
+        return bot_of("wa") not in await ana.members(own)
+
+    await wait_until(bot_gone, what="the bot leaving the shared chat")
+
+
 async def test_unlink_takes_one_room_out_of_a_linked_portal(cast: Cast, daemon: Daemon) -> None:
     daemon.write_config([], "debug")
     await daemon.start()
