@@ -74,6 +74,15 @@ async def _require_manager(bot: Bot, call: Call) -> None:
         )
 
 
+async def _any_can_manage(bot: Bot, network: str, room_id: str, accounts: list[str]) -> bool:
+    """Whether one of the person's linked accounts on `network` may manage the room (someone
+    may have two accounts there, and manage the room with the second)."""
+    for account in accounts:
+        if await can_manage(bot, network, room_id, account):
+            return True
+    return False
+
+
 async def _publish(bot: Bot, network: str, room_id: str, portal_id: str) -> bool:
     try:
         await bot.homeservers[network].put_state(
@@ -256,7 +265,7 @@ async def _link_existing(bot: Bot, call: Call, net_id: str, room: str) -> str:
             ) from None
         joined_now = True
     try:
-        if own is not None and not await can_manage(bot, net_id, room_id, own[0]):
+        if own is not None and not await _any_can_manage(bot, net_id, room_id, own):
             raise not_theirs
         here_alg = await encryption_of(bot, call.network, call.room_id)
         _refuse_megolm(here_alg)
