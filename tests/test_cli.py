@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import socket
 import subprocess
@@ -73,9 +74,17 @@ def broken(tmp_path: Path) -> Path:
 
 
 def tribridge(*args: str | Path) -> subprocess.CompletedProcess[str]:
+    return tribridge_in(ROOT, *args)
+
+
+def tribridge_in(cwd: Path, *args: str | Path) -> subprocess.CompletedProcess[str]:
+    """`python -m bridge ...` run from `cwd`, on this checkout's code wherever `cwd` is."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
     return subprocess.run(
         [sys.executable, "-m", "bridge", *map(str, args)],
-        cwd=ROOT,
+        cwd=cwd,
+        env=env,
         capture_output=True,
         text=True,
         timeout=60,
@@ -240,7 +249,6 @@ def test_generate_registration_other_networks(good: Path, net_id: str) -> None:
     reg = registration(good, net_id)
     assert reg["id"] == f"tribridge-{net_id}"
     assert (reg["as_token"], reg["hs_token"]) == TOKENS[net_id]
-    assert reg["as_token"] != reg["hs_token"]
 
 
 @pytest.mark.parametrize(
@@ -317,12 +325,19 @@ def test_broken_config_stops_the_command_with_every_error(broken: Path, args: li
 
 
 def test_run_with_a_missing_config(tmp_path: Path) -> None:
-    missing = tmp_path / "absent.toml"
-    result = tribridge("run", "-c", missing)
+    # Run from a folder of its own, the config named in another: a store made anyway (at the
+    # default path, relative to either) would show up under tmp_path.
+    workdir, confdir = tmp_path / "work", tmp_path / "etc"
+    workdir.mkdir()
+    confdir.mkdir()
+    missing = confdir / "absent.toml"
+    in_root_before = (ROOT / "tribridge.db").exists()
+    result = tribridge_in(workdir, "run", "-c", missing)
     assert result.returncode == 2
     assert str(missing) in result.stderr
     assert "Traceback" not in result.stderr
-    assert not (tmp_path / "tribridge.db").exists()
+    assert not list(tmp_path.rglob("tribridge.db*"))
+    assert (ROOT / "tribridge.db").exists() == in_root_before, "a store was made in the checkout"
 
 
 @pytest.mark.parametrize(

@@ -10,6 +10,7 @@ from typing import Any
 from urllib.parse import unquote
 
 import httpx
+import pytest
 import trio
 
 from bridge.core.actions import Redact, SendMessage, txn_id
@@ -66,9 +67,8 @@ def fail_a_commit(store: Store) -> None:
     """The deferred writes' commit fails, as on a full disk: they are rolled back."""
     real, store.conn = store.conn, CommitFails(store.conn)  # type: ignore[assignment]
     try:
-        store.commit_deferred()
-    except sqlite3.OperationalError:
-        pass
+        with pytest.raises(sqlite3.OperationalError):
+            store.commit_deferred()
     finally:
         store.conn = real
 

@@ -42,9 +42,12 @@ async def test_a_mixed_portal_unread_at_start_is_refused_once_its_homeserver_ans
     refused, unchecked = await refuse_mixed_portals(homeservers, store, store.portals())
     assert refused == [] and len(unchecked) == 1
     assert len(store.portals()) == 1  # bridged meanwhile: its pushes are not lost
+    assert fakes["ig"].requests == 1  # the read at start
     async with trio.open_nursery() as nursery:
         nursery.start_soon(check_until_done, homeservers, store, unchecked, set())
-        await trio.sleep(RECHECK_SECONDS * 3)  # virtual time: three checks, ig still down
+        # Virtual time: three checks (half a period clear of the fourth), ig still down.
+        await trio.sleep(RECHECK_SECONDS * 3.5)
+        assert fakes["ig"].requests == 1 + 3  # asked again at each check, and only then
         assert len(store.portals()) == 1
         fakes["ig"].down = False  # ig's room is not encrypted, wa's is: they must not be linked
         await until(lambda: store.portals() == [], within=RECHECK_SECONDS + 1)

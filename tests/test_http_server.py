@@ -460,21 +460,37 @@ async def test_an_endless_head_in_disguise_gets_431_and_the_server_goes_on(
     assert (await client.get(f"http://127.0.0.1:{port}/echo")).status_code == 200
 
 
-def _never_read(port: int, requests: bytes, stop: threading.Event) -> None:
-    """In a thread: send `requests` and never read an answer (a tiny receive buffer)."""
-    with socket.socket() as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1024)
-        sock.settimeout(0.2)
-        sock.connect(("127.0.0.1", port))
-        view = memoryview(requests)
-        while view and not stop.is_set():
-            try:
-                view = view[sock.send(view):]
-            except TimeoutError:
-                continue  # the server stopped reading: wait until told to go
-            except OSError:
-                return  # closed by the server
-        stop.wait(DEADLINE * 2)
+@dataclass
+class _Hog:
+    """A client in a thread that sends pipelined requests and never reads an answer."""
+
+    blocked: threading.Event = dataclasses.field(default_factory=threading.Event)
+    ended: threading.Event = dataclasses.field(default_factory=threading.Event)
+    stop: threading.Event = dataclasses.field(default_factory=threading.Event)
+    closed_by_server: OSError | None = None  # what its socket said when the server closed it
+
+    def run(self, port: int, requests: bytes) -> None:
+        try:
+            with socket.socket() as sock:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1024)  # full at once
+                sock.settimeout(0.05)
+                sock.connect(("127.0.0.1", port))
+                view = memoryview(requests)
+                while view and not self.stop.is_set():
+                    try:
+                        view = view[sock.send(view):]
+                    except TimeoutError:
+                        self.blocked.set()  # the server stopped reading: it holds the slot
+                    except OSError as exc:  # reset, or a broken pipe: closed by the server
+                        self.closed_by_server = exc
+                        return
+        finally:
+            self.ended.set()
+
+
+async def _within(event: threading.Event, what: str) -> None:
+    if not await trio.to_thread.run_sync(event.wait, DEADLINE):
+        raise AssertionError(f"{what} within {DEADLINE} s")
 
 
 async def test_a_client_that_never_reads_its_answers_is_closed_and_frees_its_slot(
@@ -484,19 +500,24 @@ async def test_a_client_that_never_reads_its_answers_is_closed_and_frees_its_slo
                               head_timeout=30))
     # Pipelined requests whose answers (each echoes its 4 kB query) fill every buffer between.
     requests = b"GET /echo?q=" + b"x" * 4000 + b" HTTP/1.1\r\nHost: a\r\n\r\n"
-    stop = threading.Event()
-    hog = threading.Thread(target=_never_read, args=(port, requests * 3000, stop), daemon=True)
-    hog.start()
+    hog = _Hog()
+    thread = threading.Thread(target=hog.run, args=(port, requests * 3000), daemon=True)
+    thread.start()
     try:
-        # The only slot is the hog's until the server gives up on its answers.
+        # The only slot is the hog's, and the server has stopped taking its requests, before
+        # the other client comes: it is served only once the server gives up on the hog.
+        await _within(hog.blocked, "the hog's sends did not block")
         other = await Raw.open(port)
         async with other.stream:
             await other.send(request_bytes("POST", "/echo", b"served"))
             reply = await other.response()
+            assert reply.status == 200
             assert reply.json()["body"] == "served"
+        await _within(hog.ended, "the hog's connection was not closed")
+        assert isinstance(hog.closed_by_server, OSError), "the hog never saw the server close"
     finally:
-        stop.set()
-        await trio.to_thread.run_sync(hog.join, DEADLINE)
+        hog.stop.set()
+        await trio.to_thread.run_sync(thread.join, DEADLINE)
 
 
 async def test_a_head_over_max_head_gets_431(start: Start, client: httpx.AsyncClient) -> None:

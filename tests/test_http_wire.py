@@ -421,14 +421,10 @@ def test_chunks_win_over_a_length_but_the_connection_is_not_kept() -> None:
 ])
 def test_empty_elements_of_transfer_encoding_are_ignored(fields: list[bytes]) -> None:
     """RFC 9110 section 5.6.1: a recipient MUST parse and ignore empty list elements. Read as
-    chunked, or refused; never the chunk framing handed over as the body."""
+    chunked: neither refused nor the chunk framing handed over as the body."""
     wire = (b"HTTP/1.1 200 OK\r\n" + b"".join(f + b"\r\n" for f in fields)
             + b"\r\n5\r\nhello\r\n0\r\n\r\n")
-    reader = ResponseReader(1000)
-    try:
-        got = reader.feed(wire)
-    except BadResponse:
-        return
+    got = ResponseReader(1000).feed(wire)
     assert got is not None, "still waiting for the close after a whole chunked body"
     assert got.body == b"hello"
 
