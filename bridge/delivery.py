@@ -587,9 +587,14 @@ class DeliveryWorker:
 
     async def _ghost_sync(self, action: GhostSync) -> None:
         registered, _ = self.store.ghost(self.network.id, action.ghost)
-        if registered:  # a ghost made later gets the new name and avatar then
-            await self.ghosts.ensure(self.network.id, action.ghost, action.source.network,
-                                     action.source.sender)
+        if not registered:  # a ghost made later gets the new name and avatar then
+            return
+        src = action.source
+        if action.name is not None and await self.ghosts.room_nickname(
+                self.network.id, action.ghost, src.network, src.sender, action.room_id,
+                action.name):
+            return  # a name for that room alone: set on the ghost in this room alone
+        await self.ghosts.ensure(self.network.id, action.ghost, src.network, src.sender)
 
     async def _room_state(self, action: RoomState) -> str | None:
         """Set the name, topic or avatar here; a note if the room does not let the bot."""

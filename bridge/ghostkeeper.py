@@ -72,6 +72,43 @@ class GhostKeeper:
             source, identity, name, pseudo, exposed=self.exposed(network_id, user_id)
         )
 
+    async def room_nickname(
+        self, target_id: str, localpart: str, network_id: str, user_id: str, room_id: str,
+        name: str,
+    ) -> bool:
+        """A member event renamed the person to `name`. If that is their own name (their
+        profile's), it is stored as such and False returned: `ensure` renames the ghost
+        everywhere. If it is a name for that room alone (a room nickname), the ghost gets it
+        in `room_id` alone, and True is returned."""
+        hs = self.homeservers[network_id]
+        try:
+            own, avatar = await hs.profile(user_id)
+        except HomeserverError as exc:
+            # Not known which: taken as their own name, as before room nicknames were told
+            # apart (the next change of their own name sets it right).
+            log.info("could not read a profile on %s: %s", network_id, exc)
+            own, avatar = name, self.store.avatar(network_id, user_id)
+        if own == name or self.base_account(target_id, network_id, user_id) != (
+                network_id, user_id):
+            # Their own name; or a linked account's, whose ghost keeps the name of the
+            # account it is derived from.
+            self.store.set_profile(network_id, user_id, own, avatar)
+            return False
+        if not self.store.ghost_in_room(target_id, localpart, room_id):
+            return True  # not in that room: nothing to name there
+        source = self.networks[network_id]
+        identity = native_identity(user_id, source.identity, source.server_name)
+        shown = ghost_display_name(source, identity, name, localpart[-16:],
+                                   exposed=self.exposed(network_id, user_id))
+        target = self.homeservers[target_id]
+        ghost = self.networks[target_id].user_id(localpart)
+        member = await target.state(room_id, "m.room.member", ghost) or {}
+        if member.get("membership") != "join" or member.get("displayname") == shown:
+            return True
+        await target.put_state(room_id, "m.room.member", ghost,
+                               {**member, "displayname": shown}, as_user=ghost)
+        return True
+
     async def ensure(
         self,
         target_id: str,

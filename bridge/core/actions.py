@@ -204,6 +204,9 @@ class GhostSync:
     ghost: str
     source: EventRef  # the member event; its sender is the person
     txn_id: str
+    # The name the member event gives them, when it changed: their own name (the ghost is
+    # renamed everywhere) or one for that room alone (the ghost's name in `room_id` alone).
+    name: str | None = None
 
     kind = "profile"
 
@@ -212,7 +215,10 @@ class GhostSync:
         return (self.source.network, self.source.event_id)
 
     def to_payload(self) -> dict[str, Any]:
-        return {"ghost": self.ghost, "source": _ref_payload(self.source)}
+        out: dict[str, Any] = {"ghost": self.ghost, "source": _ref_payload(self.source)}
+        if self.name is not None:
+            out["name"] = self.name
+        return out
 
 
 @dataclass(frozen=True)
@@ -280,7 +286,9 @@ def from_payload(
         return Member(network, room_id, payload["ghost"], payload["person"], payload["op"],
                       _ref(payload["source"]), payload.get("actor"), payload.get("reason"), txn)
     if kind == GhostSync.kind:
-        return GhostSync(network, room_id, payload["ghost"], _ref(payload["source"]), txn)
+        name = payload.get("name")
+        return GhostSync(network, room_id, payload["ghost"], _ref(payload["source"]), txn,
+                         name if isinstance(name, str) else None)
     if kind == RoomState.kind:
         return RoomState(network, room_id, payload["type"], payload["content"],
                          _ref(payload["source"]), txn)

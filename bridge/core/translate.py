@@ -323,13 +323,17 @@ def _membership(
             "avatar_url")):
         return Translation(profiles=[profile])
     ref = EventRef(source.id, room_id, event_id, sender)
+    renamed = name != _text(prev.get("displayname"))
     syncs: list[Action] = [
         GhostSync(target.id, target_room, ghost, ref, txn_id(source.id, event_id, target.id,
-                                                              "profile"))
+                                                              "profile"),
+                  name if renamed else None)
         for target, target_room, ghost in _ghost_targets(user, source, networks, portal, key,
                                                         linked)
     ]
-    return Translation(actions=syncs, profiles=[profile])
+    # A new name may be theirs everywhere or this room's alone (a room nickname): the
+    # delivery asks their homeserver which, and keeps it as their name only in the first case.
+    return Translation(actions=syncs, profiles=[] if renamed else [profile])
 
 
 def _of_another_network(user: str, source: Network, networks: Mapping[str, Network]) -> bool:

@@ -253,11 +253,13 @@ class Homeserver:
             as_user=as_user,
         )
 
-    async def put_state(self, room_id: str, event_type: str, state_key: str, content: Any) -> str:
+    async def put_state(self, room_id: str, event_type: str, state_key: str, content: Any,
+                        as_user: str | None = None) -> str:
         result = await self.request(
             "PUT",
             f"{CLIENT_V3}/rooms/{_q(room_id)}/state/{_q(event_type)}/{_q(state_key)}",
             body=content,
+            as_user=as_user,
         )
         return str(result.get("event_id", ""))
 

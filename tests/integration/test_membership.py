@@ -138,6 +138,43 @@ async def test_a_new_name_and_avatar_reach_the_ghosts(cast: Cast, daemon: Daemon
             assert await reader.download(profile["avatar_url"]) == picture
 
 
+async def test_a_room_nickname_names_the_ghost_in_that_portal_alone(
+    cast: Cast, daemon: Daemon
+) -> None:
+    # Alice calls herself "Ali the host" in the book club (Element's /myroomnick): the other
+    # networks' book club rooms show that, while her ghost's own name stays "Alice".
+    people, rooms = await three_way(cast, daemon, ("Alice", "Bob", "Carol"))
+    alice = people["wa"]
+    await alice.send_text(rooms["wa"], "hello from alice")
+    ghosts = {n: await ghost_of(people[n], rooms[n], "Alice") for n in ("ig", "fbm")}
+    me = quote(alice.user_id)
+    member = await alice.call("GET", f"/rooms/{quote(rooms['wa'])}/state/m.room.member/{me}")
+    await alice.call("PUT", f"/rooms/{quote(rooms['wa'])}/state/m.room.member/{me}",
+                     {**member, "displayname": "Ali the host"})
+    for net, ghost in ghosts.items():
+        reader, room = people[net], rooms[net]
+
+        async def nicknamed(reader: Person = reader, room: str = room, ghost: str = ghost
+                            ) -> bool:
+            state = await reader.call(
+                "GET", f"/rooms/{quote(room)}/state/m.room.member/{quote(ghost)}")
+            return bool(state.get("displayname") == "Ali the host (WhatsApp)")
+
+        await wait_until(nicknamed, WITHIN, f"alice's nickname in the {net} room")
+        profile = await reader.call("GET", f"/profile/{quote(ghost)}")
+        assert profile["displayname"] == "Alice (WhatsApp)", profile
+    # Her own new name is hers everywhere again (and replaces the nickname, as on her side).
+    await alice.call("PUT", f"/profile/{me}/displayname", {"displayname": "Alicia"})
+    for net, ghost in ghosts.items():
+        reader = people[net]
+
+        async def renamed(reader: Person = reader, ghost: str = ghost) -> bool:
+            profile = await reader.call("GET", f"/profile/{quote(ghost)}")
+            return bool(profile.get("displayname") == "Alicia (WhatsApp)")
+
+        await wait_until(renamed, WITHIN, f"alice's ghost renamed on {net}")
+
+
 async def test_room_name_topic_and_avatar_are_mirrored_unless_the_portal_says_no(
     cast: Cast, daemon: Daemon
 ) -> None:
