@@ -91,7 +91,9 @@ def run_cli(argv: list[str]) -> int:
             return run_demo(keep=args.keep)
     except ConfigError as exc:
         print(f"tribridge: {len(exc.errors)} error(s) in the config:", file=sys.stderr)
-        for line in exc.lines():
+        # Unmasked only on a terminal: the admin's own screen, not a log (systemd's
+        # ExecReload runs check-config too, into the journal).
+        for line in exc.lines(masked=not sys.stderr.isatty()):
             print(f"  {line}", file=sys.stderr)
         return EXIT_CONFIG
     except StoreError as exc:

@@ -37,11 +37,14 @@ class ConfigError(Exception):
         self.errors = errors
         super().__init__("; ".join(f"{k}: {m}" for k, m in errors))
 
-    def lines(self) -> list[str]:
+    def lines(self, masked: bool = True) -> list[str]:
         """The errors as lines to show. Phone numbers and emails (a permission's key is a
-        person's user id) are masked as in the logs: these lines go to the journal, and
-        `admin reload` sends them as a chat message, perhaps to another network's server."""
-        return [mask_private(f"{key}: {message}") for key, message in self.errors]
+        person's user id) are masked as in the logs, unless not `masked` (the admin's own
+        terminal, where two masked keys could not be told apart): these lines go to the
+        journal, and `admin reload` sends them as a chat message, perhaps to another
+        network's server."""
+        shown = [f"{key}: {message}" for key, message in self.errors]
+        return [mask_private(line) for line in shown] if masked else shown
 
 
 @dataclass(frozen=True)
@@ -393,6 +396,10 @@ def _bridge(c: _Checker, t: Mapping[str, Any]) -> BridgeSettings | None:
         durability = None
     metrics_listen = c.string(t, "metrics_listen", p + "metrics_listen", default="",
                               check=_listen_or_empty)
+    if metrics_listen and listen is not None and (
+            _split_host_port(metrics_listen) == _split_host_port(listen)):
+        c.error(p + "metrics_listen", "must differ from listen (a listener of its own)")
+        metrics_listen = None
     unhealthy_after = t.get("unhealthy_after", 300)
     if isinstance(unhealthy_after, bool) or not isinstance(unhealthy_after, int | float) or not (
         unhealthy_after > 0

@@ -371,10 +371,14 @@ class DeliveryWorker:
                     self._start_probe()
                 delay = backoff(attempt, self.jitter(), exc.retry_after_ms)
                 if misconfigured(exc.status, exc.errcode):
+                    # Named by the homeserver that refused: a bot task here may have called
+                    # another network's.
+                    net = next((n for n in self.networks.values()
+                                if n.server_name == exc.server_name), self.network)
                     log.error("%s refuses the bridge's as_token (%s): check networks.%s's "
                               "as_token against the registration file it reads; what is "
-                              "queued for it waits (try %d in %.0f s)", self.network.server_name,
-                              exc.errcode, self.network.id, attempt + 1, delay)
+                              "queued for it waits (try %d in %.0f s)", net.server_name,
+                              exc.errcode, net.id, attempt + 1, delay)
                 log.info(
                     "delivery to %s failed (%s); try %d in %.1f s",
                     self.network.server_name, exc, attempt + 1, delay,

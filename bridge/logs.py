@@ -29,7 +29,9 @@ _PRIORITY = {logging.DEBUG: 7, logging.INFO: 6, logging.WARNING: 4, logging.ERRO
 # (an id in a URL's path or query), and so may an email's at sign.
 _PHONE = re.compile(r"(?:(?<![\w+%])\+|%2[bB])[1-9][0-9]{6,14}(?![0-9])")
 _EMAIL = re.compile(r"[\w.%+\-]+(?:@|%40)[\w\-]+(?:\.[\w\-]+)+")
-_ESCAPED_EMAIL = re.compile(r"[a-z0-9._=\-]+=40[a-z0-9.\-]+")
+# The spec's escaping (=40 for the at sign, =xx for other bytes), itself percent-escaped in a
+# URL's path (%3D40).
+_ESCAPED_EMAIL = re.compile(r"[a-z0-9._=%\-]+(?:=|%3[dD])40[a-z0-9.=%\-]+")
 
 
 def mask_private(text: str) -> str:

@@ -38,3 +38,11 @@ def test_an_error_of_an_unknown_server_is_a_homeservers() -> None:
     refused = MatrixError(404, "M_NOT_FOUND", "", None, None)
     assert failure_reply("link", refused, NETWORKS).startswith(
         "link failed: a homeserver refused it (M_NOT_FOUND). Trying again will not help")
+
+
+def test_a_homeserver_that_refuses_the_bridges_token_is_the_admins_to_mend() -> None:
+    refused = MatrixError(401, "M_UNKNOWN_TOKEN", "Unrecognised access token", None,
+                          "fbm.localhost")
+    assert failure_reply("link", refused, NETWORKS) == (
+        "link failed: Messenger does not accept the bridge's token, a mistake in the bridge's "
+        "setup that its admin must mend (their log says which).")

@@ -366,3 +366,36 @@ def test_a_listener_that_cannot_be_bound_names_its_key(
     assert result.returncode == 1, result.stderr
     assert expected in result.stderr, result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_config_errors_name_people_on_a_terminal_and_mask_them_elsewhere(tmp_path: Path) -> None:
+    # On the admin's own terminal two bad permission keys must be told apart; piped (the
+    # journal, under ExecReload) the phone number is masked as in any log.
+    import os
+    import pty
+
+    path = tmp_path / "c.toml"
+    path.write_text(config_text() + '[permissions]\n"@+15551234567:wa.localhost" = "admn"\n')
+    piped = tribridge("check-config", "-c", path)
+    assert piped.returncode == 2
+    assert "permissions.'@<phone>:wa.localhost': 'admn' is not a level" in piped.stderr
+    assert "5551234567" not in piped.stderr
+    leader, follower = pty.openpty()
+    try:
+        on_terminal = subprocess.run(
+            [sys.executable, "-m", "bridge", "check-config", "-c", str(path)], cwd=ROOT,
+            stdout=subprocess.PIPE, stderr=follower, timeout=60, check=False)
+        os.close(follower)
+        shown = b""
+        while True:
+            try:
+                chunk = os.read(leader, 4096)
+            except OSError:  # the terminal's other end is closed: all was read
+                break
+            if not chunk:
+                break
+            shown += chunk
+    finally:
+        os.close(leader)
+    assert on_terminal.returncode == 2
+    assert b"permissions.'@+15551234567:wa.localhost': 'admn' is not a level" in shown

@@ -692,6 +692,13 @@ def test_a_bad_permission_level_is_named(tmp_path: Path) -> None:
     }
 
 
+def test_metrics_listen_on_the_listen_address_is_refused(tmp_path: Path) -> None:
+    doc = good_doc()
+    doc["bridge"]["metrics_listen"] = doc["bridge"]["listen"]
+    assert errors_of(tmp_path, doc) == {
+        "bridge.metrics_listen": "must differ from listen (a listener of its own)"}
+
+
 def test_an_error_shown_does_not_carry_a_phone_number_or_email(tmp_path: Path) -> None:
     # The lines go to the journal (tribridge run) and, by admin reload, into a chat.
     doc = good_doc()

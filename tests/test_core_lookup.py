@@ -254,4 +254,10 @@ def test_what_is_not_an_email_address_is_refused(typed: str) -> None:
 
 def test_a_handle_too_long_for_a_user_id_is_refused_at_once() -> None:
     assert bad(IG, "x" * 300) == "that handle is too long for Instagram (at most 200 characters)"
-    assert "is not an email address" in bad(FBM, "x" * 300 + "@example.com")
+    assert bad(FBM, "x" * 300 + "@example.com") == "that address is too long for Messenger"
+
+
+@pytest.mark.parametrize("typed", ["o'brien@example.com", "alice@example.xn--p1ai",
+                                   "'o'brien@example.com'"])
+def test_addresses_with_an_apostrophe_or_an_idn_top_level_domain_are_read(typed: str) -> None:
+    assert normalise(FBM, typed).value == typed.strip("'").lower()

@@ -608,15 +608,6 @@ def test_a_prefixed_message_in_a_portal_is_a_command_and_is_not_relayed() -> Non
     )
 
 
-def test_a_command_by_someone_of_another_network_is_left_to_their_own_bot() -> None:
-    # Both bots in one room, federated: the Instagram person's command is pushed to the
-    # WhatsApp bridge too, and must not be answered twice.
-    result = from_wa(message({"msgtype": "m.text", "body": "!tb status"},
-                             sender="@bob:ig.localhost"), portal=None)
-    assert result.actions == []
-    assert result.skipped == "a command by a member of another bridged network"
-
-
 def test_an_edit_of_a_command_is_neither_run_nor_relayed() -> None:
     edit = {
         "msgtype": "m.text",

@@ -57,6 +57,8 @@ def test_escaped_and_non_ascii_addresses_are_masked_too() -> None:
         ("jos\u00e9@example.com wrote", "example.com"),
         ("bob@ex\u00e4mple.de wrote", "mple.de"),
         ("chri\u017f@example.com wrote", "example.com"),
+        ("GET /profile/%40alice%3D40example.com%3Afbm.localhost", "example.com"),
+        ("@jos=c3=a9=40ex=c3=a4mple.com:fbm.localhost", "mple.com"),
     ):
         out = mask_private(text)
         assert gone not in out and ("<phone>" in out or "<email>" in out), text

@@ -128,6 +128,13 @@ def test_link_codes_wait_for_the_account_they_were_sent_to(store: Store) -> None
     assert store.link_codes(*BOB) == []
 
 
+def test_a_code_whose_notice_failed_is_dropped_alone(store: Store) -> None:
+    store.put_link_code(BOB, ALICE, "hash-a", 1000.0)
+    store.put_link_code(BOB, CAROL, "hash-c", 1000.0)
+    store.drop_link_code(BOB, ALICE)
+    assert store.link_codes(*BOB) == [LinkCode(CAROL[0], CAROL[1], "hash-c", 1000.0, 0)]
+
+
 def test_five_wrong_codes_void_every_code_for_the_account(store: Store) -> None:
     store.put_link_code(BOB, ALICE, "hash-a", 1000.0)
     store.put_link_code(BOB, CAROL, "hash-c", 1000.0)

@@ -19,10 +19,10 @@ from bridge.core.actions import BotTask, txn_id
 from bridge.core.commands import Context, Refusal, help_text, parse
 from bridge.core.markup import to_html
 from bridge.core.model import Network
-from bridge.core.retry import Verdict, classify
+from bridge.core.retry import Verdict, classify, misconfigured
 from bridge.ghostkeeper import GhostKeeper
 from bridge.logs import mask_private
-from bridge.matrix.client import Homeserver, HomeserverError, MatrixError, Unreachable
+from bridge.matrix.client import Homeserver, HomeserverError, MatrixError, TooBig, Unreachable
 from bridge.store import Store
 
 log = logging.getLogger(__name__)
@@ -170,8 +170,13 @@ def failure_reply(command: str, exc: HomeserverError, networks: Mapping[str, Net
     name people by ids that are phone numbers)."""
     label = next((n.label for n in networks.values() if n.server_name == exc.server_name),
                  "a homeserver")
+    if isinstance(exc, TooBig):
+        return f"{command} failed: {label} answered with more than the bridge takes."
     if isinstance(exc, Unreachable) or exc.status is None:
         return f"{command} failed: {label} did not answer. Try again in a moment."
+    if misconfigured(exc.status, exc.errcode):
+        return (f"{command} failed: {label} does not accept the bridge's token, a mistake in "
+                "the bridge's setup that its admin must mend (their log says which).")
     if classify(exc.status, exc.errcode) is Verdict.RETRY:
         return (f"{command} failed: {label} could not do it just now ({exc.errcode}). Try "
                 "again in a moment.")

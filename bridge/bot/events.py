@@ -88,13 +88,15 @@ ENCRYPTED_MANAGEMENT = (
 async def management_encrypted(bot: Bot, task: BotTask) -> None:
     """A management room that is (or just became) encrypted: the bot could read no command
     there, and would answer none. It says so, and leaves, rather than stay silent."""
-    with bot.store.transaction():
-        bot.store.drop_management_room(task.network, task.room_id)
+    # Told and left first, forgotten last: a notice that fails is tried again (the task is
+    # retried, and finds the room still a management room).
     bot_id = bot.networks[task.network].bot_user_id
     await bot.notice(task.network, task.room_id, ENCRYPTED_MANAGEMENT.format(bot=bot_id),
                      about=task.about)
     with contextlib.suppress(HomeserverError):
         await bot.homeservers[task.network].leave(task.room_id)
+    with bot.store.transaction():
+        bot.store.drop_management_room(task.network, task.room_id)
     log.info("left an encrypted management room on %s", task.network)
 
 
@@ -117,8 +119,8 @@ async def management_shared(bot: Bot, task: BotTask) -> None:
     owner = bot.store.management_owner(task.network, task.room_id)
     if owner is None:
         return
-    with bot.store.transaction():
-        bot.store.drop_management_room(task.network, task.room_id)
+    # Told and left first, forgotten last (see management_encrypted). Meanwhile a command
+    # there is refused by the ordering of the room's queue: this task goes first.
     await bot.notice(
         task.network, task.room_id,
         "Someone else is in this chat now, so it is no longer your management room: the "
@@ -127,6 +129,8 @@ async def management_shared(bot: Bot, task: BotTask) -> None:
         about=task.about)
     with contextlib.suppress(HomeserverError):
         await bot.homeservers[task.network].leave(task.room_id)
+    with bot.store.transaction():
+        bot.store.drop_management_room(task.network, task.room_id)
 
 
 async def encryption_in_management(bot: Bot, task: BotTask) -> None:

@@ -54,8 +54,9 @@ async def privacy(bot: Bot, call: Call) -> str:
     answer = f"Your phone number or email {what} on other networks ({renamed} name(s) updated)."
     if failed:
         labels = " and ".join(bot.networks[n].label for n in failed)
-        answer += (f" {labels} did not answer: your name there changes with the next message "
-                   "the bridge carries there for you, or say this again later.")
+        answer += (f" On {labels} it could not be changed now: your name there changes with "
+                   "the next message the bridge carries there for you, or say this again "
+                   "later.")
     return answer
 
 
@@ -131,8 +132,11 @@ async def send_link_code(bot: Bot, task: BotTask) -> None:
         )
     except HomeserverError as exc:
         # Not retried: a retry would send its new code under the same transaction id, which
-        # the homeserver answers with the first notice, and the codes would not match.
+        # the homeserver answers with the first notice, and the codes would not match. The
+        # code nobody received is dropped, so that asking again sends a new one.
         log.info("could not send a link code on %s: %s", task.network, exc)
+        with bot.store.transaction():
+            bot.store.drop_link_code(to, asker)
 
 
 async def _shown_here(bot: Bot, network: str, asker_network: str, asker: str) -> str:

@@ -212,7 +212,7 @@ async def link(bot: Bot, call: Call) -> str:
     )
     if algorithm is not None:
         answer += " The new rooms are end-to-end encrypted too; the bridge cannot read them."
-        if not published:
+        if not published or unpinned:
             answer += PIN_WARNING.format(prefix=call.ctx.prefix)
     return answer
 

@@ -31,9 +31,11 @@ _PHONE_NOISE = re.compile(r"[\s\-.()\u00a0\u2010-\u2015\u2212\ufe58\ufe63\uff0d"
                           r"\u200b-\u200f\u202a-\u202e\u2060-\u2064\ufeff]")
 # "+44 (0)20 7946 0958": the bracketed trunk zero is dialled only from inside the country.
 _INTERNATIONAL = re.compile(r"\s*(\+|00)\d+\s*\(0\)")
-# A domain of labels (letters, digits, hyphens; any script) with a dot, and no quotes,
-# brackets or commas in the local part: what a mistyped or pasted address carries.
-_EMAIL = re.compile(r"[^@\s\"'<>(),;:\[\]]+@(?:[^\W_](?:[\w-]*[^\W_])?\.)+[^\W\d_]{2,}")
+# A domain of labels (letters, digits, hyphens; any script) with a dot and a top-level domain
+# of letters (or its xn-- form), and no double quotes, brackets or commas in the local part:
+# what a mistyped or pasted address carries (an apostrophe is fine: o'brien@example.com).
+_EMAIL = re.compile(
+    r"[^@\s\"<>(),;:\[\]]+@(?:[^\W_](?:[\w-]*[^\W_])?\.)+(?:[^\W\d_]{2,}|xn--[a-z0-9-]+)")
 # A Matrix user id is at most 255 characters; the server name and "@:" take their share.
 _MAX_LOCALPART = 200
 
@@ -69,8 +71,10 @@ def normalise(network: Network, text: str, default_country_code: str = "") -> Id
         return Identity("phone", _phone(text, default_country_code))
     if network.identity == "email":
         email = text.lower()
-        if not _EMAIL.fullmatch(email) or len(email_to_localpart(email)) > _MAX_LOCALPART:
+        if not _EMAIL.fullmatch(email):
             raise BadIdentity(f"{text!r} is not an email address such as alice@example.com")
+        if len(email_to_localpart(email)) > _MAX_LOCALPART:
+            raise BadIdentity(f"that address is too long for {network.label}")
         return Identity("email", email)
     # Lower-cased, as a homeserver makes every new user id (Synapse refuses capitals): people
     # type "Bob" for @bob.

@@ -154,10 +154,6 @@ def translate(
     elif is_message and content.get("msgtype") == "m.text" and isinstance(content.get("body"), str):
         in_management = room.manager is not None
         command = strip_prefix(str(content["body"]), rules.prefix, in_management)
-        if command is not None and _of_another_network(sender, source, networks):
-            # Someone of another bridged network, here by federation, where both networks'
-            # bots are in the room: their own network's bot answers them, not this one too.
-            return _skip("a command by a member of another bridged network")
         if command is not None:
             task = BotTask(source.id, room_id, "command", {"sender": sender, "text": command},
                            txn_id(source.id, event_id, source.id, "bot"), event_id)
@@ -275,6 +271,10 @@ def _membership(
         if moderated and membership == "invite":
             return task("ghost_invited", ghost=user[1:].partition(":")[0])
         return _skip("ghost membership")
+    if membership in ("join", "invite") and room.manager is not None and user != room.manager:
+        # Someone else in a management room (from any server) would read every answer about
+        # its owner.
+        return task("management_shared", by=sender)
     if any(user.endswith(":" + n.server_name) for n in networks.values() if n is not source):
         # Someone of another bridged network, on this server by federation: the bridge
         # reaches them through their own network, not through here.
@@ -286,9 +286,6 @@ def _membership(
             return task("dm_declined", request=room.dm_request)
     if membership in ("leave", "ban") and room.manager is not None and user == room.manager:
         return task("removed", by=user)
-    if membership in ("join", "invite") and room.manager is not None and user != room.manager:
-        # Someone else in a management room would read every answer about its owner.
-        return task("management_shared", by=sender)
     name, avatar = _text(content.get("displayname")), content.get("avatar_url")
     avatar = avatar if parse_mxc(avatar) else None
     profile = ProfileSeen(source.id, user, name, avatar)
@@ -334,10 +331,6 @@ def _membership(
     # A new name may be theirs everywhere or this room's alone (a room nickname): the
     # delivery asks their homeserver which, and keeps it as their name only in the first case.
     return Translation(actions=syncs, profiles=[] if renamed else [profile])
-
-
-def _of_another_network(user: str, source: Network, networks: Mapping[str, Network]) -> bool:
-    return any(user.endswith(":" + n.server_name) for n in networks.values() if n is not source)
 
 
 def _text(value: object) -> str | None:

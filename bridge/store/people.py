@@ -240,6 +240,12 @@ class PeopleStore:
             return 0
         return void_after - tries
 
+    def drop_link_code(self, to: tuple[str, str], from_: tuple[str, str]) -> None:
+        """The one code `from_` asked `to` for (its notice never went out)."""
+        self.conn.execute(
+            "DELETE FROM link_codes WHERE to_network = ? AND to_user = ? AND from_network = ? "
+            "AND from_user = ?", (*to, *from_))
+
     def drop_link_codes(self, network: str, user_id: str) -> None:
         self.conn.execute(
             "DELETE FROM link_codes WHERE to_network = ? AND to_user = ?", (network, user_id)

@@ -427,8 +427,8 @@ async def test_show_identity_puts_the_number_beside_the_name(cast: Cast, daemon:
         fbm.wait_ready()
     assert answer == (
         "Your phone number or email no longer shows on other networks (1 name(s) updated). "
-        "Messenger did not answer: your name there changes with the next message the bridge "
-        "carries there for you, or say this again later."), answer
+        "On Messenger it could not be changed now: your name there changes with the next "
+        "message the bridge carries there for you, or say this again later."), answer
     await member_name(ian, rooms["ig"], wendy_on_ig, "Wendy (WhatsApp)")
     await wendy.send_text(rooms["wa"], "wendy again")
     await member_name(erin, rooms["fbm"], wendy_on_fbm, "Wendy (WhatsApp)")
