@@ -765,3 +765,18 @@ def test_a_moderator_removing_a_ghost_is_remembered_and_its_own_leave_is_not() -
     assert isinstance(task, BotTask) and task.task == "ghost_invited"
     assert from_wa(member(ghost, "leave")).actions == []  # the bridge's own doing
     assert from_wa(member(ghost, "leave") | {"sender": ALICE_WA}, portal=None).actions == []
+
+
+@pytest.mark.parametrize("newcomer", ["@+15559876543:wa.localhost", "@bob:ig.localhost"])
+@pytest.mark.parametrize("membership", ["join", "invite"])
+def test_anyone_else_in_a_management_room_ends_it(newcomer: str, membership: str) -> None:
+    # From this server or, by federation, from another bridged network's: either would read
+    # every answer about the room's owner.
+    from bridge.core.actions import BotTask
+    from bridge.core.translate import RoomInfo
+
+    event = member(newcomer, membership, room="!mine:wa.localhost")
+    event["sender"] = ALICE_WA
+    result = translate(event, WA, NETWORKS, None, KEY, room=RoomInfo(ALICE_WA))
+    (task,) = result.actions
+    assert isinstance(task, BotTask) and task.task == "management_shared"
