@@ -33,20 +33,35 @@ from bridge.core.actions import (
     SendNotice,
     txn_id,
 )
-from bridge.core.media import DEFAULT_MAX_BYTES, STICKER, media_uris, with_uris
+from bridge.core.media import DEFAULT_MAX_BYTES, STICKER, media_uris, with_uris, without_file
 from bridge.core.model import Network
-from bridge.core.notices import failure_notice
+from bridge.core.notices import failure_notice, file_not_carried_notice
 from bridge.core.retry import Verdict, backoff, classify, misconfigured
 from bridge.ghostkeeper import GhostKeeper
 from bridge.locks import promptly
 from bridge.matrix.client import Homeserver, HomeserverError, MatrixError, Unreachable
-from bridge.media import MediaCarrier
+from bridge.media import THUMBNAIL_DEADLINE, MediaCarrier
 from bridge.metrics import Metrics
 from bridge.store import OutboxItem, Store
 
 log = logging.getLogger(__name__)
 
 MEDIA_EVENT_TYPES = frozenset({"m.room.message", STICKER})
+# Tries of a file that cannot be carried for a passing reason (its server busy or stalled, an
+# upload that broke off) before the message goes without it: about 20 minutes of backoff. A
+# file must not hold its room's queue for ever.
+MEDIA_TRIES = 10
+
+
+class FileNotCarried(MatrixError):
+    """A message's file could not be carried here (`cause` says why); the message itself
+    may go without it."""
+
+    def __init__(self, cause: MatrixError | HomeserverError) -> None:
+        status = cause.status if cause.status is not None else 503
+        super().__init__(status, cause.errcode or "M_UNKNOWN", str(cause),
+                         cause.retry_after_ms, cause.server_name)
+        self.cause = cause
 PAGE = 50  # outbox rows read at once per room: memory stays flat whatever the backlog
 UNWAITED = 8  # a room's drain passes through the scheduler at least once per this many actions
 PROBE_MIN, PROBE_MAX = 0.5, 5.0  # seconds between "are you back?" probes of a silent homeserver
@@ -125,6 +140,8 @@ class DeliveryWorker:
         store.on_lost(self._lost)
         store.on_cancel(self._cancel)
         self._losses = 0  # failed commits so far (see _lost)
+        # Messages whose file could not be carried, going as text: item id -> too large.
+        self._without_file: dict[int, bool] = {}
 
     # -- control -------------------------------------------------------------------------------
 
@@ -363,11 +380,18 @@ class DeliveryWorker:
                 attempt += 1
                 verdict = classify(exc.status, exc.errcode)
                 self.metrics.failures.labels(self.network.id, verdict.value).inc()
+                if isinstance(exc, FileNotCarried) and isinstance(item.action, SendMessage) and (
+                        verdict is Verdict.PERMANENT or attempt >= MEDIA_TRIES):
+                    # The words, the caption, the reply still go; the sender hears why the
+                    # file does not. Tried again at once, as a text message.
+                    self._go_without_file(item, item.action, exc)
+                    continue
                 if verdict is Verdict.PERMANENT:
                     self._fail(item, exc)
                     return True
                 self.store.note_attempt(item, str(exc))
-                if isinstance(exc, Unreachable):
+                if isinstance(exc, Unreachable) or (
+                        isinstance(exc, FileNotCarried) and isinstance(exc.cause, Unreachable)):
                     self._start_probe()
                 delay = backoff(attempt, self.jitter(), exc.retry_after_ms)
                 if misconfigured(exc.status, exc.errcode):
@@ -386,10 +410,18 @@ class DeliveryWorker:
                 if not await self._backoff(delay):
                     return False
             except Exception as exc:
-                # A bug of ours must not wedge the room behind one poisoned action.
+                # A bug of ours must not wedge the room behind one poisoned action; and its
+                # sender is told, as after a refusal.
                 log.exception("action %d for %s failed unexpectedly", item.id, self.network.id)
-                self.store.finish(item, "failed", f"internal error: {type(exc).__name__}",
-                                  scrub=isinstance(item.action, BotTask))
+                with self.store.transaction():
+                    if self.store.finish(item, "failed", f"internal error: {type(exc).__name__}",
+                                         scrub=isinstance(item.action, BotTask)) and isinstance(
+                            item.action, SendMessage):
+                        self.store.enqueue([failure_notice(
+                            item.action.source, self.network.id, self.network.label,
+                            "TB_INTERNAL")])
+                if isinstance(item.action, SendMessage):
+                    self.wake_network(item.action.source.network)
                 return True
 
     async def _backoff(self, delay: float) -> bool:
@@ -401,8 +433,23 @@ class DeliveryWorker:
                     nursery.start_soon(_wait_then_cancel, event, nursery.cancel_scope)
         return not stop.is_set()
 
+    def _go_without_file(self, item: OutboxItem, action: SendMessage,
+                         exc: FileNotCarried) -> None:
+        """From now on `item` goes as text, and its sender is told (once: the notice's
+        transaction id is the same on every try). Forgotten at a restart, where the file is
+        tried again, and given up again after as many tries."""
+        log.info("a file for %s was not carried (%s): the message goes without it",
+                 self.network.id, exc.cause)
+        self._without_file[item.id] = exc.errcode == "M_TOO_LARGE"
+        why = str(exc.cause.message if isinstance(exc.cause, MatrixError) else exc.cause)
+        with self.store.transaction():
+            self.store.enqueue([file_not_carried_notice(
+                action.source, self.network.id, self.network.label, why[:300])])
+        self.wake_network(action.source.network)
+
     def _fail(self, item: OutboxItem, exc: HomeserverError) -> None:
         action = item.action
+        self._without_file.pop(item.id, None)
         log.warning(
             "not delivered to %s (%s): %s action %d refused: %s",
             self.network.label, self.network.server_name, action.kind, item.id, exc,
@@ -485,7 +532,12 @@ class DeliveryWorker:
             # the portal. Not sent as a message of its own, as a client would not show it.
             self.store.finish(item, "done", "an edit of an event never relayed here")
             return
-        event_id = await self._send_as_ghost(action, content)
+        if item.id in self._without_file:
+            event_id = await self._send_as_ghost(action, without_file(
+                content, self._without_file[item.id]), "m.room.message")
+            del self._without_file[item.id]
+        else:
+            event_id = await self._send_as_ghost(action, content)
         with self.store.deferred():  # committed with the next ones: see Store.deferred
             self.store.map_event(
                 src.network, src.room_id, src.event_id, self.network.id, action.room_id, event_id
@@ -663,18 +715,26 @@ class DeliveryWorker:
         except HomeserverError as exc:
             log.warning("command on %s failed: %s", self.network.id, exc)
 
-    async def _send_as_ghost(self, action: SendMessage, content: Mapping[str, Any]) -> str:
+    async def _send_as_ghost(self, action: SendMessage, content: Mapping[str, Any],
+                             event_type: str | None = None) -> str:
         src = action.source
+        event_type = event_type or action.event_type
+        carried = False
         for last_try in (False, True):
             ghost = await self.ghosts.ensure(
                 self.network.id, action.ghost, src.network, src.sender, action.room_id,
                 room_hint=src.room_id,
             )
-            if action.event_type in MEDIA_EVENT_TYPES and media_uris(content):
-                content = await self._carry_files(src.network, content, ghost)
+            if not carried and event_type in MEDIA_EVENT_TYPES and media_uris(content):
+                # Once: after a re-join the content already holds this network's copies.
+                try:
+                    content = await self._carry_files(src.network, content, ghost)
+                except HomeserverError as exc:
+                    raise FileNotCarried(exc) from exc
+                carried = True
             try:
                 return await self.hs.send_event(
-                    action.room_id, action.event_type, content, action.txn_id, ghost
+                    action.room_id, event_type, content, action.txn_id, ghost
                 )
             except MatrixError as exc:
                 # The ghost was kicked or left since we last saw it join: join again, once.
@@ -692,7 +752,8 @@ class DeliveryWorker:
         copies = {uris[0]: await self.media.carry(src_network, uris[0], self.network.id, ghost)}
         for thumb in uris[1:]:
             try:
-                copies[thumb] = await self.media.carry(src_network, thumb, self.network.id, ghost)
+                copies[thumb] = await self.media.carry(src_network, thumb, self.network.id, ghost,
+                                                       deadline=THUMBNAIL_DEADLINE)
             except HomeserverError as exc:  # refused, or no answer: the message goes without
                 log.info("a thumbnail was not carried to %s: %s", self.network.id, exc)
         return with_uris(content, copies)

@@ -27,6 +27,10 @@ log = logging.getLogger(__name__)
 
 CHUNK = 64 * 1024
 TRANSFER_DEADLINE = 600.0  # seconds for one whole file, download and upload together
+# Seconds without a byte of the download: a stalled source is given up on well before the
+# whole deadline (each try holds one of the worker's send slots, and its room's queue).
+STALL_SECONDS = 60.0
+THUMBNAIL_DEADLINE = 30.0  # a thumbnail is not worth holding a message back longer
 
 
 class MediaTooLarge(MatrixError):
@@ -49,6 +53,15 @@ class SourceBusy(MatrixError):
         super().__init__(503, "TB_SOURCE_BUSY", why)
 
 
+class UploadBroke(MatrixError):
+    """The upload to the target broke off after its connection was made (a reset, a proxy
+    closing it): retried with backoff. Not Unreachable: the target answers, and taking it for
+    down would wake the retry at once, every half second."""
+
+    def __init__(self, why: str) -> None:
+        super().__init__(503, "TB_UPLOAD_BROKE", why)
+
+
 class MediaCarrier:
     def __init__(
         self, homeservers: Mapping[str, Homeserver], store: Store,
@@ -58,7 +71,8 @@ class MediaCarrier:
         self.store = store
         self.max_bytes = max_bytes
 
-    async def carry(self, src_network: str, mxc: str, dst_network: str, as_user: str) -> str:
+    async def carry(self, src_network: str, mxc: str, dst_network: str, as_user: str,
+                    deadline: float = TRANSFER_DEADLINE) -> str:
         """The mxc URI on `dst_network` of the file `mxc` of `src_network`, uploaded by
         `as_user` if it is not there yet."""
         known = self.store.media_copy(src_network, mxc, dst_network)
@@ -69,13 +83,15 @@ class MediaCarrier:
             raise MediaGone("not an mxc URI")
         source, target = self.homeservers[src_network], self.homeservers[dst_network]
         try:
-            with trio.fail_after(TRANSFER_DEADLINE):
+            with trio.fail_after(deadline):
                 copy = await self._transfer(source, target, *parsed, as_user)
         except trio.TooSlowError as exc:
             # Either side may be the slow one: retried with backoff, no side taken for down.
-            raise SourceBusy(f"a file took over {TRANSFER_DEADLINE:g} s to carry") from exc
-        except httpx.TransportError as exc:
+            raise SourceBusy(f"a file took over {deadline:g} s to carry") from exc
+        except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
             raise Unreachable(f"carrying a file: {type(exc).__name__}: {exc}") from exc
+        except httpx.TransportError as exc:
+            raise UploadBroke(f"the file's upload broke off: {type(exc).__name__}") from exc
         self.store.save_media_copy(src_network, mxc, dst_network, copy)
         log.debug("carried a file from %s to %s", src_network, dst_network)
         return copy
@@ -86,8 +102,12 @@ class MediaCarrier:
         path = f"/_matrix/client/v1/media/download/{quote(server, safe='')}/{quote(media_id)}"
         async with AsyncExitStack() as stack:
             try:
-                got = await stack.enter_async_context(
-                    source.http.stream("GET", path, params={"allow_redirect": "false"}))
+                with trio.fail_after(STALL_SECONDS):
+                    got = await stack.enter_async_context(
+                        source.http.stream("GET", path, params={"allow_redirect": "false"}))
+            except trio.TooSlowError as exc:
+                raise SourceBusy(f"{source.server_name} sent nothing for {STALL_SECONDS:g} s "
+                                 "when asked for the file") from exc
             except httpx.TransportError as exc:
                 # The sender's homeserver is away: try again later, but this says nothing
                 # about the target's homeserver (whose reachability probe must not start).
@@ -113,11 +133,10 @@ class MediaCarrier:
         ctype = got.headers.get("content-type", "application/octet-stream")
         if length is None:
             # No usable length (Synapse always gives one): read it whole, bounded by the
-            # limit, since the upload needs a length.
-            buffer = bytearray()
-            async for chunk in self._bounded(got.aiter_bytes()):
-                buffer += chunk
-            length, content = len(buffer), _once(bytes(buffer))
+            # limit, since the upload needs a length; kept as its chunks (joined, it would
+            # be held twice).
+            chunks = [chunk async for chunk in self._bounded(got.aiter_bytes())]
+            length, content = sum(map(len, chunks)), _each(chunks)
         else:
             content = self._bounded(got.aiter_raw(CHUNK), length)
         answer = await target.http.post(
@@ -140,7 +159,15 @@ class MediaCarrier:
         """The chunks, refused past the limit (or past a declared length: a lying server)."""
         total = 0
         try:
-            async for chunk in chunks:
+            while True:
+                with trio.move_on_after(STALL_SECONDS) as stalled:
+                    try:
+                        chunk = await anext(chunks)
+                    except StopAsyncIteration:
+                        break
+                if stalled.cancelled_caught:
+                    raise SourceBusy(f"the file's download stalled ({STALL_SECONDS:g} s "
+                                     "without a byte)")
                 total += len(chunk)
                 if total > self.max_bytes:
                     raise MediaTooLarge(total, self.max_bytes)
@@ -152,12 +179,17 @@ class MediaCarrier:
             # source's trouble, raised here inside the upload; taken for the target's, it
             # would start its probe and cut the backoff short, every half second.
             raise SourceBusy(f"the file's download broke off: {type(exc).__name__}") from exc
+        except httpx.HTTPError as exc:
+            # A body that cannot be read as sent (a broken gzip, say): no try will read it.
+            raise MediaGone(f"the file's download could not be read: {type(exc).__name__}"
+                            ) from exc
         if length is not None and total < length:
             raise SourceBusy("the file's download ended before its length")
 
 
-async def _once(body: bytes) -> AsyncIterator[bytes]:
-    yield body
+async def _each(chunks: list[bytes]) -> AsyncIterator[bytes]:
+    for chunk in chunks:
+        yield chunk
 
 
 def _json_object(body: bytes) -> dict[str, Any]:

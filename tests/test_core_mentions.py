@@ -226,3 +226,13 @@ def test_an_edit_masks_whoever_its_new_content_mentions_in_its_fallback_too() ->
     out = relayed(content)
     assert leaks(out, "5559876543") == []
     assert out["body"].startswith("* WhatsApp user ")
+
+
+def test_a_files_name_is_masked_as_its_body_is() -> None:
+    bob = "@+15559876543:wa.localhost"
+    content = {"msgtype": "m.image", "body": "photo of +1 555 987 6543.jpg",
+               "filename": "photo of +1 555 987 6543.jpg", "url": "mxc://wa.localhost/abc",
+               "m.mentions": {"user_ids": [bob]}}
+    out = relayed(content, WA, IG)
+    assert "987" not in str(out["filename"]) and str(out["filename"]).endswith(".jpg")
+    assert out["filename"] == out["body"]  # masked alike: no spurious caption

@@ -109,3 +109,28 @@ def human_size(size: int) -> str:
     if size >= 1024:
         return f"{size / 1024:.0f} kB"
     return f"{size} bytes"
+
+
+_KINDS = {"m.image": "An image", "m.video": "A video", "m.audio": "An audio message",
+          "m.file": "A file"}
+
+
+def without_file(content: Mapping[str, Any], too_large: bool) -> dict[str, Any]:
+    """A text message in place of a file message whose file could not be carried: what it
+    was, its caption (a body that is not just the file's name), and its relations (a reply,
+    a thread) kept. The reason is the bridge's, in general words: the source homeserver's
+    own error text stays on its network."""
+    kind = _KINDS.get(str(content.get("msgtype", "")), "A sticker" if "msgtype" not in content
+                      else "A file")
+    why = "too large for the bridge to carry" if too_large else "could not be carried here"
+    body = content.get("body")
+    name = content.get("filename")
+    caption = body if isinstance(body, str) and (
+        (isinstance(name, str) and body != name) or "msgtype" not in content) else ""
+    out: dict[str, Any] = {"msgtype": "m.text",
+                           "body": f"({kind} was sent here, {why}.)" + (
+                               f" {caption}" if caption else "")}
+    for key in ("m.relates_to", "m.mentions"):
+        if key in content:
+            out[key] = content[key]
+    return out

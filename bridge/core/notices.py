@@ -22,6 +22,7 @@ _REASONS = {
     "M_NOT_JSON": "that server could not read it",
     "TB_MEDIA_GONE": "the file could not be fetched from your server",
     "TB_GHOST_REMOVED": "the room's moderators there removed you from it",
+    "TB_INTERNAL": "an error of the bridge's own (logged for its admin)",
 }
 
 
@@ -61,4 +62,20 @@ def untranslated_notice(source: EventRef) -> SendNotice:
         content={"msgtype": "m.notice", "body": body,
                  "m.relates_to": {"m.in_reply_to": {"event_id": source.event_id}}},
         txn_id=txn_id(source.network, source.event_id, source.network, "untranslated"),
+    )
+
+
+def file_not_carried_notice(source: EventRef, target_network: str, target_label: str,
+                            why: str) -> SendNotice:
+    """The notice for the sender of `source`, whose file could not be carried to
+    `target_label` (`why`, in the sender's own words: it stays on their network): the
+    message went there without it."""
+    body = f"Your file did not reach {target_label} ({why}); the message went without it."
+    return SendNotice(
+        network=source.network,
+        room_id=source.room_id,
+        about=source.event_id,
+        content={"msgtype": "m.notice", "body": body,
+                 "m.relates_to": {"m.in_reply_to": {"event_id": source.event_id}}},
+        txn_id=txn_id(source.network, source.event_id, target_network, "file-notice"),
     )

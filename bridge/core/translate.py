@@ -400,7 +400,7 @@ def _for_target(
     for field_name in ("body", "formatted_body", "filename"):
         if field_name in out:
             out[field_name] = rewrite_user_ids(out[field_name], source, target, key, owner)
-            if people and field_name != "filename":
+            if people:  # the file's name too: "photo of +1 555 987 6543.jpg"
                 out[field_name] = mask_private(out[field_name], people)
     new = out.get("m.new_content")
     if isinstance(new, Mapping):  # an edit's new text names people too
