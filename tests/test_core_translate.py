@@ -170,6 +170,22 @@ def test_files_cross_with_their_info_and_nothing_unknown(msgtype: str) -> None:
         }
 
 
+def test_a_voice_message_crosses_as_one_with_its_waveform_and_previews_their_blur() -> None:
+    voice = {"msgtype": "m.audio", "body": "Voice message", "url": "mxc://wa.localhost/v",
+             "info": {"mimetype": "audio/ogg", "duration": 4200,
+                      "xyz.amorgan.blurhash": "LEHV6nWB2yk8pyo0adR*.7kCMdnj"},
+             "org.matrix.msc3245.voice": {},
+             "org.matrix.msc1767.audio": {"duration": 4200, "waveform": [0, 512, 1024, 7]}}
+    for action in sends(from_wa(message(voice))).values():
+        assert action.content["org.matrix.msc3245.voice"] == {}
+        assert action.content["org.matrix.msc1767.audio"] == {
+            "duration": 4200, "waveform": [0, 512, 1024, 7]}
+        assert action.content["info"]["xyz.amorgan.blurhash"] == "LEHV6nWB2yk8pyo0adR*.7kCMdnj"
+    odd = {**voice, "org.matrix.msc1767.audio": {"waveform": ["loud", -1]}}
+    for action in sends(from_wa(message(odd))).values():
+        assert "org.matrix.msc1767.audio" not in action.content  # nothing unchecked crosses
+
+
 def test_a_sticker_crosses_as_a_sticker() -> None:
     event = message({"body": "wave", "url": "mxc://wa.localhost/st", "info": {"w": 1}})
     event["type"] = "m.sticker"

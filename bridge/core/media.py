@@ -20,6 +20,9 @@ DEFAULT_MAX_BYTES = 50 * 1024 * 1024
 _MXC = re.compile(r"mxc://([A-Za-z0-9.\-]+(?::[0-9]{1,5})?|\[[0-9A-Fa-f:.]+\](?::[0-9]{1,5})?)"
                   r"/([A-Za-z0-9_\-]{1,255})")
 _INT_INFO = ("size", "w", "h", "duration")
+BLURHASH = "xyz.amorgan.blurhash"
+VOICE = "org.matrix.msc3245.voice"  # marks a voice message (clients show a voice bubble)
+AUDIO = "org.matrix.msc1767.audio"  # its duration (ms) and waveform
 
 
 def parse_mxc(uri: object) -> tuple[str, str] | None:
@@ -43,6 +46,9 @@ def _info(info: object, *, thumbnail: bool = True) -> dict[str, Any]:
         value = info.get(name)
         if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
             out[name] = value
+    blurhash = info.get(BLURHASH)
+    if isinstance(blurhash, str) and len(blurhash) <= 128:  # the blurred preview clients draw
+        out[BLURHASH] = blurhash
     if thumbnail and parse_mxc(info.get("thumbnail_url")) is not None:
         out["thumbnail_url"] = info["thumbnail_url"]
         thumb = _info(info.get("thumbnail_info"), thumbnail=False)
@@ -69,6 +75,28 @@ def media_content(content: Mapping[str, Any], sticker: bool = False) -> dict[str
     info = _info(content.get("info"))
     if info:
         out["info"] = info
+    if msgtype == "m.audio":
+        if isinstance(content.get(VOICE), Mapping):
+            out[VOICE] = {}
+        audio = _audio(content.get(AUDIO))
+        if audio:
+            out[AUDIO] = audio
+    return out
+
+
+def _audio(audio: object) -> dict[str, Any]:
+    """A voice message's duration and waveform (up to 1,000 levels of 0-1024), as clients
+    draw it."""
+    if not isinstance(audio, Mapping):
+        return {}
+    out: dict[str, Any] = {}
+    duration = audio.get("duration")
+    if isinstance(duration, int) and not isinstance(duration, bool) and duration >= 0:
+        out["duration"] = duration
+    wave = audio.get("waveform")
+    if isinstance(wave, list) and len(wave) <= 1000 and all(
+            isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= 1024 for v in wave):
+        out["waveform"] = wave
     return out
 
 
