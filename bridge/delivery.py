@@ -646,11 +646,8 @@ class DeliveryWorker:
         if not registered:  # a ghost made later gets the new name and avatar then
             return
         src = action.source
-        if action.name is not None and await self.ghosts.room_nickname(
-                self.network.id, action.ghost, src.network, src.sender, action.room_id,
-                action.name):
-            return  # a name for that room alone: set on the ghost in this room alone
-        await self.ghosts.ensure(self.network.id, action.ghost, src.network, src.sender)
+        await self.ghosts.profile_changed(self.network.id, action.ghost, src.network,
+                                          src.sender, action.room_id, action.name)
 
     async def _room_state(self, action: RoomState) -> str | None:
         """Set the name, topic or avatar here; a note if the room does not let the bot."""

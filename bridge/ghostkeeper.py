@@ -56,12 +56,15 @@ class GhostKeeper:
         if not known:
             hs = self.homeservers[network_id]
             try:
-                name, avatar = await hs.member_profile(room_hint, user_id) if room_hint else (
-                    None, None)
-                if name is None:
-                    # No name in that room, or the bot cannot see the room (yet): the
-                    # person's own profile is the answer, not "no name".
+                try:
+                    # Their own profile first: a room's member event may hold a nickname
+                    # for that room alone.
                     name, avatar = await hs.profile(user_id)
+                except MatrixError as exc:
+                    if room_hint is None or exc.status not in (403, 404):
+                        raise
+                    # A homeserver that shows profiles only to those sharing a room.
+                    name, avatar = await hs.member_profile(room_hint, user_id)
             except HomeserverError as exc:
                 log.info("could not read a display name on %s: %s", source.server_name, exc)
             else:
@@ -72,30 +75,27 @@ class GhostKeeper:
             source, identity, name, pseudo, exposed=self.exposed(network_id, user_id)
         )
 
-    async def room_nickname(
+    async def profile_changed(
         self, target_id: str, localpart: str, network_id: str, user_id: str, room_id: str,
-        name: str,
-    ) -> bool:
-        """A member event renamed the person to `name`. If that is their own name (their
-        profile's), it is stored as such and False returned: `ensure` renames the ghost
-        everywhere. If it is a name for that room alone (a room nickname), the ghost gets it
-        in `room_id` alone, and True is returned."""
-        hs = self.homeservers[network_id]
-        try:
-            own, avatar = await hs.profile(user_id)
-        except HomeserverError as exc:
-            # Not known which: taken as their own name, as before room nicknames were told
-            # apart (the next change of their own name sets it right).
-            log.info("could not read a profile on %s: %s", network_id, exc)
-            own, avatar = name, self.store.avatar(network_id, user_id)
-        if own == name or self.base_account(target_id, network_id, user_id) != (
+        name: str | None,
+    ) -> None:
+        """A member event of the person changed (their name to `name`, if it did; or their
+        avatar) in the room whose counterpart here is `room_id`. Their own profile, read from
+        their homeserver, says whether it is theirs everywhere: it is stored, and the ghost
+        renamed everywhere (`ensure`). A name that is not their own is a room nickname: the
+        ghost gets it in `room_id` alone; and a nickname dropped (their own name again) gives
+        the ghost its own name there again. A profile that cannot be read raises: the change
+        is tried again, not guessed."""
+        own, avatar = await self.homeservers[network_id].profile(user_id)
+        self.store.set_profile(network_id, user_id, own, avatar)
+        await self.ensure(target_id, localpart, network_id, user_id)
+        if name is None or self.base_account(target_id, network_id, user_id) != (
                 network_id, user_id):
-            # Their own name; or a linked account's, whose ghost keeps the name of the
-            # account it is derived from.
-            self.store.set_profile(network_id, user_id, own, avatar)
-            return False
+            # No new name; or a linked account's, whose ghost keeps the name of the account
+            # it is derived from.
+            return
         if not self.store.ghost_in_room(target_id, localpart, room_id):
-            return True  # not in that room: nothing to name there
+            return  # not in that room: nothing to name there (a join names it after the profile)
         source = self.networks[network_id]
         identity = native_identity(user_id, source.identity, source.server_name)
         shown = ghost_display_name(source, identity, name, localpart[-16:],
@@ -104,10 +104,9 @@ class GhostKeeper:
         ghost = self.networks[target_id].user_id(localpart)
         member = await target.state(room_id, "m.room.member", ghost) or {}
         if member.get("membership") != "join" or member.get("displayname") == shown:
-            return True
+            return
         await target.put_state(room_id, "m.room.member", ghost,
                                {**member, "displayname": shown}, as_user=ghost)
-        return True
 
     async def ensure(
         self,

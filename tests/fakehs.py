@@ -47,6 +47,7 @@ class FakeHomeserver(httpx.AsyncBaseTransport):
     room_reads: dict[str, int] = field(default_factory=dict)  # room -> its /messages requests
     read_delay: dict[str, float] = field(default_factory=dict)  # room -> seconds per read
     state: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)  # (room, type)
+    profiles: dict[str, dict[str, Any]] = field(default_factory=dict)  # user -> their profile
 
     def texts(self, room_id: str) -> list[str]:
         return [s.content.get("body", "") for s in self.sent if s.room_id == room_id]
@@ -67,6 +68,8 @@ class FakeHomeserver(httpx.AsyncBaseTransport):
                 return _err(400, "M_USER_IN_USE")
             self.registered.add(name)
             return _ok({"user_id": name})
+        if "/profile/" in path and request.method == "GET":
+            return _ok(self.profiles.get(parts[parts.index("profile") + 1], {}))
         if "/profile/" in path or path.endswith("/invite"):
             return _ok({})
         if "/join/" in path:

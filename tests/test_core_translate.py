@@ -480,7 +480,15 @@ def test_a_name_or_avatar_change_updates_the_ghosts_and_a_same_profile_join_does
         ("ig", f"_tb_wa_{ALICE_PSEUDO}", "Alicia"), ("fbm", f"_tb_wa_{ALICE_PSEUDO}", "Alicia")}
     assert len(renamed.actions) == 2
     same = from_wa(_changed("join", "join", ALICE_WA, displayname="Alice"))
-    assert same.actions == []
+    assert same.actions == [] and same.profiles == []
+    # A picture for this room alone (or her own new one): her profile is read, not this event
+    # stored, which would make a room nickname in it her name everywhere.
+    pictured = from_wa(_changed("join", "join", ALICE_WA, displayname="Boss",
+                                avatar_url="mxc://wa.localhost/room-face"))
+    assert pictured.profiles == [] and len(pictured.actions) == 2
+    # Nor is a nickname in a room that is not a portal (a management room) her name.
+    outside = from_wa(_changed("join", "join", ALICE_WA, displayname="Boss"), portal=None)
+    assert outside.profiles == [] and outside.actions == []
 
 
 @pytest.mark.parametrize(

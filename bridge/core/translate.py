@@ -289,11 +289,12 @@ def _membership(
     name, avatar = _text(content.get("displayname")), content.get("avatar_url")
     avatar = avatar if parse_mxc(avatar) else None
     profile = ProfileSeen(source.id, user, name, avatar)
-    if portal is None:
-        if membership == "join":
-            return Translation(profiles=[profile])
-        return _skip("membership in a room that is not a portal")
     before = _prev_membership(event)
+    if portal is None:
+        if membership == "join" and before != "join":
+            return Translation(profiles=[profile])
+        # A change of a member already in (a room nickname, say) is not their profile.
+        return _skip("membership in a room that is not a portal")
     by_other = sender != user
     if by_other and (is_bridge_user(sender, source) or before == "knock"):
         # The bridge's own doing (a mirrored kick, an invite by the bot) must not echo back.
@@ -318,7 +319,9 @@ def _membership(
     prev = _prev_content(event)
     if (_text(prev.get("displayname")), prev.get("avatar_url")) == (name, content.get(
             "avatar_url")):
-        return Translation(profiles=[profile])
+        # Nothing changed that the ghosts show; and what a member event of someone already
+        # in holds may be this room's alone (a nickname): not stored as their profile.
+        return _skip("a member event that changes nothing the ghosts show")
     ref = EventRef(source.id, room_id, event_id, sender)
     renamed = name != _text(prev.get("displayname"))
     syncs: list[Action] = [
@@ -328,9 +331,9 @@ def _membership(
         for target, target_room, ghost in _ghost_targets(user, source, networks, portal, key,
                                                         linked)
     ]
-    # A new name may be theirs everywhere or this room's alone (a room nickname): the
-    # delivery asks their homeserver which, and keeps it as their name only in the first case.
-    return Translation(actions=syncs, profiles=[] if renamed else [profile])
+    # A new name may be theirs everywhere or this room's alone (a room nickname), and so may a
+    # new avatar: the delivery reads their profile, and stores that, not this event.
+    return Translation(actions=syncs)
 
 
 def _text(value: object) -> str | None:

@@ -163,6 +163,19 @@ async def test_a_room_nickname_names_the_ghost_in_that_portal_alone(
         await wait_until(nicknamed, WITHIN, f"alice's nickname in the {net} room")
         profile = await reader.call("GET", f"/profile/{quote(ghost)}")
         assert profile["displayname"] == "Alice (WhatsApp)", profile
+    # The nickname dropped: her own name in the room again.
+    await alice.call("PUT", f"/rooms/{quote(rooms['wa'])}/state/m.room.member/{me}",
+                     {**member, "displayname": "Alice"})
+    for net, ghost in ghosts.items():
+        reader, room = people[net], rooms[net]
+
+        async def own_again(reader: Person = reader, room: str = room, ghost: str = ghost
+                            ) -> bool:
+            state = await reader.call(
+                "GET", f"/rooms/{quote(room)}/state/m.room.member/{quote(ghost)}")
+            return bool(state.get("displayname") == "Alice (WhatsApp)")
+
+        await wait_until(own_again, WITHIN, f"alice's own name in the {net} room again")
     # Her own new name is hers everywhere again (and replaces the nickname, as on her side).
     await alice.call("PUT", f"/profile/{me}/displayname", {"displayname": "Alicia"})
     for net, ghost in ghosts.items():
