@@ -13,6 +13,7 @@ followed by minutes of idle backoff.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import random
 import time
@@ -40,7 +41,7 @@ from bridge.core.retry import Verdict, backoff, classify, misconfigured
 from bridge.ghostkeeper import GhostKeeper
 from bridge.locks import promptly
 from bridge.matrix.client import Homeserver, HomeserverError, MatrixError, Unreachable
-from bridge.media import THUMBNAIL_DEADLINE, MediaCarrier
+from bridge.media import THUMBNAIL_DEADLINE, MediaCarrier, MediaGone, MediaTooLarge, SourceBusy
 from bridge.metrics import Metrics
 from bridge.store import OutboxItem, Store
 
@@ -59,7 +60,8 @@ class FileNotCarried(MatrixError):
 
     def __init__(self, cause: MatrixError | HomeserverError) -> None:
         status = cause.status if cause.status is not None else 503
-        super().__init__(status, cause.errcode or "M_UNKNOWN", str(cause),
+        super().__init__(status, cause.errcode or "M_UNKNOWN",
+                         cause.message if isinstance(cause, MatrixError) else str(cause),
                          cause.retry_after_ms, cause.server_name)
         self.cause = cause
 PAGE = 50  # outbox rows read at once per room: memory stays flat whatever the backlog
@@ -140,8 +142,6 @@ class DeliveryWorker:
         store.on_lost(self._lost)
         store.on_cancel(self._cancel)
         self._losses = 0  # failed commits so far (see _lost)
-        # Messages whose file could not be carried, going as text: item id -> too large.
-        self._without_file: dict[int, bool] = {}
 
     # -- control -------------------------------------------------------------------------------
 
@@ -381,10 +381,16 @@ class DeliveryWorker:
                 verdict = classify(exc.status, exc.errcode)
                 self.metrics.failures.labels(self.network.id, verdict.value).inc()
                 if isinstance(exc, FileNotCarried) and isinstance(item.action, SendMessage) and (
-                        verdict is Verdict.PERMANENT or attempt >= MEDIA_TRIES):
+                        verdict is Verdict.PERMANENT
+                        or (isinstance(exc.cause, SourceBusy) and attempt >= MEDIA_TRIES)):
                     # The words, the caption, the reply still go; the sender hears why the
-                    # file does not. Tried again at once, as a text message.
-                    self._go_without_file(item, item.action, exc)
+                    # file does not. Tried again at once, as a text message. (Only the source's
+                    # failures count towards MEDIA_TRIES: a target that fails for a while
+                    # delays the message as it would a text, and drops nothing.)
+                    replaced = self._go_without_file(item, item.action, exc)
+                    if replaced is None:
+                        return True  # its row is gone (redacted, its room unlinked)
+                    item = replaced
                     continue
                 if verdict is Verdict.PERMANENT:
                     self._fail(item, exc)
@@ -434,22 +440,32 @@ class DeliveryWorker:
         return not stop.is_set()
 
     def _go_without_file(self, item: OutboxItem, action: SendMessage,
-                         exc: FileNotCarried) -> None:
-        """From now on `item` goes as text, and its sender is told (once: the notice's
-        transaction id is the same on every try). Forgotten at a restart, where the file is
-        tried again, and given up again after as many tries."""
+                         exc: FileNotCarried) -> OutboxItem | None:
+        """`item` goes as text from now on: its row says so (a retry after a crash sends the
+        very same request, which the homeserver knows by its transaction id), and its sender
+        is told why, in the same commit. The item as it now is; None if its row is gone."""
+        cause = exc.cause
         log.info("a file for %s was not carried (%s): the message goes without it",
-                 self.network.id, exc.cause)
-        self._without_file[item.id] = exc.errcode == "M_TOO_LARGE"
-        why = str(exc.cause.message if isinstance(exc.cause, MatrixError) else exc.cause)
+                 self.network.id, cause)
+        too_large = isinstance(cause, MediaTooLarge)
+        if isinstance(cause, MediaTooLarge | MediaGone):
+            why = cause.message  # the bridge's words, or the sender's own homeserver's
+        elif isinstance(cause, SourceBusy):
+            why = "your homeserver kept failing to give it"
+        else:  # the target's doing: its words stay there
+            why = f"{self.network.label}'s homeserver did not take it"
+        text = dataclasses.replace(action, content=without_file(action.content, too_large),
+                                   event_type="m.room.message")
         with self.store.transaction():
+            if not self.store.replace_action(item, text):
+                return None
             self.store.enqueue([file_not_carried_notice(
                 action.source, self.network.id, self.network.label, why[:300])])
         self.wake_network(action.source.network)
+        return OutboxItem(item.id, item.attempts, text)
 
     def _fail(self, item: OutboxItem, exc: HomeserverError) -> None:
         action = item.action
-        self._without_file.pop(item.id, None)
         log.warning(
             "not delivered to %s (%s): %s action %d refused: %s",
             self.network.label, self.network.server_name, action.kind, item.id, exc,
@@ -532,12 +548,7 @@ class DeliveryWorker:
             # the portal. Not sent as a message of its own, as a client would not show it.
             self.store.finish(item, "done", "an edit of an event never relayed here")
             return
-        if item.id in self._without_file:
-            event_id = await self._send_as_ghost(action, without_file(
-                content, self._without_file[item.id]), "m.room.message")
-            del self._without_file[item.id]
-        else:
-            event_id = await self._send_as_ghost(action, content)
+        event_id = await self._send_as_ghost(action, content)
         with self.store.deferred():  # committed with the next ones: see Store.deferred
             self.store.map_event(
                 src.network, src.room_id, src.event_id, self.network.id, action.room_id, event_id
@@ -712,10 +723,9 @@ class DeliveryWorker:
         except HomeserverError as exc:
             log.warning("command on %s failed: %s", self.network.id, exc)
 
-    async def _send_as_ghost(self, action: SendMessage, content: Mapping[str, Any],
-                             event_type: str | None = None) -> str:
+    async def _send_as_ghost(self, action: SendMessage, content: Mapping[str, Any]) -> str:
         src = action.source
-        event_type = event_type or action.event_type
+        event_type = action.event_type
         carried = False
         for last_try in (False, True):
             ghost = await self.ghosts.ensure(

@@ -46,10 +46,14 @@ async def test_a_file_its_server_no_longer_has_goes_as_text_and_the_sender_hears
         "(An image was sent here, could not be carried here.) the view from the top", "after"]
     (first, *_) = rig.fakes["ig"].sent
     assert first.content["msgtype"] == "m.text" and "url" not in first.content
+    # Its row says so: a retry after a crash sends this same text, never the file as well.
+    (payload,) = rig.store.conn.execute(
+        "SELECT payload FROM outbox WHERE network = 'ig' AND src_event = '$img'").fetchone()
+    assert '"m.text"' in payload and "mxc://" not in payload
     (notice,) = notices(rig)
-    assert notice.startswith("Your file did not reach Instagram (wa.test could not give the "
+    assert notice.startswith("Your file does not reach Instagram (wa.test could not give the "
                              "file: 404 M_NOT_FOUND")
-    assert notice.endswith("); the message went without it.")
+    assert notice.endswith("); the message goes without it.")
 
 
 async def test_a_file_whose_server_keeps_failing_holds_its_room_only_so_long(
@@ -66,7 +70,8 @@ async def test_a_file_whose_server_keeps_failing_holds_its_room_only_so_long(
     downloads = [c for c in wa.calls if c.path.startswith(DOWNLOAD)]
     assert len(downloads) == MEDIA_TRIES
     assert trio.current_time() - start < 3600  # not a week, as before
-    assert [n for n in notices(rig) if n.startswith("Your file did not reach Instagram")]
+    assert notices(rig) == ["Your file does not reach Instagram (your homeserver kept failing "
+                            "to give it); the message goes without it."]
 
 
 async def test_a_stalled_download_is_given_up_on_within_a_minute_a_try(
@@ -107,7 +112,7 @@ async def test_a_ghost_that_must_join_again_sends_the_copy_it_already_made(
     assert notices(rig) == []
 
 
-async def test_an_upload_that_keeps_breaking_off_backs_off_and_ends_as_text(
+async def test_an_upload_that_keeps_breaking_off_backs_off_and_the_file_waits_for_it(
     rig: Rig, autojump_clock: trio.testing.MockClock
 ) -> None:
     wa, ig = rig.fakes["wa"], rig.fakes["ig"]
@@ -124,9 +129,12 @@ async def test_an_upload_that_keeps_breaking_off_backs_off_and_ends_as_text(
     await trio.sleep(600)
     # With backoff: not a download every half second, as when the target was taken for down.
     assert len([c for c in wa.calls if c.path.startswith(DOWNLOAD)]) <= MEDIA_TRIES
+    # The target's trouble, not the file's: the message waits for it, as a text would, and
+    # goes with its file once uploads work again.
+    ig.handle_async_request = base.__get__(ig)  # type: ignore[method-assign]
     await rig.settled(within=24 * 3600)
-    assert sent_bodies(rig) == [
-        "(An image was sent here, could not be carried here.) the view from the top"]
+    (sent,) = ig.sent
+    assert sent.content["url"].startswith("mxc://ig.test/") and notices(rig) == []
 
 
 async def test_a_bug_met_while_sending_tells_the_sender(

@@ -70,7 +70,7 @@ def file_not_carried_notice(source: EventRef, target_network: str, target_label:
     """The notice for the sender of `source`, whose file could not be carried to
     `target_label` (`why`, in the sender's own words: it stays on their network): the
     message went there without it."""
-    body = f"Your file did not reach {target_label} ({why}); the message went without it."
+    body = f"Your file does not reach {target_label} ({why}); the message goes without it."
     return SendNotice(
         network=source.network,
         room_id=source.room_id,

@@ -781,6 +781,16 @@ class Store(PeopleStore):
         row = self.conn.execute("SELECT COALESCE(MAX(id), 0) + 1 FROM outbox").fetchone()
         return int(row[0])
 
+    def replace_action(self, item: OutboxItem, action: Action) -> bool:
+        """Put `action` in place of `item`'s (the same row, kind and transaction id): what is
+        sent from now on, after a crash too. False if the row is not there."""
+        where, key = _outbox_row(item)
+        cursor = self.conn.execute(
+            "UPDATE outbox SET payload = ?, updated_at = ? " + where,
+            (json.dumps(action.to_payload()), time.time(), *key),
+        )
+        return cursor.rowcount == 1
+
     def note_attempt(self, item: OutboxItem | int, error: str) -> None:
         where, key = _outbox_row(item)
         self.conn.execute(

@@ -109,8 +109,8 @@ async def test_a_file_over_the_limit_is_refused_with_a_notice(cast: Cast, daemon
     # Its size as the bridge found it: from the server's length, or counted as it streamed.
     shapes = [re.sub(r"\(\d+ kB\)", "(N kB)", b) for b in sorted(bodies)]
     assert shapes == [
-        f"Your file did not reach {label} (the file (N kB) is over the 64 kB limit); the "
-        "message went without it." for label in ("Instagram", "Messenger")], bodies
+        f"Your file does not reach {label} (the file (N kB) is over the 64 kB limit); the "
+        "message goes without it." for label in ("Instagram", "Messenger")], bodies
     for reader in ("ig", "fbm"):
         await event_where(people[reader], rooms[reader], "the text after the files",
                           is_body("after the files"))
