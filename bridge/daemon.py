@@ -175,7 +175,8 @@ class Bridge:
                     nursery.start_soon(prune_forever, store, list(networks),
                                        lambda: self.config.bridge.history_days, metrics)
                     self.notifier.send("READY=1", "STATUS=bridging")
-                    log.info("ready: %d portals", len(portals))
+                    # Counted from the store: a portal refused by the encryption check is gone.
+                    log.info("ready: %d portals", len(store.portals()))
                     task_status.started()
                     await self.stop_requested.wait()
                     server.cancel()
@@ -291,6 +292,23 @@ def _rules(config: Config) -> Rules:
                  config.bridge.max_media_bytes, config.bridge.mirror_room_state)
 
 
+def _ping_advice(exc: HomeserverError, net: NetworkConfig) -> str:
+    """What a failed ping's error code says about the setup (the appservice ping of Matrix
+    1.7: the homeserver tried to reach us, and says how that went)."""
+    advice = {
+        "M_URL_NOT_SET": "the registration has no url: generate it again and restart the "
+                         "homeserver",
+        "M_CONNECTION_FAILED": "the homeserver cannot reach bridge.url (check it, and any "
+                               "firewall between them)",
+        "M_CONNECTION_TIMEOUT": "the homeserver cannot reach bridge.url in time",
+        "M_BAD_STATUS": "the bridge refused the homeserver's call: its registration's "
+                        f"hs_token differs from networks.{net.id}'s (generate it again)",
+        "M_UNKNOWN_TOKEN": f"the homeserver does not know networks.{net.id}'s as_token "
+                           "(generate the registration again and restart the homeserver)",
+    }.get(exc.errcode or "")
+    return f" ({advice})" if advice else ""
+
+
 async def _in_scope(
     scope: trio.CancelScope,
     fn: Callable[..., Awaitable[object]],
@@ -364,10 +382,11 @@ async def _setup_network(
                 try:
                     await hs.join(room_id)
                 except HomeserverError as exc:
-                    log.warning(
-                        "cannot join portal room %s on %s: %s; invite %s to it and the bot "
-                        "joins when invited", room_id, where, exc, net.network.bot_user_id,
-                    )
+                    # The advice fits a refusal; silence or a wrong token are told elsewhere.
+                    advice = (f"; invite {net.network.bot_user_id} to it and the bot joins "
+                              "when invited") if exc.status in (403, 404) else ""
+                    log.warning("cannot join portal room %s on %s: %s%s", room_id, where, exc,
+                                advice)
                     _silent(exc, net, reconciler)
                     continue
                 joined.append((room_id, asked))
@@ -401,7 +420,7 @@ async def _setup_network(
             took = await hs.ping_appservice(net.appservice_id, f"tribridge-start-{uuid.uuid4()}")
             log.info("%s answered the start-up ping (%d ms round trip)", where, took)
         except HomeserverError as exc:
-            log.warning("start-up ping of %s failed: %s", where, exc)
+            log.warning("start-up ping of %s failed: %s%s", where, exc, _ping_advice(exc, net))
             _silent(exc, net, reconciler)
     if pinging.cancelled_caught:
         log.warning("%s did not answer the start-up ping in %.0f s", where, SETUP_TIMEOUT)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import random
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
@@ -48,6 +49,7 @@ from bridge.store import OutboxItem, Store
 log = logging.getLogger(__name__)
 
 MEDIA_EVENT_TYPES = frozenset({"m.room.message", STICKER})
+TOKEN_ERROR_EVERY = 300.0  # seconds between two ERRORs about a refused as_token
 # Tries of a file that cannot be carried for a passing reason (its server busy or stalled, an
 # upload that broke off) before the message goes without it: about 20 minutes of backoff. A
 # file must not hold its room's queue for ever.
@@ -134,6 +136,10 @@ class DeliveryWorker:
         self._nursery: trio.Nursery | None = None
         self.metrics = metrics or Metrics()
         self.unreachable_since: float | None = None  # trio time of the first silent answer
+        # Whether this network's homeserver refuses the bridge's as_token (since the last send
+        # that got through): /health says so at once, an admin's to mend.
+        self.token_refused = False
+        self._token_error_at = -math.inf  # when that was last logged at ERROR
         self.metrics.reachable.labels(network.id).set(1)
         self._send_seconds = self.metrics.send_seconds.labels(network.id)
         self._relayed: dict[str, Any] = {}
@@ -375,6 +381,7 @@ class DeliveryWorker:
                     relayed = self.metrics.relayed.labels(self.network.id, item.action.kind)
                     self._relayed[item.action.kind] = relayed
                 relayed.inc()
+                self.token_refused = False
                 return True
             except HomeserverError as exc:
                 attempt += 1
@@ -402,13 +409,18 @@ class DeliveryWorker:
                 delay = backoff(attempt, self.jitter(), exc.retry_after_ms)
                 if misconfigured(exc.status, exc.errcode):
                     # Named by the homeserver that refused: a bot task here may have called
-                    # another network's.
+                    # another network's. At ERROR once in TOKEN_ERROR_EVERY, not once per
+                    # room and try.
                     net = next((n for n in self.networks.values()
                                 if n.server_name == exc.server_name), self.network)
-                    log.error("%s refuses the bridge's as_token (%s): check networks.%s's "
-                              "as_token against the registration file it reads; what is "
-                              "queued for it waits (try %d in %.0f s)", net.server_name,
-                              exc.errcode, net.id, attempt + 1, delay)
+                    self.token_refused = self.token_refused or net is self.network
+                    now = trio.current_time()
+                    if now - self._token_error_at >= TOKEN_ERROR_EVERY:
+                        self._token_error_at = now
+                        log.error("%s refuses the bridge's as_token (%s): check networks.%s's "
+                                  "as_token against the registration file it reads; what is "
+                                  "queued for it waits, retried with backoff", net.server_name,
+                                  exc.errcode, net.id)
                 log.info(
                     "delivery to %s failed (%s); try %d in %.1f s",
                     self.network.server_name, exc, attempt + 1, delay,
@@ -467,8 +479,9 @@ class DeliveryWorker:
     def _fail(self, item: OutboxItem, exc: HomeserverError) -> None:
         action = item.action
         log.warning(
-            "not delivered to %s (%s): %s action %d refused: %s",
-            self.network.label, self.network.server_name, action.kind, item.id, exc,
+            "not delivered to %s (%s): %s action %d (%s from %s, to %s) refused: %s",
+            self.network.label, self.network.server_name, action.kind, item.id,
+            action.origin[1], action.origin[0], action.room_id, exc,
         )
         with self.store.transaction():
             if not self.store.finish(item, "failed", str(exc), scrub=isinstance(action, BotTask)):
@@ -581,7 +594,7 @@ class DeliveryWorker:
                 mapped["m.in_reply_to"] = {**reply, "event_id": target}
         if set(mapped) != before:
             # Sent without the relation rather than not at all.
-            log.info("%s refers to an event never relayed to %s: sent without the relation",
+            log.debug("%s refers to an event never relayed to %s: sent without the relation",
                      action.source.event_id, self.network.id)
         content = dict(action.content)
         if mapped:

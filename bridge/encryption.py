@@ -30,7 +30,7 @@ RECHECK_SECONDS = 30.0
 
 async def refuse_mixed_portals(
     homeservers: Mapping[str, Homeserver], store: Store, portals: Iterable[Portal],
-    within: float | None = None,
+    within: float | None = None, *, again: bool = False,
 ) -> tuple[list[Portal], list[Portal]]:
     """Stop bridging every portal whose rooms disagree on encryption. Returns those, and the
     portals not checked: a homeserver did not answer, or `within` seconds ran out first (the
@@ -41,7 +41,7 @@ async def refuse_mixed_portals(
     done = 0
     with trio.move_on_after(within if within is not None else math.inf):
         for portal in todo:
-            verdict = await _check(homeservers, store, portal)
+            verdict = await _check(homeservers, store, portal, again)
             if verdict == "refused":
                 refused.append(portal)
             elif verdict == "unchecked":
@@ -50,8 +50,12 @@ async def refuse_mixed_portals(
     return refused, unchecked + todo[done:]
 
 
-async def _check(homeservers: Mapping[str, Homeserver], store: Store, portal: Portal) -> str:
-    """"refused" (and no longer bridged), "unchecked" (to be asked again) or "ok"."""
+async def _check(homeservers: Mapping[str, Homeserver], store: Store, portal: Portal,
+                 again: bool = False) -> str:
+    """"refused" (and no longer bridged), "unchecked" (to be asked again) or "ok". `again`:
+    a recheck, whose "still unchecked" was said already (at debug: a homeserver down for an
+    hour would otherwise give a warning per portal every RECHECK_SECONDS)."""
+    unchecked_level = logging.DEBUG if again else logging.WARNING
     algorithms: dict[str, str | None] = {}
     try:
         for net_id, room_id in portal.rooms.items():
@@ -67,12 +71,14 @@ async def _check(homeservers: Mapping[str, Homeserver], store: Store, portal: Po
             log.warning("could not read the encryption of portal %s (%s): not checked",
                         portal.portal_id, exc)
             return "ok"
-        log.warning("could not read the encryption of portal %s (%s): bridged meanwhile, "
-                    "checked again in %.0f s", portal.portal_id, exc, RECHECK_SECONDS)
+        log.log(unchecked_level, "could not read the encryption of portal %s (%s): bridged "
+                "meanwhile, checked every %.0f s until it is read", portal.portal_id, exc,
+                RECHECK_SECONDS)
         return "unchecked"
     except HomeserverError as exc:  # no answer at all
-        log.warning("could not read the encryption of portal %s (%s): bridged meanwhile, "
-                    "checked again in %.0f s", portal.portal_id, exc, RECHECK_SECONDS)
+        log.log(unchecked_level, "could not read the encryption of portal %s (%s): bridged "
+                "meanwhile, checked every %.0f s until it is read", portal.portal_id, exc,
+                RECHECK_SECONDS)
         return "unchecked"
     kinds = set(algorithms.values())
     megolm = [a for a in kinds if a is not None and a != E2EE_ALGORITHM]
@@ -84,7 +90,9 @@ async def _check(homeservers: Mapping[str, Homeserver], store: Store, portal: Po
         + ", ".join(f"{n}: {'encrypted' if a else 'not encrypted'}"
                     for n, a in sorted(algorithms.items())) + ")"
     )
-    log.error("portal %s %s: not bridged; fix its [[portals]] entry", portal.portal_id, why)
+    rooms = ", ".join(f"{n} {r}" for n, r in sorted(portal.rooms.items()))
+    log.error("portal %s (%s) %s: not bridged; fix its [[portals]] entry", portal.portal_id,
+              rooms, why)
     with store.transaction():
         store.delete_portal(portal.portal_id)
     return "refused"
@@ -104,7 +112,7 @@ async def check_until_done(
         while waiting:
             await trio.sleep(RECHECK_SECONDS)  # the retry period, not a wait for an event
             current = [p for p in (store.portal(i) for i in waiting) if p is not None]
-            _, unchecked = await refuse_mixed_portals(homeservers, store, current)
+            _, unchecked = await refuse_mixed_portals(homeservers, store, current, again=True)
             left = {portal.portal_id for portal in unchecked}
             checking -= waiting - left
             waiting = left

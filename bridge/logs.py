@@ -65,8 +65,10 @@ class Redact(logging.Filter):
 
 class JournalFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
-        priority = _PRIORITY.get(record.levelno, 6)
-        return f"<{priority}>" + super().format(record)
+        # Every line: the journal takes each line of a traceback as an entry of its own, and
+        # `journalctl -p err` must show the cause with the error.
+        prefix = f"<{_PRIORITY.get(record.levelno, 6)}>"
+        return "\n".join(prefix + line for line in super().format(record).split("\n"))
 
 
 class JsonFormatter(logging.Formatter):

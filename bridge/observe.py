@@ -1,7 +1,8 @@
 """GET /health and GET /metrics: what a monitor or an admin asks a running bridge.
 
 /health answers 200 while every homeserver answers (or has been silent for less than
-`unhealthy_after` seconds), 503 otherwise, with per-network reachability and outbox depth as JSON.
+`unhealthy_after` seconds) and takes the bridge's token, 503 otherwise, with per-network
+reachability, a refused token and outbox depth as JSON.
 Neither endpoint needs a token, so they belong on loopback or on `[bridge] metrics_listen`.
 """
 
@@ -42,8 +43,11 @@ class Observer:
                 "reachable": worker.reachable,
                 "unreachable_seconds": round(silent, 1),
                 "outbox": depth.get(net_id, 0),
+                # The homeserver refuses the bridge's as_token: nothing goes there until an
+                # admin mends the config or the registration, so unhealthy at once.
+                "token_refused": worker.token_refused,
             }
-            healthy = healthy and silent < self.unhealthy_after
+            healthy = healthy and silent < self.unhealthy_after and not worker.token_refused
         status = "ok" if healthy else "unhealthy"
         return json_response(200 if healthy else 503, {"status": status, "networks": networks})
 

@@ -134,6 +134,9 @@ class Reconciler:
         # Rooms whose first read is asked for (read_soon) and not done yet: a push into one
         # reads it first, suspect or not.
         self._first: dict[str, set[str]] = {net: set() for net in homeservers}
+        # Rooms whose last read failed, told once at INFO (then at DEBUG until a read gets
+        # through): an unreadable room is read again every minute, for as long as it lasts.
+        self._unreadable: set[tuple[str, str]] = set()
         # The last transaction id per network, remembered across restarts, so that even the first
         # push after a start can show a gap.
         self._last_txn: dict[str, int] = {}
@@ -379,7 +382,11 @@ class Reconciler:
                 if found or token is None:
                     break
         except HomeserverError as exc:
-            log.info("cannot read %s on %s to reconcile it: %s", room_id, network, exc)
+            level = logging.DEBUG if (network, room_id) in self._unreadable else logging.INFO
+            self._unreadable.add((network, room_id))
+            advice = ("; invite the bot to it" if exc.status in (403, 404) else "")
+            log.log(level, "cannot read %s on %s to reconcile it: %s%s (tried again every "
+                    "minute; said once)", room_id, network, exc, advice)
             if isinstance(exc, Unreachable):
                 self.unreachable(network)
             self._owe_read(network, room_id)
@@ -432,6 +439,7 @@ class Reconciler:
         set of rooms it vouches for, taken when it began (see __init__)."""
         read.add(room_id)
         self._first[network].discard(room_id)
+        self._unreadable.discard((network, room_id))
         # Only a read since the latest window's end can spare a room the sweep owed for it.
         if ((self._due[network] or network in self._sweep_owed)
                 and began >= self._ended.get(network, began + 1)):

@@ -464,10 +464,13 @@ async def test_a_homeserver_that_refuses_our_token_holds_the_messages_until_mend
     rig: Rig, autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
 ) -> None:
     rig.queue("held", "and this")
+    await rig.until(lambda: rig.workers["ig"].token_refused)  # /health: unhealthy at once
     await rig.until(lambda: rig.fakes["ig"].texts("!ig-room") == ["held", "and this"])
     assert rig.fakes["wa"].sent == []  # nobody told "not delivered": it was delivered
+    assert not rig.workers["ig"].token_refused  # a send got through: healthy again
     errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
-    assert errors and "refuses the bridge's as_token" in errors[0]
+    # Four refusals within a minute: said once, not once a try.
+    assert len(errors) == 1 and "refuses the bridge's as_token" in errors[0]
     assert "networks.ig's as_token" in errors[0]
 
 

@@ -75,6 +75,21 @@ def test_journald_gets_priority_prefixes_and_no_timestamp(monkeypatch: pytest.Mo
     assert formatted(logging.INFO, "fine") == "<6>bridge.test: fine"
 
 
+def test_journald_gets_the_priority_on_every_line_of_a_traceback(
+    monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # journalctl -p err must show the cause (the traceback) with the error.
+    monkeypatch.setenv("JOURNAL_STREAM", "8:1234")
+    try:
+        raise OSError("database or disk is full")
+    except OSError:
+        rec = logging.LogRecord("bridge.test", logging.ERROR, __file__, 1, "commit failed", None,
+                                __import__("sys").exc_info())
+    lines = make_formatter("text").format(rec).splitlines()
+    assert len(lines) > 2 and all(line.startswith("<3>") for line in lines), lines
+    assert lines[-1] == "<3>OSError: database or disk is full"
+
+
 def test_json_lines(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("JOURNAL_STREAM", raising=False)
     entry = json.loads(formatted(logging.INFO, "hello %s", "carol@example.com", log_format="json"))

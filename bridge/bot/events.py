@@ -154,8 +154,9 @@ async def removed(bot: Bot, task: BotTask) -> None:
             await bot.homeservers[task.network].leave(task.room_id)
         return
     in_config = origin is not None and origin[0] == "config"
-    log.warning("the bot was removed from a portal room on %s; the room left its portal%s",
-                task.network, " (it is in the config: remove it there)" if in_config else "")
+    log.warning("the bot was removed from portal room %s on %s; the room left its portal%s",
+                task.room_id, task.network,
+                " (it is in the config: remove it there)" if in_config else "")
     await room_left(bot, portal, task.network, ": the bot was removed from it", task.about)
 
 
