@@ -48,8 +48,13 @@ class Observer:
                 "token_refused": worker.token_refused,
             }
             healthy = healthy and silent < self.unhealthy_after and not worker.token_refused
+        failure = self.store.write_failure
+        healthy = healthy and failure is None
         status = "ok" if healthy else "unhealthy"
-        return json_response(200 if healthy else 503, {"status": status, "networks": networks})
+        # The store: whether its last write got to disk (a full disk fails every push).
+        store = {"writing": failure is None} | ({"error": failure} if failure else {})
+        return json_response(200 if healthy else 503,
+                             {"status": status, "networks": networks, "store": store})
 
     async def render_metrics(self, request: Request) -> Response:
         depth = self.store.outbox_depth()

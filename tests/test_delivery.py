@@ -646,3 +646,37 @@ async def test_a_homeserver_found_silent_elsewhere_counts_for_health_until_it_an
     rig.fakes["ig"].down = False
     await rig.until(lambda: rig.workers["ig"].reachable, within=PROBE_MAX + 1)
     assert (await observer.health(get)).status == 200
+
+
+async def test_a_store_that_cannot_write_shows_in_health_until_a_commit_gets_through(
+    rig: Rig, autojump_clock: trio.testing.MockClock
+) -> None:
+    # A full disk: every push is answered 500; /health must say why, not "ok".
+    from bridge.http.types import Request
+    from bridge.observe import Observer
+
+    observer = Observer(rig.store, rig.workers, rig.workers["ig"].metrics, unhealthy_after=300)
+    get = Request("GET", "/health", {}, {}, b"")
+    real = rig.store.conn
+
+    class FullDisk:
+        def execute(self, sql: str, *args: object) -> object:
+            if sql == "COMMIT":
+                raise sqlite3.OperationalError("database or disk is full")
+            return real.execute(sql, *args)
+
+        def __getattr__(self, name: str) -> object:
+            return getattr(real, name)
+
+    rig.store.conn = FullDisk()  # type: ignore[assignment]
+    with pytest.raises(sqlite3.OperationalError):
+        rig.queue("not stored")
+    answer = await observer.health(get)
+    assert answer.status == 503
+    assert json.loads(answer.body)["store"] == {
+        "writing": False, "error": "database or disk is full"}
+    rig.store.conn = real
+    rig.queue("stored")
+    await rig.until(lambda: rig.fakes["ig"].texts("!ig-room") == ["stored"])
+    answer = await observer.health(get)
+    assert answer.status == 200 and json.loads(answer.body)["store"] == {"writing": True}

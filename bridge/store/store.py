@@ -161,6 +161,9 @@ class Store(PeopleStore):
         # Each deferred transaction is numbered, so that a writer can learn later whether its
         # writes reached the disk (committed) or not (rolled back with the others).
         self._epoch = 0
+        # The last failed write (what SQLite said), until a commit gets through: /health
+        # reports it (a full disk shows there, not only as pushes answered 500).
+        self.write_failure: str | None = None
         self._lost: set[int] = set()
         self._deferred_block = _Deferred(self)
         # Rows from this id on were written by this process, since its last lost commit: a
@@ -289,11 +292,14 @@ class Store(PeopleStore):
         try:
             yield
             self.conn.execute("COMMIT")
-        except BaseException:
+        except BaseException as exc:
             self._memo.clear()  # it may hold what this transaction wrote and now never was
+            if isinstance(exc, sqlite3.OperationalError):
+                self.write_failure = str(exc)
             if self.conn.in_transaction:  # a failed COMMIT may leave it open
                 self.conn.execute("ROLLBACK")
             raise
+        self.write_failure = None
 
     def deferred(self) -> _Deferred:
         """Writes that land together or not at all, and may wait a moment for their commit:
@@ -360,9 +366,11 @@ class Store(PeopleStore):
             self._deferred_open = False
             try:
                 self.conn.execute("COMMIT")
-            except BaseException:
+            except BaseException as exc:
                 # A full or failing disk: what waited is lost (its actions go again, with the
                 # same transaction ids), and the connection must not stay inside a transaction.
+                if isinstance(exc, sqlite3.OperationalError):
+                    self.write_failure = str(exc)
                 self._lost.add(self._epoch)
                 self._memo.clear()
                 if self.conn.in_transaction:
@@ -372,6 +380,7 @@ class Store(PeopleStore):
                 for listener in self._lost_listeners:
                     listener()
                 raise
+            self.write_failure = None
 
     def on_deferred(self, listener: Callable[[], None]) -> None:
         """Call `listener` whenever deferred writes start waiting for a commit."""
