@@ -140,6 +140,7 @@ class DeliveryWorker:
         # that got through): /health says so at once, an admin's to mend.
         self.token_refused = False
         self._token_error_at = -math.inf  # when that was last logged at ERROR
+        self._proving = False  # its probe answered; a send is still to show it is back
         self.metrics.reachable.labels(network.id).set(1)
         self._send_seconds = self.metrics.send_seconds.labels(network.id)
         self._relayed: dict[str, Any] = {}
@@ -243,7 +244,7 @@ class DeliveryWorker:
 
     @property
     def reachable(self) -> bool:
-        return not self._probing
+        return not (self._probing or self._proving)
 
     def unreachable_for(self) -> float:
         """Seconds the homeserver has not answered (0 while it does)."""
@@ -382,6 +383,7 @@ class DeliveryWorker:
                     self._relayed[item.action.kind] = relayed
                 relayed.inc()
                 self.token_refused = False
+                self._heard()
                 return True
             except HomeserverError as exc:
                 attempt += 1
@@ -400,6 +402,8 @@ class DeliveryWorker:
                     item = replaced
                     continue
                 if verdict is Verdict.PERMANENT:
+                    if exc.status is not None:
+                        self._heard()  # a refusal is an answer
                     self._fail(item, exc)
                     return True
                 self.store.note_attempt(item, str(exc))
@@ -787,7 +791,11 @@ class DeliveryWorker:
         self._start_probe()
 
     def _start_probe(self) -> None:
-        if self._probing or self._nursery is None:
+        if self._probing or self._proving or self._nursery is None:
+            # Probing already; or its probe answered and a send is still to prove it (one
+            # that fails now only backs off: an overloaded homeserver, or a proxy that answers
+            # the probe and drops sends, must not have every backoff cut short again and
+            # again, nor its outage told again and again).
             return
         self._probing = True
         self.unreachable_since = trio.current_time()
@@ -806,15 +814,32 @@ class DeliveryWorker:
                 except HomeserverError:
                     pause = min(pause * 2, PROBE_MAX)
                     continue
-                log.warning("%s answers again", self.network.server_name)
-                self.unreachable_since = None
-                self.metrics.reachable.labels(self.network.id).set(1)
+                if self.store.outbox_depth().get(self.network.id, 0):
+                    # Answers the probe: what waits goes now, and the first send that gets
+                    # an answer ends the outage (see _heard).
+                    log.info("%s answers its probe; what waits for it goes now",
+                             self.network.server_name)
+                    self._proving = True
+                else:
+                    self._probing = False
+                    self._heard()  # nothing to prove it with: its answer will do
                 back, self._back = self._back, trio.Event()
                 back.set()
                 self.on_recovered(self.network.id)
                 return
         finally:
             self._probing = False
+
+    def _heard(self) -> None:
+        """The homeserver answered a request (a send, a refusal, or the probe with nothing
+        waiting): an outage, if one was on, is over."""
+        if self.unreachable_since is None and not self._proving:
+            return
+        self._proving = False
+        if not self._probing:
+            self.unreachable_since = None
+            self.metrics.reachable.labels(self.network.id).set(1)
+            log.warning("%s answers again", self.network.server_name)
 
 
 async def _wait_then_cancel(event: trio.Event, scope: trio.CancelScope) -> None:

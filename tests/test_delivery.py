@@ -680,3 +680,40 @@ async def test_a_store_that_cannot_write_shows_in_health_until_a_commit_gets_thr
     await rig.until(lambda: rig.fakes["ig"].texts("!ig-room") == ["stored"])
     answer = await observer.health(get)
     assert answer.status == 200 and json.loads(answer.body)["store"] == {"writing": True}
+
+
+def _proxy_bad_gateway_for(seconds: float) -> Callable[[int], httpx.Response | None]:
+    """Sends answered by a proxy's HTML 502 for the first `seconds` (virtual), while the
+    homeserver's /versions, which the probe asks, answers all along."""
+
+    def fault(n: int) -> httpx.Response | None:
+        if trio.current_time() < seconds:
+            return httpx.Response(502, text="<html><h1>502 Bad Gateway</h1></html>",
+                                  headers={"content-type": "text/html"})
+        return None
+
+    return fault
+
+
+@pytest.mark.parametrize("rig", [_proxy_bad_gateway_for(400.0)], indirect=True)
+async def test_a_proxy_answering_for_a_dead_homeserver_is_an_outage_told_once(
+    rig: Rig, autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    from bridge.http.types import Request
+    from bridge.observe import Observer
+
+    observer = Observer(rig.store, rig.workers, rig.workers["ig"].metrics, unhealthy_after=300)
+    get = Request("GET", "/health", {}, {}, b"")
+    rig.queue("held")
+    await trio.sleep(350)
+    # Silence, not a refusal: unhealthy past unhealthy_after, although /versions answers
+    # (the probe hears it and the sends still fail: the same outage, not a new one each time).
+    answer = await observer.health(get)
+    assert answer.status == 503, answer.body
+    assert json.loads(answer.body)["networks"]["ig"]["unreachable_seconds"] > 300
+    await rig.until(lambda: rig.fakes["ig"].texts("!ig-room") == ["held"])
+    assert rig.fakes["wa"].sent == []  # delivered, no "not delivered" notice
+    warned = [r for r in caplog.records if "is not answering" in r.getMessage()]
+    assert len(warned) == 1
+    await rig.until(lambda: rig.workers["ig"].unreachable_since is None, within=120)
+    assert (await observer.health(get)).status == 200

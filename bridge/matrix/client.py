@@ -382,6 +382,13 @@ def _answer(status: int, content: bytes, reason: str, retry_header: str,
         answer = jsontext.loads(content) if content else {}
     except ValueError:
         answer = {}
+    if status in (502, 503, 504) and not (isinstance(answer, dict) and "errcode" in answer):
+        # A proxy's answer (an HTML "Bad Gateway"): the homeserver behind it is not there,
+        # which is silence, not a refusal (its probe starts; /health counts it).
+        error = Unreachable(f"{server_name or 'the homeserver'}: {status} {reason} from a proxy "
+                            "in front of it")
+        error.server_name = server_name
+        raise error
     if status >= 400:
         payload = answer if isinstance(answer, dict) else {}
         retry = payload.get("retry_after_ms")
