@@ -374,6 +374,7 @@ class DeliveryWorker:
                     if self._losses != losses:  # checked after every wait: a slot, a backoff
                         return None
                     self.store.sending(item.action.txn_id)
+                    accepted = getattr(self.hs, "accepted", 0)
                     started = trio.current_time()
                     await self._perform(item)
                     self._send_seconds.observe(trio.current_time() - started)
@@ -382,7 +383,10 @@ class DeliveryWorker:
                     relayed = self.metrics.relayed.labels(self.network.id, item.action.kind)
                     self._relayed[item.action.kind] = relayed
                 relayed.inc()
-                self.token_refused = False
+                if getattr(self.hs, "accepted", 0) != accepted:
+                    # A request of ours was taken (not an action that needed none, after
+                    # which its token may still be refused).
+                    self.token_refused = False
                 self._heard()
                 return True
             except HomeserverError as exc:
@@ -401,14 +405,18 @@ class DeliveryWorker:
                         return True  # its row is gone (redacted, its room unlinked)
                     item = replaced
                     continue
+                ours = exc.server_name in (None, self.network.server_name)
+                if ours and exc.status is not None and not isinstance(
+                        exc, Unreachable | FileNotCarried):  # a file's trouble may be its source's
+                    # A refusal, a 401, a 429, a 500 with a Matrix errcode: the homeserver
+                    # answered, whatever it said (a proxy's page for a dead one is Unreachable).
+                    self._heard()
                 if verdict is Verdict.PERMANENT:
-                    if exc.status is not None:
-                        self._heard()  # a refusal is an answer
                     self._fail(item, exc)
                     return True
                 self.store.note_attempt(item, str(exc))
-                if isinstance(exc, Unreachable) or (
-                        isinstance(exc, FileNotCarried) and isinstance(exc.cause, Unreachable)):
+                if ours and (isinstance(exc, Unreachable) or (
+                        isinstance(exc, FileNotCarried) and isinstance(exc.cause, Unreachable))):
                     self._start_probe()
                 delay = backoff(attempt, self.jitter(), exc.retry_after_ms)
                 if misconfigured(exc.status, exc.errcode):
@@ -791,20 +799,21 @@ class DeliveryWorker:
         self._start_probe()
 
     def _start_probe(self) -> None:
-        if self._probing or self._proving or self._nursery is None:
-            # Probing already; or its probe answered and a send is still to prove it (one
-            # that fails now only backs off: an overloaded homeserver, or a proxy that answers
-            # the probe and drops sends, must not have every backoff cut short again and
-            # again, nor its outage told again and again).
+        if self._probing or self._nursery is None:
             return
         self._probing = True
-        self.unreachable_since = trio.current_time()
-        self.metrics.reachable.labels(self.network.id).set(0)
-        self._nursery.start_soon(self._probe)
+        proving = self._proving
+        if not proving:  # a new outage; while proving, the same one goes on (told once)
+            self.unreachable_since = trio.current_time()
+            self.metrics.reachable.labels(self.network.id).set(0)
+        self._nursery.start_soon(self._probe, proving)
 
-    async def _probe(self) -> None:
-        log.warning("%s is not answering; retrying as soon as it is back", self.network.server_name)
+    async def _probe(self, proving: bool = False) -> None:
+        if not proving:
+            log.warning("%s is not answering; retrying as soon as it is back",
+                        self.network.server_name)
         pause = PROBE_MIN
+        silent = False  # whether /versions itself went unanswered
         try:
             while not self._stop.is_set():
                 with trio.move_on_after(pause):
@@ -812,11 +821,16 @@ class DeliveryWorker:
                 try:
                     await self.hs.versions()
                 except HomeserverError:
+                    silent = True
                     pause = min(pause * 2, PROBE_MAX)
                     continue
-                if self.store.outbox_depth().get(self.network.id, 0):
-                    # Answers the probe: what waits goes now, and the first send that gets
-                    # an answer ends the outage (see _heard).
+                if proving and not silent:
+                    # It answers, as it did: its sends fail for a reason of their own (an
+                    # overloaded homeserver, a proxy that drops sends): they back off.
+                    return
+                if self.unreachable_since is None:
+                    pass  # a send got an answer meanwhile: over already
+                elif self.store.outbox_depth().get(self.network.id, 0):
                     log.info("%s answers its probe; what waits for it goes now",
                              self.network.server_name)
                     self._proving = True
@@ -825,7 +839,8 @@ class DeliveryWorker:
                     self._heard()  # nothing to prove it with: its answer will do
                 back, self._back = self._back, trio.Event()
                 back.set()
-                self.on_recovered(self.network.id)
+                if silent:  # a return, not a slow call: its pushes are distrusted a while
+                    self.on_recovered(self.network.id)
                 return
         finally:
             self._probing = False
@@ -833,13 +848,14 @@ class DeliveryWorker:
     def _heard(self) -> None:
         """The homeserver answered a request (a send, a refusal, or the probe with nothing
         waiting): an outage, if one was on, is over."""
-        if self.unreachable_since is None and not self._proving:
+        if self.unreachable_since is None:
             return
+        if self._probing and not self._proving:
+            return  # silent when last asked: its probe says when it is back
         self._proving = False
-        if not self._probing:
-            self.unreachable_since = None
-            self.metrics.reachable.labels(self.network.id).set(1)
-            log.warning("%s answers again", self.network.server_name)
+        self.unreachable_since = None
+        self.metrics.reachable.labels(self.network.id).set(1)
+        log.warning("%s answers again", self.network.server_name)
 
 
 async def _wait_then_cancel(event: trio.Event, scope: trio.CancelScope) -> None:

@@ -47,7 +47,13 @@ async def refuse_mixed_portals(
             elif verdict == "unchecked":
                 unchecked.append(portal)
             done += 1
-    return refused, unchecked + todo[done:]
+    cut = todo[done:]
+    if cut:  # never asked, or cut off mid-read: nothing was said about them yet
+        log.warning("the encryption of %d portal(s) was not read within %.0f s (%s): bridged "
+                    "meanwhile, checked every %.0f s until it is read", len(cut), within,
+                    ", ".join(p.portal_id for p in cut[:5]) + (", ..." if len(cut) > 5 else ""),
+                    RECHECK_SECONDS)
+    return refused, unchecked + cut
 
 
 async def _check(homeservers: Mapping[str, Homeserver], store: Store, portal: Portal,

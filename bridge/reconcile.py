@@ -387,7 +387,9 @@ class Reconciler:
             advice = ("; invite the bot to it" if exc.status in (403, 404) else "")
             log.log(level, "cannot read %s on %s to reconcile it: %s%s (tried again every "
                     "minute; said once)", room_id, network, exc, advice)
-            if isinstance(exc, Unreachable):
+            # A proxy's 504 on one room's read is that read's slowness (a huge room), not the
+            # homeserver's silence: its sweep would read that room again, and so on.
+            if isinstance(exc, Unreachable) and exc.proxy_status != 504:
                 self.unreachable(network)
             self._owe_read(network, room_id)
             return 0

@@ -37,6 +37,8 @@ class HomeserverError(Exception):
 class Unreachable(HomeserverError):
     """No answer from the homeserver."""
 
+    proxy_status: int | None = None  # a proxy's 502/503/504 in front of it, if that was all
+
 
 class TooBig(Unreachable):
     """An answer over the lean client's size limit (httpx would take it)."""
@@ -88,6 +90,7 @@ class Homeserver:
         # httpx's timeouts bound each read or write, not a whole request: a server that trickles
         # bytes could hold a send forever. This bounds the request as a whole.
         self.deadline = deadline
+        self.accepted = 0  # requests answered 2xx/3xx: its token is taken
 
     async def request(
         self,
@@ -128,8 +131,10 @@ class Homeserver:
             raise self._unreachable(f"{type(exc).__name__}: {exc}") from exc
         except trio.TooSlowError as exc:
             raise self._unreachable(f"no answer in {self.deadline:g} s") from exc
-        return _answer(response.status_code, response.content, response.reason_phrase,
-                       response.headers.get("retry-after", ""), self.server_name)
+        answer = _answer(response.status_code, response.content, response.reason_phrase,
+                         response.headers.get("retry-after", ""), self.server_name)
+        self.accepted += 1
+        return answer
 
     def _unreachable(self, why: str, kind: type[Unreachable] | None = None) -> Unreachable:
         error = (kind or Unreachable)(f"{self.server_name}: {why}")
@@ -149,8 +154,10 @@ class Homeserver:
             raise self._unreachable(str(exc), TooBig) from exc
         except ConnectionFailed as exc:
             raise self._unreachable(str(exc)) from exc
-        return _answer(answer.status, answer.body, answer.reason, answer.retry_after,
-                       self.server_name)
+        result = _answer(answer.status, answer.body, answer.reason, answer.retry_after,
+                         self.server_name)
+        self.accepted += 1
+        return result
 
     # -- the calls the bridge makes ------------------------------------------------------------
 
@@ -388,6 +395,7 @@ def _answer(status: int, content: bytes, reason: str, retry_header: str,
         error = Unreachable(f"{server_name or 'the homeserver'}: {status} {reason} from a proxy "
                             "in front of it")
         error.server_name = server_name
+        error.proxy_status = status
         raise error
     if status >= 400:
         payload = answer if isinstance(answer, dict) else {}

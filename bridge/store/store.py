@@ -153,6 +153,7 @@ class Store(PeopleStore):
         self.conn = conn
         self._memo = Memo()  # see bridge/store/cache.py
         self._deferred_open = False  # a write transaction holds deferred writes
+        self._deferred_changes = 0  # conn.total_changes when it began
         self._deferred_listeners: list[Callable[[], None]] = []
         self._lost_listeners: list[Callable[[], object]] = []
         self._cancel_listeners: list[Callable[[str, str, int], object]] = []
@@ -289,6 +290,7 @@ class Store(PeopleStore):
             self.commit_deferred()
             return
         self.conn.execute("BEGIN IMMEDIATE")
+        changes = self.conn.total_changes
         try:
             yield
             self.conn.execute("COMMIT")
@@ -299,7 +301,8 @@ class Store(PeopleStore):
             if self.conn.in_transaction:  # a failed COMMIT may leave it open
                 self.conn.execute("ROLLBACK")
             raise
-        self.write_failure = None
+        if self.conn.total_changes != changes:  # a COMMIT that wrote nothing proves nothing
+            self.write_failure = None
 
     def deferred(self) -> _Deferred:
         """Writes that land together or not at all, and may wait a moment for their commit:
@@ -318,6 +321,7 @@ class Store(PeopleStore):
             if self.conn.in_transaction:
                 raise RuntimeError("Store.deferred() inside Store.transaction()")
             self.conn.execute("BEGIN IMMEDIATE")
+            self._deferred_changes = self.conn.total_changes
             self._deferred_open = True
             self._deferred_writes = 0
             self._epoch += 1
@@ -380,7 +384,8 @@ class Store(PeopleStore):
                 for listener in self._lost_listeners:
                     listener()
                 raise
-            self.write_failure = None
+            if self.conn.total_changes != self._deferred_changes:
+                self.write_failure = None
 
     def on_deferred(self, listener: Callable[[], None]) -> None:
         """Call `listener` whenever deferred writes start waiting for a commit."""
