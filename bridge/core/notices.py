@@ -7,8 +7,6 @@ the message that was refused.
 
 from __future__ import annotations
 
-from typing import Any
-
 from bridge.core.actions import SendNotice, txn_id
 from bridge.core.model import EventRef
 
@@ -32,22 +30,24 @@ def failure_reason(errcode: str | None) -> str:
     return f"that server refused it ({errcode})" if errcode else "that server refused it"
 
 
-def failure_notice(source: EventRef, target_network: str, target_label: str,
-                   errcode: str | None) -> SendNotice:
-    """The notice for the sender of `source` that it did not reach `target_label`."""
-    body = f"Not delivered to {target_label}: {failure_reason(errcode)}."
-    content: dict[str, Any] = {
-        "msgtype": "m.notice",
-        "body": body,
-        "m.relates_to": {"m.in_reply_to": {"event_id": source.event_id}},
-    }
+def _reply(source: EventRef, body: str, target_network: str, what: str) -> SendNotice:
+    """A notice in the sender's room, as a reply to `source`; its transaction id names
+    (source, target, what), so that it is sent once however often its cause comes again."""
     return SendNotice(
         network=source.network,
         room_id=source.room_id,
         about=source.event_id,
-        content=content,
-        txn_id=txn_id(source.network, source.event_id, target_network, "failure-notice"),
+        content={"msgtype": "m.notice", "body": body,
+                 "m.relates_to": {"m.in_reply_to": {"event_id": source.event_id}}},
+        txn_id=txn_id(source.network, source.event_id, target_network, what),
     )
+
+
+def failure_notice(source: EventRef, target_network: str, target_label: str,
+                   errcode: str | None) -> SendNotice:
+    """The notice for the sender of `source` that it did not reach `target_label`."""
+    body = f"Not delivered to {target_label}: {failure_reason(errcode)}."
+    return _reply(source, body, target_network, "failure-notice")
 
 
 def untranslated_notice(source: EventRef) -> SendNotice:
@@ -55,27 +55,13 @@ def untranslated_notice(source: EventRef) -> SendNotice:
     own, logged): it reached none of the other networks."""
     body = ("Not bridged to the other networks: the bridge failed on this message (an error "
             "of its own, logged for its admin).")
-    return SendNotice(
-        network=source.network,
-        room_id=source.room_id,
-        about=source.event_id,
-        content={"msgtype": "m.notice", "body": body,
-                 "m.relates_to": {"m.in_reply_to": {"event_id": source.event_id}}},
-        txn_id=txn_id(source.network, source.event_id, source.network, "untranslated"),
-    )
+    return _reply(source, body, source.network, "untranslated")
 
 
 def file_not_carried_notice(source: EventRef, target_network: str, target_label: str,
                             why: str) -> SendNotice:
     """The notice for the sender of `source`, whose file could not be carried to
     `target_label` (`why`, in the sender's own words: it stays on their network): the
-    message went there without it."""
+    message goes there without it."""
     body = f"Your file does not reach {target_label} ({why}); the message goes without it."
-    return SendNotice(
-        network=source.network,
-        room_id=source.room_id,
-        about=source.event_id,
-        content={"msgtype": "m.notice", "body": body,
-                 "m.relates_to": {"m.in_reply_to": {"event_id": source.event_id}}},
-        txn_id=txn_id(source.network, source.event_id, target_network, "file-notice"),
-    )
+    return _reply(source, body, target_network, "file-notice")

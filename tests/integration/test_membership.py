@@ -151,31 +151,27 @@ async def test_a_room_nickname_names_the_ghost_in_that_portal_alone(
     member = await alice.call("GET", f"/rooms/{quote(rooms['wa'])}/state/m.room.member/{me}")
     await alice.call("PUT", f"/rooms/{quote(rooms['wa'])}/state/m.room.member/{me}",
                      {**member, "displayname": "Ali the host"})
-    for net, ghost in ghosts.items():
-        reader, room = people[net], rooms[net]
+    async def named_in_rooms(shown: str) -> None:
+        """Until Alice's ghost is called `shown` in the other networks' book club rooms."""
+        for net, ghost in ghosts.items():
+            reader, room = people[net], rooms[net]
 
-        async def nicknamed(reader: Person = reader, room: str = room, ghost: str = ghost
+            async def named(reader: Person = reader, room: str = room, ghost: str = ghost
                             ) -> bool:
-            state = await reader.call(
-                "GET", f"/rooms/{quote(room)}/state/m.room.member/{quote(ghost)}")
-            return bool(state.get("displayname") == "Ali the host (WhatsApp)")
+                state = await reader.call(
+                    "GET", f"/rooms/{quote(room)}/state/m.room.member/{quote(ghost)}")
+                return bool(state.get("displayname") == shown)
 
-        await wait_until(nicknamed, WITHIN, f"alice's nickname in the {net} room")
-        profile = await reader.call("GET", f"/profile/{quote(ghost)}")
+            await wait_until(named, WITHIN, f"alice's ghost called {shown!r} in the {net} room")
+
+    await named_in_rooms("Ali the host (WhatsApp)")
+    for net, ghost in ghosts.items():
+        profile = await people[net].call("GET", f"/profile/{quote(ghost)}")
         assert profile["displayname"] == "Alice (WhatsApp)", profile
     # The nickname dropped: her own name in the room again.
     await alice.call("PUT", f"/rooms/{quote(rooms['wa'])}/state/m.room.member/{me}",
                      {**member, "displayname": "Alice"})
-    for net, ghost in ghosts.items():
-        reader, room = people[net], rooms[net]
-
-        async def own_again(reader: Person = reader, room: str = room, ghost: str = ghost
-                            ) -> bool:
-            state = await reader.call(
-                "GET", f"/rooms/{quote(room)}/state/m.room.member/{quote(ghost)}")
-            return bool(state.get("displayname") == "Alice (WhatsApp)")
-
-        await wait_until(own_again, WITHIN, f"alice's own name in the {net} room again")
+    await named_in_rooms("Alice (WhatsApp)")
     # Her own new name is hers everywhere again (and replaces the nickname, as on her side).
     await alice.call("PUT", f"/profile/{me}/displayname", {"displayname": "Alicia"})
     for net, ghost in ghosts.items():
