@@ -171,6 +171,7 @@ class Bridge:
                     for net in config.networks.values():
                         nursery.start_soon(_catch_up, net, reconciler)
                     nursery.start_soon(_watchdog, self.notifier, store)
+                    nursery.start_soon(_status_updates, self.notifier, observer)
                     nursery.start_soon(self._reloader, store, homeservers, reconciler)
                     nursery.start_soon(prune_forever, store, list(networks),
                                        lambda: self.config.bridge.history_days, metrics)
@@ -333,6 +334,24 @@ async def _run_workers(
             task_status.started(done)
     finally:
         done.set()
+
+
+STATUS_EVERY = 30.0  # seconds between looks at what STATUS= should say
+
+
+async def _status_updates(notifier: Notifier, observer: Observer) -> None:
+    """Keep systemd's STATUS= (`systemctl status`) saying what is wrong, when something is."""
+    shown = "bridging"
+    while True:
+        await trio.sleep(STATUS_EVERY)  # a period, not a wait for an event
+        try:
+            line = observer.status_line()
+        except Exception as exc:  # a store that cannot be read: the watchdog says so
+            log.debug("no status line: %s", exc)
+            continue
+        if line != shown or line != "bridging":  # a reload's READY=1 says "bridging" too
+            notifier.send(f"STATUS={line}")
+            shown = line
 
 
 async def _watchdog(notifier: Notifier, store: Store) -> None:

@@ -56,6 +56,22 @@ class Observer:
         return json_response(200 if healthy else 503,
                              {"status": status, "networks": networks, "store": store})
 
+    def status_line(self) -> str:
+        """One line for systemd's STATUS= (what `systemctl status` shows): bridging, or what
+        is wrong and how much waits."""
+        problems = []
+        for net_id, worker in sorted(self.workers.items()):
+            if worker.token_refused:
+                problems.append(f"{net_id} refuses the bridge's token")
+            elif worker.unreachable_since is not None:
+                problems.append(f"{net_id} not answering for "
+                                f"{worker.unreachable_for() / 60:.0f} min")
+        if self.store.write_failure:
+            problems.append(f"the store cannot write ({self.store.write_failure})")
+        waiting = sum(self.store.outbox_depth().values())
+        state = "; ".join(problems) if problems else "bridging"
+        return f"{state}; {waiting:,} waiting" if waiting else state
+
     async def render_metrics(self, request: Request) -> Response:
         depth = self.store.outbox_depth()
         for net_id in self.workers:

@@ -628,6 +628,23 @@ async def test_health_and_metrics_follow_an_outage(
     assert 'tribridge_outbox_pending{network="ig"} 0.0' in text
 
 
+async def test_the_status_line_says_what_is_wrong_and_how_much_waits(
+    rig: Rig, autojump_clock: trio.testing.MockClock
+) -> None:
+    # What `systemctl status` shows (STATUS=), kept up to date by the daemon.
+    from bridge.observe import Observer
+
+    observer = Observer(rig.store, rig.workers, rig.workers["ig"].metrics, unhealthy_after=300)
+    assert observer.status_line() == "bridging"
+    rig.fakes["ig"].down = True
+    rig.queue("held", "and this")
+    await trio.sleep(12 * 60)
+    assert observer.status_line() == "ig not answering for 12 min; 2 waiting"
+    rig.fakes["ig"].down = False
+    await rig.until(lambda: rig.fakes["ig"].texts("!ig-room") == ["held", "and this"])
+    await rig.until(lambda: observer.status_line() == "bridging", within=60)
+
+
 async def test_a_homeserver_found_silent_elsewhere_counts_for_health_until_it_answers(
     rig: Rig, autojump_clock: trio.testing.MockClock
 ) -> None:

@@ -94,3 +94,28 @@ async def test_the_watchdog_is_not_petted_while_the_store_fails(
             nursery.cancel_scope.cancel()
     finally:
         store.conn = real
+
+
+async def test_status_follows_what_is_wrong_and_comes_back_to_bridging(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    # `systemctl status` shows STATUS=: it must not say "bridging" through an outage.
+    from bridge.daemon import STATUS_EVERY, _status_updates
+
+    class Lines:
+        line = "bridging"
+
+        def status_line(self) -> str:
+            return self.line
+
+    notifier, lines = Recording(), Lines()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(_status_updates, notifier, lines)
+        await trio.sleep(STATUS_EVERY * 2.5)
+        assert notifier.sent == []  # nothing new to say
+        lines.line = "ig not answering for 1 min; 3 waiting"
+        await until(lambda: ("STATUS=ig not answering for 1 min; 3 waiting",)
+                    in [s for _, s in notifier.sent], STATUS_EVERY * 2)
+        lines.line = "bridging"
+        await until(lambda: notifier.sent[-1][1] == ("STATUS=bridging",), STATUS_EVERY * 2)
+        nursery.cancel_scope.cancel()
