@@ -217,25 +217,36 @@ def test_a_bad_thumbnail_is_left_out_but_the_file_crosses() -> None:
         assert action.content["info"] == {"w": 3}
 
 
-def test_a_file_declared_over_the_limit_gets_one_notice_and_goes_nowhere() -> None:
-    big = {**IMAGE, "info": {"size": 60 * 1024 * 1024}}
-    (notice,) = from_wa(message(big)).actions
+def test_a_file_declared_over_the_limit_goes_as_a_line_and_its_sender_is_told() -> None:
+    big = {**IMAGE, "body": "our cat, asleep", "filename": "cat.png",
+           "info": {"size": 60 * 1024 * 1024},
+           "m.relates_to": {"m.in_reply_to": {"event_id": "$asked"}}}
+    notice, *lines = from_wa(message(big)).actions
     assert isinstance(notice, SendNotice)
     assert (notice.network, notice.room_id) == ("wa", ROOMS["wa"])
     assert notice.content["body"] == (
-        "Not delivered: the file is 60 MB, and this bridge carries files up to 50 MB.")
+        "Your file does not reach the other networks: it is 60 MB, and this bridge carries "
+        "files up to 50 MB. The message goes without it.")
     assert notice.content["m.relates_to"] == {"m.in_reply_to": {"event_id": "$ev1"}}
+    # The others see that something was sent, its caption, and what it answered: no file.
+    assert {a.network for a in lines} == {"ig", "fbm"}
+    for line in lines:
+        assert isinstance(line, SendMessage) and line.event_type == "m.room.message"
+        assert line.content["body"] == (
+            "(An image was sent here, too large for the bridge to carry.) our cat, asleep")
+        assert "url" not in line.content
+        assert line.content["m.relates_to"] == {"m.in_reply_to": {"event_id": "$asked"}}
     small_limit = translate(message(IMAGE), WA, NETWORKS, PORTAL, KEY,
                             rules=Rules(max_media_bytes=1024))
-    assert [type(a) for a in small_limit.actions] == [SendNotice]
+    assert [type(a) for a in small_limit.actions] == [SendNotice, SendMessage, SendMessage]
 
 
 def test_a_file_claiming_an_absurd_size_gets_the_notice_too() -> None:
     # Room versions 1-5 allow integers of any size in events: 10**400 is no float.
-    (notice,) = from_wa(message({**IMAGE, "info": {"size": 10**400}})).actions
+    notice, *_ = from_wa(message({**IMAGE, "info": {"size": 10**400}})).actions
     assert isinstance(notice, SendNotice)
-    assert notice.content["body"] == (
-        "Not delivered: the file is over 1 PB, and this bridge carries files up to 50 MB.")
+    assert notice.content["body"].startswith(
+        "Your file does not reach the other networks: it is over 1 PB, and this bridge")
 
 
 def test_txn_ids_are_deterministic_per_event_and_target() -> None:

@@ -36,6 +36,7 @@ from bridge.core.media import (
     human_size,
     media_content,
     parse_mxc,
+    without_file,
 )
 from bridge.core.mentions import (
     Owner,
@@ -185,7 +186,15 @@ def translate(
         info = relayed.get("info") if not opaque else None
         size = info.get("size") if isinstance(info, Mapping) and "url" in relayed else None
         if isinstance(size, int) and size > rules.max_media_bytes:
-            return _too_big(event, source, size, rules.max_media_bytes)
+            # The words, caption and reply still cross, as a line saying what was sent (as
+            # for a file found too large while it streams); the sender is told why.
+            said = without_file(relayed, too_large=True)
+            people = mentioned_private(said, source, key)
+            others = _to_others(
+                event, lambda target: _for_target(said, source, target, key, owner, people),
+                source, networks, portal, key, linked, "m.room.message")
+            notice = _too_big(event, source, size, rules.max_media_bytes)
+            return Translation(actions=[*notice.actions, *others.actions])
         if opaque:
             return _to_others(event, relayed, source, networks, portal, key, linked, etype)
         plain = relayed
@@ -645,10 +654,10 @@ def _room_state(
 
 
 def _too_big(event: Mapping[str, Any], source: Network, size: int, limit: int) -> Translation:
-    """A file over the limit crosses nowhere; its sender is told, once, in their room."""
+    """The notice for a file over the limit, once, in its sender's room."""
     event_id = str(event["event_id"])
-    body = (f"Not delivered: the file is {human_size(size)}, and this bridge carries files "
-            f"up to {human_size(limit)}.")
+    body = (f"Your file does not reach the other networks: it is {human_size(size)}, and this "
+            f"bridge carries files up to {human_size(limit)}. The message goes without it.")
     notice = SendNotice(
         source.id, str(event["room_id"]), event_id,
         {"msgtype": "m.notice", "body": body,

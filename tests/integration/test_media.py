@@ -92,7 +92,8 @@ async def test_a_file_over_the_limit_is_refused_with_a_notice(cast: Cast, daemon
         e.get("content", {}).get("m.relates_to", {}).get("m.in_reply_to", {}).get("event_id")
         == declared))
     assert notice["content"]["body"] == (
-        "Not delivered: the file is 98 kB, and this bridge carries files up to 64 kB.")
+        "Your file does not reach the other networks: it is 98 kB, and this bridge carries "
+        "files up to 64 kB. The message goes without it.")
     # A file that claims to be small is measured as it streams, and refused all the same.
     lying = await send(alice, rooms["wa"], "m.room.message", {
         "msgtype": "m.file", "body": "small.bin", "url": url, "info": {"size": 10},
@@ -119,6 +120,7 @@ async def test_a_file_over_the_limit_is_refused_with_a_notice(cast: Cast, daemon
         assert "clip.mp4" not in bodies_there and "small.bin" not in bodies_there
         # What was sent, without the file: the others know something came.
         assert "(A file was sent here, too large for the bridge to carry.)" in bodies_there
+        assert "(A video was sent here, too large for the bridge to carry.)" in bodies_there
 
 
 def _sha(data: bytes) -> str:
