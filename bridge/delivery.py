@@ -374,7 +374,7 @@ class DeliveryWorker:
                     if self._losses != losses:  # checked after every wait: a slot, a backoff
                         return None
                     self.store.sending(item.action.txn_id)
-                    accepted = getattr(self.hs, "accepted", 0)
+                    accepted = self.hs.accepted
                     started = trio.current_time()
                     await self._perform(item)
                     self._send_seconds.observe(trio.current_time() - started)
@@ -383,7 +383,7 @@ class DeliveryWorker:
                     relayed = self.metrics.relayed.labels(self.network.id, item.action.kind)
                     self._relayed[item.action.kind] = relayed
                 relayed.inc()
-                if getattr(self.hs, "accepted", 0) != accepted:
+                if self.hs.accepted != accepted:
                     # A request of ours was taken (not an action that needed none, after
                     # which its token may still be refused).
                     self.token_refused = False

@@ -9,6 +9,7 @@ from contextlib import closing
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import trio
 
@@ -17,6 +18,7 @@ from bridge.core.actions import BotTask
 from bridge.core.ghosts import derive_key
 from bridge.delivery import DeliveryWorker
 from bridge.inbound import Inbound, Taken
+from bridge.matrix.client import Homeserver
 from bridge.reconcile import Reconciler
 from bridge.store import Store, StoreError
 from bridge.store.store import MAX_DEFERRED
@@ -356,8 +358,9 @@ async def test_a_command_whose_push_was_lost_runs_once_when_pushed_again(db: Db)
     async def bot(task: BotTask) -> None:
         ran.append(task.data["body"])
 
-    no_homeservers: Any = {"ig": None}
-    worker = DeliveryWorker(IG, no_homeservers, {"ig": IG}, store, derive_key(b"k" * 32),
+    # A homeserver never called: a command needs none, the bot answers it.
+    unused = Homeserver(httpx.AsyncClient(base_url="http://ig.invalid"), "ig.test")
+    worker = DeliveryWorker(IG, {"ig": unused}, {"ig": IG}, store, derive_key(b"k" * 32),
                             bot=bot)
     command = BotTask("ig", "!dm", "command", {"body": "!tb help"}, "tb1command", "$c")
     with store.deferred():
@@ -375,6 +378,7 @@ async def test_a_command_whose_push_was_lost_runs_once_when_pushed_again(db: Db)
     (again,) = store.pending_actions("ig", "!dm")
     await worker._deliver(again, worker._losses)
     assert ran == ["!tb help"]  # once
+    await unused.http.aclose()
 
 
 def test_the_idle_wait_is_trios_own_not_a_lookalike() -> None:
