@@ -147,13 +147,20 @@ async def test_the_bridges_bot_gets_no_key_and_says_so() -> None:
     assert any("the bridge's bot" in w for w in bob.warnings)
 
 
+def bob_and_mallory(
+    timeline: Timeline, http: httpx.AsyncClient, ghost: str
+) -> tuple[E2EEClient, E2EEClient]:
+    """Bob, and Mallory as the ghost `ghost` with her device announced under it."""
+    bob = on(timeline, "@bob:ig.localhost", "Instagram", http)
+    mallory = on(timeline, "@mallory:ig.localhost", "Instagram", http, sender=ghost)
+    timeline.add(ghost, DEVICE_EVENT, mallory.device.announcement())
+    return bob, mallory
+
+
 async def test_a_message_sealed_with_someone_elses_device_is_not_shown_as_theirs() -> None:
     timeline = Timeline()
     async with httpx.AsyncClient() as http:
-        bob = on(timeline, "@bob:ig.localhost", "Instagram", http)
-        mallory = on(timeline, "@mallory:ig.localhost", "Instagram", http,
-                     sender="@_tb_wa_fresh:ig.localhost")
-        timeline.add("@_tb_wa_fresh:ig.localhost", DEVICE_EVENT, mallory.device.announcement())
+        bob, mallory = bob_and_mallory(timeline, http, "@_tb_wa_fresh:ig.localhost")
         await bob.read(ROOM)
         await mallory.read(ROOM)
         timeline.add("@bob:ig.localhost", DEVICE_EVENT, bob.device.announcement())
@@ -211,10 +218,7 @@ async def test_devices_and_a_pending_rotation_survive_a_restart(tmp_path: Path) 
 async def test_malformed_events_cost_themselves_not_the_reading() -> None:
     timeline = Timeline()
     async with httpx.AsyncClient() as http:
-        bob = on(timeline, "@bob:ig.localhost", "Instagram", http)
-        mallory = on(timeline, "@mallory:ig.localhost", "Instagram", http,
-                     sender="@_tb_wa_m:ig.localhost")
-        timeline.add("@_tb_wa_m:ig.localhost", DEVICE_EVENT, mallory.device.announcement())
+        bob, mallory = bob_and_mallory(timeline, http, "@_tb_wa_m:ig.localhost")
         timeline.add("@bob:ig.localhost", DEVICE_EVENT, bob.device.announcement())
         await mallory.read(ROOM)
         session = OutboundSession.start(mallory.device, PORTAL)

@@ -13,7 +13,7 @@ import httpx
 import pytest
 import trio
 
-from bridge.core.actions import Redact, SendMessage, txn_id
+from bridge.core.actions import Action, Redact, SendMessage, txn_id
 from bridge.core.ghosts import derive_key
 from bridge.core.model import EventRef, Network
 from bridge.inbound import Inbound
@@ -93,16 +93,26 @@ async def bridged(store: Store, ig: Redacting,
         nursery.cancel_scope.cancel()
 
 
+def redaction_of_m() -> Redact:
+    """The redaction of the message "M" (see `message`), bound for Instagram."""
+    return Redact("ig", "!ig-room", GHOST, EventRef("wa", "!wa-room", "$red", SENDER),
+                  "$src-M", None, txn_id("wa", "$red", "ig", "redact"))
+
+
+def queued(tmp_path: Path, *actions: Action) -> Store:
+    """A store with the portal and `actions` queued, committed."""
+    store = Store(tmp_path / "t.db", durability="process")
+    store.sync_config_portals([PORTAL])
+    with store.transaction():
+        store.enqueue(list(actions))
+    return store
+
+
 async def test_a_failed_commit_while_a_redaction_waits_behind_its_message(
     tmp_path: Path, autojump_clock: trio.testing.MockClock
 ) -> None:
-    store = Store(tmp_path / "t.db", durability="process")
-    store.sync_config_portals([PORTAL])
     # A backlog in one room: messages, M, and M's redaction, read by the drain in one page.
-    with store.transaction():
-        store.enqueue([*(message(f"f{i}") for i in range(7)), message("M"),
-                       Redact("ig", "!ig-room", GHOST, EventRef("wa", "!wa-room", "$red", SENDER),
-                              "$src-M", None, txn_id("wa", "$red", "ig", "redact"))])
+    store = queued(tmp_path, *(message(f"f{i}") for i in range(7)), message("M"), redaction_of_m())
     ig = Redacting("ig.test")
 
     async def script(inbound: Inbound) -> None:
@@ -125,12 +135,7 @@ async def test_a_failed_commit_while_a_redaction_waits_to_try_again(
 ) -> None:
     # Deterministic: the redaction's first try is refused with a 502, and the commit holding
     # M's record fails right then, while the redaction waits out its backoff.
-    store = Store(tmp_path / "t.db", durability="process")
-    store.sync_config_portals([PORTAL])
-    with store.transaction():
-        store.enqueue([message("M"),
-                       Redact("ig", "!ig-room", GHOST, EventRef("wa", "!wa-room", "$red", SENDER),
-                              "$src-M", None, txn_id("wa", "$red", "ig", "redact"))])
+    store = queued(tmp_path, message("M"), redaction_of_m())
 
     class FailsOnce(Redacting):
         async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
