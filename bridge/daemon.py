@@ -46,6 +46,7 @@ from bridge.matrix.client import Homeserver, HomeserverError, Unreachable, make_
 from bridge.metrics import Metrics
 from bridge.notify import Notifier
 from bridge.observe import Observer
+from bridge.pacing import Pacing
 from bridge.reconcile import Reconciler
 from bridge.store import OutboxItem, Store
 
@@ -130,9 +131,11 @@ class Bridge:
                 inbound = Inbound(store, networks, key, wake=wake, rules=_rules(config))
                 self.inbound = inbound
                 commits = GroupCommit(store)
+                pacing = Pacing(reachable=lambda n: workers[n].reachable)
                 reconciler = Reconciler(store, homeservers, inbound, store.portals, metrics,
                                         commits,
-                                        unreachable=lambda n: workers[n].noticed_unreachable())
+                                        unreachable=lambda n: workers[n].noticed_unreachable(),
+                                        pacing=pacing)
                 bot = Bot(lambda: self.config, homeservers, store, key,
                           reachable=lambda n: workers[n].reachable, reload=self.reload_from_bot,
                           wake=wake, read_room=reconciler.read_soon)
@@ -141,6 +144,7 @@ class Bridge:
                         network, homeservers, networks, store, key,
                         wake=wake, on_recovered=reconciler.suspect,
                         metrics=metrics, bot=bot, max_media_bytes=config.bridge.max_media_bytes,
+                        pacing=pacing,
                     )
                 observer = Observer(store, workers, metrics, config.bridge.unhealthy_after)
                 separate = config.bridge.metrics_listen

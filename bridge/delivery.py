@@ -44,6 +44,7 @@ from bridge.locks import promptly
 from bridge.matrix.client import Homeserver, HomeserverError, MatrixError, Unreachable
 from bridge.media import THUMBNAIL_DEADLINE, MediaCarrier, MediaGone, MediaTooLarge, SourceBusy
 from bridge.metrics import Metrics
+from bridge.pacing import Pacing
 from bridge.store import OutboxItem, Store
 
 log = logging.getLogger(__name__)
@@ -101,8 +102,10 @@ class DeliveryWorker:
         metrics: Metrics | None = None,
         bot: Callable[[BotTask], Awaitable[None]] | None = None,
         max_media_bytes: int = DEFAULT_MAX_BYTES,
+        pacing: Pacing | None = None,
     ) -> None:
         self.network = network
+        self.pacing = pacing  # told when a send's first try is answered (bridge/pacing.py)
         self.bot = bot
         self.hs = homeservers[network.id]
         self.homeservers = homeservers
@@ -322,6 +325,7 @@ class DeliveryWorker:
                         # is pending again, or its id taken by a new row: the next read brings
                         # it back, and a read there must be.)
                         cancelled.discard(item.id)
+                        self._tried(item.id)
                         self._known.pop(room_id, None)
                         continue
                     if self._stop.is_set():
@@ -388,8 +392,10 @@ class DeliveryWorker:
                     # which its token may still be refused).
                     self.token_refused = False
                 self._heard()
+                self._tried(item.id)
                 return True
             except HomeserverError as exc:
+                self._tried(item.id)
                 attempt += 1
                 verdict = classify(exc.status, exc.errcode)
                 self.metrics.failures.labels(self.network.id, verdict.value).inc()
@@ -442,6 +448,7 @@ class DeliveryWorker:
             except Exception as exc:
                 # A bug of ours must not wedge the room behind one poisoned action; and its
                 # sender is told, as after a refusal.
+                self._tried(item.id)
                 log.exception("action %d for %s failed unexpectedly", item.id, self.network.id)
                 with self.store.transaction():
                     if self.store.finish(item, "failed", f"internal error: {type(exc).__name__}",
@@ -453,6 +460,12 @@ class DeliveryWorker:
                 if isinstance(item.action, SendMessage):
                     self.wake_network(item.action.source.network)
                 return True
+
+    def _tried(self, row: int) -> None:
+        """A push may wait for this first answer (bridge/pacing.py)."""
+        pacing = self.pacing
+        if pacing is not None and pacing.waiting:
+            pacing.tried(row)
 
     async def _backoff(self, delay: float) -> bool:
         """Wait `delay` s, or less if the homeserver comes back; False if told to stop."""

@@ -16,7 +16,7 @@ import logging
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
-from bridge.core.actions import SendNotice
+from bridge.core.actions import BotTask, SendNotice
 from bridge.core.digest import blake2b_hex
 from bridge.core.ghosts import is_bridge_user, is_our_user
 from bridge.core.model import EventRef, Network
@@ -54,11 +54,13 @@ class Inbound:
         self.rules = rules  # replaced on reload
 
     def take_transaction(
-        self, network_id: str, txn_id: str, body: bytes, events: list[Any], *, defer: bool = False
+        self, network_id: str, txn_id: str, body: bytes, events: list[Any], *,
+        defer: bool = False, started: list[tuple[str, int]] | None = None,
     ) -> Taken:
         """Queue what a pushed transaction asks for and wake the workers. Committed before this
         returns, or with `defer` left to the caller (GroupCommit.durable), so that the sends
-        need not wait for the fsync."""
+        need not wait for the fsync. Into `started`, if given: (network, row id) of each room's
+        first new send, bot commands aside (bridge/pacing.py waits for their answers)."""
         if events and all(self.is_echo(event, network_id) for event in events):
             # Only what the bridge itself just sent (its ghosts' messages, their joins): the
             # homeserver pushes those back, one transaction each. Nothing is to be done about
@@ -71,7 +73,7 @@ class Inbound:
         with self.store.deferred() if defer else self.store.transaction():
             _, targets = self._take(network_id, events, f"transaction {txn_id}")
             self.store.record_transaction(network_id, txn_id, digest)
-        return Taken.QUEUED if self._wake(targets) else Taken.SENDING
+        return Taken.QUEUED if self._wake(targets, started) else Taken.SENDING
 
     def is_echo(self, event: Any, network_id: str) -> bool:
         """An event by the bridge's own bot or ghosts that asks nothing of the bridge."""
@@ -93,11 +95,17 @@ class Inbound:
         self._wake(targets)
         return queued
 
-    def _wake(self, targets: Mapping[str, Mapping[str, Sequence[OutboxItem] | None]]) -> bool:
+    def _wake(self, targets: Mapping[str, Mapping[str, Sequence[OutboxItem] | None]],
+              started: list[tuple[str, int]] | None = None) -> bool:
         """Wake the targets' workers; whether every one of them was busy already."""
         busy = True
         for target, rooms in targets.items():
             busy = bool(self.wake(target, rooms)) and busy
+            if started is not None:
+                # A room's rows go in order: its first one's answer means that what was queued
+                # there before is done too, and the rest follow without a push to wait for.
+                started.extend((target, items[0].id) for items in rooms.values()
+                               if items and items[0].action.kind != BotTask.kind)
         return busy
 
     def _take(

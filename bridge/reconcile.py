@@ -63,6 +63,7 @@ from bridge.inbound import Inbound, Taken
 from bridge.locks import promptly
 from bridge.matrix.client import Homeserver, HomeserverError, Unreachable
 from bridge.metrics import Metrics
+from bridge.pacing import Pacing
 from bridge.store import Store, StoreError
 
 log = logging.getLogger(__name__)
@@ -92,8 +93,12 @@ class Reconciler:
         metrics: Metrics | None = None,
         commits: GroupCommit | None = None,
         unreachable: Callable[[str], None] = lambda network: None,
+        pacing: Pacing | None = None,
     ) -> None:
         self.metrics = metrics or Metrics()
+        # With pacing, a push is answered once its sends have their first answers, so that the
+        # homeserver gathers what comes meanwhile into its next transaction (bridge/pacing.py).
+        self.pacing = pacing
         # Told when a read finds a network's homeserver not answering (the delivery worker's
         # probe then watches for its return, and /health counts the silence).
         self.unreachable = unreachable
@@ -151,6 +156,7 @@ class Reconciler:
     async def push(self, network: str, txn_id: str, body: bytes, events: list[Any]) -> None:
         """Take in a pushed transaction, reconciling its rooms first while `network` is suspect."""
         started = trio.current_time()
+        sends: list[tuple[str, int]] | None = [] if self.pacing is not None else None
         async with promptly(self._locks[network]):  # free but for sweeps: one push in flight
             self._check_sequence(network, txn_id)
             rooms = _rooms_of(events)
@@ -164,14 +170,25 @@ class Reconciler:
                     if unread and self._watched(network, room_id):
                         await self._reconcile_room(network, room_id, pushed, why="push")
             taken = self.inbound.take_transaction(network, txn_id, body, events,
-                                                  defer=self.commits is not None)
+                                                  defer=self.commits is not None, started=sends)
+            # Noted before any await: none of these sends can have its answer yet.
+            hold = self.pacing.hold(sends) if sends and self.pacing is not None else None
             if taken is not Taken.NOTHING and self.commits is not None:
                 # Answered only once on disk. If sends are leaving now, the commit waits for
                 # them to be on the wire; if they queue behind others, it has nothing to wait
                 # for, and an early answer lets the homeserver push the next transaction. The
                 # lock is held until then, so that a retry of this transaction cannot be taken
                 # for one already seen on the strength of writes not yet on disk.
-                await self.commits.durable(after_sends=taken is Taken.SENDING)
+                try:
+                    await self.commits.durable(after_sends=taken is Taken.SENDING)
+                except BaseException:
+                    if hold is not None and self.pacing is not None:
+                        self.pacing.forget(hold)  # not answered: nobody waits for its sends
+                    raise
+        if hold is not None and self.pacing is not None:
+            # On disk already; the answer waits for the targets (outside the lock, which a
+            # sweep may want meanwhile).
+            await self.pacing.wait(hold)
         self._received[network].inc(len(events))
         self._took[network].observe(trio.current_time() - started)
 

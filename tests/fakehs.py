@@ -48,6 +48,7 @@ class FakeHomeserver(httpx.AsyncBaseTransport):
     read_delay: dict[str, float] = field(default_factory=dict)  # room -> seconds per read
     state: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)  # (room, type)
     profiles: dict[str, dict[str, Any]] = field(default_factory=dict)  # user -> their profile
+    send_delay: float = 0.0  # seconds every send takes to be answered
 
     def texts(self, room_id: str) -> list[str]:
         return [s.content.get("body", "") for s in self.sent if s.room_id == room_id]
@@ -110,6 +111,8 @@ class FakeHomeserver(httpx.AsyncBaseTransport):
             await trio.sleep_forever()
         if outcome == "slow":
             await trio.sleep(3)  # a slow homeserver (virtual time in tests)
+        if self.send_delay:
+            await trio.sleep(self.send_delay)
         if isinstance(outcome, httpx.Response):
             return outcome
         room_id = parts[parts.index("rooms") + 1]

@@ -129,6 +129,28 @@ async def test_a_transaction_pushed_twice_relays_once(cast: Cast, daemon: Daemon
         assert bodies_from(events, "@_tb_wa_").count(text) == 1
 
 
+@pytest.mark.alone  # a promise in time: the sends are answered within pacing.MOST
+async def test_a_push_is_answered_once_the_other_networks_took_its_message(
+    cast: Cast, daemon: Daemon
+) -> None:
+    # Pacing (bridge/pacing.py): Synapse hears back only once ig and fbm have the message, so
+    # that what its users say meanwhile comes to the bridge in one transaction.
+    people, rooms = await three_way(cast, daemon, ("Alice", "Bob", "Carol"))
+    text = f"answered after {secrets.token_hex(3)}"
+    event = {
+        "type": "m.room.message",
+        "event_id": f"$fake-{secrets.token_hex(8)}",
+        "room_id": rooms["wa"],
+        "sender": people["wa"].user_id,
+        "content": {"msgtype": "m.text", "body": text},
+        "origin_server_ts": 1,
+    }
+    assert (await daemon.push("wa", "778", {"events": [event]})).status_code == 200
+    for net_id in ("ig", "fbm"):  # read at once, not waited for
+        texts = [body for _, body in await people[net_id].texts(rooms[net_id])]
+        assert text in texts, (net_id, texts)
+
+
 async def test_bad_tokens_and_bad_json_are_refused_and_relaying_goes_on(
     cast: Cast, daemon: Daemon
 ) -> None:

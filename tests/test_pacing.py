@@ -1,0 +1,197 @@
+"""Pacing (bridge/pacing.py): a push is answered once the sends it started have had their first
+answer, so that the homeserver gathers what comes meanwhile into its next transaction; never
+longer than MOST, and not at all for a homeserver known to be down.
+
+The daemon's own pieces (store on disk, group commit, inbound, delivery workers, reconciler)
+against tests/fakehs.py on trio's virtual clock.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import AsyncIterator
+from contextlib import closing
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import trio
+
+from bridge.commits import GroupCommit
+from bridge.core.ghosts import derive_key
+from bridge.delivery import DeliveryWorker
+from bridge.inbound import Inbound
+from bridge.matrix.client import Homeserver
+from bridge.metrics import Metrics
+from bridge.pacing import MOST, Pacing
+from bridge.reconcile import Reconciler
+from bridge.store import Store
+
+from .fakehs import FakeHomeserver, error
+from .rigs import until
+from .test_reconcile import IG, ROOM, WA, text
+
+NETWORKS = {"wa": WA, "ig": IG}
+IG_ROOM = "!ig-room"
+
+
+@dataclass
+class Rig:
+    path: Path
+    store: Store
+    ig: FakeHomeserver
+    reconciler: Reconciler
+    workers: dict[str, DeliveryWorker]
+    pacing: Pacing | None
+    txn: int = 0
+
+    async def push(self, *numbers: int) -> float:
+        """wa pushes messages `numbers` in one transaction; the seconds until it is answered."""
+        self.txn += 1
+        events = [text(n) for n in numbers]
+        started = trio.current_time()
+        await self.reconciler.push("wa", str(self.txn), f"{self.txn}".encode(), events)
+        return trio.current_time() - started
+
+    def relayed(self) -> list[str]:
+        """What ig has accepted (answered) so far."""
+        return self.ig.texts(IG_ROOM)
+
+    def on_disk(self) -> int:
+        with closing(sqlite3.connect(str(self.path))) as conn:
+            return int(conn.execute("SELECT COUNT(*) FROM outbox").fetchone()[0])
+
+
+@pytest.fixture
+async def rig(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterator[Rig]:
+    paced = getattr(request, "param", True)
+    path = tmp_path / "t.db"
+    store = Store(path)  # durability as the daemon's default: answered means on disk
+    store.sync_config_portals([{"wa": ROOM, "ig": IG_ROOM}])
+    fakes = {"wa": FakeHomeserver("wa.test"), "ig": FakeHomeserver("ig.test")}
+    workers: dict[str, DeliveryWorker] = {}
+    pacing = Pacing(reachable=lambda n: workers[n].reachable) if paced else None
+    async with (
+        httpx.AsyncClient(transport=fakes["wa"], base_url="http://wa") as wa_http,
+        httpx.AsyncClient(transport=fakes["ig"], base_url="http://ig") as ig_http,
+        trio.open_nursery() as nursery,
+    ):
+        homeservers = {"wa": Homeserver(wa_http, "wa.test", deadline=30),
+                       "ig": Homeserver(ig_http, "ig.test", deadline=30)}
+        key = derive_key(b"k" * 32)
+        inbound = Inbound(store, NETWORKS, key,
+                          wake=lambda network, rooms: workers[network].wake(rooms))
+        commits = GroupCommit(store)
+        await nursery.start(commits.run)
+        reconciler = Reconciler(store, homeservers, inbound, store.portals, Metrics(), commits,
+                                pacing=pacing)
+        await nursery.start(reconciler.run)
+        for net_id, net in NETWORKS.items():
+            workers[net_id] = DeliveryWorker(
+                net, homeservers, NETWORKS, store, key,
+                wake=lambda n: workers[n].wake(), jitter=lambda: 0.999, metrics=Metrics(),
+                pacing=pacing)
+            await nursery.start(workers[net_id].run)
+        yield Rig(path, store, fakes["ig"], reconciler, workers, pacing)
+        nursery.cancel_scope.cancel()
+    store.close()
+
+
+async def test_a_push_is_answered_once_its_send_is_answered(
+    rig: Rig, autojump_clock: trio.testing.MockClock
+) -> None:
+    rig.ig.send_delay = 0.3  # ig takes its time, as a busy Synapse does
+    took = await rig.push(1)
+    assert rig.relayed() == ["m1"]  # ig had taken it when wa heard back
+    assert 0.3 <= took < MOST
+    assert rig.on_disk() == 1  # and, as ever, the push's writes were on disk by then
+    assert rig.pacing is not None and not rig.pacing.waiting  # nothing left behind
+
+
+@pytest.mark.parametrize("rig", [False], indirect=True)
+async def test_without_pacing_the_answer_does_not_wait_for_the_send(
+    rig: Rig, autojump_clock: trio.testing.MockClock
+) -> None:
+    # What the pacing changes: otherwise wa hears back as soon as the push is on disk, and
+    # pushes its next message alone while the first is still on its way.
+    rig.ig.send_delay = 0.3
+    took = await rig.push(1)
+    assert took < 0.3 and rig.relayed() == []
+    assert rig.on_disk() == 1
+    await until(lambda: rig.relayed() == ["m1"], within=5)
+
+
+async def test_a_push_of_many_waits_for_the_first_send_of_its_room_only(
+    rig: Rig, autojump_clock: trio.testing.MockClock
+) -> None:
+    # A room's sends go in order: the first one's answer means the room is moving, and the
+    # rest follow without the homeserver's next transaction waiting for all of them.
+    rig.ig.send_delay = 0.3
+    took = await rig.push(1, 2, 3)
+    assert 0.3 <= took < 0.6 and rig.relayed() == ["m1"]
+    await until(lambda: rig.relayed() == ["m1", "m2", "m3"], within=5)
+
+
+async def test_the_next_push_waits_for_what_was_queued_before_it(
+    rig: Rig, autojump_clock: trio.testing.MockClock
+) -> None:
+    # Under a flood the targets hold about one transaction's worth: a push whose room still
+    # has earlier sends to make is answered when those are done and its own first is too.
+    rig.ig.send_delay = 0.1
+    await rig.push(1, 2, 3)  # answered after m1; m2 and m3 still to go
+    took = await rig.push(4)
+    assert rig.relayed() == ["m1", "m2", "m3", "m4"]
+    assert 0.3 <= took < MOST
+
+
+@pytest.mark.parametrize("seconds", [5.0, 1e9])
+async def test_a_send_that_is_not_answered_holds_the_answer_no_longer_than_most(
+    rig: Rig, autojump_clock: trio.testing.MockClock, seconds: float
+) -> None:
+    rig.ig.send_delay = seconds  # slow, or hung (the client's deadline ends it at 30 s)
+    took = await rig.push(1)
+    assert took == pytest.approx(MOST, abs=0.05)
+    assert rig.relayed() == [] and rig.on_disk() == 1  # answered: on disk, sent later
+    assert rig.pacing is not None and not rig.pacing.waiting
+
+
+async def test_a_refused_send_frees_the_answer_at_once(
+    rig: Rig, autojump_clock: trio.testing.MockClock
+) -> None:
+    # The first try's answer is what counts, success or not: a retry with backoff (seconds,
+    # minutes) must not hold wa's next messages.
+    rig.ig.fault = lambda n: error(500, "M_UNKNOWN") if n == 1 else None
+    took = await rig.push(1)
+    assert took < 0.1 and rig.relayed() == []
+    await until(lambda: rig.relayed() == ["m1"], within=120)  # retried, and through
+
+
+async def test_a_homeserver_known_down_holds_no_answer(
+    rig: Rig, autojump_clock: trio.testing.MockClock
+) -> None:
+    rig.ig.down = True
+    await rig.push(1)  # its send fails to connect: ig is probed from now on
+    await until(lambda: not rig.workers["ig"].reachable, within=5)
+    # m1 waits for ig's return with backoff, and m2 behind it: nothing will be tried soon,
+    # so wa's pushes are answered as soon as they are on disk.
+    took = await rig.push(2)
+    assert took < 0.1
+    assert rig.on_disk() == 2
+    rig.ig.down = False
+    await until(lambda: rig.relayed() == ["m1", "m2"], within=600)
+
+
+async def test_echoes_and_pushes_that_send_nothing_are_not_held(
+    rig: Rig, autojump_clock: trio.testing.MockClock
+) -> None:
+    rig.ig.send_delay = 0.3
+    echo: dict[str, Any] = text(9) | {"sender": "@_tb_ig_aaaaaaaaaaaaaaaa:wa.test"}
+    rig.txn += 1
+    started = trio.current_time()
+    await rig.reconciler.push("wa", str(rig.txn), b"echo", [echo])
+    assert trio.current_time() - started < 0.1
+    await rig.push(1)
+    took = await rig.push(1)  # the same event again: taken in before, nothing to send
+    assert took < 0.1 and rig.relayed() == ["m1"]
