@@ -195,3 +195,18 @@ async def test_echoes_and_pushes_that_send_nothing_are_not_held(
     await rig.push(1)
     took = await rig.push(1)  # the same event again: taken in before, nothing to send
     assert took < 0.1 and rig.relayed() == ["m1"]
+
+
+
+async def test_a_hold_answered_in_part_ends_at_most_and_forgets_the_rest(
+    autojump_clock: trio.testing.MockClock
+) -> None:
+    pacing = Pacing()
+    hold = pacing.hold([("ig", 1), ("ig", 2)])
+    assert hold is not None and pacing.waiting
+    pacing.tried(1)  # one of two answered
+    started = trio.current_time()
+    await pacing.wait(hold)
+    assert trio.current_time() - started == pytest.approx(MOST)
+    assert not pacing.waiting
+    pacing.tried(2)  # answered late: nobody waits for it any more, and nothing breaks
