@@ -131,7 +131,7 @@ class Bridge:
                 inbound = Inbound(store, networks, key, wake=wake, rules=_rules(config))
                 self.inbound = inbound
                 commits = GroupCommit(store)
-                pacing = Pacing(reachable=lambda n: workers[n].reachable)
+                pacing = Pacing(ready=lambda n, room: workers[n].may_hold(room))
                 reconciler = Reconciler(store, homeservers, inbound, store.portals, metrics,
                                         commits,
                                         unreachable=lambda n: workers[n].noticed_unreachable(),

@@ -134,6 +134,8 @@ class DeliveryWorker:
         # the rows written since, handed on by their writers. Such a drain sends them, and ends
         # without reading the outbox; a writer that hands nothing takes its room out.
         self._known: dict[str, list[OutboxItem]] = {}
+        self._retrying: set[str] = set()  # rooms whose drain waits to retry a send
+        self._paging: set[str] = set()  # rooms whose drain's last read found a full page
         # Rows a drain holds in memory (a page read, or handed) cancelled since: not to be sent.
         self._cancelled: dict[str, set[int]] = {}
         self._nursery: trio.Nursery | None = None
@@ -304,7 +306,10 @@ class DeliveryWorker:
                     items, self._known[room_id] = known, []
                 else:
                     items = self.store.pending_actions(self.network.id, room_id, PAGE)
-                    if len(items) < PAGE:
+                    if len(items) == PAGE:
+                        self._paging.add(room_id)  # a backlog
+                    else:
+                        self._paging.discard(room_id)
                         # The read found the room's whole queue: from here, the rows pushed
                         # are handed on (under load, a push's rows then need no read back).
                         self._known[room_id] = []
@@ -345,6 +350,7 @@ class DeliveryWorker:
                         await trio.lowlevel.checkpoint()
         finally:
             self._active.discard(room_id)
+            self._paging.discard(room_id)
             self._known.pop(room_id, None)
             self._cancelled.pop(room_id, None)
             if emptied:
@@ -443,8 +449,15 @@ class DeliveryWorker:
                     "delivery to %s failed (%s); try %d in %.1f s",
                     self.network.server_name, exc, attempt + 1, delay,
                 )
-                if not await self._backoff(delay):
-                    return False
+                room_id = item.action.room_id
+                self._retrying.add(room_id)
+                if self.pacing is not None and self.pacing.waiting:
+                    self.pacing.release(self.network.id, room_id)  # nothing goes there soon
+                try:
+                    if not await self._backoff(delay):
+                        return False
+                finally:
+                    self._retrying.discard(room_id)
             except Exception as exc:
                 # A bug of ours must not wedge the room behind one poisoned action; and its
                 # sender is told, as after a refusal.
@@ -460,6 +473,12 @@ class DeliveryWorker:
                 if isinstance(item.action, SendMessage):
                     self.wake_network(item.action.source.network)
                 return True
+
+    def may_hold(self, room_id: str) -> bool:
+        """Whether a new send into `room_id` will be tried soon, so that a push may wait for
+        its answer (bridge/pacing.py): the homeserver not known to be silent, the room not
+        waiting to retry, nor working through a backlog read a page at a time."""
+        return self.reachable and room_id not in self._retrying and room_id not in self._paging
 
     def _tried(self, row: int) -> None:
         """A push may wait for this first answer (bridge/pacing.py)."""
@@ -815,6 +834,8 @@ class DeliveryWorker:
         if self._probing or self._nursery is None:
             return
         self._probing = True
+        if self.pacing is not None and self.pacing.waiting:
+            self.pacing.release(self.network.id)  # nothing goes there until it answers
         proving = self._proving
         if not proving:  # a new outage; while proving, the same one goes on (told once)
             self.unreachable_since = trio.current_time()

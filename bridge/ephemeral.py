@@ -1,5 +1,8 @@
 """Typing notifications and read receipts, mirrored by the ghosts: best effort, right away.
 
+Right away means once their transaction's messages are taken in and (bridge/pacing.py) their
+first sends answered: a receipt for a message of the same transaction then finds it relayed.
+
 They are not worth a durable queue: a "typing..." that arrives a minute late is wrong, and a lost
 read receipt is replaced by the next. So they skip the outbox, each call gets a few seconds, and a
 failure is dropped. Private read receipts (``m.read.private``) are private: they never cross.

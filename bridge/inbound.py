@@ -55,12 +55,12 @@ class Inbound:
 
     def take_transaction(
         self, network_id: str, txn_id: str, body: bytes, events: list[Any], *,
-        defer: bool = False, started: list[tuple[str, int]] | None = None,
+        defer: bool = False, started: list[tuple[str, str, int]] | None = None,
     ) -> Taken:
         """Queue what a pushed transaction asks for and wake the workers. Committed before this
         returns, or with `defer` left to the caller (GroupCommit.durable), so that the sends
-        need not wait for the fsync. Into `started`, if given: (network, row id) of each room's
-        first new send, bot commands aside (bridge/pacing.py waits for their answers)."""
+        need not wait for the fsync. Into `started`, if given: (network, room, row id) of each
+        room's first new send, bot commands aside (bridge/pacing.py waits for their answers)."""
         if events and all(self.is_echo(event, network_id) for event in events):
             # Only what the bridge itself just sent (its ghosts' messages, their joins): the
             # homeserver pushes those back, one transaction each. Nothing is to be done about
@@ -96,7 +96,7 @@ class Inbound:
         return queued
 
     def _wake(self, targets: Mapping[str, Mapping[str, Sequence[OutboxItem] | None]],
-              started: list[tuple[str, int]] | None = None) -> bool:
+              started: list[tuple[str, str, int]] | None = None) -> bool:
         """Wake the targets' workers; whether every one of them was busy already."""
         busy = True
         for target, rooms in targets.items():
@@ -104,7 +104,8 @@ class Inbound:
             if started is not None:
                 # A room's rows go in order: its first one's answer means that what was queued
                 # there before is done too, and the rest follow without a push to wait for.
-                started.extend((target, items[0].id) for items in rooms.values()
+                started.extend((target, room_id, items[0].id)
+                               for room_id, items in rooms.items()
                                if items and items[0].action.kind != BotTask.kind)
         return busy
 

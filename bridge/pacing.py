@@ -14,10 +14,14 @@ The wait is for the first new send of each room the push wrote to: a room's send
 order, so its answer means that what was queued there before is done too. Under a flood the
 targets thus hold about one transaction's worth of sends, and the homeserver's transactions
 grow to match what the targets take; at a conversation's pace a push waits one round trip.
-The wait is bounded (MOST); it is not taken for a homeserver known to be down, nor for bot
-commands (a command's work may take a while, and nothing in it gathers messages). An answer is
-the first try's, success or failure: a send retried with backoff does not hold the push.
-Durability is untouched: the writes were on disk before the wait began.
+It is bounded (MOST), and not taken where the send will not be tried soon: a homeserver known
+to be down, a room waiting to retry a send (429, a 5xx, a file whose source is busy) or with a
+backlog read a page at a time; a hold waiting for such a room when it comes to that is let
+go at once. Nor is it taken for bot commands (a command's work may take a while, and nothing
+in it gathers messages). An answer is the first try's, success or failure. The whole
+transaction waits (the homeserver sends one at a time), other rooms' messages in it too: so
+the wait is only for sends about to be answered. Durability is untouched: the writes were on
+disk before the wait began.
 """
 
 from __future__ import annotations
@@ -27,27 +31,27 @@ from collections.abc import Callable, Iterable
 import trio
 
 # Seconds a push's answer waits at most for its sends' first answers. Synapse answers a send in
-# 10-50 ms on these machines. It is what a message may wait while a room it goes to has a
-# backlog (after an outage): short beside that backlog's own delay, long enough for a flood's
-# transactions to grow to hundreds of events.
+# 20-50 ms on these machines; this is for one that hangs (the client gives up after 60 s), or
+# sits behind a slow one: long enough for a flood's transactions to grow to many events.
 MOST = 1.0
 
 
 class Hold:
-    """The sends (outbox row ids) one push waits for."""
+    """The sends one push waits for: outbox row id -> (network, room)."""
 
     __slots__ = ("event", "rows")
 
-    def __init__(self, rows: set[int]) -> None:
+    def __init__(self, rows: dict[int, tuple[str, str]]) -> None:
         self.rows = rows
         self.event = trio.Event()
 
 
 class Pacing:
     def __init__(
-        self, reachable: Callable[[str], bool] = lambda network: True, most: float = MOST
+        self, ready: Callable[[str, str], bool] = lambda network, room: True, most: float = MOST
     ) -> None:
-        self.reachable = reachable  # a network whose homeserver is known down holds nothing
+        # Whether a new send into (network, room) will be tried soon (see above).
+        self.ready = ready
         self.most = most
         self._holds: dict[int, Hold] = {}  # row id -> the hold waiting for its first answer
 
@@ -55,10 +59,11 @@ class Pacing:
     def waiting(self) -> bool:
         return bool(self._holds)
 
-    def hold(self, rows: Iterable[tuple[str, int]]) -> Hold | None:
-        """Note the sends, as (network, row id), a push just handed to idle workers. Called
-        before any await after the handing, so that no send can have been answered yet."""
-        kept = {row for network, row in rows if self.reachable(network)}
+    def hold(self, sends: Iterable[tuple[str, str, int]]) -> Hold | None:
+        """Note the sends, as (network, room, row id), a push just handed to the workers.
+        Called before any await after the handing, so that no send can have been answered."""
+        kept = {row: (network, room) for network, room, row in sends
+                if self.ready(network, room)}
         if not kept:
             return None
         hold = Hold(kept)
@@ -70,9 +75,17 @@ class Pacing:
         """The first try of the send of outbox row `row` has its answer (or ended without one)."""
         hold = self._holds.pop(row, None)
         if hold is not None:
-            hold.rows.discard(row)
+            del hold.rows[row]
             if not hold.rows:
                 hold.event.set()
+
+    def release(self, network: str, room: str | None = None) -> None:
+        """Sends into `room` (or into any room of `network`) will not be tried soon after all
+        (a retry's backoff, the homeserver silent): wait no more for them."""
+        for row, hold in list(self._holds.items()):
+            where = hold.rows.get(row)
+            if where is not None and where[0] == network and room in (None, where[1]):
+                self.tried(row)
 
     async def wait(self, hold: Hold) -> None:
         """Return once every send of `hold` has had its first answer, or after `most` s."""

@@ -156,7 +156,7 @@ class Reconciler:
     async def push(self, network: str, txn_id: str, body: bytes, events: list[Any]) -> None:
         """Take in a pushed transaction, reconciling its rooms first while `network` is suspect."""
         started = trio.current_time()
-        sends: list[tuple[str, int]] | None = [] if self.pacing is not None else None
+        sends: list[tuple[str, str, int]] | None = [] if self.pacing is not None else None
         async with promptly(self._locks[network]):  # free but for sweeps: one push in flight
             self._check_sequence(network, txn_id)
             rooms = _rooms_of(events)
@@ -176,9 +176,10 @@ class Reconciler:
             if taken is not Taken.NOTHING and self.commits is not None:
                 # Answered only once on disk. If sends are leaving now, the commit waits for
                 # them to be on the wire; if they queue behind others, it has nothing to wait
-                # for, and an early answer lets the homeserver push the next transaction. The
-                # lock is held until then, so that a retry of this transaction cannot be taken
-                # for one already seen on the strength of writes not yet on disk.
+                # for (and without pacing, an early answer lets the homeserver push the next
+                # transaction sooner). The lock is held until then, so that a retry of this
+                # transaction cannot be taken for one already seen on the strength of writes
+                # not yet on disk.
                 try:
                     await self.commits.durable(after_sends=taken is Taken.SENDING)
                 except BaseException:

@@ -112,7 +112,7 @@ class FakeHomeserver(httpx.AsyncBaseTransport):
         if outcome == "slow":
             await trio.sleep(3)  # a slow homeserver (virtual time in tests)
         if self.send_delay:
-            await trio.sleep(self.send_delay)
+            await trio.sleep(self.send_delay)  # a refusal takes as long as an acceptance
         if isinstance(outcome, httpx.Response):
             return outcome
         room_id = parts[parts.index("rooms") + 1]

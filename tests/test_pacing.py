@@ -20,17 +20,20 @@ import pytest
 import trio
 
 from bridge.commits import GroupCommit
+from bridge.core.actions import BotTask
 from bridge.core.ghosts import derive_key
-from bridge.delivery import DeliveryWorker
+from bridge.delivery import PAGE, DeliveryWorker
 from bridge.inbound import Inbound
 from bridge.matrix.client import Homeserver
 from bridge.metrics import Metrics
 from bridge.pacing import MOST, Pacing
 from bridge.reconcile import Reconciler
-from bridge.store import Store
+from bridge.store import Store, StoreError
 
 from .fakehs import FakeHomeserver, error
 from .rigs import until
+from .test_commits import FailingCommits
+from .test_delivery import message
 from .test_reconcile import IG, ROOM, WA, text
 
 NETWORKS = {"wa": WA, "ig": IG}
@@ -64,6 +67,11 @@ class Rig:
             return int(conn.execute("SELECT COUNT(*) FROM outbox").fetchone()[0])
 
 
+async def slow_bot(task: BotTask) -> None:
+    """A command whose work takes a while (a `link` making rooms on a busy homeserver)."""
+    await trio.sleep(5)
+
+
 @pytest.fixture
 async def rig(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterator[Rig]:
     paced = getattr(request, "param", True)
@@ -72,7 +80,7 @@ async def rig(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterator[R
     store.sync_config_portals([{"wa": ROOM, "ig": IG_ROOM}])
     fakes = {"wa": FakeHomeserver("wa.test"), "ig": FakeHomeserver("ig.test")}
     workers: dict[str, DeliveryWorker] = {}
-    pacing = Pacing(reachable=lambda n: workers[n].reachable) if paced else None
+    pacing = Pacing(ready=lambda n, room: workers[n].may_hold(room)) if paced else None
     async with (
         httpx.AsyncClient(transport=fakes["wa"], base_url="http://wa") as wa_http,
         httpx.AsyncClient(transport=fakes["ig"], base_url="http://ig") as ig_http,
@@ -92,7 +100,7 @@ async def rig(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterator[R
             workers[net_id] = DeliveryWorker(
                 net, homeservers, NETWORKS, store, key,
                 wake=lambda n: workers[n].wake(), jitter=lambda: 0.999, metrics=Metrics(),
-                pacing=pacing)
+                pacing=pacing, bot=slow_bot)
             await nursery.start(workers[net_id].run)
         yield Rig(path, store, fakes["ig"], reconciler, workers, pacing)
         nursery.cancel_scope.cancel()
@@ -198,11 +206,105 @@ async def test_echoes_and_pushes_that_send_nothing_are_not_held(
 
 
 
+
+async def test_a_room_waiting_to_retry_holds_no_answer(
+    rig: Rig, autojump_clock: trio.testing.MockClock
+) -> None:
+    # ig throttles the first send for a minute: a later push into the room is answered at once
+    # (its send waits behind the retry), and so is one that was waiting when the refusal came.
+    rig.ig.send_delay = 0.3
+    throttled = error(429, "M_LIMIT_EXCEEDED", retry_after_ms=60_000)
+    rig.ig.fault = lambda n: throttled if n == 1 else None
+    took: dict[int, float] = {}
+
+    async def push(n: int) -> None:
+        took[n] = await rig.push(n)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(push, 1)
+        await trio.sleep(0.1)  # m2 comes while m1's first try is on its way
+        nursery.start_soon(push, 2)
+    assert took[1] == pytest.approx(0.3, abs=0.05)  # the refusal is m1's answer
+    assert took[2] == pytest.approx(0.2, abs=0.05)  # let go with it, not after MOST
+    assert await rig.push(3) < 0.05  # pushed during the retry's wait: not held
+    assert rig.relayed() == []
+    await until(lambda: rig.relayed() == ["m1", "m2", "m3"], within=120)
+
+
+
+async def test_a_room_working_through_a_backlog_holds_no_answer(
+    rig: Rig, autojump_clock: trio.testing.MockClock
+) -> None:
+    # After an outage, say: a new message waits its turn behind the backlog whatever wa does,
+    # and holding wa's transaction for it would only slow the messages of other rooms.
+    rig.ig.send_delay = 0.1
+    with rig.store.transaction():
+        rig.store.enqueue([message(f"old {n}") for n in range(PAGE + 10)])
+    rig.workers["ig"].wake()  # its drain reads the room a page at a time
+    await until(lambda: rig.relayed(), within=5)
+    assert await rig.push(1) < 0.05
+    await until(lambda: rig.relayed()[-1:] == ["m1"], within=60)
+
+
+async def test_a_send_that_fails_unexpectedly_frees_the_answer(
+    rig: Rig, autojump_clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def broken(item: Any) -> None:
+        raise RuntimeError("a bug of ours")
+
+    monkeypatch.setattr(rig.workers["ig"], "_perform", broken)
+    assert await rig.push(1) < 0.05  # the failure is its answer (its sender is told)
+
+
+async def test_a_message_redacted_before_it_went_out_frees_the_push_that_waits_for_it(
+    rig: Rig, autojump_clock: trio.testing.MockClock
+) -> None:
+    rig.ig.send_delay = 0.3
+    took: dict[int, float] = {}
+
+    async def push(n: int) -> None:
+        took[n] = await rig.push(n)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(push, 1)
+        await trio.sleep(0.1)
+        nursery.start_soon(push, 2)  # m2 waits behind m1
+        await trio.sleep(0.05)
+        rig.txn += 1
+        redaction = {"type": "m.room.redaction", "event_id": "$r2", "room_id": ROOM,
+                     "sender": "@+15551234567:wa.test", "redacts": "$e2", "content": {}}
+        await rig.reconciler.push("wa", str(rig.txn), b"redaction", [redaction])
+    assert took[2] == pytest.approx(0.2, abs=0.05)  # when the drain came to m2 and dropped it
+    assert rig.relayed() == ["m1"]
+
+
+async def test_a_push_whose_commit_fails_leaves_nothing_waiting(
+    rig: Rig, autojump_clock: trio.testing.MockClock
+) -> None:
+    rig.ig.fault = lambda n: "hang" if n == 1 else None  # its send is never answered
+    real = rig.store.conn
+    rig.store.conn = FailingCommits(real)  # type: ignore[assignment]
+    with pytest.raises(StoreError):
+        await rig.push(1)  # answered 500: the homeserver pushes it again
+    rig.store.conn = real
+    assert rig.pacing is not None and not rig.pacing.waiting
+
+
+async def test_a_bot_command_does_not_hold_the_answer(
+    rig: Rig, autojump_clock: trio.testing.MockClock
+) -> None:
+    rig.txn += 1
+    command = text(1) | {"content": {"msgtype": "m.text", "body": "!tb ping"}}
+    started = trio.current_time()
+    await rig.reconciler.push("wa", str(rig.txn), b"command", [command])
+    assert trio.current_time() - started < 0.05  # the bot's 5 s of work not waited for
+
+
 async def test_a_hold_answered_in_part_ends_at_most_and_forgets_the_rest(
     autojump_clock: trio.testing.MockClock
 ) -> None:
     pacing = Pacing()
-    hold = pacing.hold([("ig", 1), ("ig", 2)])
+    hold = pacing.hold([("ig", IG_ROOM, 1), ("ig", IG_ROOM, 2)])
     assert hold is not None and pacing.waiting
     pacing.tried(1)  # one of two answered
     started = trio.current_time()

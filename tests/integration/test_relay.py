@@ -136,6 +136,10 @@ async def test_a_push_is_answered_once_the_other_networks_took_its_message(
     # Pacing (bridge/pacing.py): Synapse hears back only once ig and fbm have the message, so
     # that what its users say meanwhile comes to the bridge in one transaction.
     people, rooms = await three_way(cast, daemon, ("Alice", "Bob", "Carol"))
+    # Alice's ghosts made and in the rooms first: the wait is then for one send each.
+    await people["wa"].send_text(rooms["wa"], "warming up")
+    for net_id in ("ig", "fbm"):
+        await people[net_id].wait_for(rooms[net_id], has_body("warming up"))
     text = f"answered after {secrets.token_hex(3)}"
     event = {
         "type": "m.room.message",
