@@ -39,6 +39,8 @@ except ImportError:  # pragma: no cover - a trio that moved it
 
 from bridge.store import Store, StoreError
 
+__all__ = ["MAX_WAIT", "RECORDS_WAIT", "GroupCommit", "wait_all_tasks_blocked"]
+
 log = logging.getLogger(__name__)
 
 # Seconds that delivery records may wait for a push's commit before they are committed alone.

@@ -4,7 +4,8 @@ Start-up order matters (../shared/notes/synapse.md): the listener must be up bef
 rooms or pings a homeserver, since both make the homeserver call us back. READY=1 goes out once
 the store is migrated, the listener is up and each homeserver was pinged (or failed to answer).
 
-Stopping (SIGTERM, SIGINT): STOPPING=1, the listener closes (a transaction not yet answered is
+Stopping (SIGTERM, SIGINT): STOPPING=1, pushes held for their sends' answers are answered (they
+are on disk), the listener closes (a transaction not yet answered is
 pushed again by its homeserver later), the workers start nothing new, sends in flight get up to
 DRAIN_SECONDS to finish and commit, then everything is cancelled. Reloading (SIGHUP): the whole
 file is validated; a broken one changes nothing; a valid one applies its portals and log level,
@@ -29,7 +30,7 @@ from pathlib import Path
 import trio
 
 from bridge.bot import Bot
-from bridge.commits import GroupCommit
+from bridge.commits import GroupCommit, wait_all_tasks_blocked
 from bridge.config import Config, ConfigError, NetworkConfig, load_config
 from bridge.core.ghosts import derive_key
 from bridge.core.model import Portal
@@ -55,6 +56,8 @@ log = logging.getLogger(__name__)
 PORTAL_STATE = "org.tribridge.portal"
 SETUP_TIMEOUT = 20.0  # seconds one homeserver may take to answer the start-up calls
 DRAIN_SECONDS = 10.0  # how long sends in flight may take to finish when stopping
+# How long pushes held for their sends' answers (bridge/pacing.py) get to be answered at a stop.
+STOP_ANSWERS_SECONDS = 0.5
 
 
 class Bridge:
@@ -184,6 +187,11 @@ class Bridge:
                     log.info("ready: %d portals", len(store.portals()))
                     task_status.started()
                     await self.stop_requested.wait()
+                    # Pushes waiting for their sends are on disk: answered before the listener
+                    # closes, a moment at most (bridge/pacing.py).
+                    pacing.stop()
+                    with trio.move_on_after(STOP_ANSWERS_SECONDS):
+                        await wait_all_tasks_blocked()
                     server.cancel()
                     observed.cancel()
                     for worker in workers.values():

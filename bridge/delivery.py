@@ -181,6 +181,7 @@ class DeliveryWorker:
                             known.extend(written)
                         else:  # not handed, or a backlog: read a page at a time, memory flat
                             del self._known[room_id]
+                            self._paging.add(room_id)  # a push does not wait behind it
                     parked = self._parked.pop(room_id, None)
                     if parked is not None:
                         parked.event.set()  # its drain takes the rows handed, or reads

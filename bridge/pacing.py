@@ -16,8 +16,9 @@ targets thus hold about one transaction's worth of sends, and the homeserver's t
 grow to match what the targets take; at a conversation's pace a push waits one round trip.
 It is bounded (MOST), and not taken where the send will not be tried soon: a homeserver known
 to be down, a room waiting to retry a send (429, a 5xx, a file whose source is busy) or with a
-backlog read a page at a time; a hold waiting for such a room when it comes to that is let
-go at once. Nor is it taken for bot commands (a command's work may take a while, and nothing
+backlog read a page at a time; a hold waiting for a room that starts to wait for a retry, or
+for a homeserver that falls silent, is let go at once. (At a backlog's last page, under
+PAGE rows, a push may wait the whole MOST.) Nor is it taken for bot commands (a command's work may take a while, and nothing
 in it gathers messages). An answer is the first try's, success or failure. The whole
 transaction waits (the homeserver sends one at a time), other rooms' messages in it too: so
 the wait is only for sends about to be answered. Durability is untouched: the writes were on
@@ -54,6 +55,7 @@ class Pacing:
         self.ready = ready
         self.most = most
         self._holds: dict[int, Hold] = {}  # row id -> the hold waiting for its first answer
+        self._stopped = False
 
     @property
     def waiting(self) -> bool:
@@ -64,7 +66,7 @@ class Pacing:
         Called before any await after the handing, so that no send can have been answered."""
         kept = {row: (network, room) for network, room, row in sends
                 if self.ready(network, room)}
-        if not kept:
+        if not kept or self._stopped:
             return None
         hold = Hold(kept)
         for row in kept:
@@ -86,6 +88,15 @@ class Pacing:
             where = hold.rows.get(row)
             if where is not None and where[0] == network and room in (None, where[1]):
                 self.tried(row)
+
+    def stop(self) -> None:
+        """The daemon stops: answer every push now (each is on disk already), and hold no
+        more. A push left unanswered by a stop is pushed again after the next start, and a
+        homeserver that marks the bridge down meanwhile may hold back what comes after it
+        (../shared/notes/synapse.md)."""
+        self._stopped = True
+        for hold in list(self._holds.values()):
+            hold.event.set()
 
     async def wait(self, hold: Hold) -> None:
         """Return once every send of `hold` has had its first answer, or after `most` s."""

@@ -38,6 +38,7 @@ from .test_reconcile import IG, ROOM, WA, text
 
 NETWORKS = {"wa": WA, "ig": IG}
 IG_ROOM = "!ig-room"
+WA_TWO, IG_TWO = "!wa-two", "!ig-two"  # a second portal
 
 
 @dataclass
@@ -50,10 +51,13 @@ class Rig:
     pacing: Pacing | None
     txn: int = 0
 
-    async def push(self, *numbers: int) -> float:
-        """wa pushes messages `numbers` in one transaction; the seconds until it is answered."""
+    async def push(self, *numbers: int, rooms: tuple[str, ...] = ()) -> float:
+        """wa pushes messages `numbers` in one transaction (into `rooms`, one each, or all into
+        the first portal's); the seconds until it is answered."""
         self.txn += 1
         events = [text(n) for n in numbers]
+        for event, room in zip(events, rooms, strict=False):
+            event["room_id"] = room
         started = trio.current_time()
         await self.reconciler.push("wa", str(self.txn), f"{self.txn}".encode(), events)
         return trio.current_time() - started
@@ -77,7 +81,7 @@ async def rig(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterator[R
     paced = getattr(request, "param", True)
     path = tmp_path / "t.db"
     store = Store(path)  # durability as the daemon's default: answered means on disk
-    store.sync_config_portals([{"wa": ROOM, "ig": IG_ROOM}])
+    store.sync_config_portals([{"wa": ROOM, "ig": IG_ROOM}, {"wa": WA_TWO, "ig": IG_TWO}])
     fakes = {"wa": FakeHomeserver("wa.test"), "ig": FakeHomeserver("ig.test")}
     workers: dict[str, DeliveryWorker] = {}
     pacing = Pacing(ready=lambda n, room: workers[n].may_hold(room)) if paced else None
@@ -195,14 +199,15 @@ async def test_echoes_and_pushes_that_send_nothing_are_not_held(
     rig: Rig, autojump_clock: trio.testing.MockClock
 ) -> None:
     rig.ig.send_delay = 0.3
-    echo: dict[str, Any] = text(9) | {"sender": "@_tb_ig_aaaaaaaaaaaaaaaa:wa.test"}
+    await rig.push(1, 2)  # the bridge is sending a burst into ig
+    echo = {"type": "m.room.message", "event_id": "$echo", "room_id": IG_ROOM,
+            "sender": "@_tb_wa_aaaaaaaaaaaaaaaa:ig.test", "content": {"body": "m1"}}
     rig.txn += 1
     started = trio.current_time()
-    await rig.reconciler.push("wa", str(rig.txn), b"echo", [echo])
-    assert trio.current_time() - started < 0.1
-    await rig.push(1)
+    await rig.reconciler.push("ig", str(rig.txn), b"echo", [echo])  # m1 pushed back by ig
+    assert trio.current_time() - started < 0.05
     took = await rig.push(1)  # the same event again: taken in before, nothing to send
-    assert took < 0.1 and rig.relayed() == ["m1"]
+    assert took < 0.05
 
 
 
@@ -229,6 +234,7 @@ async def test_a_room_waiting_to_retry_holds_no_answer(
     assert await rig.push(3) < 0.05  # pushed during the retry's wait: not held
     assert rig.relayed() == []
     await until(lambda: rig.relayed() == ["m1", "m2", "m3"], within=120)
+    assert 0.29 < await rig.push(4) < MOST  # the room goes again: held again
 
 
 
@@ -244,6 +250,27 @@ async def test_a_room_working_through_a_backlog_holds_no_answer(
     await until(lambda: rig.relayed(), within=5)
     assert await rig.push(1) < 0.05
     await until(lambda: rig.relayed()[-1:] == ["m1"], within=60)
+    assert 0.09 < await rig.push(2) < MOST  # the backlog done: held again
+
+
+async def test_a_push_that_overflows_what_a_drain_holds_is_not_held_behind_it(
+    rig: Rig, autojump_clock: trio.testing.MockClock
+) -> None:
+    rig.ig.send_delay = 0.1
+    await rig.push(1)  # the room's drain now knows its queue, and is handed what comes
+    assert await rig.push(*range(2, PAGE + 3)) < 0.05  # more than a page: read as a backlog
+    await until(lambda: len(rig.relayed()) == PAGE + 2, within=120)
+
+
+async def test_a_homeserver_falling_silent_lets_go_of_the_pushes_that_wait_for_it(
+    rig: Rig, autojump_clock: trio.testing.MockClock
+) -> None:
+    # One room's send hangs, the other's finds no homeserver behind ig's proxy: ig is being
+    # probed from then on, and the push waits no more for the hung one.
+    rig.ig.fault = lambda n: "hang" if n == 1 else httpx.Response(502) if n == 2 else None
+    took = await rig.push(1, 2, rooms=(ROOM, WA_TWO))
+    assert took < 0.1
+    assert not rig.workers["ig"].reachable
 
 
 async def test_a_send_that_fails_unexpectedly_frees_the_answer(
@@ -298,6 +325,28 @@ async def test_a_bot_command_does_not_hold_the_answer(
     started = trio.current_time()
     await rig.reconciler.push("wa", str(rig.txn), b"command", [command])
     assert trio.current_time() - started < 0.05  # the bot's 5 s of work not waited for
+
+
+
+async def test_a_stop_answers_the_pushes_that_wait_and_holds_no_more(
+    rig: Rig, autojump_clock: trio.testing.MockClock
+) -> None:
+    # Left unanswered by a stop, a push is pushed again after the next start, and Synapse,
+    # marking the bridge down meanwhile, may hold back what comes after it.
+    rig.ig.send_delay = 5.0
+    took: list[float] = []
+
+    async def push() -> None:
+        took.append(await rig.push(1))
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(push)
+        await until(lambda: rig.pacing is not None and rig.pacing.waiting, within=1)
+        await trio.sleep(0.1)
+        assert rig.pacing is not None
+        rig.pacing.stop()
+    assert took == [pytest.approx(0.1, abs=0.01)] and rig.on_disk() == 1
+    assert await rig.push(2) < 0.05  # stopping: not held
 
 
 async def test_a_hold_answered_in_part_ends_at_most_and_forgets_the_rest(
