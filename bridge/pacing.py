@@ -17,12 +17,12 @@ grow to match what the targets take; at a conversation's pace a push waits one r
 It is bounded (MOST), and not taken where the send will not be tried soon: a homeserver known
 to be down, a room waiting to retry a send (429, a 5xx, a file whose source is busy) or with a
 backlog read a page at a time; a hold waiting for a room that starts to wait for a retry, or
-for a homeserver that falls silent, is let go at once. (At a backlog's last page, under
-PAGE rows, a push may wait the whole MOST.) Nor is it taken for bot commands (a command's work may take a while, and nothing
-in it gathers messages). An answer is the first try's, success or failure. The whole
-transaction waits (the homeserver sends one at a time), other rooms' messages in it too: so
-the wait is only for sends about to be answered. Durability is untouched: the writes were on
-disk before the wait began.
+for a homeserver that falls silent, is let go at once. (At a backlog's last page, under PAGE
+rows, a push may wait the whole MOST.) Nor is it taken for bot commands (a command's work may
+take a while, and nothing in it gathers messages). An answer is the first try's, success or
+failure. The whole transaction waits (the homeserver sends one at a time), other rooms'
+messages in it too: so the wait is only for sends about to be answered. Durability is
+untouched: the writes were on disk before the wait began.
 """
 
 from __future__ import annotations
