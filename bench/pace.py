@@ -93,8 +93,9 @@ async def measure(fake: Fake, pid: int, messages: int, tag: str,
     finally:
         fake.answer_delay, fake.echo = 0.0, False
     out["as Synapse"] = synapse["cpu_ms_per_send"]
-    # The floor answers a push once its sends are answered (20 ms later), so it falls behind
-    # the pace; tribridge answers once the push is on disk.
+    # The floor answers a push once its sends are answered (20 ms later, one after the
+    # other), so it falls behind the pace; tribridge once its rooms' first sends are answered
+    # (bridge/pacing.py: the two at once, 20 ms), which keeps the pace.
     out["as Synapse: messages/s"] = synapse["sends_per_s"] / 2
     out["echo pushes per message"] = (fake.echoes - echoes) / messages
     out["echo push, back to back (µs)"] = await echo_pushes(fake, pid, messages * 4, tag)
