@@ -108,17 +108,22 @@ async def test_twenty_quick_messages_arrive_in_order(cast: Cast, daemon: Daemon)
         assert bodies_from(events, "@_tb_wa_") == sent
 
 
-async def test_a_transaction_pushed_twice_relays_once(cast: Cast, daemon: Daemon) -> None:
-    people, rooms = await three_way(cast, daemon, ("Alice", "Bob", "Carol"))
-    text = f"pushed twice {secrets.token_hex(3)}"
-    event = {
+def pushed_text(sender: Person, room_id: str, text: str) -> dict[str, Any]:
+    """A message by `sender`, as its homeserver would push it (the test pushes it itself)."""
+    return {
         "type": "m.room.message",
         "event_id": f"$fake-{secrets.token_hex(8)}",
-        "room_id": rooms["wa"],
-        "sender": people["wa"].user_id,
+        "room_id": room_id,
+        "sender": sender.user_id,
         "content": {"msgtype": "m.text", "body": text},
         "origin_server_ts": 1,
     }
+
+
+async def test_a_transaction_pushed_twice_relays_once(cast: Cast, daemon: Daemon) -> None:
+    people, rooms = await three_way(cast, daemon, ("Alice", "Bob", "Carol"))
+    text = f"pushed twice {secrets.token_hex(3)}"
+    event = pushed_text(people["wa"], rooms["wa"], text)
     for _ in range(3):
         assert (await daemon.push("wa", "777", {"events": [event]})).status_code == 200
     # The same event in another transaction id, as after a Synapse restart.
@@ -141,14 +146,7 @@ async def test_a_push_is_answered_once_the_other_networks_took_its_message(
     for net_id in ("ig", "fbm"):
         await people[net_id].wait_for(rooms[net_id], has_body("warming up"))
     text = f"answered after {secrets.token_hex(3)}"
-    event = {
-        "type": "m.room.message",
-        "event_id": f"$fake-{secrets.token_hex(8)}",
-        "room_id": rooms["wa"],
-        "sender": people["wa"].user_id,
-        "content": {"msgtype": "m.text", "body": text},
-        "origin_server_ts": 1,
-    }
+    event = pushed_text(people["wa"], rooms["wa"], text)
     assert (await daemon.push("wa", "778", {"events": [event]})).status_code == 200
     for net_id in ("ig", "fbm"):  # read at once, not waited for
         texts = [body for _, body in await people[net_id].texts(rooms[net_id])]
