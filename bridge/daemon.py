@@ -56,6 +56,9 @@ log = logging.getLogger(__name__)
 PORTAL_STATE = "org.tribridge.portal"
 SETUP_TIMEOUT = 20.0  # seconds one homeserver may take to answer the start-up calls
 DRAIN_SECONDS = 10.0  # how long sends in flight may take to finish when stopping
+# The start-up ping is asked again after a failure to connect (PING_PAUSE s, then twice that).
+PING_TRIES = 3
+PING_PAUSE = 1.0
 # How long pushes held for their sends' answers (bridge/pacing.py) get to be answered at a stop.
 STOP_ANSWERS_SECONDS = 0.5
 
@@ -447,12 +450,25 @@ async def _setup_network(
     # joins took, it is sent (without it Synapse may hold the backlog for minutes).
     reconciler.suspect(net.id)
     with trio.move_on_after(SETUP_TIMEOUT) as pinging:
-        try:
-            took = await hs.ping_appservice(net.appservice_id, f"tribridge-start-{uuid.uuid4()}")
-            log.info("%s answered the start-up ping (%d ms round trip)", where, took)
-        except HomeserverError as exc:
-            log.warning("start-up ping of %s failed: %s%s", where, exc, _ping_advice(exc, net))
-            _silent(exc, net, reconciler)
+        for attempt in range(1, PING_TRIES + 1):
+            try:
+                took = await hs.ping_appservice(net.appservice_id,
+                                                f"tribridge-start-{uuid.uuid4()}")
+                log.info("%s answered the start-up ping (%d ms round trip)", where, took)
+                break
+            except HomeserverError as exc:
+                if attempt < PING_TRIES and exc.status == 502 and (
+                        exc.errcode == "M_CONNECTION_FAILED"):
+                    # Synapse failing to reach us right after a restart: seen when a connection
+                    # it kept to the process that died is reused ("AlreadyCalled"). Without a
+                    # ping that gets through it holds its backlog for its own backoff, minutes.
+                    log.info("start-up ping of %s failed (%s); asking again", where, exc)
+                    await trio.sleep(PING_PAUSE * attempt)
+                    continue
+                log.warning("start-up ping of %s failed: %s%s", where, exc,
+                            _ping_advice(exc, net))
+                _silent(exc, net, reconciler)
+                break
     if pinging.cancelled_caught:
         log.warning("%s did not answer the start-up ping in %.0f s", where, SETUP_TIMEOUT)
         reconciler.unreachable(net.id)
