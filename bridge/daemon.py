@@ -448,9 +448,10 @@ async def _setup_network(
     # from here: registering and joining can take longer than the window itself, which must
     # cover the pushes the ping sets off. The ping has a deadline of its own: however long the
     # joins took, it is sent (without it Synapse may hold the backlog for minutes).
-    reconciler.suspect(net.id)
+    failed: HomeserverError | None = None  # the last ping's failure, while asking again
     with trio.move_on_after(SETUP_TIMEOUT) as pinging:
         for attempt in range(1, PING_TRIES + 1):
+            reconciler.suspect(net.id)  # counted from the ping that sets the backlog off
             try:
                 took = await hs.ping_appservice(net.appservice_id,
                                                 f"tribridge-start-{uuid.uuid4()}")
@@ -463,13 +464,16 @@ async def _setup_network(
                     # it kept to the process that died is reused ("AlreadyCalled"). Without a
                     # ping that gets through it holds its backlog for its own backoff, minutes.
                     log.info("start-up ping of %s failed (%s); asking again", where, exc)
+                    failed = exc
                     await trio.sleep(PING_PAUSE * attempt)
                     continue
                 log.warning("start-up ping of %s failed: %s%s", where, exc,
                             _ping_advice(exc, net))
                 _silent(exc, net, reconciler)
                 break
-    if pinging.cancelled_caught:
+    if pinging.cancelled_caught and failed is not None:  # out of time while asking again
+        log.warning("start-up ping of %s failed: %s%s", where, failed, _ping_advice(failed, net))
+    elif pinging.cancelled_caught:
         log.warning("%s did not answer the start-up ping in %.0f s", where, SETUP_TIMEOUT)
         reconciler.unreachable(net.id)
 

@@ -109,3 +109,14 @@ async def test_a_refused_ping_is_not_asked_again(
     _, pings = await start(tmp_path, lambda n: httpx.Response(403, json=refused))
     assert pings == 1
     assert "start-up ping of WhatsApp" in caplog.text
+
+
+async def test_a_ping_that_reached_the_bridge_and_was_refused_is_not_asked_again(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Synapse reached the bridge, which answered with an error (its hs_token differs from the
+    # registration's): only the admin mends that.
+    bad = {"errcode": "M_BAD_STATUS", "error": "HTTP 403 Forbidden", "status": 403}
+    _, pings = await start(tmp_path, lambda n: httpx.Response(502, json=bad))
+    assert pings == 1
+    assert "start-up ping of WhatsApp" in caplog.text
