@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from collections.abc import Mapping
 from contextlib import AsyncExitStack
 from pathlib import Path
 from urllib.parse import unquote
@@ -12,7 +13,7 @@ import httpx
 import pytest
 import trio
 
-from bridge.config import BridgeSettings, load_config
+from bridge.config import BridgeSettings, Config, load_config
 from bridge.core.ghosts import derive_key
 from bridge.daemon import Bridge, _needs_restart, _with_reloadable
 from bridge.inbound import Inbound
@@ -104,6 +105,23 @@ class RecordingHomeserver(FakeHomeserver):
         return [call for call in self.calls if call.endswith(suffix)]
 
 
+async def over_fakes(
+    stack: AsyncExitStack, config: Config, fakes: Mapping[str, FakeHomeserver], store: Store
+) -> tuple[dict[str, Homeserver], Reconciler]:
+    """Clients over `fakes` (closed with `stack`) and a reconciler on them, as Bridge.run makes
+    them (no delivery workers: what is queued stays queued)."""
+    homeservers = {
+        n: Homeserver(await stack.enter_async_context(
+            httpx.AsyncClient(transport=fake, base_url=f"http://{n}")
+        ), fake.server_name)
+        for n, fake in fakes.items()
+    }
+    networks = {n: net.network for n, net in config.networks.items()}
+    inbound = Inbound(store, networks, derive_key(config.bridge.secret),
+                      wake=lambda n, rooms: None)
+    return homeservers, Reconciler(store, homeservers, inbound, store.portals)
+
+
 class Systemd(Notifier):
     """What the bridge tells systemd, kept."""
 
@@ -131,16 +149,7 @@ async def test_a_reload_joins_new_rooms_and_neither_pings_nor_distrusts(
     root_level = logging.getLogger().level  # a reload sets the log level: restored after
     try:
         async with AsyncExitStack() as stack:
-            homeservers = {
-                n: Homeserver(await stack.enter_async_context(
-                    httpx.AsyncClient(transport=fake, base_url=f"http://{n}")
-                ), fake.server_name)
-                for n, fake in fakes.items()
-            }
-            networks = {n: net.network for n, net in config.networks.items()}
-            inbound = Inbound(store, networks, derive_key(config.bridge.secret),
-                              wake=lambda n, rooms: None)
-            reconciler = Reconciler(store, homeservers, inbound, store.portals)
+            homeservers, reconciler = await over_fakes(stack, config, fakes, store)
             async with trio.open_nursery() as nursery:
                 await nursery.start(reconciler.run)
                 # The start, as Bridge.run does it: every homeserver pinged, a window opened.

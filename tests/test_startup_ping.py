@@ -15,15 +15,11 @@ import pytest
 import trio
 
 from bridge.config import load_config
-from bridge.core.ghosts import derive_key
 from bridge.daemon import PING_PAUSE, PING_TRIES, Bridge
-from bridge.inbound import Inbound
-from bridge.matrix.client import Homeserver
-from bridge.reconcile import Reconciler
 from bridge.store import Store
 
 from .test_config import good_doc, write
-from .test_reload import RecordingHomeserver, Systemd
+from .test_reload import RecordingHomeserver, Systemd, over_fakes
 
 # What Synapse answered after a kill -9 of the bridge, its own connection to the dead process
 # failing (seen in tests/integration/test_faults.py's logs).
@@ -56,16 +52,7 @@ async def start(tmp_path: Path, ping: Callable[[int], httpx.Response | None],
     store = Store(tmp_path / "t.db", durability="process")
     try:
         async with AsyncExitStack() as stack:
-            homeservers = {
-                n: Homeserver(await stack.enter_async_context(
-                    httpx.AsyncClient(transport=fake, base_url=f"http://{n}")
-                ), fake.server_name)
-                for n, fake in fakes.items()
-            }
-            networks = {n: net.network for n, net in config.networks.items()}
-            inbound = Inbound(store, networks, derive_key(config.bridge.secret),
-                              wake=lambda n, rooms: None)
-            reconciler = Reconciler(store, homeservers, inbound, store.portals)
+            homeservers, reconciler = await over_fakes(stack, config, fakes, store)
             async with trio.open_nursery() as nursery:
                 await nursery.start(reconciler.run)
                 started = trio.current_time()
