@@ -452,7 +452,7 @@ class DeliveryWorker:
                 )
                 room_id = item.action.room_id
                 self._retrying.add(room_id)
-                if self.pacing is not None and self.pacing.waiting:
+                if self.pacing is not None:
                     self.pacing.release(self.network.id, room_id)  # nothing goes there soon
                 try:
                     if not await self._backoff(delay):
@@ -835,7 +835,7 @@ class DeliveryWorker:
         if self._probing or self._nursery is None:
             return
         self._probing = True
-        if self.pacing is not None and self.pacing.waiting:
+        if self.pacing is not None:
             self.pacing.release(self.network.id)  # nothing goes there until it answers
         proving = self._proving
         if not proving:  # a new outage; while proving, the same one goes on (told once)
