@@ -137,7 +137,8 @@ class Bridge:
                 inbound = Inbound(store, networks, key, wake=wake, rules=_rules(config))
                 self.inbound = inbound
                 commits = GroupCommit(store)
-                pacing = Pacing(ready=lambda n, room: workers[n].may_hold(room))
+                pacing = Pacing(ready=lambda n, room: workers[n].may_hold(room),
+                                reachable=lambda n: workers[n].reachable)
                 reconciler = Reconciler(store, homeservers, inbound, store.portals, metrics,
                                         commits,
                                         unreachable=lambda n: workers[n].noticed_unreachable(),

@@ -322,33 +322,43 @@ class DeliveryWorker:
                         break
                     continue
                 losses = self._losses
-                for item in items:
-                    if self._losses != losses:
-                        break  # records lost (see _lost): read the room again, in order
-                    cancelled = self._cancelled.get(room_id) if self._cancelled else None
-                    if cancelled and item.id in cancelled:
-                        # Done already, unsent. (Should the cancelling commit be lost, the row
-                        # is pending again, or its id taken by a new row: the next read brings
-                        # it back, and a read there must be.)
-                        cancelled.discard(item.id)
-                        self._tried(item.id)
-                        self._known.pop(room_id, None)
-                        continue
-                    if self._stop.is_set():
-                        return
-                    delivered = await self._deliver(item, losses)
-                    if delivered is None:
-                        break  # records lost meanwhile: read the room again, in order
-                    if not delivered:
-                        return
-                    done += 1
-                    if done % UNWAITED == 0:
-                        # Some actions need no request (the room left its portal, nothing to
-                        # redact) and so never wait: a backlog of them must not hold the whole
-                        # loop. Not after every action: a pass between a send's answer and the
-                        # next send lets pushes in first, and at full load they then outrun
-                        # the sends (30 ms of queueing at p50 when it was every action).
-                        await trio.lowlevel.checkpoint()
+                pacing = self.pacing
+                if pacing is not None:
+                    # Sending, from this batch's first row to its last (its backoffs aside):
+                    # echo pushes from this homeserver wait for that (bridge/pacing.py). Not
+                    # counted per send: between two of a room's sends it is not quiet.
+                    pacing.sending(self.network.id)
+                try:
+                    for item in items:
+                        if self._losses != losses:
+                            break  # records lost (see _lost): read the room again, in order
+                        cancelled = self._cancelled.get(room_id) if self._cancelled else None
+                        if cancelled and item.id in cancelled:
+                            # Done already, unsent. (Should the cancelling commit be lost, the
+                            # row is pending again, or its id taken by a new row: the next read
+                            # brings it back, and a read there must be.)
+                            cancelled.discard(item.id)
+                            self._tried(item.id)
+                            self._known.pop(room_id, None)
+                            continue
+                        if self._stop.is_set():
+                            return
+                        delivered = await self._deliver(item, losses)
+                        if delivered is None:
+                            break  # records lost meanwhile: read the room again, in order
+                        if not delivered:
+                            return
+                        done += 1
+                        if done % UNWAITED == 0:
+                            # Some actions need no request (the room left its portal, nothing
+                            # to redact) and so never wait: a backlog of them must not hold the
+                            # whole loop. Not after every action: a pass between a send's answer
+                            # and the next send lets pushes in first, and at full load they then
+                            # outrun the sends (30 ms of queueing at p50 when it was every one).
+                            await trio.lowlevel.checkpoint()
+                finally:
+                    if pacing is not None:
+                        pacing.sent(self.network.id)
         finally:
             self._active.discard(room_id)
             self._paging.discard(room_id)
@@ -452,13 +462,17 @@ class DeliveryWorker:
                 )
                 room_id = item.action.room_id
                 self._retrying.add(room_id)
-                if self.pacing is not None:
-                    self.pacing.release(self.network.id, room_id)  # nothing goes there soon
+                pacing = self.pacing
+                if pacing is not None:
+                    pacing.release(self.network.id, room_id)  # nothing goes there soon
+                    pacing.sent(self.network.id)  # nor, meanwhile, from this drain
                 try:
                     if not await self._backoff(delay):
                         return False
                 finally:
                     self._retrying.discard(room_id)
+                    if pacing is not None:
+                        pacing.sending(self.network.id)
             except Exception as exc:
                 # A bug of ours must not wedge the room behind one poisoned action; and its
                 # sender is told, as after a refusal.

@@ -30,7 +30,8 @@ log = logging.getLogger(__name__)
 class Taken(enum.Enum):
     """What taking in a pushed transaction did."""
 
-    NOTHING = "nothing written"  # echoes only, or a transaction taken in before
+    NOTHING = "nothing written"  # a transaction taken in before
+    ECHOES = "nothing written: echoes alone"  # the bridge's own sends, pushed back
     SENDING = "written; sends leave now"  # a woken worker was idle: its sends start at once
     QUEUED = "written; sends queue"  # every worker woken was busy (or none was woken)
 
@@ -65,7 +66,7 @@ class Inbound:
             # Only what the bridge itself just sent (its ghosts' messages, their joins): the
             # homeserver pushes those back, one transaction each. Nothing is to be done about
             # them, so nothing is written and no fsync is spent (a third of all pushes).
-            return Taken.NOTHING
+            return Taken.ECHOES
         digest = blake2b_hex(body, 16)
         if self.store.transaction_seen(network_id, txn_id, digest):
             log.debug("transaction %s from %s already taken in", txn_id, network_id)

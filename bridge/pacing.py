@@ -23,6 +23,16 @@ take a while, and nothing in it gathers messages). An answer is the first try's,
 failure. The whole transaction waits (the homeserver sends one at a time), other rooms'
 messages in it too: so the wait is only for sends about to be answered. Durability is
 untouched: the writes were on disk before the wait began.
+
+Echoes: a homeserver pushes the bridge its own sends back (its ghosts are the appservice's
+users), one transaction per send while the bridge answers at once: two of every three pushes
+against Synapse, each a request for nothing. A push of echoes alone is therefore answered once
+no send into its homeserver is under way (at most ECHO_MOST), so that the echoes of a burst's
+sends come back together. Not while the network is suspect (its pushes then may be a
+recovery's) nor when an echo is older than ECHO_FRESH_MS as its homeserver counts
+(`unsigned.age`): a homeserver behind with its pushes, such as Synapse's recoverer sending
+what it kept while the bridge was down one stored transaction at a time, is answered at once,
+or it would fall further behind with every held answer and never catch up.
 """
 
 from __future__ import annotations
@@ -35,6 +45,12 @@ import trio
 # 20-50 ms on these machines; this is for one that hangs (the client gives up after 60 s), or
 # sits behind a slow one: long enough for a flood's transactions to grow to many events.
 MOST = 1.0
+# Seconds a push of echoes alone waits at most for the sends into its homeserver: a quarter of a
+# second gathers a flood's echoes by the dozen, and delays the typing or receipts that share
+# its transaction by no more.
+ECHO_MOST = 0.25
+# An echo older than this (milliseconds, `unsigned.age`) shows a homeserver behind its pushes.
+ECHO_FRESH_MS = 500
 
 
 class Hold:
@@ -49,13 +65,21 @@ class Hold:
 
 class Pacing:
     def __init__(
-        self, ready: Callable[[str, str], bool] = lambda network, room: True, most: float = MOST
+        self, ready: Callable[[str, str], bool] = lambda network, room: True, most: float = MOST,
+        reachable: Callable[[str], bool] = lambda network: True,
     ) -> None:
         # Whether a new send into (network, room) will be tried soon (see above).
         self.ready = ready
+        # Whether a network's homeserver answers (not being probed): its sends under way are
+        # then not waited for by echoes, since they may hang.
+        self.reachable = reachable
         self.most = most
         self._holds: dict[int, Hold] = {}  # row id -> the hold waiting for its first answer
         self._stopped = False
+        self._sending: dict[str, int] = {}  # network -> sends under way into it
+        # network -> set when its sends are all answered (made only when an echo push waits)
+        self._idle: dict[str, trio.Event] = {}
+        self._released: dict[str, int] = {}  # network -> its release()s so far
 
     @property
     def waiting(self) -> bool:
@@ -88,6 +112,47 @@ class Pacing:
             where = hold.rows.get(row)
             if where is not None and where[0] == network and room in (None, where[1]):
                 self.tried(row)
+        if room is None:
+            # Its sends under way may hang: echoes wait no more for them.
+            self._released[network] = self._released.get(network, 0) + 1
+            self._wake_echoes(network)
+
+    # -- echoes --------------------------------------------------------------------------------
+
+    def sending(self, network: str) -> None:
+        """A drain begins sending into `network`: a batch of its room's actions, one after
+        another (DeliveryWorker._drain)."""
+        self._sending[network] = self._sending.get(network, 0) + 1
+
+    def sent(self, network: str) -> None:
+        """That drain is done with its batch (or ended, or waits to retry)."""
+        left = self._sending[network] - 1
+        self._sending[network] = left
+        if not left:
+            self._wake_echoes(network)
+
+    def _wake_echoes(self, network: str) -> None:
+        idle = self._idle.pop(network, None)
+        if idle is not None:
+            idle.set()
+
+    async def echoes(self, network: str, events: Iterable[object]) -> None:
+        """Return once no send into `network` is under way, or after ECHO_MOST: the answer to a
+        push of `events`, echoes alone (see above), with none older than ECHO_FRESH_MS."""
+        if (self._stopped or not self._sending.get(network) or not all(map(_fresh, events))
+                or not self.reachable(network)):
+            return
+        released = self._released.get(network, 0)
+        with trio.move_on_after(ECHO_MOST):
+            # A drain that goes on to its room's next batch ends one and begins the other
+            # before a woken waiter runs: looked at again on waking, so that a flood is
+            # waited out, not one batch.
+            while (self._sending.get(network) and not self._stopped
+                   and self._released.get(network, 0) == released):
+                idle = self._idle.get(network)
+                if idle is None:
+                    idle = self._idle[network] = trio.Event()
+                await idle.wait()
 
     def stop(self) -> None:
         """The daemon stops: answer every push now (each is on disk already), and hold no
@@ -97,6 +162,8 @@ class Pacing:
         self._stopped = True
         for hold in list(self._holds.values()):
             hold.event.set()
+        for network in list(self._idle):
+            self._wake_echoes(network)
 
     async def wait(self, hold: Hold) -> None:
         """Return once every send of `hold` has had its first answer, or after `most` s."""
@@ -112,3 +179,10 @@ class Pacing:
             if self._holds.get(row) is hold:
                 del self._holds[row]
         hold.rows.clear()
+
+
+def _fresh(event: object) -> bool:
+    """An event pushed soon after it was sent (`unsigned.age`, as its homeserver counts)."""
+    unsigned = event.get("unsigned") if isinstance(event, dict) else None
+    age = unsigned.get("age") if isinstance(unsigned, dict) else None
+    return type(age) is int and age <= ECHO_FRESH_MS

@@ -81,6 +81,7 @@ SWEEP_SECONDS = 60.0
 # gaps' windows therefore begin at most this often per network; a window that ends sooner has
 # its sweep wait. (A start's or a homeserver's return, when Synapse strands pushes, do not.)
 FINAL_SWEEP_INTERVAL = 300.0
+_WRITTEN = (Taken.SENDING, Taken.QUEUED)  # what a push's take-in wrote, to be committed
 
 
 class Reconciler:
@@ -173,7 +174,7 @@ class Reconciler:
                                                   defer=self.commits is not None, started=sends)
             # Noted before any await: none of these sends can have its answer yet.
             hold = self.pacing.hold(sends) if sends and self.pacing is not None else None
-            if taken is not Taken.NOTHING and self.commits is not None:
+            if self.commits is not None and taken in _WRITTEN:
                 # Answered only once on disk. If sends are leaving now, the commit waits for
                 # them to be on the wire; if they queue behind others, it has nothing to wait
                 # for (and without pacing, an early answer lets the homeserver push the next
@@ -190,6 +191,11 @@ class Reconciler:
             # On disk already; the answer waits for the targets (outside the lock, which a
             # sweep may want meanwhile).
             await self.pacing.wait(hold)
+        elif taken is Taken.ECHOES and self.pacing is not None and not self.is_suspect(network):
+            # Nothing written: the answer waits for the sends under way into this homeserver,
+            # whose echoes then come in one push (bridge/pacing.py). Not while suspect: a
+            # recovery's pushes are not to be slowed.
+            await self.pacing.echoes(network, events)
         self._received[network].inc(len(events))
         self._took[network].observe(trio.current_time() - started)
 

@@ -26,7 +26,7 @@ from bridge.delivery import PAGE, DeliveryWorker
 from bridge.inbound import Inbound
 from bridge.matrix.client import Homeserver
 from bridge.metrics import Metrics
-from bridge.pacing import MOST, Pacing
+from bridge.pacing import ECHO_FRESH_MS, ECHO_MOST, MOST, Pacing
 from bridge.reconcile import Reconciler
 from bridge.store import Store, StoreError
 
@@ -49,7 +49,8 @@ class Rig:
     reconciler: Reconciler
     workers: dict[str, DeliveryWorker]
     pacing: Pacing | None
-    txn: int = 0
+    txn: int = 0  # wa's transaction ids
+    ig_txn: int = 0  # ig's: each network numbers its own (a gap would make it suspect)
 
     async def push(self, *numbers: int, rooms: tuple[str, ...] = ()) -> float:
         """wa pushes messages `numbers` in one transaction (into `rooms`, one each, or all into
@@ -84,7 +85,8 @@ async def rig(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterator[R
     store.sync_config_portals([{"wa": ROOM, "ig": IG_ROOM}, {"wa": WA_TWO, "ig": IG_TWO}])
     fakes = {"wa": FakeHomeserver("wa.test"), "ig": FakeHomeserver("ig.test")}
     workers: dict[str, DeliveryWorker] = {}
-    pacing = Pacing(ready=lambda n, room: workers[n].may_hold(room)) if paced else None
+    pacing = Pacing(ready=lambda n, room: workers[n].may_hold(room),
+                    reachable=lambda n: workers[n].reachable) if paced else None
     async with (
         httpx.AsyncClient(transport=fakes["wa"], base_url="http://wa") as wa_http,
         httpx.AsyncClient(transport=fakes["ig"], base_url="http://ig") as ig_http,
@@ -195,21 +197,137 @@ async def test_a_homeserver_known_down_holds_no_answer(
     await until(lambda: rig.relayed() == ["m1", "m2"], within=600)
 
 
-async def test_echoes_and_pushes_that_send_nothing_are_not_held(
+def echo(n: int, age: int | None = 20) -> dict[str, Any]:
+    """Message n as ig pushes it back once the bridge's ghost sent it there, `age` ms later."""
+    event: dict[str, Any] = {
+        "type": "m.room.message", "event_id": f"$echo{n}", "room_id": IG_ROOM,
+        "sender": "@_tb_wa_aaaaaaaaaaaaaaaa:ig.test", "content": {"body": f"m{n}"}}
+    if age is not None:
+        event["unsigned"] = {"age": age}
+    return event
+
+
+async def push_echoes(rig: Rig, *events: dict[str, Any]) -> float:
+    """ig pushes `events` in one transaction; the seconds until it is answered."""
+    rig.ig_txn += 1
+    started = trio.current_time()
+    await rig.reconciler.push("ig", str(rig.ig_txn), f"echo {rig.ig_txn}".encode(), list(events))
+    return trio.current_time() - started
+
+
+async def test_echoes_wait_for_the_sends_under_way_into_their_homeserver(
+    rig: Rig, autojump_clock: trio.testing.MockClock
+) -> None:
+    # Answered at once, each echo would be a push of its own; waiting until the bridge's sends
+    # into ig are answered lets ig gather the echoes of those sends into its next push.
+    rig.ig.send_delay = 0.1
+    await rig.push(1, 2, 3)  # answered after m1's send: m2, m3 still under way into ig
+    took = await push_echoes(rig, echo(1))
+    assert took == pytest.approx(0.2, abs=0.01)  # m2's and m3's answers, and no longer
+    assert rig.relayed() == ["m1", "m2", "m3"]
+    assert rig.on_disk() == 3  # nothing written for an echo
+    assert await push_echoes(rig, echo(2), echo(3)) < 0.01  # ig quiet: at once
+
+
+async def test_echoes_wait_no_longer_than_echo_most(
+    rig: Rig, autojump_clock: trio.testing.MockClock
+) -> None:
+    rig.ig.send_delay = 0.1
+    await rig.push(*range(1, 21))  # two seconds of sends into ig, one room, one at a time
+    took = await push_echoes(rig, echo(1))
+    assert took == pytest.approx(ECHO_MOST, abs=0.01)
+    assert len(rig.relayed()) == 3  # the flood goes on; the echo's answer did not wait for it
+
+
+@pytest.mark.parametrize("age", [ECHO_FRESH_MS + 1, None])
+async def test_an_old_echo_is_answered_at_once(
+    rig: Rig, autojump_clock: trio.testing.MockClock, age: int | None
+) -> None:
+    # Old echoes come from a homeserver behind with its pushes (Synapse's recoverer sending,
+    # one stored transaction at a time, what it kept while the bridge was down): holding each
+    # would leave it further behind with every answer. So would echoes without an age.
+    rig.ig.send_delay = 0.1
+    await rig.push(1, 2, 3)
+    assert await push_echoes(rig, echo(1), echo(2, age=age)) < 0.01
+
+
+async def test_echoes_from_a_suspect_network_are_answered_at_once(
+    rig: Rig, autojump_clock: trio.testing.MockClock
+) -> None:
+    # After a start, an outage or a gap in transaction ids: pushes may be a recovery's.
+    rig.ig.send_delay = 0.1
+    await rig.push(1, 2, 3)
+    rig.reconciler.suspect("ig")
+    assert await push_echoes(rig, echo(1)) < 0.01
+
+
+async def test_pushes_that_send_nothing_are_not_held(
     rig: Rig, autojump_clock: trio.testing.MockClock
 ) -> None:
     rig.ig.send_delay = 0.3
     await rig.push(1, 2)  # the bridge is sending a burst into ig
-    echo = {"type": "m.room.message", "event_id": "$echo", "room_id": IG_ROOM,
-            "sender": "@_tb_wa_aaaaaaaaaaaaaaaa:ig.test", "content": {"body": "m1"}}
+    took = await rig.push(1)  # the same event again: taken in before, nothing to send
+    assert took < 0.01
+    # Nor are echoes from a homeserver the bridge is not sending into (wa, here).
+    wa_echo = dict(echo(1), room_id=ROOM, sender="@_tb_ig_aaaaaaaaaaaaaaaa:wa.test")
     rig.txn += 1
     started = trio.current_time()
-    await rig.reconciler.push("ig", str(rig.txn), b"echo", [echo])  # m1 pushed back by ig
-    assert trio.current_time() - started < 0.05
-    took = await rig.push(1)  # the same event again: taken in before, nothing to send
-    assert took < 0.05
+    await rig.reconciler.push("wa", str(rig.txn), b"wa echo", [wa_echo])
+    assert trio.current_time() - started < 0.01
 
 
+async def test_a_homeserver_falling_silent_lets_go_of_the_echoes_that_wait(
+    rig: Rig, autojump_clock: trio.testing.MockClock
+) -> None:
+    # m2's send hangs; m3 finds no homeserver behind ig's proxy: ig is probed, and its sends
+    # under way may hang for a minute. The echo waits no more for them, nor does the next.
+    rig.ig.fault = lambda n: "hang" if n == 1 else httpx.Response(502) if n == 2 else None
+    took: list[float] = []
+
+    async def echoes() -> None:
+        took.append(await push_echoes(rig, echo(1)))
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(rig.push, 1)  # m1's send into ig hangs
+        await until(lambda: rig.pacing is not None and rig.pacing.waiting, within=1)
+        nursery.start_soon(echoes)
+        await trio.sleep(0.05)
+        assert took == []  # waiting for the hung send
+        await rig.push(2, rooms=(WA_TWO,))  # 502: ig is probed from now on
+        await until(lambda: took != [], within=0.01)
+    assert not rig.workers["ig"].reachable
+    assert await push_echoes(rig, echo(3)) < 0.01
+
+
+async def test_a_stop_answers_the_echoes_that_wait(
+    rig: Rig, autojump_clock: trio.testing.MockClock
+) -> None:
+    rig.ig.send_delay = 5.0
+    took: list[float] = []
+
+    async def echoes() -> None:
+        took.append(await push_echoes(rig, echo(1)))
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(rig.push, 1)
+        await until(lambda: rig.pacing is not None and rig.pacing.waiting, within=1)
+        nursery.start_soon(echoes)
+        await trio.sleep(0.1)
+        assert rig.pacing is not None
+        rig.pacing.stop()
+    assert took == [pytest.approx(0.1, abs=0.01)]
+
+
+async def test_a_room_waiting_to_retry_holds_no_echoes(
+    rig: Rig, autojump_clock: trio.testing.MockClock
+) -> None:
+    # ig refused m1 with a 500: the room waits seconds to retry, and nothing goes into ig
+    # meanwhile, so its echoes are answered at once.
+    rig.ig.fault = lambda n: error(500, "M_UNKNOWN") if n == 1 else None
+    await rig.push(1)
+    await until(lambda: rig.ig.requests > 0, within=1)
+    assert await push_echoes(rig, echo(1)) < 0.01
+    await until(lambda: rig.relayed() == ["m1"], within=120)
 
 
 async def test_a_room_waiting_to_retry_holds_no_answer(
