@@ -577,7 +577,17 @@ class DeliveryWorker:
             self.store.finish(item, "done")
             return
         if isinstance(action, BotTask):
-            await self._bot_task(item, action)
+            pacing = self.pacing
+            if pacing is None:
+                await self._bot_task(item, action)
+                return
+            # A command may take seconds (rooms to make on busy homeservers): echo pushes do
+            # not wait for it, as no push waits for a bot task (bridge/pacing.py).
+            pacing.sent(self.network.id)
+            try:
+                await self._bot_task(item, action)
+            finally:
+                pacing.sending(self.network.id)
             return
         src = action.source
         if isinstance(action, Redact):

@@ -328,6 +328,46 @@ async def test_a_room_waiting_to_retry_holds_no_echoes(
     await until(lambda: rig.ig.requests > 0, within=1)
     assert await push_echoes(rig, echo(1)) < 0.01
     await until(lambda: rig.relayed() == ["m1"], within=120)
+    # Once through, the room holds echoes again, and once quiet nothing is counted as sending.
+    rig.ig.send_delay = 0.1
+    await rig.push(2, 3)
+    assert await push_echoes(rig, echo(2)) == pytest.approx(0.1, abs=0.01)
+    assert rig.pacing is not None and rig.pacing._sending["ig"] == 0
+
+
+async def test_echoes_wait_out_a_flood_handed_to_its_drain_in_several_batches(
+    rig: Rig, autojump_clock: trio.testing.MockClock
+) -> None:
+    # m4-m6, pushed while m1-m3 go out, are handed to the same drain: a second batch, begun
+    # as the first ends. The echo waiting meanwhile waits on through it (up to ECHO_MOST).
+    rig.ig.send_delay = 0.1
+    await rig.push(1, 2, 3)  # answered at 0.1; the batch goes on until 0.3
+    took: list[float] = []
+
+    async def echoes() -> None:
+        took.append(await push_echoes(rig, echo(1)))
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(echoes)
+        nursery.start_soon(rig.push, 4, 5, 6)  # sent from 0.3 to 0.6
+    assert took == [pytest.approx(ECHO_MOST, abs=0.01)]
+    await until(lambda: rig.relayed() == [f"m{n}" for n in range(1, 7)], within=1)
+
+
+async def test_a_bot_command_holds_no_echoes(
+    rig: Rig, autojump_clock: trio.testing.MockClock
+) -> None:
+    # The bot's 5 s of work on wa is not a send that echoes wait for.
+    rig.txn += 1
+    command = text(1) | {"content": {"msgtype": "m.text", "body": "!tb ping"}}
+    await rig.reconciler.push("wa", str(rig.txn), b"command", [command])
+    await until(lambda: rig.pacing is not None and rig.pacing._sending.get("wa") == 0,
+                within=1)
+    bot_echo = dict(echo(9), room_id=ROOM, sender="@_tb_ig_aaaaaaaaaaaaaaaa:wa.test")
+    rig.txn += 1
+    started = trio.current_time()
+    await rig.reconciler.push("wa", str(rig.txn), b"wa echo", [bot_echo])
+    assert trio.current_time() - started < 0.01
 
 
 async def test_a_room_waiting_to_retry_holds_no_answer(
