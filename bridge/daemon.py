@@ -138,7 +138,8 @@ class Bridge:
                 self.inbound = inbound
                 commits = GroupCommit(store)
                 pacing = Pacing(ready=lambda n, room: workers[n].may_hold(room),
-                                reachable=lambda n: workers[n].reachable)
+                                reachable=lambda n: workers[n].reachable,
+                                moving=lambda n, room: workers[n].moving(room))
                 reconciler = Reconciler(store, homeservers, inbound, store.portals, metrics,
                                         commits,
                                         unreachable=lambda n: workers[n].noticed_unreachable(),
