@@ -34,7 +34,7 @@ users), one transaction per send while the bridge answers at once: two of every 
 against Synapse, each a request for nothing. A push of echoes alone is therefore answered once
 no send into its homeserver is under way (at most ECHO_MOST), so that the echoes of a burst's
 sends come back together. Not while the network is suspect (its pushes then may be a
-recovery's) nor when an echo is older than ECHO_FRESH_MS as its homeserver counts
+recovery's) nor when the newest echo is older than ECHO_FRESH_MS as its homeserver counts
 (`unsigned.age`): a homeserver behind with its pushes, such as Synapse's recoverer sending
 what it kept while the bridge was down one stored transaction at a time, is answered at once,
 or it would fall further behind with every held answer and never catch up.
@@ -54,7 +54,8 @@ MOST = 1.0
 # second gathers a flood's echoes by the dozen, and delays the typing or receipts that share
 # its transaction by no more.
 ECHO_MOST = 0.25
-# An echo older than this (milliseconds, `unsigned.age`) shows a homeserver behind its pushes.
+# A push whose newest event is older than this (milliseconds, `unsigned.age`) shows a
+# homeserver behind with its pushes.
 ECHO_FRESH_MS = 500
 
 
@@ -175,7 +176,7 @@ class Pacing:
 
     async def echoes(self, network: str, events: Iterable[object]) -> None:
         """Return once no send into `network` is under way, or after ECHO_MOST: the answer to a
-        push of `events`, echoes alone (see above), with none older than ECHO_FRESH_MS."""
+        push of `events`, echoes alone (see above), if fresh (see `fresh`)."""
         if (self._stopped or not self._sending.get(network) or not fresh(events)
                 or not self.reachable(network)):
             return
@@ -229,12 +230,15 @@ class Pacing:
 
 
 def fresh(events: Iterable[object]) -> bool:
-    """Whether every one of `events` was pushed soon after it was sent (see ECHO_FRESH_MS)."""
-    return all(map(_fresh, events))
-
-
-def _fresh(event: object) -> bool:
-    """An event pushed soon after it was sent (`unsigned.age`, as its homeserver counts)."""
-    unsigned = event.get("unsigned") if isinstance(event, dict) else None
-    age = unsigned.get("age") if isinstance(unsigned, dict) else None
-    return type(age) is int and age <= ECHO_FRESH_MS
+    """Whether the homeserver pushing `events` keeps up: the newest of them was sent at most
+    ECHO_FRESH_MS before (`unsigned.age`, which the homeserver counts as it sends, so that a
+    replay shows the time it was kept). The oldest may be older: a push held a while gathers
+    what came meanwhile. An event without an age says nothing, and then neither does this."""
+    newest: int | None = None
+    for event in events:
+        unsigned = event.get("unsigned") if isinstance(event, dict) else None
+        age = unsigned.get("age") if isinstance(unsigned, dict) else None
+        if type(age) is not int:
+            return False
+        newest = age if newest is None else min(newest, age)
+    return newest is not None and newest <= ECHO_FRESH_MS

@@ -173,7 +173,8 @@ class Reconciler:
             taken = self.inbound.take_transaction(network, txn_id, body, events,
                                                   defer=self.commits is not None, started=sends)
             # Noted before any await: none of these sends can have its answer yet.
-            hold = (self.pacing.hold(sends, fresh=not suspect and fresh(events))
+            # Suspect looked at again: a homeserver's return may have come during the reads.
+            hold = (self.pacing.hold(sends, fresh=not self.is_suspect(network) and fresh(events))
                     if sends and self.pacing is not None else None)
             if self.commits is not None and taken in _WRITTEN:
                 # Answered only once on disk. If sends are leaving now, the commit waits for

@@ -240,16 +240,27 @@ async def test_echoes_wait_no_longer_than_echo_most(
     assert len(rig.relayed()) == 3  # the flood goes on; the echo's answer did not wait for it
 
 
-@pytest.mark.parametrize("age", [ECHO_FRESH_MS + 1, None])
-async def test_an_old_echo_is_answered_at_once(
-    rig: Rig, autojump_clock: trio.testing.MockClock, age: int | None
+@pytest.mark.parametrize("ages", [(ECHO_FRESH_MS + 400, ECHO_FRESH_MS + 1), (20, None)])
+async def test_old_echoes_are_answered_at_once(
+    rig: Rig, autojump_clock: trio.testing.MockClock, ages: tuple[int | None, ...]
 ) -> None:
     # Old echoes come from a homeserver behind with its pushes (Synapse's recoverer sending,
     # one stored transaction at a time, what it kept while the bridge was down): holding each
-    # would leave it further behind with every answer. So would echoes without an age.
+    # would leave it further behind with every answer. Echoes without an age say nothing.
     rig.ig.send_delay = 0.1
     await rig.push(1, 2, 3)
-    assert await push_echoes(rig, echo(1), echo(2, age=age)) < 0.01
+    assert await push_echoes(rig, *(echo(n, age) for n, age in enumerate(ages))) < 0.01
+
+
+async def test_echoes_gathered_over_a_while_are_still_fresh(
+    rig: Rig, autojump_clock: trio.testing.MockClock
+) -> None:
+    # The oldest echo of a transaction gathered while the last answer waited is as old as
+    # that wait; the newest shows whether the homeserver keeps up.
+    rig.ig.send_delay = 0.1
+    await rig.push(1, 2, 3)
+    took = await push_echoes(rig, echo(1, ECHO_FRESH_MS + 400), echo(2, 20))
+    assert took == pytest.approx(0.2, abs=0.01)
 
 
 async def test_echoes_from_a_suspect_network_are_answered_at_once(
@@ -454,6 +465,22 @@ async def test_a_backlog_waiting_to_retry_holds_no_push(
     await until(lambda: rig.relayed()[-1:] == ["m1"], within=120)
 
 
+async def test_a_backlog_into_a_homeserver_being_probed_holds_no_push(
+    rig: Rig, autojump_clock: trio.testing.MockClock
+) -> None:
+    # Room one's send hangs (not failed, so not waiting to retry); room two's finds no
+    # homeserver behind ig's proxy: ig is probed, and room one's next answer may be a minute
+    # away.
+    await backlog(rig)
+    rig.ig.fault = lambda n: "hang"
+    await until(lambda: rig.ig.requests > len(rig.relayed()) + 1, within=1)
+    rig.ig.fault = lambda n: httpx.Response(502)
+    await rig.push(2, rooms=(WA_TWO,))
+    await until(lambda: not rig.workers["ig"].reachable, within=1)
+    assert IG_ROOM not in rig.workers["ig"]._retrying  # room one waits for its hung send
+    assert await push_fresh(rig, 1) < 0.01
+
+
 async def test_a_backlog_hold_is_let_go_by_a_retry_a_stop_or_its_bound(
     autojump_clock: trio.testing.MockClock
 ) -> None:
@@ -470,8 +497,25 @@ async def test_a_backlog_hold_is_let_go_by_a_retry_a_stop_or_its_bound(
     assert trio.current_time() - started == pytest.approx(MOST) and not pacing.waiting
     hold = pacing.hold([("ig", IG_ROOM, 3)], fresh=True)
     assert hold is not None
+    pacing.release("ig")  # ig falls silent: the probe lets go of every room's
+    assert hold.event.is_set() and not pacing.waiting
+    hold = pacing.hold([("ig", IG_ROOM, 4)], fresh=True)
+    assert hold is not None
     pacing.stop()
     assert hold.event.is_set()
+
+
+async def test_a_hold_on_sends_and_backlogs_ends_when_both_are_answered(
+    autojump_clock: trio.testing.MockClock
+) -> None:
+    pacing = Pacing(ready=lambda network, room: room == IG_ROOM,
+                    moving=lambda network, room: room == IG_TWO)
+    hold = pacing.hold([("ig", IG_ROOM, 1), ("ig", IG_TWO, 2)], fresh=True)
+    assert hold is not None
+    pacing.tried(1, "ig", IG_ROOM)  # its own send in room one
+    assert not hold.event.is_set()
+    pacing.tried(7, "ig", IG_TWO)  # any send in room two, whose backlog it is behind
+    assert hold.event.is_set() and not pacing.waiting
 
 
 async def test_a_push_that_overflows_what_a_drain_holds_is_not_held_behind_it(
