@@ -138,8 +138,7 @@ class Bridge:
                 self.inbound = inbound
                 commits = GroupCommit(store)
                 pacing = Pacing(ready=lambda n, room: workers[n].may_hold(room),
-                                reachable=lambda n: workers[n].reachable,
-                                moving=lambda n, room: workers[n].moving(room))
+                                reachable=lambda n: workers[n].reachable)
                 reconciler = Reconciler(store, homeservers, inbound, store.portals, metrics,
                                         commits,
                                         unreachable=lambda n: workers[n].noticed_unreachable(),

@@ -338,7 +338,7 @@ class DeliveryWorker:
                             # row is pending again, or its id taken by a new row: the next read
                             # brings it back, and a read there must be.)
                             cancelled.discard(item.id)
-                            self._tried(item)
+                            self._tried(item.id)
                             self._known.pop(room_id, None)
                             continue
                         if self._stop.is_set():
@@ -409,10 +409,10 @@ class DeliveryWorker:
                     # which its token may still be refused).
                     self.token_refused = False
                 self._heard()
-                self._tried(item)
+                self._tried(item.id)
                 return True
             except HomeserverError as exc:
-                self._tried(item)
+                self._tried(item.id)
                 attempt += 1
                 verdict = classify(exc.status, exc.errcode)
                 self.metrics.failures.labels(self.network.id, verdict.value).inc()
@@ -476,7 +476,7 @@ class DeliveryWorker:
             except Exception as exc:
                 # A bug of ours must not wedge the room behind one poisoned action; and its
                 # sender is told, as after a refusal.
-                self._tried(item)
+                self._tried(item.id)
                 log.exception("action %d for %s failed unexpectedly", item.id, self.network.id)
                 with self.store.transaction():
                     if self.store.finish(item, "failed", f"internal error: {type(exc).__name__}",
@@ -495,16 +495,11 @@ class DeliveryWorker:
         waiting to retry, nor working through a backlog read a page at a time."""
         return self.reachable and room_id not in self._retrying and room_id not in self._paging
 
-    def moving(self, room_id: str) -> bool:
-        """Whether `room_id` is working through a backlog, its next answer soon: a push may
-        wait for that one instead (bridge/pacing.py)."""
-        return self.reachable and room_id not in self._retrying and room_id in self._paging
-
-    def _tried(self, item: OutboxItem) -> None:
-        """A push may wait for this first answer, or for its room's next (bridge/pacing.py)."""
+    def _tried(self, row: int) -> None:
+        """A push may wait for this first answer (bridge/pacing.py)."""
         pacing = self.pacing
         if pacing is not None and pacing.waiting:
-            pacing.tried(item.id, self.network.id, item.action.room_id)
+            pacing.tried(row)
 
     async def _backoff(self, delay: float) -> bool:
         """Wait `delay` s, or less if the homeserver comes back; False if told to stop."""

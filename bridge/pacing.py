@@ -15,16 +15,11 @@ order, so its answer means that what was queued there before is done too. Under 
 targets thus hold about one transaction's worth of sends, and the homeserver's transactions
 grow to match what the targets take; at a conversation's pace a push waits one round trip.
 It is bounded (MOST), and not taken where the send will not be tried soon: a homeserver known
-to be down, a room waiting to retry a send (429, a 5xx, a file whose source is busy); a hold
-waiting for a room that starts to wait for a retry, or for a homeserver that falls silent, is
-let go at once. A room with a backlog read a page at a time (its new send is a backlog away)
-is waited for until its next answer, whichever send it is: the room is moving, and a long
-flood, whose target rooms' queues outgrow a page, is still gathered by a round trip's worth
-per push. That only for a push whose events are fresh (ECHO_FRESH_MS) from a network not
-suspect: a backlog is also what a restart leaves, while the homeserver replays what it kept
-(below), and a replay is not to be slowed. (At a backlog's last page, under PAGE rows, a push
-may wait the whole MOST.) Nor is it taken for bot commands (a command's work may take a
-while, and nothing in it gathers messages). An answer is the first try's, success or
+to be down, a room waiting to retry a send (429, a 5xx, a file whose source is busy) or with a
+backlog read a page at a time; a hold waiting for a room that starts to wait for a retry, or
+for a homeserver that falls silent, is let go at once. (At a backlog's last page, under PAGE
+rows, a push may wait the whole MOST.) Nor is it taken for bot commands (a command's work may
+take a while, and nothing in it gathers messages). An answer is the first try's, success or
 failure. The whole transaction waits (the homeserver sends one at a time), other rooms'
 messages in it too: so the wait is only for sends about to be answered. Durability is
 untouched: the writes were on disk before the wait began.
@@ -60,37 +55,27 @@ ECHO_FRESH_MS = 500
 
 
 class Hold:
-    """What one push waits for: the first answers of its sends (outbox row id -> (network,
-    room)), and the next answer in each of `rooms` (network, room) working through a backlog."""
+    """The sends one push waits for: outbox row id -> (network, room)."""
 
-    __slots__ = ("event", "rooms", "rows")
+    __slots__ = ("event", "rows")
 
-    def __init__(self, rows: dict[int, tuple[str, str]], rooms: set[tuple[str, str]]) -> None:
+    def __init__(self, rows: dict[int, tuple[str, str]]) -> None:
         self.rows = rows
-        self.rooms = rooms
         self.event = trio.Event()
-
-    def done(self) -> bool:
-        return not self.rows and not self.rooms
 
 
 class Pacing:
     def __init__(
         self, ready: Callable[[str, str], bool] = lambda network, room: True, most: float = MOST,
         reachable: Callable[[str], bool] = lambda network: True,
-        moving: Callable[[str, str], bool] = lambda network, room: False,
     ) -> None:
         # Whether a new send into (network, room) will be tried soon (see above).
         self.ready = ready
-        # Whether a room not `ready` for its backlog is being worked through (see above).
-        self.moving = moving
         # Whether a network's homeserver answers (not being probed): its sends under way are
         # then not waited for by echoes, since they may hang.
         self.reachable = reachable
         self.most = most
         self._holds: dict[int, Hold] = {}  # row id -> the hold waiting for its first answer
-        # (network, room) with a backlog -> the holds waiting for its next answer
-        self._backlogs: dict[tuple[str, str], list[Hold]] = {}
         self._stopped = False
         self._sending: dict[str, int] = {}  # network -> sends under way into it
         # network -> set when its sends are all answered (made only when an echo push waits)
@@ -99,45 +84,26 @@ class Pacing:
 
     @property
     def waiting(self) -> bool:
-        return bool(self._holds) or bool(self._backlogs)
+        return bool(self._holds)
 
-    def hold(self, sends: Iterable[tuple[str, str, int]], fresh: bool = False) -> Hold | None:
+    def hold(self, sends: Iterable[tuple[str, str, int]]) -> Hold | None:
         """Note the sends, as (network, room, row id), a push just handed to the workers.
-        Called before any await after the handing, so that no send can have been answered.
-        With `fresh` (the push's events are fresh, its network not suspect), a room working
-        through a backlog is waited for too, until its next answer."""
-        kept: dict[int, tuple[str, str]] = {}
-        rooms: set[tuple[str, str]] = set()
-        for network, room, row in sends:
-            if self.ready(network, room):
-                kept[row] = (network, room)
-            elif fresh and self.moving(network, room):
-                rooms.add((network, room))
-        if (not kept and not rooms) or self._stopped:
+        Called before any await after the handing, so that no send can have been answered."""
+        kept = {row: (network, room) for network, room, row in sends
+                if self.ready(network, room)}
+        if not kept or self._stopped:
             return None
-        hold = Hold(kept, rooms)
+        hold = Hold(kept)
         for row in kept:
             self._holds[row] = hold
-        for key in rooms:
-            self._backlogs.setdefault(key, []).append(hold)
         return hold
 
-    def tried(self, row: int, network: str = "", room: str = "") -> None:
-        """The first try of the send of outbox row `row`, into `room` of `network`, has its
-        answer (or ended without one)."""
+    def tried(self, row: int) -> None:
+        """The first try of the send of outbox row `row` has its answer (or ended without one)."""
         hold = self._holds.pop(row, None)
         if hold is not None:
             del hold.rows[row]
-            if hold.done():
-                hold.event.set()
-        if self._backlogs:
-            self._moved((network, room))
-
-    def _moved(self, key: tuple[str, str]) -> None:
-        """A room with a backlog had an answer: the holds waiting for it wait no more for it."""
-        for hold in self._backlogs.pop(key, ()):
-            hold.rooms.discard(key)
-            if hold.done():
+            if not hold.rows:
                 hold.event.set()
 
     def release(self, network: str, room: str | None = None) -> None:
@@ -147,9 +113,6 @@ class Pacing:
             where = hold.rows.get(row)
             if where is not None and where[0] == network and room in (None, where[1]):
                 self.tried(row)
-        for key in list(self._backlogs):
-            if key[0] == network and room in (None, key[1]):
-                self._moved(key)
         if room is None:
             # Its sends under way may hang: echoes wait no more for them.
             self._released[network] = self._released.get(network, 0) + 1
@@ -200,9 +163,6 @@ class Pacing:
         self._stopped = True
         for hold in list(self._holds.values()):
             hold.event.set()
-        for holds in self._backlogs.values():
-            for hold in holds:
-                hold.event.set()
         for network in list(self._idle):
             self._wake_echoes(network)
 
@@ -220,13 +180,6 @@ class Pacing:
             if self._holds.get(row) is hold:
                 del self._holds[row]
         hold.rows.clear()
-        for key in hold.rooms:
-            holds = self._backlogs.get(key)
-            if holds is not None and hold in holds:
-                holds.remove(hold)
-                if not holds:
-                    del self._backlogs[key]
-        hold.rooms.clear()
 
 
 def fresh(events: Iterable[object]) -> bool:

@@ -63,7 +63,7 @@ from bridge.inbound import Inbound, Taken
 from bridge.locks import promptly
 from bridge.matrix.client import Homeserver, HomeserverError, Unreachable
 from bridge.metrics import Metrics
-from bridge.pacing import Pacing, fresh
+from bridge.pacing import Pacing
 from bridge.store import Store, StoreError
 
 log = logging.getLogger(__name__)
@@ -173,9 +173,7 @@ class Reconciler:
             taken = self.inbound.take_transaction(network, txn_id, body, events,
                                                   defer=self.commits is not None, started=sends)
             # Noted before any await: none of these sends can have its answer yet.
-            # Suspect looked at again: a homeserver's return may have come during the reads.
-            hold = (self.pacing.hold(sends, fresh=not self.is_suspect(network) and fresh(events))
-                    if sends and self.pacing is not None else None)
+            hold = self.pacing.hold(sends) if sends and self.pacing is not None else None
             if self.commits is not None and taken in _WRITTEN:
                 # Answered only once on disk. If sends are leaving now, the commit waits for
                 # them to be on the wire; if they queue behind others, it has nothing to wait

@@ -86,8 +86,7 @@ async def rig(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterator[R
     fakes = {"wa": FakeHomeserver("wa.test"), "ig": FakeHomeserver("ig.test")}
     workers: dict[str, DeliveryWorker] = {}
     pacing = Pacing(ready=lambda n, room: workers[n].may_hold(room),
-                    reachable=lambda n: workers[n].reachable,
-                    moving=lambda n, room: workers[n].moving(room)) if paced else None
+                    reachable=lambda n: workers[n].reachable) if paced else None
     async with (
         httpx.AsyncClient(transport=fakes["wa"], base_url="http://wa") as wa_http,
         httpx.AsyncClient(transport=fakes["ig"], base_url="http://ig") as ig_http,
@@ -402,120 +401,6 @@ async def test_a_room_working_through_a_backlog_holds_no_answer(
     assert await rig.push(1) < 0.05
     await until(lambda: rig.relayed()[-1:] == ["m1"], within=60)
     assert 0.09 < await rig.push(2) < MOST  # the backlog done: held again
-
-
-def fresh_text(n: int, age: int = 20) -> dict[str, Any]:
-    """Message n as wa pushes it `age` ms after it was sent."""
-    return text(n) | {"unsigned": {"age": age}}
-
-
-async def push_fresh(rig: Rig, n: int, age: int = 20) -> float:
-    rig.txn += 1
-    started = trio.current_time()
-    await rig.reconciler.push("wa", str(rig.txn), f"{rig.txn}".encode(), [fresh_text(n, age)])
-    return trio.current_time() - started
-
-
-async def backlog(rig: Rig) -> None:
-    """ig's room one has more than a page queued, its drain reading it a page at a time."""
-    rig.ig.send_delay = 0.1
-    with rig.store.transaction():
-        rig.store.enqueue([message(f"old {n}") for n in range(PAGE + 10)])
-    rig.workers["ig"].wake()
-    await until(lambda: rig.relayed(), within=5)
-
-
-async def test_a_fresh_push_into_a_backlog_waits_for_the_rooms_next_answer(
-    rig: Rig, autojump_clock: trio.testing.MockClock
-) -> None:
-    # Its own send is a backlog away, but the room is moving: waiting for its next answer
-    # (a send's round trip) lets wa gather what comes meanwhile, where an answer at once made
-    # every message of a long flood a transaction of its own.
-    await backlog(rig)
-    await trio.sleep(0.05)  # halfway through a send
-    before = len(rig.relayed())
-    took = await push_fresh(rig, 1)
-    assert took == pytest.approx(0.05, abs=0.01)
-    assert len(rig.relayed()) == before + 1  # the room's next answer, not m1's
-    assert rig.pacing is not None and not rig.pacing.waiting
-    await until(lambda: rig.relayed()[-1:] == ["m1"], within=60)
-
-
-@pytest.mark.parametrize("why", ["old", "suspect"])
-async def test_a_push_into_a_backlog_is_not_held_when_it_may_be_a_recovery(
-    rig: Rig, autojump_clock: trio.testing.MockClock, why: str
-) -> None:
-    # Synapse replaying what it kept while the bridge was down comes with old events, and
-    # after a start or an outage: held, each replayed transaction would wait a send.
-    await backlog(rig)
-    if why == "suspect":
-        rig.reconciler.suspect("wa")
-    assert await push_fresh(rig, 1, age=20 if why == "suspect" else ECHO_FRESH_MS + 1) < 0.01
-    await until(lambda: rig.relayed()[-1:] == ["m1"], within=60)
-
-
-async def test_a_backlog_waiting_to_retry_holds_no_push(
-    rig: Rig, autojump_clock: trio.testing.MockClock
-) -> None:
-    await backlog(rig)
-    rig.ig.fault = lambda n: error(500, "M_UNKNOWN")  # the room's next send waits to retry
-    await until(lambda: bool(rig.workers["ig"]._retrying), within=1)
-    assert await push_fresh(rig, 1) < 0.01
-    rig.ig.fault = lambda n: None
-    await until(lambda: rig.relayed()[-1:] == ["m1"], within=120)
-
-
-async def test_a_backlog_into_a_homeserver_being_probed_holds_no_push(
-    rig: Rig, autojump_clock: trio.testing.MockClock
-) -> None:
-    # Room one's send hangs (not failed, so not waiting to retry); room two's finds no
-    # homeserver behind ig's proxy: ig is probed, and room one's next answer may be a minute
-    # away.
-    await backlog(rig)
-    rig.ig.fault = lambda n: "hang"
-    await until(lambda: rig.ig.requests > len(rig.relayed()) + 1, within=1)
-    rig.ig.fault = lambda n: httpx.Response(502)
-    await rig.push(2, rooms=(WA_TWO,))
-    await until(lambda: not rig.workers["ig"].reachable, within=1)
-    assert IG_ROOM not in rig.workers["ig"]._retrying  # room one waits for its hung send
-    assert await push_fresh(rig, 1) < 0.01
-
-
-async def test_a_backlog_hold_is_let_go_by_a_retry_a_stop_or_its_bound(
-    autojump_clock: trio.testing.MockClock
-) -> None:
-    pacing = Pacing(ready=lambda network, room: False, moving=lambda network, room: True)
-    assert pacing.hold([("ig", IG_ROOM, 1)]) is None  # not fresh: not held
-    hold = pacing.hold([("ig", IG_ROOM, 1)], fresh=True)
-    assert hold is not None and pacing.waiting
-    pacing.release("ig", IG_ROOM)  # the room waits to retry
-    assert hold.event.is_set() and not pacing.waiting
-    hold = pacing.hold([("ig", IG_ROOM, 2)], fresh=True)
-    assert hold is not None
-    started = trio.current_time()
-    await pacing.wait(hold)  # nothing answered: the bound, and nothing left behind
-    assert trio.current_time() - started == pytest.approx(MOST) and not pacing.waiting
-    hold = pacing.hold([("ig", IG_ROOM, 3)], fresh=True)
-    assert hold is not None
-    pacing.release("ig")  # ig falls silent: the probe lets go of every room's
-    assert hold.event.is_set() and not pacing.waiting
-    hold = pacing.hold([("ig", IG_ROOM, 4)], fresh=True)
-    assert hold is not None
-    pacing.stop()
-    assert hold.event.is_set()
-
-
-async def test_a_hold_on_sends_and_backlogs_ends_when_both_are_answered(
-    autojump_clock: trio.testing.MockClock
-) -> None:
-    pacing = Pacing(ready=lambda network, room: room == IG_ROOM,
-                    moving=lambda network, room: room == IG_TWO)
-    hold = pacing.hold([("ig", IG_ROOM, 1), ("ig", IG_TWO, 2)], fresh=True)
-    assert hold is not None
-    pacing.tried(1, "ig", IG_ROOM)  # its own send in room one
-    assert not hold.event.is_set()
-    pacing.tried(7, "ig", IG_TWO)  # any send in room two, whose backlog it is behind
-    assert hold.event.is_set() and not pacing.waiting
 
 
 async def test_a_push_that_overflows_what_a_drain_holds_is_not_held_behind_it(
