@@ -29,10 +29,12 @@ users), one transaction per send while the bridge answers at once: two of every 
 against Synapse, each a request for nothing. A push of echoes alone is therefore answered once
 no send into its homeserver is under way (at most ECHO_MOST), so that the echoes of a burst's
 sends come back together. Not while the network is suspect (its pushes then may be a
-recovery's) nor when the newest echo is older than ECHO_FRESH_MS as its homeserver counts
-(`unsigned.age`): a homeserver behind with its pushes, such as Synapse's recoverer sending
-what it kept while the bridge was down one stored transaction at a time, is answered at once,
-or it would fall further behind with every held answer and never catch up.
+recovery's) or its homeserver is being probed (its sends may hang), nor when the newest echo
+is older than ECHO_FRESH_MS as its homeserver counts (`unsigned.age`; an event without one
+says nothing, and is not held): a homeserver behind with its pushes, such as Synapse's
+recoverer sending what it kept while the bridge was down one stored transaction at a time,
+is answered at once, or it would fall further behind with every held answer and never catch
+up.
 """
 
 from __future__ import annotations
@@ -77,8 +79,10 @@ class Pacing:
         self.most = most
         self._holds: dict[int, Hold] = {}  # row id -> the hold waiting for its first answer
         self._stopped = False
-        self._sending: dict[str, int] = {}  # network -> sends under way into it
-        # network -> set when its sends are all answered (made only when an echo push waits)
+        # network -> drains' batches under way into it (their backoffs and bot tasks aside)
+        self._sending: dict[str, int] = {}
+        # network -> set when those are done, or by release(network) or stop() (made only
+        # when an echo push waits)
         self._idle: dict[str, trio.Event] = {}
         self._released: dict[str, int] = {}  # network -> its release()s so far
 
@@ -121,12 +125,13 @@ class Pacing:
     # -- echoes --------------------------------------------------------------------------------
 
     def sending(self, network: str) -> None:
-        """A drain begins sending into `network`: a batch of its room's actions, one after
-        another (DeliveryWorker._drain)."""
+        """A drain begins sending into `network` (a batch of its room's actions, one after
+        another: DeliveryWorker._drain), or goes on after a backoff or a bot task."""
         self._sending[network] = self._sending.get(network, 0) + 1
 
     def sent(self, network: str) -> None:
-        """That drain is done with its batch (or ended, or waits to retry)."""
+        """That drain is done with its batch (or ended), or pauses for a backoff or a bot
+        task."""
         left = self._sending[network] - 1
         self._sending[network] = left
         if not left:

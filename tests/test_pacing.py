@@ -239,7 +239,8 @@ async def test_echoes_wait_no_longer_than_echo_most(
     assert len(rig.relayed()) == 3  # the flood goes on; the echo's answer did not wait for it
 
 
-@pytest.mark.parametrize("ages", [(ECHO_FRESH_MS + 400, ECHO_FRESH_MS + 1), (20, None)])
+@pytest.mark.parametrize("ages", [(ECHO_FRESH_MS + 400, ECHO_FRESH_MS + 1), (20, None),
+                                  (20, True)])
 async def test_old_echoes_are_answered_at_once(
     rig: Rig, autojump_clock: trio.testing.MockClock, ages: tuple[int | None, ...]
 ) -> None:
