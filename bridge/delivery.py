@@ -19,6 +19,7 @@ import math
 import random
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
 import trio
@@ -322,13 +323,10 @@ class DeliveryWorker:
                         break
                     continue
                 losses = self._losses
-                pacing = self.pacing
-                if pacing is not None:
-                    # Sending, from this batch's first row to its last (its backoffs aside):
-                    # echo pushes from this homeserver wait for that (bridge/pacing.py). Not
-                    # counted per send: between two of a room's sends it is not quiet.
-                    pacing.sending(self.network.id)
-                try:
+                # Sending, from this batch's first row to its last (its backoffs aside): echo
+                # pushes from this homeserver wait for that (bridge/pacing.py). Not counted
+                # per send: between two of a room's sends it is not quiet.
+                with self._counted(True):
                     for item in items:
                         if self._losses != losses:
                             break  # records lost (see _lost): read the room again, in order
@@ -356,9 +354,6 @@ class DeliveryWorker:
                             # and the next send lets pushes in first, and at full load they then
                             # outrun the sends (30 ms of queueing at p50 when it was every one).
                             await trio.lowlevel.checkpoint()
-                finally:
-                    if pacing is not None:
-                        pacing.sent(self.network.id)
         finally:
             self._active.discard(room_id)
             self._paging.discard(room_id)
@@ -462,17 +457,14 @@ class DeliveryWorker:
                 )
                 room_id = item.action.room_id
                 self._retrying.add(room_id)
-                pacing = self.pacing
-                if pacing is not None:
-                    pacing.release(self.network.id, room_id)  # nothing goes there soon
-                    pacing.sent(self.network.id)  # nor, meanwhile, from this drain
+                if self.pacing is not None:
+                    self.pacing.release(self.network.id, room_id)  # nothing goes there soon
                 try:
-                    if not await self._backoff(delay):
-                        return False
+                    with self._counted(False):  # nor, meanwhile, from this drain
+                        if not await self._backoff(delay):
+                            return False
                 finally:
                     self._retrying.discard(room_id)
-                    if pacing is not None:
-                        pacing.sending(self.network.id)
             except Exception as exc:
                 # A bug of ours must not wedge the room behind one poisoned action; and its
                 # sender is told, as after a refusal.
@@ -488,6 +480,13 @@ class DeliveryWorker:
                 if isinstance(item.action, SendMessage):
                     self.wake_network(item.action.source.network)
                 return True
+
+    def _counted(self, sending: bool) -> AbstractContextManager[None]:
+        """A drain's batch, counted as sending into this network (or, within it, a pause)."""
+        if self.pacing is None:
+            return nullcontext()
+        counted = self.pacing.batch if sending else self.pacing.paused
+        return counted(self.network.id)
 
     def may_hold(self, room_id: str) -> bool:
         """Whether a new send into `room_id` will be tried soon, so that a push may wait for
@@ -577,17 +576,10 @@ class DeliveryWorker:
             self.store.finish(item, "done")
             return
         if isinstance(action, BotTask):
-            pacing = self.pacing
-            if pacing is None:
-                await self._bot_task(item, action)
-                return
             # A command may take seconds (rooms to make on busy homeservers): echo pushes do
             # not wait for it, as no push waits for a bot task (bridge/pacing.py).
-            pacing.sent(self.network.id)
-            try:
+            with self._counted(False):
                 await self._bot_task(item, action)
-            finally:
-                pacing.sending(self.network.id)
             return
         src = action.source
         if isinstance(action, Redact):

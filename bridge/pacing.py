@@ -39,7 +39,8 @@ up.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 
 import trio
 
@@ -124,14 +125,26 @@ class Pacing:
 
     # -- echoes --------------------------------------------------------------------------------
 
-    def sending(self, network: str) -> None:
-        """A drain begins sending into `network` (a batch of its room's actions, one after
-        another: DeliveryWorker._drain), or goes on after a backoff or a bot task."""
+    @contextmanager
+    def batch(self, network: str) -> Iterator[None]:
+        """While a drain sends a batch of its room's actions into `network`, one after another
+        (DeliveryWorker._drain): echo pushes from that homeserver wait for its end."""
         self._sending[network] = self._sending.get(network, 0) + 1
+        try:
+            yield
+        finally:
+            self._less(network)
 
-    def sent(self, network: str) -> None:
-        """That drain is done with its batch (or ended), or pauses for a backoff or a bot
-        task."""
+    @contextmanager
+    def paused(self, network: str) -> Iterator[None]:
+        """While a drain, within its batch, waits to retry or runs a bot task: not sending."""
+        self._less(network)
+        try:
+            yield
+        finally:
+            self._sending[network] += 1
+
+    def _less(self, network: str) -> None:
         left = self._sending[network] - 1
         self._sending[network] = left
         if not left:
