@@ -192,9 +192,12 @@ class Fake:
     # -- pushing -------------------------------------------------------------------------------
 
     async def run(self, count: int, batch: int, pid: int, *, rate: float = 0.0,
-                  source: str = "wa", tag: str = "", gap: bool = False) -> dict[str, float]:
+                  source: str = "wa", tag: str = "", gap: bool = False,
+                  gather: bool = False) -> dict[str, float]:
         """Push `count` messages from `source` in transactions of `batch`, one in flight (or
-        paced at `rate` events/s); wait until each reached the two other networks. Figures:
+        paced at `rate` events/s); wait until each reached the two other networks. With
+        `gather` (and a `rate`), as Synapse pushes a flood: the messages come at `rate`, and
+        each push takes every one come since the last (one in flight, `batch` ignored). Figures:
         CPU ms per relayed send, sends/s, latency p50/p99 ms (push sent -> send arrived), RSS.
         With `gap`, one transaction id is skipped before the first push, as when Synapse strands
         a transaction: tribridge then distrusts the pushes for a while (bridge/reconcile.py)."""
@@ -205,17 +208,23 @@ class Fake:
         self.expected = count * len(targets)
         pushed: dict[str, float] = {}
         acks: list[float] = []  # ms from a push sent to its answer
+        pushes = 0
         url = f"http://127.0.0.1:{self.bridge_port}"
         token = self.hs_tokens[source]
         if gap:
             self._txn[source] = self._txn.get(source, 0) + 1
         async with LeanClient(url, {"Authorization": f"Bearer {token}"}) as client:
             cpu0, sys0, wall0 = cpu_seconds(pid), kernel_seconds(pid), time.perf_counter()
-            for first in range(0, count, batch):
+            first = 0
+            while first < count:
                 if rate:
                     due = wall0 + first / rate
                     await trio.sleep(max(0.0, due - time.perf_counter()))  # pacing, not waiting
-                last = min(count, first + batch)
+                if gather:  # every message come by now (the one due at least)
+                    come = int((time.perf_counter() - wall0) * rate) + 1
+                    last = min(count, max(first + 1, come))
+                else:
+                    last = min(count, first + batch)
                 events = [self._event(source, f"{tag}-{i}") for i in range(first, last)]
                 body = json.dumps({"events": events}).encode()
                 now = time.perf_counter()
@@ -226,8 +235,10 @@ class Fake:
                 status, answer, *_ = await client.request(
                     "PUT", f"/_matrix/app/v1/transactions/{self._txn[source]}", body)
                 acks.append((time.perf_counter() - now) * 1000)
+                pushes += 1
                 if status != 200:
                     raise RuntimeError(f"the relay answered {status}: {answer[:200]!r}")
+                first = last
             with trio.fail_after(max(60.0, count / 50)):
                 await self._all_in.wait()
             wall, cpu = time.perf_counter() - wall0, cpu_seconds(pid) - cpu0
@@ -242,6 +253,7 @@ class Fake:
             "p99_ms": latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))],
             "rss_mb": rss_mb(pid),
             "ack_p50_ms": statistics.median(acks),
+            "pushes": pushes,
         }
 
     def _event(self, source: str, body: str) -> dict[str, Any]:

@@ -8,6 +8,10 @@ the floor relay and tribridge, interleaved, at that pace on the fake:
 
 - "paced 40/s": pushes of one event, 40 a second, sends answered at once;
 - "as Synapse": the same, sends answered after 20 ms, and every relayed send pushed back;
+- "flood as Synapse": messages come at 50/s, as many as the targets take, each push taking
+  every message come since the last (one in flight), sends answered after 20 ms, echoes pushed
+  back and gathered the same way: bench/relay.py's flood, where a backlog builds and the
+  pushes gather (with "pushes per message", echoes included);
 - "echo push": pushes of one event by the relay's own ghost, back to back (nothing to relay),
   CPU per push (warm: at Synapse's pace each costs more, for both relays).
 
@@ -41,6 +45,10 @@ from bridge.http.client import LeanClient
 from bridge.reconcile import SUSPECT_SECONDS
 
 RATE = 40.0
+# Messages/s of the flood: as many as the targets take (a send answered after 20 ms, one at a
+# time per room), so that, as in bench/relay.py's flood through three Synapses, a backlog
+# builds and the pushes gather.
+FLOOD = 50.0
 ANSWER_DELAY = 0.02
 GHOST = "@_tb_ig_aaaaaaaaaaaaaaaa:wa.localhost"  # an echo: a send of tribridge's, pushed back
 
@@ -74,19 +82,26 @@ async def measure(fake: Fake, pid: int, messages: int, tag: str,
                                          tag=f"{tag}-paced"))["cpu_ms_per_send"]}
     fake.answer_delay, fake.echo, echoes = ANSWER_DELAY, True, fake.echoes
     spy = None
-    if profile is not None:
-        # py-spy samples the relay during the run as Synapse (its own CPU is not the relay's).
-        spy = await trio.lowlevel.open_process(
-            [str(Path(sys.executable).parent / "py-spy"), "record", "-p", str(pid), "-f", "raw",
-             "-r", "250", "--gil", "-o", str(profile)], stdout=subprocess.DEVNULL)
     try:
         synapse = await fake.run(messages, 1, pid, rate=RATE, tag=f"{tag}-synapse")
-        if spy is not None:
-            spy.send_signal(signal.SIGINT)
-            await spy.wait()
         # The run's CPU was read when the last send arrived: the echoes of the last few sends
         # (a few of 2 per message) are not in it. They are waited for, so that the next run
         # does not pay for them.
+        with trio.fail_after(10):
+            while fake._echo_queue["ig"] or fake._echo_queue["fbm"] or fake.echoing:  # noqa: ASYNC110
+                await trio.sleep(0.05)  # polling the fake's queues, under the deadline above
+        # A flood as Synapse pushes it: messages come at FLOOD/s, each push takes all come
+        # since the last, sends answered after 20 ms, echoes gathered (bench/relay.py's flood).
+        pushed = fake.echoes
+        if profile is not None:
+            # py-spy samples the relay during the flood (its own CPU is not the relay's).
+            spy = await trio.lowlevel.open_process(
+                [str(Path(sys.executable).parent / "py-spy"), "record", "-p", str(pid), "-f",
+                 "raw", "-r", "250", "--gil", "-o", str(profile)], stdout=subprocess.DEVNULL)
+        flood = await fake.run(messages, 1, pid, rate=FLOOD, gather=True, tag=f"{tag}-flood")
+        if spy is not None:
+            spy.send_signal(signal.SIGINT)
+            await spy.wait()
         with trio.fail_after(10):
             while fake._echo_queue["ig"] or fake._echo_queue["fbm"] or fake.echoing:  # noqa: ASYNC110
                 await trio.sleep(0.05)  # polling the fake's queues, under the deadline above
@@ -97,7 +112,9 @@ async def measure(fake: Fake, pid: int, messages: int, tag: str,
     # other), so it falls behind the pace; tribridge once its rooms' first sends are answered
     # (bridge/pacing.py: the two at once, 20 ms), which keeps the pace.
     out["as Synapse: messages/s"] = synapse["sends_per_s"] / 2
-    out["echo pushes per message"] = (fake.echoes - echoes) / messages
+    out["echo pushes per message"] = (pushed - echoes) / messages
+    out["flood as Synapse"] = flood["cpu_ms_per_send"]
+    out["flood: pushes per message"] = (flood["pushes"] + fake.echoes - pushed) / messages
     out["echo push, back to back (µs)"] = await echo_pushes(fake, pid, messages * 4, tag)
     return out
 
@@ -131,10 +148,10 @@ async def main(args: Any) -> None:
     print("| run | floor | tribridge | tribridge / floor |\n|---|---|---|---|")
     for k in keys:
         f, t = med["floor"][k], med["tribridge"][k]
-        unit = " ms/send" if k in ("paced 40/s", "as Synapse") else ""
+        unit = " ms/send" if k in ("paced 40/s", "as Synapse", "flood as Synapse") else ""
         print(f"| {k}{unit} | {f:.3f} | {t:.3f} | {t / f if f else 0:.2f}x |")
     if args.profile and await trio.Path(args.profile).exists():
-        print("\npy-spy, tribridge during the run as Synapse:\n" + hot_spots(Path(args.profile)))
+        print("\npy-spy, tribridge during the flood as Synapse:\n" + hot_spots(Path(args.profile)))
 
 
 if __name__ == "__main__":
@@ -142,5 +159,5 @@ if __name__ == "__main__":
     parser.add_argument("--messages", type=int, default=600)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--profile", metavar="FILE", default="",
-                        help="py-spy tribridge during the first run as Synapse into FILE")
+                        help="py-spy tribridge during the first flood as Synapse into FILE")
     trio.run(main, parser.parse_args())

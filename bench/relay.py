@@ -85,6 +85,15 @@ def cpu_split(pid: int) -> tuple[float, float]:
     return int(fields[11]) / tick, int(fields[12]) / tick
 
 
+def wakeups(pid: int) -> int:
+    """Times the process slept and was woken so far (voluntary context switches): each costs
+    a trip through the event loop, with caches the Synapses have cooled meanwhile."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("voluntary_ctxt_switches:"):
+            return int(line.split()[1])
+    return 0
+
+
 async def phase(sender: Person, room: str, readers: dict[str, tuple[Person, str]], prefix: str,
                 count: int, interval: float) -> dict[str, Any]:
     """Send `count` messages (`interval` s apart; 0: as fast as possible); time their arrival."""
@@ -182,7 +191,7 @@ async def bench(net: LocalNet, messages: int, paced: int, rate: float,
         await trio.sleep_until(started + SUSPECT_SECONDS + 1)
         synapse_pids = [s.process.pid for s in net.servers.values() if s.process]
         cpu0 = (cpu_seconds(pid), sum(cpu_seconds(p) for p in synapse_pids))
-        split0 = cpu_split(pid)
+        split0, woken0 = cpu_split(pid), wakeups(pid)
         counts0 = await counters(net.bridge_port)
         spy = None
         if profile is not None:
@@ -197,12 +206,13 @@ async def bench(net: LocalNet, messages: int, paced: int, rate: float,
             spy.send_signal(signal.SIGINT)
             await spy.wait()
         cpu1 = (cpu_seconds(pid), sum(cpu_seconds(p) for p in synapse_pids))
-        split1 = cpu_split(pid)
+        split1, woken1 = cpu_split(pid), wakeups(pid)
         counts1 = await counters(net.bridge_port)
         result = {"counts": {k: counts1[k] - counts0[k] for k in counts0},
                   "native": native, "bridged": bridged, "flood": flood,
                   "bridge_cpu": cpu1[0] - cpu0[0], "synapse_cpu": cpu1[1] - cpu0[1],
-                  "bridge_user": split1[0] - split0[0], "bridge_system": split1[1] - split0[1]}
+                  "bridge_user": split1[0] - split0[0], "bridge_system": split1[1] - split0[1],
+                  "wakeups": woken1 - woken0}
         await daemon.stop()
         # The same flood through the no-logic floor relay and the minimal mautrix-python relay,
         # with the same Synapses and rooms: what any relay on this stack, and one on the Python
@@ -210,6 +220,7 @@ async def bench(net: LocalNet, messages: int, paced: int, rate: float,
         for relay in PLAIN_RELAYS:
             async with plain_relay(net, daemon.config_path, rooms, relay) as relay_pid:
                 cpu0 = (cpu_seconds(relay_pid), sum(cpu_seconds(p) for p in synapse_pids))
+                woken0 = wakeups(relay_pid)
                 try:
                     flooded = await phase(alice, rooms["wa"], readers, f"{relay} ", messages, 0)
                 except trio.TooSlowError:
@@ -217,8 +228,9 @@ async def bench(net: LocalNet, messages: int, paced: int, rate: float,
                     result[relay] = None
                     continue
                 cpu1 = (cpu_seconds(relay_pid), sum(cpu_seconds(p) for p in synapse_pids))
+                woken = wakeups(relay_pid) - woken0
             result[relay] = {"flood": flooded, "cpu": cpu1[0] - cpu0[0],
-                             "synapse_cpu": cpu1[1] - cpu0[1]}
+                             "synapse_cpu": cpu1[1] - cpu0[1], "wakeups": woken}
         return result
     finally:
         await daemon.stop()
@@ -277,11 +289,13 @@ def main() -> int:
               f"Synapses {x['synapse_cpu']:.2f} s; {relay} = "
               f"{100 * x['cpu'] / max(x['synapse_cpu'], 1e-9):.1f}% of Synapse; tribridge / "
               f"{relay}, CPU per relayed event: "
-              f"{(r['bridge_cpu'] / relayed) / max(x['cpu'] / events, 1e-9):.2f}x")
+              f"{(r['bridge_cpu'] / relayed) / max(x['cpu'] / events, 1e-9):.2f}x; "
+              f"{x['wakeups'] / events:.2f} wake-ups per relayed event")
     print("during the flood, the bridge took " + ", ".join(
         f"{v:.0f} {k}" for k, v in r["counts"].items()))
     print(f"bridge CPU split: user {r['bridge_user']:.2f} s, system (kernel: sockets, epoll, "
-          f"fsync) {r['bridge_system']:.2f} s")
+          f"fsync) {r['bridge_system']:.2f} s; {r['wakeups'] / relayed:.2f} wake-ups per "
+          "relayed event")
     if profile is not None and profile.exists():
         print("\npy-spy, the bridge during the flood:\n" + hot_spots(profile))
     return 0
