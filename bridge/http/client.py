@@ -13,10 +13,12 @@ request (the hot path's PUT with a transaction id) that fails on such a connecti
 answer came is tried once more on a fresh one. Any other fails with ConnectionFailed: it may
 have been carried out.
 
-A request given `within` seconds fails with NoAnswer if its answer is not all in by then (to
-the second: a watchdog looks once a second, or more often for shorter deadlines). The watchdog
-closes the connection under it; it does not need a trio cancel scope per request, which cost
-17 us of CPU a request here (as much as the client's own reading of the answer).
+A request given `within` seconds fails with NoAnswer if its answer is not all in by then: a
+watchdog closes the connection under it. It does not need a trio cancel scope per request, which
+cost 17 us of CPU a request here (as much as the client's own reading of the answer). Nor does
+it look at a clock's pace: it sleeps until the earliest answer due, so that under a steady load
+of requests answered in time it wakes about once per `within`, not once a second (each wake-up
+of an idle bridge costs as much as a send's bookkeeping: docs/performance.md, item 44).
 """
 
 from __future__ import annotations
@@ -125,8 +127,8 @@ class LeanClient:
         self._closed = False
         self._due: dict[_Connection, float] = {}  # busy connections: when their answer is due
         self._timed_out: set[_Connection] = set()  # closed by the watchdog
-        self._tick = 1.0  # seconds between the watchdog's looks
         self._watching = False
+        self._sleep: trio.CancelScope | None = None  # the watchdog's, until the earliest due
 
     async def request(
         self, method: str, target: str, body: bytes | None = None,
@@ -205,12 +207,12 @@ class LeanClient:
     ) -> Answer:
         reader = ResponseReader(MAX_RESPONSE, head_only)
         if within is not None:
-            self._due[conn] = trio.current_time() + within
-            if within < 4 * self._tick:
-                self._tick = max(within / 4, 0.01)
+            due = self._due[conn] = trio.current_time() + within
             if not self._watching:
                 self._watching = True
                 trio.lowlevel.spawn_system_task(self._watch, name="LeanClient watchdog")
+            elif self._sleep is not None and due < self._sleep.deadline:
+                self._sleep.deadline = due  # a shorter `within` than those before: wake for it
         try:
             await conn.send_all(data)
             answer = None
@@ -255,18 +257,21 @@ class LeanClient:
     async def _watch(self) -> None:
         """Close the connections whose answer is overdue (see the module's docstring). A trio
         system task: it must never raise. It ends when it finds no request under way (the
-        next one starts it again: an idle bridge is not woken every second) or the client
-        closed."""
-        while not self._closed:
-            await trio.sleep(self._tick)
-            if not self._due:
-                break
-            now = trio.current_time()
-            for conn, due in list(self._due.items()):
-                if due <= now and conn not in self._timed_out:
-                    self._timed_out.add(conn)
-                    conn.abort()
-        self._watching = False
+        next one starts it again: an idle bridge is not woken for it) or the client closed."""
+        try:
+            while not self._closed and self._due:
+                # Until the earliest answer due; a request due sooner moves this deadline.
+                with trio.CancelScope(deadline=min(self._due.values())) as self._sleep:
+                    await trio.sleep_forever()
+                self._sleep = None
+                now = trio.current_time()
+                for conn, due in list(self._due.items()):
+                    if due <= now and conn not in self._timed_out:
+                        self._timed_out.add(conn)
+                        conn.abort()
+        finally:
+            self._sleep = None
+            self._watching = False
 
 
 class _Stale(Exception):
