@@ -623,11 +623,8 @@ class DeliveryWorker:
             self.store.finish(item, "done", "an edit of an event never relayed here")
             return
         event_id = await self._send_as_ghost(action, content)
-        with self.store.deferred():  # committed with the next ones: see Store.deferred
-            self.store.map_event(
-                src.network, src.room_id, src.event_id, self.network.id, action.room_id, event_id
-            )
-            self.store.finish(item, "done")
+        # Committed with the next ones: see Store.deferred.
+        self.store.delivered(item, src.network, src.room_id, src.event_id, event_id)
         log.debug("relayed %s from %s as %s", src.event_id, src.network, event_id)
 
     def _map_relation(self, action: SendMessage) -> Mapping[str, Any]:

@@ -20,6 +20,7 @@ from bridge.inbound import Inbound
 from bridge.matrix.client import Homeserver
 from bridge.metrics import Metrics
 from bridge.store import Store
+from bridge.store import store as store_module
 
 from .fakehs import FakeHomeserver, _ok, error
 from .rigs import start_workers, until
@@ -192,6 +193,26 @@ async def test_a_message_delivered_before_a_crash_is_redacted_after_it(
     copy = store.mapped_event("wa", "$src-M", "ig")
     assert ig.texts("!ig-room") == ["M0", "M"]  # the resend of M was the same copy
     assert copy is not None and ig.redacted == [copy]
+    store.close()
+
+
+def test_the_sends_begun_are_remembered_newest_first_within_a_bound(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The bound (SENDING_KEPT, far more than a lost commit can hold) drops the oldest.
+    monkeypatch.setattr(store_module, "SENDING_KEPT", 2)
+    store = Store(tmp_path / "t.db", durability="process")
+    store.sync_config_portals([PORTAL])
+    with store.transaction():
+        items = store.enqueue([message("A"), message("B"), message("C")])
+    assert items is not None
+    for item in items:
+        store.sending(item.action.txn_id)
+    with store.transaction():
+        assert store.cancel_pending("wa", "$src-C", "redacted before delivery") == []
+        assert store.cancel_pending("wa", "$src-B", "redacted before delivery") == []
+        assert store.cancel_pending("wa", "$src-A", "redacted before delivery") == [
+            (items[0].id, "ig", "!ig-room")]
     store.close()
 
 

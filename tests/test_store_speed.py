@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from bridge.store import OutboxItem, Store
+from bridge.store.store import MAX_DEFERRED
 
 from .test_store import message
 
@@ -94,6 +95,55 @@ def test_a_failed_deferred_write_leaves_no_half_of_it(tmp_path: Path) -> None:
     again = Store(path)
     assert again.mapped_event("wa", "$e1", "ig") is None
     assert [i.id for i in again.pending_actions("ig", "!r:ig")] == [item.id]
+
+
+def test_a_send_s_record_waits_like_a_deferred_block_and_counts_towards_the_bound(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "t.db"
+    store = Store(path)
+    waiting: list[int] = []
+    store.on_deferred(lambda: waiting.append(1))
+    with store.transaction():
+        store.enqueue([message(n) for n in range(1, MAX_DEFERRED + 2)])
+    items = store.pending_actions("ig", "!r:ig", MAX_DEFERRED + 1)
+    first = items[0]
+    store.delivered(first, "wa", "!src", "$e1", "$copy1")
+    assert waiting == [1]
+    assert store.mapped_event("wa", "$e1", "ig") == "$copy1"  # this connection sees it
+    assert first.id not in {i.id for i in store.pending_actions("ig", "!r:ig", 500)}
+    seen = other_connection(path)
+    assert done_ids(seen) == set()  # not yet on disk
+    for item in items[1:MAX_DEFERRED]:  # the bound's worth: committed without a timer
+        store.delivered(item, "wa", "!src", f"$x{item.id}", f"$copy{item.id}")
+    assert len(done_ids(seen)) == MAX_DEFERRED
+    assert seen.execute("SELECT COUNT(*) FROM event_map").fetchone()[0] == MAX_DEFERRED
+    store.close()
+
+
+def test_a_send_s_record_failing_half_way_leaves_only_what_is_true(tmp_path: Path) -> None:
+    # No savepoint of its own: the copy is mapped first, so a failure between the two leaves
+    # a copy that exists mapped, and its action still to do (sent again with the same
+    # transaction id, it gets the same event). Records waiting before it are not lost.
+    path = tmp_path / "t.db"
+    store = Store(path)
+    with store.transaction():
+        store.enqueue([message(1), message(2)])
+    first, second = store.pending_actions("ig", "!r:ig")
+    store.delivered(first, "wa", "!src", "$e1", "$copy1")
+
+    def failing(*args: object, **kwargs: object) -> bool:
+        raise sqlite3.OperationalError("disk I/O error")
+
+    store.finish = failing  # type: ignore[method-assign]
+    with pytest.raises(sqlite3.OperationalError):
+        store.delivered(second, "wa", "!src", "$e2", "$copy2")
+    del store.finish
+    store.close()
+    again = Store(path)
+    assert again.mapped_event("wa", "$e1", "ig") == "$copy1"
+    assert again.mapped_event("wa", "$e2", "ig") == "$copy2"
+    assert [i.id for i in again.pending_actions("ig", "!r:ig")] == [second.id]
 
 
 def test_closing_commits_what_waits(tmp_path: Path) -> None:
