@@ -14,6 +14,7 @@ import trio
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from bridge.http import wire
 from bridge.http.client import ConnectionFailed, LeanClient
 from bridge.http.rawsocket import RawStream
 from bridge.http.wire import (
@@ -22,6 +23,7 @@ from bridge.http.wire import (
     BadResponse,
     Response,
     ResponseReader,
+    TooLarge,
     fixed_fields,
     request_head,
 )
@@ -167,7 +169,7 @@ def test_a_response_written_by_h11_reads_the_same_in_any_split(
     oracle, oracle_body = h11_reads(wire)
     assert got.status == oracle.status_code
     assert got.reason.encode("latin-1") == oracle.reason
-    assert got.headers == list(oracle.headers)
+    assert list(got.headers) == list(oracle.headers)
     assert got.body == oracle_body
 
 
@@ -227,7 +229,7 @@ def test_keep_alive(head: bytes, keep_alive: bool) -> None:
 def test_bare_lf_line_endings_are_accepted() -> None:
     got, _ = read(b"HTTP/1.1 201 Created\nContent-Length: 2\nX-A:  b c \n\nok")
     assert (got.status, got.reason, got.body) == (201, "Created", b"ok")
-    assert got.headers == [(b"content-length", b"2"), (b"x-a", b"b c")]
+    assert list(got.headers) == [(b"content-length", b"2"), (b"x-a", b"b c")]
     got, _ = read(b"HTTP/1.1 200 OK\nTransfer-Encoding: chunked\n\n2\nok\n3\n!!!\n0\n\n")
     assert (got.body, got.keep_alive) == (b"ok!!!", True)
 
@@ -242,7 +244,7 @@ def test_chunk_extensions_and_trailers_are_accepted_and_trailers_dropped() -> No
         got = results[-1]
         assert got is not None and results[:-1] == [None] * (len(results) - 1)
         assert got.body == b"hello world0123456789"
-        assert got.headers == [(b"transfer-encoding", b"chunked"), (b"x-head", b"1")]
+        assert list(got.headers) == [(b"transfer-encoding", b"chunked"), (b"x-head", b"1")]
         assert got.header(b"x-trailer") == ""
         assert got.keep_alive and reader.leftover == b""
 
@@ -259,12 +261,49 @@ def test_bytes_after_a_complete_response_are_leftover(response: bytes) -> None:
     assert reader.leftover == extra
 
 
+def test_a_head_read_before_reads_the_same_whatever_the_reader_s_limits() -> None:
+    # Heads already read are kept (wire._HEADS): the same bytes read again, by readers of
+    # other limits, for a HEAD, or with another body, give what reading them afresh gives.
+    wire._HEADS.clear()
+    head = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nX-Hs: synapse\r\n\r\n"
+    for body in (b"hello", b"world"):
+        got, reader = read(head + body + b"extra")
+        assert (got.status, got.body, got.keep_alive, reader.leftover) == (
+            200, body, True, b"extra")
+        assert got.header(b"x-hs") == "synapse"
+    assert len(wire._HEADS) == 1  # the second was the first's
+    got, _ = read(head, head_only=True)  # the answer to a HEAD: no body follows
+    assert (got.status, got.body) == (200, b"")
+    with pytest.raises(TooLarge):
+        read(head + b"hello", max_body=4)
+    closing = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nConnection: close\r\n\r\n"
+    for _ in range(2):
+        got, _ = read(closing + b"hello")
+        assert (got.body, got.keep_alive) == (b"hello", False)
+    with pytest.raises(BadResponse, match="Content-Length"):
+        read(b"HTTP/1.1 200 OK\r\nContent-Length: x\r\n\r\n")  # refused, every time
+    with pytest.raises(BadResponse, match="Content-Length"):
+        read(b"HTTP/1.1 200 OK\r\nContent-Length: x\r\n\r\n")
+
+
+def test_the_heads_kept_stay_few_and_small() -> None:
+    wire._HEADS.clear()
+    for n in range(wire.HEADS_KEPT + 10):
+        got, _ = read(b"HTTP/1.1 200 OK\r\nDate: %d\r\nContent-Length: 0\r\n\r\n" % n)
+        assert got.status == 200
+    assert 0 < len(wire._HEADS) <= wire.HEADS_KEPT
+    wire._HEADS.clear()
+    big = b"HTTP/1.1 200 OK\r\nX-Big: " + b"a" * wire.HEAD_KEPT_SIZE + b"\r\n"
+    got, _ = read(big + b"Content-Length: 0\r\n\r\n")
+    assert got.status == 200 and not wire._HEADS
+
+
 def test_interim_answers_are_skipped() -> None:
     got, reader = read(b"HTTP/1.1 100 Continue\r\n\r\n"
                        b"HTTP/1.1 103 Early Hints\r\nLink: </s.css>; rel=preload\r\n\r\n"
                        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
     assert (got.status, got.reason, got.body) == (200, "OK", b"ok")
-    assert got.headers == [(b"content-length", b"2")]  # not the 103's Link
+    assert list(got.headers) == [(b"content-length", b"2")]  # not the 103's Link
     assert reader.leftover == b""
 
 

@@ -82,6 +82,17 @@ def unfinished_head_size(buffer: bytearray) -> int:
     return len(buffer) - trailing
 
 
+# Heads already read, by their bytes (status line and fields) and the reader's limits, with what
+# was read from them: a homeserver answers every send with the same head but for its Date, so
+# most answers in a second are a head read before, and reading one cost more than anything else
+# the client does per send (docs/performance.md, item 44). What a head says is a function of its
+# bytes alone. Small heads only, and forgotten all at once when full: well under a megabyte.
+_Read = tuple[int, str, tuple[tuple[bytes, bytes], ...], bool, int | None, bool, bool]
+_HEADS: dict[tuple[bytes, int, bool], _Read] = {}
+HEADS_KEPT = 256
+HEAD_KEPT_SIZE = 2048
+
+
 class BadResponse(Exception):
     """The peer's bytes are not an HTTP/1.1 response this reader takes."""
 
@@ -93,7 +104,7 @@ class TooLarge(BadResponse):
 class Response(NamedTuple):
     status: int
     reason: str
-    headers: list[tuple[bytes, bytes]]  # names lower-cased, in the order they came
+    headers: tuple[tuple[bytes, bytes], ...]  # names lower-cased, in the order they came
     body: bytes
     keep_alive: bool  # the connection may carry the next request
 
@@ -135,7 +146,7 @@ class ResponseReader:
         self.buffer = bytearray()
         self.leftover = b""
         self.received = False  # any byte at all: a connection closed before this is stale
-        self._head: tuple[int, str, list[tuple[bytes, bytes]], bool] | None = None
+        self._head: tuple[int, str, tuple[tuple[bytes, bytes], ...], bool] | None = None
         self._length: int | None = None  # Content-Length framing
         self._chunked = False
         self._chunk_left = -1  # chunked: bytes of the current chunk still to come (-1: a size)
@@ -181,22 +192,41 @@ class ResponseReader:
             return False
         if head_size(self.buffer, end.start()) > MAX_HEAD:
             raise BadResponse(f"a response head of over {MAX_HEAD} bytes")
-        start, section = split_head(bytes(self.buffer[:end.start() + 1]))
+        raw = bytes(self.buffer[:end.start() + 1])
         del self.buffer[:end.end()]
+        key = (raw, self.max_body, self.head_only)
+        read = _HEADS.get(key)
+        if read is None:
+            if not self._parse_head(raw):
+                return True  # an interim answer: the real one follows
+            assert self._head is not None
+            if len(raw) <= HEAD_KEPT_SIZE:
+                if len(_HEADS) >= HEADS_KEPT:
+                    _HEADS.clear()
+                _HEADS[key] = (*self._head, self._length, self._chunked, self._suspect)
+            return True
+        code, reason, headers, keep_alive, self._length, self._chunked, self._suspect = read
+        self._head = (code, reason, headers, keep_alive)
+        return True
+
+    def _parse_head(self, raw: bytes) -> bool:
+        """Read a head (through the newline ending its last field) into the reader's state;
+        False for an interim (1xx) answer, after which the real one follows."""
+        start, section = split_head(raw)
         status_line = _STATUS_LINE.fullmatch(start)
         if status_line is None:
             raise BadResponse(f"not an HTTP/1.1 status line: {start[:80]!r}")
         minor, code = status_line.group(1), int(status_line.group(2))
         fields = field_lines(section)
         if fields is None:
-            bad = next(raw for raw in section.split(b"\n")
-                       if FIELD.fullmatch(raw.removesuffix(b"\r")) is None)
+            bad = next(line for line in section.split(b"\n")
+                       if FIELD.fullmatch(line.removesuffix(b"\r")) is None)
             raise BadResponse(f"not a header field: {bad[:80]!r}")
-        headers = [(name.lower(), value) for name, value in fields]
+        headers = tuple((name.lower(), value) for name, value in fields)
         if 100 <= code < 200:
             if code == 101:
                 raise BadResponse("the server switched protocols, which nobody asked for")
-            return True  # an interim answer: the real one follows
+            return False
         reason = (status_line.group(3) or b"").decode("latin-1")
         keep_alive = minor == b"1"
         if keep_alive:
@@ -206,7 +236,7 @@ class ResponseReader:
         self._head = (code, reason, headers, keep_alive)
         return True
 
-    def _frame(self, code: int, headers: list[tuple[bytes, bytes]]) -> None:
+    def _frame(self, code: int, headers: tuple[tuple[bytes, bytes], ...]) -> None:
         if self.head_only or code in (204, 304):
             self._length = 0
             return
