@@ -47,8 +47,12 @@ log = logging.getLogger(__name__)
 # They used to be committed at the first millisecond of idleness, which at 200 pushes/s meant an
 # fsync of their own after every push: twice the flushes (docs/performance.md, item 31). (Not an
 # idle cushion this long: trio finds the loop idle only while no deadline falls within the
-# cushion, and any tick that frequent would then hold them back for good.)
-RECORDS_WAIT = 0.25
+# cushion, and any tick that frequent would then hold them back for good.) A second, not less:
+# under a flood against Synapse a push's commit comes every second or so (bridge/pacing.py), and
+# records committed alone each quarter second cost a wake-up and an fsync of their own (item 44).
+# What a crash takes back is a second of records at most: those actions go again, with the same
+# transaction ids.
+RECORDS_WAIT = 1.0
 # A push's answer waits at most this long for an idle moment; under a load that never leaves
 # the loop idle it commits anyway, so an answer cannot starve.
 MAX_WAIT = 0.01
