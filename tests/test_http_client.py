@@ -214,6 +214,41 @@ async def test_a_short_deadline_after_a_long_one_is_kept_to(
                           ("long", pytest.approx(60.0, abs=0.05))]
 
 
+class Unclosable:
+    """A connection whose close does not end its request at once (the request clears its
+    deadline itself, later)."""
+
+    def abort(self) -> None:
+        pass
+
+
+async def test_an_overdue_request_already_closed_does_not_keep_the_watchdog_awake() -> None:
+    # Its deadline passed: counted still, it would end the watchdog's every sleep at once.
+    # Real time: a watchdog that spins never lets a virtual clock move.
+    client = LeanClient("http://127.0.0.1:9", {})
+    conn = Unclosable()
+    client._due[conn] = trio.current_time()  # type: ignore[index]
+    client._timed_out.add(conn)  # type: ignore[arg-type]
+    client._watching = True
+    trio.lowlevel.spawn_system_task(client._watch)
+    await until(lambda: not client._watching, within=1)
+
+
+async def test_closing_the_client_ends_its_watchdog_at_once(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    listeners = await nursery.start(partial(trio.serve_tcp, mute, 0, host="127.0.0.1"))
+    client = LeanClient(f"http://127.0.0.1:{listeners[0].socket.getsockname()[1]}", {})
+    async with trio.open_nursery() as requests:
+        requests.start_soon(partial(client.request, "PUT", "/send/1", b"{}", within=60.0))
+        await until(lambda: client._sleep is not None, within=1)
+        started = trio.current_time()
+        await client.aclose()
+        await until(lambda: not client._watching, within=60)
+        assert trio.current_time() - started < 1  # not when the answer was due
+        requests.cancel_scope.cancel()
+
+
 async def test_a_tls_request_without_its_answer_in_time_fails_too(
     nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
 ) -> None:

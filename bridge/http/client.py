@@ -175,6 +175,8 @@ class LeanClient:
 
     async def aclose(self) -> None:
         self._closed = True
+        if self._sleep is not None:
+            self._sleep.cancel()  # the watchdog ends now, not when an answer was due
         idle, self._idle = self._idle, []
         for conn in idle:
             await conn.aclose()
@@ -256,12 +258,18 @@ class LeanClient:
 
     async def _watch(self) -> None:
         """Close the connections whose answer is overdue (see the module's docstring). A trio
-        system task: it must never raise. It ends when it finds no request under way (the
-        next one starts it again: an idle bridge is not woken for it) or the client closed."""
+        system task: it must never raise. It ends when it finds no request under way but
+        those it closed already (the next one starts it again: an idle bridge is not woken
+        for it) or the client closed."""
         try:
-            while not self._closed and self._due:
+            while not self._closed:
                 # Until the earliest answer due; a request due sooner moves this deadline.
-                with trio.CancelScope(deadline=min(self._due.values())) as self._sleep:
+                # Those closed already are their requests' to clear: their deadlines passed,
+                # and counted they would wake this at once, again and again, until then.
+                pending = [d for conn, d in self._due.items() if conn not in self._timed_out]
+                if not pending:
+                    break
+                with trio.CancelScope(deadline=min(pending)) as self._sleep:
                     await trio.sleep_forever()
                 self._sleep = None
                 now = trio.current_time()
