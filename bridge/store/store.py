@@ -842,8 +842,9 @@ class Store(PeopleStore):
         """`item`, a relayed event, went out as `dst_event`: its copy mapped and its action
         done, deferred as a `deferred` block's writes are, but without the block's savepoint
         (two statements of four, once per send; item 44). None is needed: the copy is mapped
-        first, so a failure between the two leaves a copy mapped whose action is still to
-        do, both true (tried again, the send has the same transaction id, and the homeserver
+        first, so a failure between the two leaves the copy mapped, which is true, and the
+        action not marked done by this call (the caller then marks it as after any failure
+        of its own; a send tried again has the same transaction id, and the homeserver
         answers with the same event)."""
         action = item.action
         self._begin_deferred()
