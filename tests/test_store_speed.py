@@ -28,6 +28,14 @@ def one_queued(path: Path) -> tuple[Store, OutboxItem]:
     return store, item
 
 
+def watched(path: Path) -> tuple[Store, list[int]]:
+    """A store, and the list its on_deferred listener appends to whenever writes begin to wait."""
+    store = Store(path)
+    waiting: list[int] = []
+    store.on_deferred(lambda: waiting.append(1))
+    return store, waiting
+
+
 def done_ids(conn: sqlite3.Connection) -> set[int]:
     return {r[0] for r in conn.execute("SELECT id FROM outbox WHERE state = 'done'")}
 
@@ -36,9 +44,7 @@ def test_deferred_records_are_seen_at_once_here_and_on_disk_after_a_commit(
     tmp_path: Path,
 ) -> None:
     path = tmp_path / "t.db"
-    store = Store(path)
-    waiting: list[int] = []
-    store.on_deferred(lambda: waiting.append(1))
+    store, waiting = watched(path)
     with store.transaction():
         store.enqueue([message(1), message(2)])
     first, second = (item.id for item in store.pending_actions("ig", "!r:ig"))
@@ -101,9 +107,7 @@ def test_a_send_s_record_waits_like_a_deferred_block_and_counts_towards_the_boun
     tmp_path: Path,
 ) -> None:
     path = tmp_path / "t.db"
-    store = Store(path)
-    waiting: list[int] = []
-    store.on_deferred(lambda: waiting.append(1))
+    store, waiting = watched(path)
     with store.transaction():
         store.enqueue([message(n) for n in range(1, MAX_DEFERRED + 2)])
     items = store.pending_actions("ig", "!r:ig", MAX_DEFERRED + 1)
