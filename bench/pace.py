@@ -71,6 +71,13 @@ async def echo_pushes(fake: Fake, pid: int, count: int, tag: str) -> float:
         return (cpu_seconds(pid) - cpu) * 1e6 / count
 
 
+async def echoes_answered(fake: Fake) -> None:
+    """Until the echoes the fake still holds or is pushing have been answered."""
+    with trio.fail_after(10):
+        while fake._echo_queue["ig"] or fake._echo_queue["fbm"] or fake.echoing:  # noqa: ASYNC110
+            await trio.sleep(0.05)  # polling the fake's queues, under the deadline above
+
+
 async def measure(fake: Fake, pid: int, messages: int, tag: str,
                   profile: Path | None = None) -> dict[str, float]:
     # Past tribridge's window after a start, in which pushes read timelines first.
@@ -87,9 +94,7 @@ async def measure(fake: Fake, pid: int, messages: int, tag: str,
         # The run's CPU was read when the last send arrived: the echoes of the last few sends
         # (a few of 2 per message) are not in it. They are waited for, so that the next run
         # does not pay for them.
-        with trio.fail_after(10):
-            while fake._echo_queue["ig"] or fake._echo_queue["fbm"] or fake.echoing:  # noqa: ASYNC110
-                await trio.sleep(0.05)  # polling the fake's queues, under the deadline above
+        await echoes_answered(fake)
         # A flood as Synapse pushes it: messages come at FLOOD/s, each push takes all come
         # since the last, sends answered after 20 ms, echoes gathered (bench/relay.py's flood).
         pushed = fake.echoes
@@ -102,9 +107,7 @@ async def measure(fake: Fake, pid: int, messages: int, tag: str,
         if spy is not None:
             spy.send_signal(signal.SIGINT)
             await spy.wait()
-        with trio.fail_after(10):
-            while fake._echo_queue["ig"] or fake._echo_queue["fbm"] or fake.echoing:  # noqa: ASYNC110
-                await trio.sleep(0.05)  # polling the fake's queues, under the deadline above
+        await echoes_answered(fake)
     finally:
         fake.answer_delay, fake.echo = 0.0, False
     out["as Synapse"] = synapse["cpu_ms_per_send"]
