@@ -271,7 +271,6 @@ class LeanClient:
                     break
                 with trio.CancelScope(deadline=min(pending)) as self._sleep:
                     await trio.sleep_forever()
-                self._sleep = None
                 now = trio.current_time()
                 for conn, due in list(self._due.items()):
                     if due <= now and conn not in self._timed_out:
